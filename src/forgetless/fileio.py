@@ -13,10 +13,15 @@ from .errors import ForgetlessError
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a JSONL file; blank lines are skipped, a malformed line is reported with its number."""
+    return [row for _, row in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) pairs, so that later field checks can name the offending line."""
     path = Path(path)
     if not path.is_file():
         raise ForgetlessError(f"file not found: {path}")
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -27,7 +32,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise ForgetlessError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise ForgetlessError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append((line_number, row))
     if not rows:
         raise ForgetlessError(f"{path}: no rows (the file is empty)")
     return rows

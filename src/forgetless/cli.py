@@ -1,0 +1,107 @@
+"""Command line: `forgetless run CONFIG --out DIR`, `forgetless eval ...`, `forgetless demo`, `forgetless strategies`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import ForgetlessError
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .training import run_continual
+
+    config = load_config(args.config)
+    results = run_continual(config, args.out, progress=not args.quiet)
+    metrics = results["metrics"]
+    print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
+    if "general_delta_abs" in metrics:
+        print(
+            f"general score {metrics['general_before']:.4f} -> {metrics['general_after']:.4f} "
+            f"({metrics['general_delta_abs']:+.4f} ± {metrics['general_delta_se']:.4f} s.e.; "
+            f"{'within noise' if metrics['general_within_noise'] else 'beyond noise'})"
+        )
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluation.suites import load_eval_file, load_suite
+    from .fileio import atomic_write_json
+    from .models import load_model_and_tokenizer
+
+    if not args.task_file and not args.suite:
+        raise ForgetlessError("give --task-file F.jsonl and/or --suite general")
+    tasks = [load_eval_file(Path(f).stem, f) for f in args.task_file]
+    for suite in args.suite:
+        tasks += load_suite(suite)
+    model, tokenizer = load_model_and_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    scores = {}
+    for task in tasks:
+        result = task.evaluate(model, tokenizer, args.limit, progress=task.name)
+        scores[task.name] = result.summary
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.summary.items())
+        print(f"{task.name}: {shown}")
+    if args.json:
+        atomic_write_json(args.json, {"model": args.model, "tasks": scores})
+        print(f"wrote {args.json}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+
+
+def _cmd_strategies(args: argparse.Namespace) -> None:
+    from .strategies import _REGISTRY
+
+    for name in sorted(_REGISTRY):
+        doc = (_REGISTRY[name].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:12s} {doc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forgetless", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train tasks in order and measure forgetting")
+    run.add_argument("config", help="YAML run config (see configs/)")
+    run.add_argument("--out", required=True, help="output folder: results.json, report.md, plots, checkpoints")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
+
+    ev = commands.add_parser("eval", help="score a model on multiple-choice / perplexity tasks")
+    ev.add_argument("--model", default="default", help="'default', a Hugging Face id or a local folder")
+    ev.add_argument("--task-file", action="append", default=[], help="JSONL task file (repeatable)")
+    ev.add_argument("--suite", action="append", default=[], help="built-in suite, e.g. general (repeatable)")
+    ev.add_argument("--limit", type=int, default=None, help="score at most N items per task")
+    ev.add_argument("--json", help="write the scores to this JSON file")
+    ev.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
+    ev.set_defaults(func=_cmd_eval)
+
+    demo = commands.add_parser("demo", help="full fine-tuning vs LoRA on `support` with the default model")
+    demo.add_argument("--out", default="demo-out", help="output folder")
+    demo.add_argument("--quick", action="store_true", help="a much shorter run, to check the set-up")
+    demo.set_defaults(func=_cmd_demo)
+
+    strategies = commands.add_parser("strategies", help="list the registered strategies")
+    strategies.set_defaults(func=_cmd_strategies)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ForgetlessError as exc:
+        print(f"forgetless: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("forgetless: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

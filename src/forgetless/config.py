@@ -1,0 +1,144 @@
+"""The run config: typed, validated, every field documented in one line.
+
+A YAML file maps one-to-one onto `RunConfig`. Validation errors name the bad field by its dotted path
+(`train.steps: Input should be a valid integer`) so a typo never surfaces as a traceback mid-run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ForgetlessError
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a misspelt option silently ignored is a wrong experiment.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, gt=0, description="Rank of the low-rank update.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | str = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names to adapt, or 'all-linear'.",
+    )
+    between_tasks: Literal["merge", "stack"] = Field(
+        "merge",
+        description="merge: fold the adapter into the base after each task and start a fresh one; "
+        "stack: keep earlier adapters active and frozen, train a fresh one on top.",
+    )
+
+
+class TaskConfig(_Strict):
+    name: str = Field(description="Name used in tables and results.")
+    builtin: str | None = Field(None, description="A built-in task (e.g. support, legal, pydoc).")
+    file: str | None = Field(None, description="A JSONL file of {prompt, response} or {text} rows.")
+    heldout_file: str | None = Field(None, description="Held-out rows for scoring; default: a split of `file`.")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction held out when no heldout_file.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TaskConfig":
+        if (self.builtin is None) == (self.file is None):
+            raise ValueError("give exactly one of `builtin` or `file`")
+        return self
+
+
+class EvalTaskConfig(_Strict):
+    name: str = Field(description="Name used in tables and results.")
+    file: str = Field(description="JSONL: {question, choices, answer} rows (multiple choice) or {text} rows (perplexity).")
+
+
+class EvalConfig(_Strict):
+    suites: list[str] = Field(default_factory=lambda: ["general"], description="Built-in suites to score.")
+    tasks: list[EvalTaskConfig] = Field(default_factory=list, description="A user's own held-out tasks.")
+    every_steps: int = Field(0, ge=0, description="Also evaluate every N optimizer steps (0: only at task ends).")
+    limit: int | None = Field(None, gt=0, description="Score at most this many items per task (quick runs).")
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(60, gt=0, description="Optimizer steps per task.")
+    batch_size: int = Field(8, gt=0, description="Examples per optimizer step.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps per task.")
+    scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="LR schedule after warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_length: int = Field(128, gt=8, description="Training examples are truncated to this many tokens.")
+    seed: int = Field(0, description="Seed for data order, initialisation and sampling.")
+    max_train_examples: int | None = Field(None, gt=0, description="Use at most this many training rows per task.")
+
+
+class RunConfig(_Strict):
+    model: str = Field("default", description="'default', a Hugging Face id, or a local model folder.")
+    adapter: Literal["full", "lora"] = Field("full", description="Train all weights, or a PEFT LoRA adapter.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (adapter: lora).")
+    tasks: list[TaskConfig] = Field(min_length=1, description="Tasks trained in this order.")
+    strategies: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: ["naive"], description="Strategy names, or {name: ..., <params>}."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="What to score and when.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
+    checkpoints: Literal["none", "last", "every_task"] = Field(
+        "last", description="Which safetensors checkpoints to write (adapters only under LoRA)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the model folder (off: safe).")
+
+    @model_validator(mode="after")
+    def _unique_task_names(self) -> "RunConfig":
+        names = [t.name for t in self.tasks] + [t.name for t in self.eval.tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"task names must be unique; repeated: {duplicates}")
+        return self
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"  {path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "") -> RunConfig:
+    """Validate a dict (from YAML or code) into a RunConfig, or raise ForgetlessError naming bad fields."""
+    if not isinstance(data, dict):
+        raise ForgetlessError(f"invalid config {source}: expected a mapping at the top level")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ForgetlessError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML config; relative task files are resolved against the config file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ForgetlessError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ForgetlessError(f"{path}: not valid YAML ({exc})") from None
+    config = parse_config(data, source=str(path))
+    return _resolve_relative_files(config, path.parent)
+
+
+def _resolve_relative_files(config: RunConfig, base: Path) -> RunConfig:
+    def resolve(value: str | None) -> str | None:
+        if value is None or Path(value).is_absolute():
+            return value
+        candidate = base / value
+        # Prefer the config's folder; fall back to the working directory, where users often run from.
+        return str(candidate) if candidate.exists() or not Path(value).exists() else value
+
+    tasks = [t.model_copy(update={"file": resolve(t.file), "heldout_file": resolve(t.heldout_file)}) for t in config.tasks]
+    eval_tasks = [t.model_copy(update={"file": resolve(t.file)}) for t in config.eval.tasks]
+    return config.model_copy(update={"tasks": tasks, "eval": config.eval.model_copy(update={"tasks": eval_tasks})})

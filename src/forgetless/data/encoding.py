@@ -1,0 +1,96 @@
+"""Turning rows into token ids and labels, and batches of those into padded tensors.
+
+A training feature is a dict with `input_ids` and `labels` (lists of ints, -100 where no loss is taken)
+and optionally `token_weights` (floats, one per token; strategies such as STM set them). Chat rows
+(prompt/response) take loss on the response only; plain text takes loss everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+
+# Used when a tokenizer has no chat template (base models): simple, and stable across tokenizers.
+_FALLBACK_PROMPT = "User: {prompt}\nAssistant: "
+
+
+def chat_prompt_text(tokenizer, prompt: str) -> str:
+    """The text that precedes the assistant's reply, exactly as the model sees it in training."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return _FALLBACK_PROMPT.format(prompt=prompt)
+
+
+def encode_chat(tokenizer, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:
+    """Prompt + response in the model's chat format; labels cover the response (and its end marker)."""
+    prompt_text = chat_prompt_text(tokenizer, prompt)
+    if getattr(tokenizer, "chat_template", None):
+        full_text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
+        )
+    else:
+        full_text = prompt_text + response + (tokenizer.eos_token or "")
+    if not full_text.startswith(prompt_text):
+        raise ValueError("the chat template does not render the prompt as a prefix of the full conversation")
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    input_ids = (prompt_ids + response_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_text(tokenizer, text: str, max_length: int) -> list[dict[str, list[int]]]:
+    """Plain text split into consecutive windows of at most max_length tokens (no token is dropped)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]  # teaches where a document ends, as in pretraining
+    return [
+        {"input_ids": ids[start : start + max_length], "labels": ids[start : start + max_length]}
+        for start in range(0, len(ids), max_length)
+        if len(ids[start : start + max_length]) > 1
+    ]
+
+
+def encode_rows(tokenizer, rows: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
+    """Encode validated task rows; examples left with no trained token (prompt too long) are dropped."""
+    features: list[dict[str, list[int]]] = []
+    for row in rows:
+        if "text" in row:
+            features.extend(encode_text(tokenizer, row["text"], max_length))
+        else:
+            feature = encode_chat(tokenizer, row["prompt"], row["response"], max_length)
+            if any(label != IGNORE_INDEX for label in feature["labels"]):
+                features.append(feature)
+    return features
+
+
+class PaddingCollator:
+    """Right-pads a list of features into tensors; padded positions get label -100 and weight 0."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(f["input_ids"]) for f in features)
+        batch = len(features)
+        input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+        with_weights = any("token_weights" in f for f in features)
+        weights = torch.zeros((batch, length), dtype=torch.float32) if with_weights else None
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            input_ids[row, :n] = torch.tensor(feature["input_ids"], dtype=torch.long)
+            attention_mask[row, :n] = 1
+            labels[row, :n] = torch.tensor(feature["labels"], dtype=torch.long)
+            if weights is not None:
+                weights[row, :n] = torch.tensor(feature.get("token_weights", [1.0] * n), dtype=torch.float32)
+        batch_dict = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if weights is not None:
+            batch_dict["token_weights"] = weights
+        return batch_dict

@@ -1,0 +1,124 @@
+"""Tasks to learn: a name, training rows, held-out rows, and an optional in-domain multiple-choice set.
+
+Rows are either chat (`{"prompt", "response"}`, loss on the response) or plain text (`{"text"}`).
+Built-in tasks: `support` (generated customer-support tickets and replies), `legal` (US Constitution
+and Declaration of Independence), `pydoc` (Python's own documentation). A user's task is a JSONL file.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Callable
+
+from ..errors import ForgetlessError
+from ..fileio import read_jsonl, read_jsonl_numbered
+
+
+@dataclass
+class TrainingTask:
+    name: str
+    format: str  # "chat" or "text"
+    train: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
+    # In-domain accuracy items: {"prompt", "choices", "answer"}; the prompt is rendered in chat format.
+    multiple_choice: list[dict[str, Any]] = field(default_factory=list)
+
+
+def asset_path(*parts: str):
+    """A file shipped inside the package (data/assets/...)."""
+    return resources.files("forgetless.data").joinpath("assets", *parts)
+
+
+def _support_task(name: str) -> TrainingTask:
+    from .support import support_multiple_choice, support_splits
+
+    train, heldout = support_splits()
+    as_rows = lambda tickets: [{"prompt": t.prompt, "response": t.response} for t in tickets]  # noqa: E731
+    return TrainingTask(name, "chat", as_rows(train), as_rows(heldout), support_multiple_choice(heldout))
+
+
+def _legal_task(name: str) -> TrainingTask:
+    return TrainingTask(
+        name,
+        "text",
+        read_jsonl(asset_path("domains", "legal_train.jsonl")),
+        read_jsonl(asset_path("domains", "legal_heldout.jsonl")),
+    )
+
+
+def _pydoc_task(name: str) -> TrainingTask:
+    from .pydoc_text import pydoc_passages
+
+    rows = [{"text": passage} for passage in pydoc_passages()]
+    # Every fifth passage is held out: deterministic, and spread over all topics.
+    return TrainingTask(name, "text", [r for i, r in enumerate(rows) if i % 5], rows[::5])
+
+
+BUILTIN_TASKS: dict[str, Callable[[str], TrainingTask]] = {
+    "support": _support_task,
+    "legal": _legal_task,
+    "pydoc": _pydoc_task,
+}
+
+
+def load_builtin_task(builtin: str, name: str | None = None) -> TrainingTask:
+    if builtin not in BUILTIN_TASKS:
+        raise ForgetlessError(f"unknown builtin task {builtin!r}; known: {', '.join(sorted(BUILTIN_TASKS))}")
+    return BUILTIN_TASKS[builtin](name or builtin)
+
+
+def read_task_rows(path: str) -> tuple[str, list[dict[str, Any]]]:
+    """Validate a user's training file: every row is chat or every row is text; report the bad line."""
+    numbered = read_jsonl_numbered(path)
+    first_line, first = numbered[0]
+    task_format = "text" if "text" in first else "chat"
+    rows = []
+    for line, row in numbered:
+        if task_format == "text":
+            if not isinstance(row.get("text"), str) or not row["text"].strip():
+                raise ForgetlessError(f"{path}:{line}: expected a non-empty string field 'text' (as on line {first_line})")
+            rows.append({"text": row["text"]})
+        else:
+            for key in ("prompt", "response"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise ForgetlessError(
+                        f"{path}:{line}: expected non-empty string fields 'prompt' and 'response' "
+                        f"(or 'text' on every line); missing or empty: {key!r}"
+                    )
+            rows.append({"prompt": row["prompt"], "response": row["response"]})
+    return task_format, rows
+
+
+def load_file_task(name: str, path: str, heldout_path: str | None, heldout_fraction: float, seed: int) -> TrainingTask:
+    task_format, rows = read_task_rows(path)
+    if heldout_path is not None:
+        heldout_format, heldout = read_task_rows(heldout_path)
+        if heldout_format != task_format:
+            raise ForgetlessError(f"{heldout_path}: rows are {heldout_format} but {path} has {task_format} rows")
+        return TrainingTask(name, task_format, rows, heldout)
+    if len(rows) < 2:
+        raise ForgetlessError(f"{path}: need at least 2 rows to hold some out (or give heldout_file)")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_heldout = max(1, round(len(rows) * heldout_fraction))
+    heldout_ids = set(order[:n_heldout])
+    return TrainingTask(
+        name,
+        task_format,
+        [r for i, r in enumerate(rows) if i not in heldout_ids],
+        [r for i, r in enumerate(rows) if i in heldout_ids],
+    )
+
+
+def load_task(task_config, seed: int = 0) -> TrainingTask:
+    """Build a TrainingTask from a `TaskConfig` (config.py)."""
+    if task_config.builtin is not None:
+        return load_builtin_task(task_config.builtin, task_config.name)
+    return load_file_task(task_config.name, task_config.file, task_config.heldout_file, task_config.heldout_fraction, seed)
+
+
+def general_train_texts() -> list[str]:
+    """General English that is never evaluated: for Fisher estimation, replay mixing, anchor inputs."""
+    return [row["text"] for row in read_jsonl(asset_path("general", "general_train.jsonl"))]

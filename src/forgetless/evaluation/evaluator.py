@@ -1,0 +1,53 @@
+"""Scores the general suite and every training task at each evaluation point of a run, and keeps the log."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..metrics import ScoreSamples
+
+
+@dataclass
+class EvaluationLog:
+    """Everything measured so far: the JSON-ready records and the per-item samples behind them."""
+
+    general: list[dict[str, Any]] = field(default_factory=list)
+    task_evals: list[dict[str, Any]] = field(default_factory=list)
+    general_samples: list[dict[str, ScoreSamples]] = field(default_factory=list)
+    task_samples: list[dict[str, ScoreSamples]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Evaluator:
+    def __init__(self, general_tasks: list, training_tasks: list, tokenizer, limit: int | None = None, progress: bool = True):
+        self.general_tasks = general_tasks
+        self.training_tasks = training_tasks  # held-out evaluations, in training order
+        self.tokenizer = tokenizer
+        self.limit = limit
+        self.progress = progress
+        self.log = EvaluationLog()
+
+    def _score_all(self, model, tasks, label: str):
+        summaries, samples = {}, {}
+        for task in tasks:
+            result = task.evaluate(model, self.tokenizer, self.limit, progress=f"{label} {task.name}" if self.progress else False)
+            summaries[task.name] = result.summary
+            samples[task.name] = result.samples
+        return summaries, samples
+
+    def evaluate(self, model, stage: str, task: str | None, step: int) -> dict[str, Any]:
+        """Score everything now; `stage` is "before", "step" or "after_task"."""
+        started = time.perf_counter()
+        label = {"before": "eval before training", "step": f"eval step {step}", "after_task": f"eval after {task}"}[stage]
+        general, general_samples = self._score_all(model, self.general_tasks, label)
+        tasks, task_samples = self._score_all(model, self.training_tasks, label)
+        header = {"stage": stage, "task": task, "step": step}
+        mean = sum(s["score"] for s in general.values()) / len(general) if general else None
+        self.log.general.append({**header, "scores": general, "mean": mean})
+        self.log.task_evals.append({**header, "scores": tasks})
+        self.log.general_samples.append(general_samples)
+        self.log.task_samples.append(task_samples)
+        self.log.seconds += time.perf_counter() - started
+        return self.log.general[-1]
