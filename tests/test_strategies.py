@@ -1,0 +1,67 @@
+import pytest
+
+from forgetless.config import parse_config
+from forgetless.errors import ForgetlessError
+from forgetless.strategies import Strategy, build_strategies, build_strategy, known_strategies, register_strategy
+
+CONFIG = parse_config({"tasks": [{"name": "s", "builtin": "support"}]})
+
+
+def test_naive_is_registered():
+    assert "naive" in known_strategies()
+    assert build_strategy("naive").name == "naive"
+
+
+def test_unknown_strategy_lists_known_names():
+    with pytest.raises(ForgetlessError) as info:
+        build_strategy("ewwc")
+    assert "ewwc" in str(info.value) and "naive" in str(info.value)
+
+
+def test_unknown_parameter_lists_accepted_ones():
+    with pytest.raises(ForgetlessError, match=r"no parameter\(s\) \['lam'\]"):
+        build_strategy({"name": "naive", "lam": 3})
+    with pytest.raises(ForgetlessError, match="needs a 'name'"):
+        build_strategy({"lam": 3})
+
+
+def test_duplicate_in_stack_rejected():
+    with pytest.raises(ForgetlessError, match="more than once"):
+        build_strategies(["naive", "naive"])
+
+
+class _LoraOnly(Strategy):
+    name = "_test_lora_only"
+    adapters = ("lora",)
+
+    def __init__(self, weight: float = 1.0):
+        self.weight = weight
+
+
+class _Exclusive(Strategy):
+    name = "_test_exclusive"
+    exclusive_with = ("_test_lora_only",)
+
+
+class _SingleProcess(Strategy):
+    name = "_test_single"
+    supports_multiprocess = False
+
+
+for cls in (_LoraOnly, _Exclusive, _SingleProcess):
+    register_strategy(cls)
+
+
+def test_parameters_reach_the_constructor():
+    assert build_strategy({"name": "_test_lora_only", "weight": 2.5}).weight == 2.5
+
+
+def test_runner_refuses_impossible_combinations_before_training():
+    with pytest.raises(ForgetlessError, match="does not work with adapter 'full'"):
+        build_strategies(["_test_lora_only"], CONFIG)
+    lora = CONFIG.model_copy(update={"adapter": "lora"})
+    with pytest.raises(ForgetlessError, match="cannot be stacked"):
+        build_strategies(["_test_lora_only", "_test_exclusive"], lora)
+    with pytest.raises(ForgetlessError, match="several processes"):
+        build_strategies(["_test_single"], CONFIG, world_size=2)
+    assert [s.name for s in build_strategies(["naive", "_test_single"], CONFIG)] == ["naive", "_test_single"]
