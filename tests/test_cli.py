@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from forgetless.cli import main
+
+from .conftest import make_tiny_lm
+
+
+@pytest.fixture
+def tiny_model_folder(tmp_path, tokenizer):
+    folder = tmp_path / "tiny-model"
+    model = make_tiny_lm(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_eval_writes_the_documented_json(tmp_path, tiny_model_folder):
+    mc = tmp_path / "quiz.jsonl"
+    mc.write_text(
+        "".join(
+            json.dumps({"question": f"Question: {i}?\nAnswer:", "choices": ["yes", "no", "maybe"], "answer": i % 3}) + "\n"
+            for i in range(9)
+        )
+    )
+    text = tmp_path / "prose.jsonl"
+    text.write_text('{"text": "A sentence of plain English."}\n{"text": "Another one."}\n')
+    out = tmp_path / "scores.json"
+    code = main(["eval", "--model", str(tiny_model_folder), "--task-file", str(mc), "--task-file", str(text), "--json", str(out)])
+    assert code == 0
+    scores = json.loads(out.read_text())["tasks"]
+    assert set(scores) == {"quiz", "prose"}
+    assert scores["quiz"]["n"] == 9 and 0 <= scores["quiz"]["acc"] <= 1 and 0 <= scores["quiz"]["acc_norm"] <= 1
+    assert scores["prose"]["perplexity"] > 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--model", "/nowhere/model", "--task-file", "x.jsonl"], "not found"),
+        (["eval", "--model", "default"], "--task-file"),
+        (["eval", "--model", "default", "--suite", "generel"], "unknown suite 'generel'; known: general"),
+        (["run", "/nowhere/run.yaml", "--out", "o"], "config file not found"),
+    ],
+)
+def test_bad_input_is_a_clear_error_not_a_traceback(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_run_with_a_wrong_type_names_the_field(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("tasks: [{name: s, builtin: support}]\ntrain: {steps: many}\n")
+    assert main(["run", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "train.steps" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing was started
+
+
+def test_unknown_strategy_in_a_run_lists_known_names(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("tasks: [{name: s, builtin: support}]\nstrategies: [ewc2]\n")
+    assert main(["run", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown strategy 'ewc2'; known: " in capsys.readouterr().err
+
+
+def test_strategies_command_lists_naive(capsys):
+    assert main(["strategies"]) == 0
+    assert "naive" in capsys.readouterr().out
