@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from . import __version__
-from .adapters import finish_task, prepare_for_task, trainable_parameter_count
+from .adapters import adapter_name, finish_task, prepare_for_task, trainable_parameter_count
 from .config import RunConfig
 from .data.encoding import IGNORE_INDEX, PaddingCollator, encode_rows
-from .data.tasks import TrainingTask, general_train_texts, load_task
+from .data.tasks import TrainingTask, load_task
 from .errors import ForgetlessError
 from .evaluation.evaluator import Evaluator
 from .evaluation.suites import heldout_task, load_eval_file, load_suite
@@ -119,6 +119,11 @@ def _write_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Stra
     try:
         if config.adapter == "lora":
             model.save_pretrained(staging, selected_adapters=[adapter] if adapter else None)  # adapter weights only
+            # PEFT puts a non-"default" adapter in a sub-folder named after it; one adapter per checkpoint here.
+            for sub in [p for p in staging.iterdir() if p.is_dir()]:
+                for item in sub.iterdir():
+                    os.replace(item, staging / item.name)
+                sub.rmdir()
         else:
             model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
@@ -174,6 +179,7 @@ class ContinualRun:
             remove_unused_columns=False,  # keeps token_weights
             disable_tqdm=not self.progress,
             dataloader_num_workers=0,
+            dataloader_pin_memory=False,
         )
 
     def _train_task(self, task_index: int, task: TrainingTask) -> None:
@@ -186,7 +192,6 @@ class ContinualRun:
             task=task,
             task_index=task_index,
             tasks=self.tasks,
-            general_texts=general_train_texts(),
             global_step=self.global_step,
         )
         for strategy in self.strategies:
@@ -234,7 +239,7 @@ class ContinualRun:
             stacked = self.config.adapter == "lora" and self.config.lora.between_tasks == "stack"
             _write_checkpoint(
                 self.model, self.tokenizer, self.config, self.strategies, self.out_dir / "checkpoints" / name,
-                adapter=f"task{task_index}" if stacked else None,
+                adapter=adapter_name(task_index) if stacked else None,
             )
 
     def execute(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ and Declaration of Independence), `pydoc` (Python's own documentation). A user's
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from importlib import resources
@@ -119,6 +120,7 @@ def load_task(task_config, seed: int = 0) -> TrainingTask:
     return load_file_task(task_config.name, task_config.file, task_config.heldout_file, task_config.heldout_fraction, seed)
 
 
-def general_train_texts() -> list[str]:
+@functools.cache
+def general_train_texts() -> tuple[str, ...]:
     """General English that is never evaluated: for Fisher estimation, replay mixing, anchor inputs."""
-    return [row["text"] for row in read_jsonl(asset_path("general", "general_train.jsonl"))]
+    return tuple(row["text"] for row in read_jsonl(asset_path("general", "general_train.jsonl")))

@@ -37,9 +37,15 @@ class TaskContext:
     task: "TrainingTask"
     task_index: int  # 0-based position in the run
     tasks: list["TrainingTask"]
-    general_texts: list[str]  # general English, disjoint from every evaluation item
     global_step: int = 0  # optimizer steps taken in earlier tasks plus this one so far
     log: dict[str, Any] = field(default_factory=dict)  # per-task facts a strategy reports (e.g. fraction masked)
+
+    @property
+    def general_texts(self) -> tuple[str, ...]:
+        """General English, disjoint from every evaluation item (read on first use, then cached)."""
+        from ..data.tasks import general_train_texts
+
+        return general_train_texts()
 
     @property
     def earlier_tasks(self) -> list["TrainingTask"]:

@@ -1,0 +1,182 @@
+"""The runner end to end on a tiny random model: loss, schedule of evaluations, results, checkpoints."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from forgetless.config import parse_config
+from forgetless.strategies import Strategy, register_strategy
+from forgetless.training import run_continual, token_cross_entropy
+
+from .conftest import make_tiny_lm
+
+
+def test_token_cross_entropy_matches_a_direct_computation():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, 1, 2, 3, -100], [-100, -100, 4, 5, 6]])
+    weights = torch.tensor([[1.0, 1.0, 0.5, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0, 2.0]])
+    total, mass = 0.0, 0.0
+    for b in range(2):
+        for t in range(1, 5):  # logits at t-1 predict token t
+            if labels[b, t] != -100:
+                nll = -F.log_softmax(logits[b, t - 1], dim=-1)[labels[b, t]]
+                total += weights[b, t] * nll
+                mass += weights[b, t]
+    assert torch.allclose(token_cross_entropy(logits, labels, weights), total / mass)
+    unweighted = token_cross_entropy(logits, labels)
+    direct = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(unweighted, direct)
+
+
+def test_token_cross_entropy_with_nothing_to_learn_is_zero_with_a_graph():
+    logits = torch.randn(1, 3, 5, requires_grad=True)
+    loss = token_cross_entropy(logits, torch.full((1, 3), -100))
+    assert loss.item() == 0.0
+    loss.backward()  # does not raise: the graph is kept
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def task_files(tmp_path):
+    chat = [{"prompt": f"Ticket {i}: my router is broken", "response": "Please restart the router and wait."} for i in range(24)]
+    text = [{"text": f"We the people of the union number {i} ordain this constitution."} for i in range(24)]
+    mc = [{"question": f"Question: {i} plus one?\nAnswer:", "choices": [str(i + 1), str(i + 7)], "answer": 0} for i in range(6)]
+    return {
+        "chat": write_jsonl(tmp_path / "chat.jsonl", chat),
+        "text": write_jsonl(tmp_path / "text.jsonl", text),
+        "mc": write_jsonl(tmp_path / "mc.jsonl", mc),
+    }
+
+
+def tiny_config(task_files, **overrides):
+    data = {
+        "model": "tiny-test-model",
+        "tasks": [{"name": "chat", "file": task_files["chat"]}, {"name": "text", "file": task_files["text"]}],
+        "eval": {"suites": [], "tasks": [{"name": "extra", "file": task_files["mc"]}], "every_steps": 3},
+        "train": {"steps": 6, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
+        "checkpoints": "every_task",
+    }
+    data.update(overrides)
+    return parse_config(data)
+
+
+def test_full_run_learns_and_writes_everything(tmp_path, tokenizer, task_files):
+    model = make_tiny_lm(len(tokenizer))
+    results = run_continual(tiny_config(task_files), tmp_path / "out", model=model, tokenizer=tokenizer, progress=False)
+
+    assert results["tasks"] == ["chat", "text"]
+    assert len(results["matrix"]) == 3 and all(len(row) == 2 for row in results["matrix"])
+    # Training on a task raises its held-out score (1/perplexity) well above the random model's.
+    assert results["matrix"][1][0] > 1.5 * results["matrix"][0][0]
+    assert results["matrix"][2][1] > 1.5 * results["matrix"][0][1]
+    stages = [(g["stage"], g["step"]) for g in results["general"]]
+    assert stages == [("before", 0), ("step", 3), ("after_task", 6), ("step", 9), ("after_task", 12)]
+    assert set(results["general"][0]["scores"]) == {"extra"}
+    for key in ("acc", "bwt", "fwt", "forgetting", "general_delta_abs", "general_delta_rel"):
+        assert key in results["metrics"]
+
+    out = tmp_path / "out"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["matrix"] == results["matrix"]
+    assert (out / "report.md").is_file() and (out / "general_over_steps.png").is_file()
+    for name in ("after-1-chat", "after-2-text"):
+        assert (out / "checkpoints" / name / "model.safetensors").is_file()
+    assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir())  # no staging leftovers
+
+
+def test_lora_merge_run_saves_adapters_only_and_keeps_base_frozen(tmp_path, tokenizer, task_files):
+    model = make_tiny_lm(len(tokenizer))
+    embed_before = model.get_input_embeddings().weight.detach().clone()
+    config = tiny_config(
+        task_files,
+        adapter="lora",
+        lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        eval={"suites": [], "every_steps": 0},
+    )
+    results = run_continual(config, tmp_path / "out", model=model, tokenizer=tokenizer, progress=False)
+    checkpoint = tmp_path / "out" / "checkpoints" / "after-1-chat"
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+    assert not (checkpoint / "model.safetensors").exists()
+    assert results["training"][0]["trainable_parameters"] < results["training"][0]["total_parameters"] / 10
+    # Only LoRA trained: the (untargeted) embeddings are exactly as before.
+    assert torch.equal(model.get_input_embeddings().weight, embed_before)
+    assert results["matrix"][1][0] > results["matrix"][0][0]
+
+
+def test_lora_stack_trains_only_the_newest_adapter(tmp_path, tokenizer, task_files):
+    from forgetless.adapters import prepare_for_task
+
+    config = tiny_config(task_files, adapter="lora", lora={"r": 2, "between_tasks": "stack", "target_modules": ["q_proj"]})
+    model = prepare_for_task(make_tiny_lm(len(tokenizer)), config, 0)
+    model = prepare_for_task(model, config, 1)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".task1." in n for n in trainable)
+    assert any(".task0." in n for n, _ in model.named_parameters())
+    assert set(model.base_model.active_adapters) == {"task0", "task1"}
+
+
+@register_strategy
+class _Recorder(Strategy):
+    """Records hook calls and adds a known extra loss, to check the runner's contract."""
+
+    name = "_test_recorder"
+
+    def __init__(self, extra: float = 0.0):
+        self.extra = extra
+        self.calls: list[str] = []
+        self.extra_seen = 0
+
+    def on_task_start(self, ctx):
+        self.calls.append(f"start:{ctx.task.name}")
+
+    def prepare_examples(self, ctx, examples):
+        self.calls.append(f"prepare:{ctx.task.name}")
+        return examples[:2]  # the data side may change what is trained on
+
+    def extra_loss(self, ctx, model, inputs, outputs):
+        self.extra_seen += 1
+        return torch.tensor(self.extra)
+
+    def transform_weights(self, ctx):
+        self.calls.append(f"transform:{ctx.task.name}")
+
+    def consolidate(self, ctx):
+        self.calls.append(f"consolidate:{ctx.task.name}")
+
+    def state_tensors(self):
+        return {"calls": torch.tensor([len(self.calls)])}
+
+
+def test_strategy_hooks_run_in_order_and_their_loss_is_added(tmp_path, tokenizer, task_files, monkeypatch):
+    import forgetless.training as training
+
+    created = []
+    real_build = training.build_strategies
+
+    def spy(*args, **kwargs):
+        created.extend(real_build(*args, **kwargs))
+        return created
+
+    monkeypatch.setattr(training, "build_strategies", spy)
+    config = tiny_config(task_files, strategies=[{"name": "_test_recorder", "extra": 5.0}], eval={"suites": []})
+    results = run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    recorder = created[0]
+    assert recorder.calls == [
+        "start:chat", "prepare:chat", "transform:chat", "consolidate:chat",
+        "start:text", "prepare:text", "transform:text", "consolidate:text",
+    ]
+    assert recorder.extra_seen == 12  # one extra_loss per step, 6 steps x 2 tasks
+    assert results["training"][0]["examples"] == 2
+    # The reported training loss includes the constant extra term.
+    assert results["training"][0]["train_loss"] > 5.0
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "out" / "checkpoints" / "after-2-text" / "strategy-_test_recorder.safetensors")
+    assert saved["calls"].item() == 8
