@@ -138,6 +138,12 @@ def _write_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Stra
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 class ContinualRun:
     """Holds everything one run needs; `execute()` trains all tasks and returns the results dict."""
 
@@ -232,6 +238,8 @@ class ContinualRun:
         )
 
     def _checkpoint(self, task_index: int, task: TrainingTask) -> None:
+        if not _is_main_process():
+            return
         last = task_index == len(self.tasks) - 1
         mode = self.config.checkpoints
         if mode == "every_task" or (mode == "last" and last):
@@ -254,10 +262,11 @@ class ContinualRun:
             self.model = finish_task(self.model, self.config)
         shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
         results = self._results(time.perf_counter() - started)
-        atomic_write_json(self.out_dir / "results.json", results)
-        from .report import write_report
+        if _is_main_process():  # under accelerate/torchrun every process trains; one writes
+            atomic_write_json(self.out_dir / "results.json", results)
+            from .report import write_report
 
-        write_report(results, self.out_dir)
+            write_report(results, self.out_dir)
         return results
 
     def _results(self, wall_time: float) -> dict[str, Any]:

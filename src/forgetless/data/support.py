@@ -316,7 +316,7 @@ SOFTWARE_RESOLUTIONS: dict[str, str] = {
         "for the trouble."
     ),
     "refund": (
-        "I've approved a full refund of {amount} for order {order} and closed the licence on your account, "
+        "I've approved a full refund of {amount} for order {order} and closed the {product} licence on your account, "
         "so there's nothing to send back. The money goes back to your original payment method within 5 "
         "business days, and your backed-up files stay downloadable for 30 days."
     ),
