@@ -57,7 +57,7 @@ def _cmd_strategies(args: argparse.Namespace) -> None:
     from .strategies import _REGISTRY
 
     for name in sorted(_REGISTRY):
-        doc = (_REGISTRY[name].__doc__ or "").strip().splitlines()[0]
+        doc = next(iter((_REGISTRY[name].__doc__ or "").strip().splitlines()), "")
         print(f"{name:12s} {doc}")
 
 
