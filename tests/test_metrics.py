@@ -86,12 +86,17 @@ def test_shape_and_values_are_validated(matrix, message):
         continual_metrics(matrix)
 
 
+V = 1000  # vocabulary size of the perplexity samples below
+
+
 def test_score_samples_scores():
     assert ScoreSamples("mean", [1, 0, 1, 1]).score() == pytest.approx(0.75)
     # Two documents: 6 nats over 3 tokens and 2 nats over 1 token -> 8 nats / 4 tokens = 2 nats per token,
-    # perplexity e^2, score exp(-2) = 1/perplexity.
-    samples = ScoreSamples("token_prob", [6.0, 2.0], tokens=[3, 1])
-    assert samples.score() == pytest.approx(math.exp(-2.0))
+    # perplexity e^2; with a vocabulary of V the score is 1 - ln(e^2) / ln(V) = 1 - 2 / ln(V).
+    samples = ScoreSamples("perplexity", [6.0, 2.0], tokens=[3, 1], vocab_size=V)
+    assert samples.score() == pytest.approx(1 - 2.0 / math.log(V))
+    # Uniform guessing (perplexity = V) scores 0.
+    assert ScoreSamples("perplexity", [math.log(V) * 4], tokens=[4], vocab_size=V).score() == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize(
@@ -100,9 +105,10 @@ def test_score_samples_scores():
         {"kind": "median", "values": [1.0]},
         {"kind": "mean", "values": []},
         {"kind": "mean", "values": [1.0], "tokens": [1]},
-        {"kind": "token_prob", "values": [1.0, 2.0]},
-        {"kind": "token_prob", "values": [1.0, 2.0], "tokens": [3]},
-        {"kind": "token_prob", "values": [1.0], "tokens": [0]},
+        {"kind": "perplexity", "values": [1.0, 2.0]},
+        {"kind": "perplexity", "values": [1.0], "tokens": [1]},  # no vocabulary size
+        {"kind": "perplexity", "values": [1.0, 2.0], "tokens": [3], "vocab_size": 10},
+        {"kind": "perplexity", "values": [1.0], "tokens": [0], "vocab_size": 10},
     ],
 )
 def test_score_samples_are_validated(kwargs):
@@ -130,7 +136,7 @@ def test_accuracy_stderr_agrees_with_lm_eval():
 def test_paired_delta_is_zero_with_zero_se_when_nothing_changed():
     samples = ScoreSamples("mean", [1.0, 0.0] * 50)
     assert paired_delta(samples, samples) == (0.0, 0.0)
-    documents = ScoreSamples("token_prob", [3.0, 5.0, 1.0], tokens=[2, 4, 1])
+    documents = ScoreSamples("perplexity", [3.0, 5.0, 1.0], tokens=[2, 4, 1], vocab_size=V)
     assert paired_delta(documents, documents) == (0.0, 0.0)
 
 
@@ -146,11 +152,11 @@ def test_paired_delta_sign_value_and_determinism():
     assert paired_delta(after, before, n_boot=500, seed=3)[0] == pytest.approx(0.15)
 
 
-def test_paired_delta_of_token_probabilities():
-    before = ScoreSamples("token_prob", [10.0, 20.0, 30.0], tokens=[5, 10, 15])  # 60 / 30 = 2 nats per token
-    after = ScoreSamples("token_prob", [13.0, 20.0, 30.0], tokens=[5, 10, 15])  # 63 / 30 = 2.1 nats per token
+def test_paired_delta_of_perplexity_scores():
+    before = ScoreSamples("perplexity", [10.0, 20.0, 30.0], tokens=[5, 10, 15], vocab_size=V)  # 60 / 30 = 2 nats per token
+    after = ScoreSamples("perplexity", [13.0, 20.0, 30.0], tokens=[5, 10, 15], vocab_size=V)  # 63 / 30 = 2.1 nats per token
     delta, se = paired_delta(before, after, n_boot=200)
-    assert delta == pytest.approx(math.exp(-2.1) - math.exp(-2.0))
+    assert delta == pytest.approx((2.0 - 2.1) / math.log(V))
     assert delta < 0 and se > 0
 
 
@@ -158,7 +164,7 @@ def test_paired_delta_rejects_unpaired_evaluations():
     with pytest.raises(ValueError, match="same items"):
         paired_delta(ScoreSamples("mean", [1.0, 0.0]), ScoreSamples("mean", [1.0]))
     with pytest.raises(ValueError, match="cannot pair"):
-        paired_delta(ScoreSamples("mean", [1.0]), ScoreSamples("token_prob", [1.0], tokens=[1]))
+        paired_delta(ScoreSamples("mean", [1.0]), ScoreSamples("perplexity", [1.0], tokens=[1], vocab_size=V))
 
 
 def test_general_change_big_shift_is_beyond_noise():
@@ -185,19 +191,19 @@ def test_general_change_one_flip_in_200_is_within_noise():
 def test_general_change_averages_tasks_and_their_relative_change():
     before = {
         "quiz": ScoreSamples("mean", [1.0] * 80 + [0.0] * 20),  # 0.80
-        "text": ScoreSamples("token_prob", [20.0, 20.0], tokens=[10, 10]),  # exp(-2)
+        "text": ScoreSamples("perplexity", [20.0, 20.0], tokens=[10, 10], vocab_size=V),  # 1 - 2 / ln(V)
     }
     after = {
         "quiz": ScoreSamples("mean", [1.0] * 60 + [0.0] * 40),  # 0.60
-        "text": ScoreSamples("token_prob", [20.0, 20.0], tokens=[10, 10]),  # unchanged
+        "text": ScoreSamples("perplexity", [20.0, 20.0], tokens=[10, 10], vocab_size=V),  # unchanged
     }
     change = general_change(before, after, n_boot=300, seed=1)
-    mean_before = (0.80 + math.exp(-2)) / 2
+    mean_before = (0.80 + 1 - 2 / math.log(V)) / 2
     assert change["before"] == pytest.approx(mean_before)
     assert change["delta_abs"] == pytest.approx(-0.10)  # (-0.20 + 0) / 2
     assert change["delta_rel"] == pytest.approx(-0.10 / mean_before)
     assert change["tasks"]["quiz"]["rel"] == pytest.approx(-0.25)  # -0.20 / 0.80
-    assert change["tasks"]["text"] == {"before": pytest.approx(math.exp(-2)), "after": pytest.approx(math.exp(-2)),
+    assert change["tasks"]["text"] == {"before": pytest.approx(1 - 2 / math.log(V)), "after": pytest.approx(1 - 2 / math.log(V)),
                                        "delta": 0.0, "rel": 0.0, "se": 0.0, "within_noise": True}
     # With one task constant, the mean's se is half the quiz's se (the same replicates, averaged with 0).
     assert change["delta_se"] == pytest.approx(change["tasks"]["quiz"]["se"] / 2)

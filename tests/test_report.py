@@ -35,7 +35,7 @@ def _results(matrix, tasks, within_noise):
     return {
         "model": "default", "adapter": "lora", "strategies": ["ewc", "replay"], "tasks": tasks,
         "matrix": matrix, "matrix_rows": ["before training"] + [f"after {task}" for task in tasks],
-        "task_metric": {task: "token_prob" for task in tasks}, "general": general, "task_evals": [],
+        "task_metric": {task: "perplexity" for task in tasks}, "general": general, "task_evals": [],
         "metrics": metrics, "wall_time_s": 12.5,
     }
 

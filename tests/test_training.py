@@ -73,7 +73,7 @@ def test_full_run_learns_and_writes_everything(tmp_path, tokenizer, task_files):
 
     assert results["tasks"] == ["chat", "text"]
     assert len(results["matrix"]) == 3 and all(len(row) == 2 for row in results["matrix"])
-    # Training on a task raises its held-out score (1/perplexity) well above the random model's.
+    # Training on a task raises its held-out perplexity score well above the random model's.
     assert results["matrix"][1][0] > 1.5 * results["matrix"][0][0]
     assert results["matrix"][2][1] > 1.5 * results["matrix"][0][1]
     stages = [(g["stage"], g["step"]) for g in results["general"]]

@@ -11,8 +11,8 @@ Two kinds of numbers live here:
   bootstrap: one resample of item indices is applied to both evaluations, which cancels the item-to-item
   variance that the two evaluations share.
 
-All scores are higher-is-better. A perplexity task becomes a score in [0, 1] as 1/perplexity, the
-geometric-mean probability the model gives a held-out token.
+All scores are higher-is-better. A perplexity task becomes a score in [0, 1] as 1 - log_V(perplexity)
+(V = vocabulary size): 0 is uniform guessing, 1 is certainty; see `ScoreSamples`.
 """
 
 from __future__ import annotations
@@ -90,19 +90,24 @@ class ScoreSamples:
 
     kind "mean":       ``values`` holds one number per question (0/1 correctness for acc or acc_norm);
                        score = mean(values).
-    kind "token_prob": ``values`` holds the summed negative log-likelihood (nats) of each document and
-                       ``tokens`` its number of scored tokens; score = exp(-sum(values) / sum(tokens)),
-                       i.e. 1/perplexity, the geometric-mean probability of a token. This is how a
-                       perplexity task becomes a higher-is-better score in [0, 1].
+    kind "perplexity": ``values`` holds the summed negative log-likelihood (nats) of each document,
+                       ``tokens`` its number of scored tokens, ``vocab_size`` the model's vocabulary size;
+                       score = 1 - (sum(values) / sum(tokens)) / ln(vocab_size) = 1 - log_V(perplexity).
+                       This is how a perplexity task becomes a higher-is-better score: 0 means no better
+                       than guessing uniformly over the vocabulary (perplexity = V), 1 means certain of
+                       every token (perplexity = 1). Unlike 1/perplexity (about 0.01 for general text),
+                       it moves on the same scale as an accuracy, so averaging it with accuracies in the
+                       general mean does not silently drop the most sensitive measure of forgetting.
     """
 
-    kind: Literal["mean", "token_prob"]
+    kind: Literal["mean", "perplexity"]
     values: list[float]
     tokens: list[int] | None = None
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("mean", "token_prob"):
-            raise ValueError(f"ScoreSamples kind must be 'mean' or 'token_prob', got {self.kind!r}")
+        if self.kind not in ("mean", "perplexity"):
+            raise ValueError(f"ScoreSamples kind must be 'mean' or 'perplexity', got {self.kind!r}")
         if len(self.values) == 0:
             raise ValueError("ScoreSamples needs at least one item")
         if self.kind == "mean":
@@ -111,16 +116,18 @@ class ScoreSamples:
             return
         if self.tokens is None or len(self.tokens) != len(self.values):
             got = "none" if self.tokens is None else len(self.tokens)
-            raise ValueError(f"ScoreSamples of kind 'token_prob' needs one token count per document: "
+            raise ValueError(f"ScoreSamples of kind 'perplexity' needs one token count per document: "
                              f"{len(self.values)} documents, {got} counts")
+        if self.vocab_size is None or self.vocab_size < 2:
+            raise ValueError("ScoreSamples of kind 'perplexity' needs the vocabulary size (>= 2)")
         if any(count < 0 for count in self.tokens) or sum(self.tokens) == 0:
             raise ValueError("ScoreSamples token counts must be >= 0 with a positive total")
 
     def score(self) -> float:
-        """The task's score: mean correctness, or exp(-total NLL / total tokens) = 1/perplexity."""
+        """The task's score: mean correctness, or 1 - (total NLL / total tokens) / ln(vocab_size)."""
         if self.kind == "mean":
             return float(np.mean(self.values))
-        return math.exp(-math.fsum(self.values) / sum(self.tokens))
+        return 1.0 - math.fsum(self.values) / sum(self.tokens) / math.log(self.vocab_size)
 
 
 def accuracy_stderr(correct: Sequence[bool | float]) -> float:
@@ -208,7 +215,7 @@ def _within_noise(delta: float, se: float) -> bool:
 
 def _check_paired(before: ScoreSamples, after: ScoreSamples, name: str = "") -> None:
     label = f"task {name!r}: " if name else ""
-    if before.kind != after.kind:
+    if before.kind != after.kind or before.vocab_size != after.vocab_size:
         raise ValueError(f"{label}cannot pair a {before.kind!r} evaluation with a {after.kind!r} one")
     if len(before.values) != len(after.values):
         raise ValueError(f"{label}paired evaluations must score the same items: "
@@ -220,7 +227,7 @@ def _bootstrap_deltas(before: ScoreSamples, after: ScoreSamples, n_boot: int, rn
     if n_boot < 2:
         raise ValueError(f"n_boot must be at least 2 to estimate a standard error, got {n_boot}")
     columns = [np.asarray(before.values, dtype=np.float64), np.asarray(after.values, dtype=np.float64)]
-    if before.kind == "token_prob":
+    if before.kind == "perplexity":
         columns += [np.asarray(before.tokens, dtype=np.float64), np.asarray(after.tokens, dtype=np.float64)]
         # Zero-token documents carry no evidence (they add nothing to either sum); leaving them out
         # keeps every replicate's token total positive, so its token probability is defined.
@@ -235,5 +242,5 @@ def _bootstrap_deltas(before: ScoreSamples, after: ScoreSamples, n_boot: int, rn
         if before.kind == "mean":
             deltas.append((sums[1] - sums[0]) / n)
         else:
-            deltas.append(np.exp(-sums[1] / sums[3]) - np.exp(-sums[0] / sums[2]))
+            deltas.append((sums[0] / sums[2] - sums[1] / sums[3]) / math.log(before.vocab_size))
     return np.concatenate(deltas)

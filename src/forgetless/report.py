@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from .fileio import atomic_write_bytes, atomic_write_text
 
 # What a column's score is, for table headers and the reading guide.
-_METRIC_LABELS = {"token_prob": "1/ppl", "mean": "accuracy", "acc": "accuracy", "acc_norm": "acc_norm"}
+_METRIC_LABELS = {"perplexity": "1-log_V(ppl)", "mean": "accuracy", "acc": "accuracy", "acc_norm": "acc_norm"}
 
 _NOT_APPLICABLE = "n/a (one task)"
 
@@ -150,7 +150,7 @@ def _general_table(results: dict, general_tasks: dict) -> str:
     for name, task in general_tasks.items():
         stderr_before, stderr_after = first.get(name, {}).get("acc_stderr"), last.get(name, {}).get("acc_stderr")
         stderr = "—" if stderr_before is None else f"{stderr_before:.3f} / {format_number(stderr_after)}"
-        kind = "1/ppl" if "perplexity" in first.get(name, {}) else "accuracy" if stderr_before is not None else "score"
+        kind = "1-log_V(ppl)" if "perplexity" in first.get(name, {}) else "accuracy" if stderr_before is not None else "score"
         rel = "n/a" if task.get("rel") is None else f"{100 * task['rel']:+.1f} %"
         rows.append([name, kind, task["before"], task["after"], f"{task['delta']:+.3f} ± {task['se']:.3f}", rel,
                      "within noise" if task["within_noise"] else "BEYOND NOISE", stderr])
@@ -161,7 +161,7 @@ def _general_table(results: dict, general_tasks: dict) -> str:
 _READING_GUIDE = """## How to read this
 
 - **Score**: higher is better. An accuracy task scores the fraction answered right; a perplexity task
-  scores 1/perplexity, the geometric-mean probability the model gives a held-out token (in [0, 1]).
+  scores 1 - log_V(perplexity) with V the vocabulary size: 0 = uniform guessing, 1 = certain of every token.
 - **Score matrix** R[i][j]: score on task j after training through task i; row 0 is the untouched model.
 - **ACC**: mean of the last row, how good the final model is on all tasks.
 - **BWT** (backward transfer): mean of R[T][j] - R[j][j] over earlier tasks; BWT < 0 means forgetting.
@@ -200,7 +200,7 @@ def _general_figure(results: dict):
     for name in names:
         scores = [entry["scores"].get(name, {}).get("score", math.nan) for entry in evaluations]
         line, = score_axes.plot(steps, scores, linewidth=1, alpha=0.8, marker=".", label=name)
-        # Tasks live on different scales (accuracy ~0.5, 1/ppl ~0.03): the change panel puts them on one.
+        # Tasks live on different scales (accuracy ~0.5, perplexity score ~0.6): the change panel puts them on one.
         change_axes.plot(steps, [_percent_change(s, scores[0]) for s in scores], linewidth=1, alpha=0.8,
                          marker=".", color=line.get_color(), label=name)
     score_axes.plot(steps, means, color="black", linewidth=2.5, marker="o", label="general mean")
@@ -242,7 +242,7 @@ def _matrix_figure(results: dict):
     row_names = results.get("matrix_rows") or ["before training"] + [f"after {task}" for task in tasks]
     task_metric = results.get("task_metric", {})
     # Colour is the change against row 0 in percent, so columns on different scales (accuracy vs
-    # 1/ppl) compare fairly and red/blue reads as worse/better than the untouched model.
+    # perplexity scores) compare fairly and red/blue reads as worse/better than the untouched model.
     change = [[_percent_change(value, matrix[0][c]) for c, value in enumerate(row)] for row in matrix]
     finite = [abs(v) for row in change for v in row if not math.isnan(v)]
     limit = max(finite + [1.0])

@@ -29,7 +29,7 @@ from .config import RunConfig
 from .data.encoding import IGNORE_INDEX, PaddingCollator, encode_rows
 from .data.tasks import TrainingTask, load_task
 from .errors import ForgetlessError
-from .evaluation.evaluator import Evaluator
+from .evaluation.evaluator import EvaluationLog, Evaluator
 from .evaluation.suites import heldout_task, load_eval_file, load_suite
 from .fileio import atomic_write_json
 from .metrics import continual_metrics, general_change
@@ -147,7 +147,15 @@ def _is_main_process() -> bool:
 class ContinualRun:
     """Holds everything one run needs; `execute()` trains all tasks and returns the results dict."""
 
-    def __init__(self, config: RunConfig, out_dir: str | Path, model=None, tokenizer=None, progress: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: str | Path,
+        model=None,
+        tokenizer=None,
+        progress: bool = True,
+        before: EvaluationLog | None = None,
+    ):
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
@@ -165,6 +173,7 @@ class ContinualRun:
             model, tokenizer = load_model_and_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
         self.model, self.tokenizer = model, tokenizer
         self.evaluator = Evaluator(general, [heldout_task(t) for t in self.tasks], tokenizer, config.eval.limit, progress)
+        self.before = before  # another run's evaluation of the same starting model, to skip a repeat
         self.global_step = 0
         self.task_logs: list[dict[str, Any]] = []
 
@@ -254,7 +263,10 @@ class ContinualRun:
         started = time.perf_counter()
         set_seed(self.config.train.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.evaluator.evaluate(self.model, "before", None, 0)
+        if self.before is not None:
+            self.evaluator.adopt_before(self.before)
+        else:
+            self.evaluator.evaluate(self.model, "before", None, 0)
         for task_index, task in enumerate(self.tasks):
             self._train_task(task_index, task)
             self.evaluator.evaluate(self.model, "after_task", task.name, self.global_step)

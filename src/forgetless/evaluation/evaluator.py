@@ -29,6 +29,15 @@ class Evaluator:
         self.progress = progress
         self.log = EvaluationLog()
 
+    def adopt_before(self, other: EvaluationLog) -> None:
+        """Reuse another run's "before training" evaluation of the same model, tasks and limit."""
+        if self.log.general or not other.general or other.general[0]["stage"] != "before":
+            raise ValueError("adopt_before needs a fresh evaluator and a log that starts with a 'before' evaluation")
+        self.log.general.append(other.general[0])
+        self.log.task_evals.append(other.task_evals[0])
+        self.log.general_samples.append(other.general_samples[0])
+        self.log.task_samples.append(other.task_samples[0])
+
     def _score_all(self, model, tasks, label: str):
         summaries, samples = {}, {}
         for task in tasks:

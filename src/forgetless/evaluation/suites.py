@@ -5,7 +5,7 @@ higher-is-better number) and the per-item `ScoreSamples` behind it, so two evalu
 task can be compared with a paired standard error.
 
 Primary scores: multiple choice -> `acc` (lm-evaluation-harness's definition);
-perplexity -> `1 / perplexity` (the geometric-mean probability the model gives each token, in (0, 1]).
+perplexity -> `1 - log_V(perplexity)` (V = vocabulary size; 0 = uniform guessing, 1 = certain).
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ class TaskScore:
     samples: ScoreSamples
 
 
-def _perplexity_score(result: PerplexityResult) -> TaskScore:
-    samples = ScoreSamples(kind="token_prob", values=list(result.doc_nll), tokens=list(result.doc_tokens))
+def _perplexity_score(result: PerplexityResult, vocab_size: int) -> TaskScore:
+    samples = ScoreSamples(
+        kind="perplexity", values=list(result.doc_nll), tokens=list(result.doc_tokens), vocab_size=vocab_size
+    )
     summary = {"score": samples.score(), "perplexity": result.perplexity, "n_tokens": result.n_tokens, "n": len(result.doc_nll)}
     return TaskScore(summary, samples)
 
@@ -68,11 +70,11 @@ class MultipleChoiceTask:
 class TextPerplexityTask:
     name: str
     texts: list[str]
-    metric = "token_prob"
+    metric = "perplexity"
 
     def evaluate(self, model, tokenizer, limit: int | None = None, progress=False) -> TaskScore:
         result = score_text_perplexity(model, tokenizer, self.texts[:limit], max_length=EVAL_MAX_LENGTH, progress=progress)
-        return _perplexity_score(result)
+        return _perplexity_score(result, len(tokenizer))
 
 
 @dataclass
@@ -82,7 +84,7 @@ class ChatHeldoutTask:
     name: str
     rows: list[dict[str, Any]]
     multiple_choice: list[dict[str, Any]] = field(default_factory=list)
-    metric = "token_prob"
+    metric = "perplexity"
 
     def evaluate(self, model, tokenizer, limit: int | None = None, progress=False) -> TaskScore:
         sequences = []
@@ -90,7 +92,7 @@ class ChatHeldoutTask:
             feature = encode_chat(tokenizer, row["prompt"], row["response"], EVAL_MAX_LENGTH)
             sequences.append((feature["input_ids"], feature["labels"]))
         score = _perplexity_score(
-            score_sequences_nll(model, sequences, pad_token_id=tokenizer.pad_token_id, progress=progress)
+            score_sequences_nll(model, sequences, pad_token_id=tokenizer.pad_token_id, progress=progress), len(tokenizer)
         )
         if self.multiple_choice:
             # The context ends with the assistant header, so the reply follows with no delimiter.
