@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from pydoc_data.topics import topics
+
+import pytest
 
 from forgetless.data.pydoc_text import pydoc_passages, split_into_passages
 

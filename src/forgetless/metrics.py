@@ -61,7 +61,7 @@ def continual_metrics(matrix: Sequence[Sequence[float]]) -> dict[str, float | No
     bwt = sum(rows[tasks][c] - rows[c + 1][c] for c in earlier) / (tasks - 1)
     # Task j's score just before it was trained is row j-1, i.e. rows[c] for column c.
     fwt = sum(rows[c][c] - rows[0][c] for c in range(1, tasks)) / (tasks - 1)
-    forgetting = sum(max(rows[l][c] for l in range(1, tasks)) - rows[tasks][c] for c in earlier) / (tasks - 1)
+    forgetting = sum(max(rows[row][c] for row in range(1, tasks)) - rows[tasks][c] for c in earlier) / (tasks - 1)
     return {"acc": acc, "bwt": bwt, "fwt": fwt, "forgetting": forgetting}
 
 

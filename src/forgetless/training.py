@@ -130,7 +130,8 @@ def _write_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Stra
         for strategy in strategies:
             tensors = strategy.state_tensors()
             if tensors:
-                save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / f"strategy-{strategy.name}.safetensors")
+                tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+                save_file(tensors, staging / f"strategy-{strategy.name}.safetensors")
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

@@ -17,13 +17,13 @@ tokens, longest first. The custom 4D mask needs the `sdpa` or `eager` attention 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from ..errors import ForgetlessError
+from ..metrics import accuracy_stderr
 from ._scoring import (
     logits_at,
     model_device,
@@ -67,16 +67,6 @@ class _EncodedItem:
 
     context: list[int]
     continuations: list[list[int]]
-
-
-def mean_stderr(values: Sequence[float]) -> float:
-    """lm-eval's stderr of a mean: sample standard deviation (n - 1) over sqrt(n); nan below 2 values."""
-    n = len(values)
-    if n < 2:
-        return math.nan
-    mean = sum(values) / n
-    variance = sum((value - mean) ** 2 for value in values) / (n - 1)
-    return math.sqrt(variance) / math.sqrt(n)
 
 
 def prefix_token_id(tokenizer) -> int:
@@ -268,8 +258,8 @@ def score_multiple_choice(
     return MultipleChoiceResult(
         acc=sum(acc_values) / len(items),
         acc_norm=sum(acc_norm_values) / len(items),
-        acc_stderr=mean_stderr(acc_values),
-        acc_norm_stderr=mean_stderr(acc_norm_values),
+        acc_stderr=accuracy_stderr(acc_values),
+        acc_norm_stderr=accuracy_stderr(acc_norm_values),
         n=len(items),
         correct=correct,
         correct_norm=correct_norm,
