@@ -31,6 +31,7 @@ demo: $(STAMP)
 	$(VENV)/bin/forgetless demo --out demo-out
 
 test: $(TEST_STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/pytest -q
 
 smoke: $(TEST_STAMP)

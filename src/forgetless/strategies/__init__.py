@@ -1,7 +1,8 @@
 """Strategies against forgetting, one file each, registered by name.
 
 Add a strategy: write `strategies/<name>.py` with a `Strategy` subclass decorated by
-`@register_strategy`, import it below, add a docs page and a test row. See docs/strategies.md.
+`@register_strategy` (every module here is imported on start, which registers it), add a docs page
+and a test row. See docs/strategies.md.
 """
 
 from __future__ import annotations
@@ -62,7 +63,16 @@ def build_strategies(specs: list[str | dict[str, Any]], config=None, world_size:
     return stack
 
 
-# Registration happens on import; keep this list in sync with the files in this folder.
-from . import naive  # noqa: E402,F401
+def _import_strategy_modules() -> None:
+    """Import every module of this package so each file registers itself: no central list to edit."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_") and module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_strategy_modules()
 
 __all__ = ["Strategy", "TaskContext", "build_strategies", "build_strategy", "known_strategies", "register_strategy"]

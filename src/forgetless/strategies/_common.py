@@ -1,0 +1,78 @@
+"""Building blocks several strategies share: the data to protect, batching, frozen references.
+
+"What to protect" has one answer across strategies: the earlier tasks' training data when there is an
+earlier task, and otherwise (the first task) general English from `ctx.general_texts`, which is
+disjoint from every evaluation item. Strategies take a `source` knob to override it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+from typing import Any, Iterator, Literal
+
+import torch
+
+from ..data.encoding import PaddingCollator, encode_rows
+from .base import TaskContext
+
+ProtectionSource = Literal["auto", "general", "earlier_tasks", "current_task"]
+
+
+def protection_rows(ctx: TaskContext, source: ProtectionSource = "auto") -> list[dict[str, Any]]:
+    """Raw rows to protect: earlier tasks' training rows, else (first task, or 'general') general text."""
+    if source == "current_task":
+        return list(ctx.task.train)
+    if source == "earlier_tasks" or (source == "auto" and ctx.earlier_tasks):
+        return [row for task in ctx.earlier_tasks for row in task.train]
+    return [{"text": text} for text in ctx.general_texts]
+
+
+def sample_examples(ctx: TaskContext, rows: list[dict[str, Any]], count: int, max_length: int, seed: int = 0):
+    """`count` encoded examples drawn from `rows` without replacement (deterministic for a seed)."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    features = encode_rows(ctx.tokenizer, rows[: count * 2], max_length)  # text rows may split in windows
+    return features[:count]
+
+
+def protection_examples(ctx: TaskContext, count: int, source: ProtectionSource = "auto", seed: int = 0):
+    """Encoded examples of what to protect, at the run's training max_length."""
+    return sample_examples(ctx, protection_rows(ctx, source), count, ctx.config.train.max_length, seed)
+
+
+def batches(features: list[dict[str, Any]], batch_size: int, pad_token_id: int, device=None) -> Iterator[dict[str, torch.Tensor]]:
+    """Padded tensor batches (input_ids, attention_mask, labels[, token_weights]) in order."""
+    collate = PaddingCollator(pad_token_id)
+    for start in range(0, len(features), batch_size):
+        batch = collate(features[start : start + batch_size])
+        yield {key: value.to(device) if device is not None else value for key, value in batch.items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def trained_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The parameters the optimizer updates (all weights, or only LoRA's), by name."""
+    return {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A detached copy of the model in eval mode with no gradients (costs one more model in memory)."""
+    reference = copy.deepcopy(model)
+    reference.eval()
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    return reference
+
+
+@contextlib.contextmanager
+def base_model_outputs(model: torch.nn.Module):
+    """Under LoRA, run the model with its adapters disabled: the pre-task base, no second copy held.
+
+    Only valid in LoRA merge mode or for the first task, where "adapters off" is the model before the task.
+    """
+    with model.disable_adapter():
+        yield model
