@@ -1,0 +1,416 @@
+"""`ewc`: Elastic Weight Consolidation — a quadratic pull toward earlier solutions, weighted by the Fisher.
+
+    penalty = (lam / 2) * sum_i F_i * (theta_i - theta*_i)^2
+
+F is the diagonal Fisher information of what must be protected (general text before the first task, each
+trained task after it), estimated from PER-SAMPLE gradients with `torch.func` (vmap over grad of a
+functional call), never from the square of a batch-mean gradient. Under LoRA (EWC-LoRA, Zheng et al.
+2026) the Fisher is taken over each adapted weight W (the gradient w.r.t. the merged W equals the one
+w.r.t. the update Delta W = scaling * B A) and the penalty is (lam / 2) * sum Omega * (scaling * B A)^2.
+
+Per-sample normalisation: a sequence s with n_s trained tokens contributes g_s^2 / n_s, where g_s is the
+gradient of the sum of its token log-likelihoods. For independent tokens this makes F the per-token
+Fisher, i.e. (at an optimum) the Hessian of the mean token loss the trainer minimises, so lam = 1 prices a
+predicted loss increase on the protected data like the same increase on the task being trained.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Iterable, Literal
+
+import torch
+from torch.func import functional_call, grad, vmap
+
+from ..adapters import adapter_name
+from ..data.encoding import IGNORE_INDEX
+from ..errors import ForgetlessError
+from . import register_strategy
+from ._common import batches, protection_examples, sample_examples, trained_parameters
+from .base import Strategy, TaskContext
+
+FisherFlavour = Literal["empirical", "true"]
+_SOURCES = ("auto", "general", "earlier_tasks", "current_task")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The penalty: sum w * (p - a)^2 without autograd keeping a model-sized difference alive until backward.
+
+
+class _WeightedSquaredDistance(torch.autograd.Function):
+    """sum(weight * (value - anchor)^2) for one tensor, its gradient computed in the same pass.
+
+    Elementwise work over every weight is memory-bound on a CPU, so the forward computes
+    weight * (value - anchor) once, uses it for the value and keeps it as the gradient (scaled in place
+    in backward): about 13 passes over a model-sized tensor per step instead of 18 with recomputation.
+    The price is one model-sized tensor held from the forward to the backward of a step.
+    """
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, anchor: torch.Tensor | None, weight: torch.Tensor | None) -> torch.Tensor:
+        difference = value.detach().float()
+        difference = difference - anchor if anchor is not None else difference.clone()  # fresh: scaled in place later
+        half_gradient = difference if weight is None else difference * weight
+        ctx.half_gradient, ctx.dtype = half_gradient, value.dtype
+        return torch.dot(half_gradient.reshape(-1), difference.reshape(-1))
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        gradient, ctx.half_gradient = ctx.half_gradient.mul_(2 * grad_output), None  # single use: no retain_graph
+        return gradient.to(ctx.dtype), None, None
+
+
+def squared_distance(value: torch.Tensor, anchor: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(weight * (value - anchor)^2) (anchor None = 0, weight None = 1), differentiable w.r.t. value."""
+    return _WeightedSquaredDistance.apply(value, anchor, weight)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LoRA: the adapted weights and their updates Delta W = scaling * B A.
+
+
+def lora_layers(model: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Module]:
+    """The LoRA-adapted Linear modules of `adapter`, by module name (the same names task after task)."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            if not isinstance(module, LoraLinear):
+                kind = type(module).__name__
+                raise ForgetlessError(f"LoRA on {kind} ({name}) is not supported here: target Linear layers only")
+            layers[name] = module
+    if not layers:
+        raise ForgetlessError(f"the model has no LoRA layer of adapter {adapter!r}")
+    return layers
+
+
+def lora_delta(layer: torch.nn.Module, adapter: str) -> torch.Tensor:
+    """scaling * B A in the layout of the base weight (out, in), differentiable w.r.t. A and B."""
+    return layer.get_delta_weight(adapter)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The diagonal Fisher from per-sample gradients.
+
+
+def normalised_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """sum_t log p(label_t) / sqrt(n) over the n trained tokens of ONE sequence; logits (T, V), labels (T,).
+
+    Squared, its gradient is g^2 / n: the per-token normalisation described in the module docstring.
+    """
+    targets = labels[1:]  # position t predicts token t+1
+    trained = targets != IGNORE_INDEX
+    log_probs = torch.log_softmax(logits[:-1].float(), dim=-1)  # (T-1, V)
+    token_log_probs = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (T-1,)
+    count = trained.sum().clamp(min=1)
+    return (token_log_probs * trained).sum() / count.sqrt()
+
+
+def sample_model_labels(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], draws: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """`draws` label sets drawn from the model's own predictive distribution at the trained positions.
+
+    Teacher-forced on the data prefix: position t gets a token sampled from p(. | x_<=t). Returns a list of
+    (B, T) label tensors, -100 wherever the data has -100.
+    """
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    probs = torch.softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    flat = probs.reshape(-1, probs.size(-1))
+    sampled = torch.multinomial(flat, draws, replacement=True, generator=generator)  # (B*(T-1), draws)
+    sampled = sampled.T.reshape(draws, *probs.shape[:2])  # (draws, B, T-1)
+    labels = batch["labels"]
+    trained = labels[:, 1:] != IGNORE_INDEX
+    result = []
+    for draw in sampled:
+        drawn = labels.clone()
+        drawn[:, 1:] = torch.where(trained, draw, torch.full_like(draw, IGNORE_INDEX))
+        result.append(drawn)
+    return result
+
+
+def parameter_groups(tensors: dict[str, torch.Tensor], batch_size: int, max_gradient_mb: float) -> list[list[str]]:
+    """Split names into consecutive groups whose per-sample gradients for a batch fit in max_gradient_mb.
+
+    A tensor larger than the budget on its own forms its own group (the bound is then batch_size x it).
+    """
+    budget = max_gradient_mb * 2**20
+    groups: list[list[str]] = [[]]
+    used = 0
+    for name, tensor in tensors.items():
+        size = batch_size * tensor.numel() * 4  # float32 per-sample gradients
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += size
+    return groups
+
+
+def per_sample_fisher(
+    model: torch.nn.Module,
+    names: Iterable[str],
+    examples: list[dict[str, Any]],
+    pad_token_id: int,
+    flavour: FisherFlavour = "empirical",
+    draws: int = 1,
+    batch_size: int = 4,
+    max_gradient_mb: float = 1024,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of the parameters `names` of `model`: mean over examples (and draws) of g_s^2 / n_s.
+
+    empirical: g_s is the gradient of the log-likelihood of the dataset labels. true: of labels sampled
+    from the model (`draws` per example; exact expectation over the vocabulary would need one backward per
+    vocabulary entry and position, which is unaffordable). Per-sample gradients come from vmap(grad(.))
+    over a batch; peak memory for them is about max_gradient_mb (parameters are processed in groups, each
+    group one more forward and backward), plus the activations of one batch.
+    """
+    if not examples:
+        raise ForgetlessError("no examples to estimate the Fisher information on")
+    all_parameters = dict(model.named_parameters())
+    selected = {name: all_parameters[name].detach() for name in names}
+    fisher = {name: torch.zeros_like(tensor, dtype=torch.float32) for name, tensor in selected.items()}
+    groups = parameter_groups(selected, batch_size, max_gradient_mb)
+    device = next(iter(selected.values())).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def sequence_score(group: dict[str, torch.Tensor], others: dict[str, torch.Tensor], input_ids, labels):
+        # Right padding needs no attention mask under causal attention: real tokens never see the padding.
+        inputs = {"input_ids": input_ids[None], "use_cache": False}  # (1, T): one sequence
+        logits = functional_call(model, (group, others), args=(), kwargs=inputs).logits
+        return normalised_log_likelihood(logits[0], labels)
+
+    per_sample_gradients = vmap(grad(sequence_score), in_dims=(None, None, 0, 0))
+    was_training = model.training
+    model.eval()  # no dropout: the Fisher of the deterministic model
+    try:
+        with warnings.catch_warnings():
+            # SDPA on CPU has no vmap batching rule yet: torch loops over the batch for attention only.
+            warnings.filterwarnings("ignore", message=".*batching rule.*")
+            for batch in batches(examples, batch_size, pad_token_id, device):
+                label_sets = [batch["labels"]] if flavour == "empirical" else sample_model_labels(model, batch, draws, generator)
+                for labels in label_sets:
+                    for group_names in groups:
+                        group = {name: selected[name] for name in group_names}
+                        others = {name: p.detach() for name, p in all_parameters.items() if name not in group}
+                        gradients = per_sample_gradients(group, others, batch["input_ids"], labels)
+                        for name, gradient in gradients.items():  # gradient: (batch, *shape)
+                            fisher[name] += gradient.float().square_().sum(0)
+                        del gradients
+    finally:
+        model.train(was_training)
+    count = len(examples) * (1 if flavour == "empirical" else draws)
+    return {name: value.div_(count) for name, value in fisher.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+@register_strategy
+class EWC(Strategy):
+    """Elastic Weight Consolidation (offline or online), and EWC-LoRA under `adapter: lora`."""
+
+    name = "ewc"
+    # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
+    supports_multiprocess = False
+
+    def __init__(
+        self,
+        lam: float = 100.0,
+        fisher: FisherFlavour = "empirical",
+        fisher_samples: int = 1,
+        online: bool = False,
+        gamma: float = 0.97,
+        source: str = "auto",
+        samples: int = 64,
+        batch_size: int = 4,
+        max_gradient_mb: float = 1024,
+    ):
+        if not lam >= 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        if fisher not in ("empirical", "true"):
+            raise ValueError(f"fisher must be 'empirical' or 'true', got {fisher!r}")
+        if fisher_samples < 1:
+            raise ValueError(f"fisher_samples must be >= 1, got {fisher_samples}")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        if source not in _SOURCES:
+            raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}")
+        if samples < 1 or batch_size < 1:
+            raise ValueError(f"samples and batch_size must be >= 1, got {samples} and {batch_size}")
+        if not max_gradient_mb > 0:
+            raise ValueError(f"max_gradient_mb must be > 0, got {max_gradient_mb}")
+        self.lam, self.fisher_flavour, self.fisher_samples = float(lam), fisher, fisher_samples
+        self.online, self.gamma, self.source = bool(online), float(gamma), source
+        self.samples, self.batch_size, self.max_gradient_mb = samples, batch_size, float(max_gradient_mb)
+        # Full fine-tuning: F and the anchor per parameter name, plus a scalar (see _absorb).
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+        self.offset = 0.0
+        # LoRA: Omega per adapted module name.
+        self.omega: dict[str, torch.Tensor] = {}
+        self._parameters: dict[str, torch.nn.Parameter] = {}
+        self._lora: dict[str, torch.nn.Module] = {}
+        self._adapter = ""
+
+    def check(self, config, stack, world_size: int = 1) -> None:
+        super().check(config, stack, world_size)
+        if config.adapter == "lora" and config.lora.between_tasks != "merge":
+            raise ForgetlessError(
+                "strategy 'ewc' under LoRA needs lora.between_tasks: merge (EWC-LoRA penalises the update B A "
+                "of one adapter merged after each task); stacked adapters are not supported"
+            )
+
+    # -- hooks ---------------------------------------------------------------------------------------------
+
+    def on_task_start(self, ctx: TaskContext) -> None:
+        if self._is_lora(ctx):
+            self._adapter = adapter_name(ctx.task_index)
+            self._lora = lora_layers(ctx.model, self._adapter)
+        else:
+            self._parameters = trained_parameters(ctx.model)
+        if self.fisher or self.omega:
+            return  # already protecting something (an earlier task, or a loaded state)
+        # The first task is protected too: the starting model, on general text (or earlier tasks on resume).
+        if self.source == "current_task":
+            return  # the task about to be trained is nothing to protect yet
+        examples = protection_examples(ctx, self.samples, self.source, seed=ctx.config.train.seed)
+        if examples:
+            self._estimate_and_absorb(ctx, examples, "ewc_start")
+
+    def extra_loss(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any):
+        if self.lam == 0 or not (self.fisher or self.omega):
+            return None
+        return self.lam / 2 * self.weighted_distance()
+
+    def consolidate(self, ctx: TaskContext) -> None:
+        if self.source == "earlier_tasks":  # every task trained so far, this one included
+            rows = [row for task in ctx.tasks[: ctx.task_index + 1] for row in task.train]
+            examples = sample_examples(ctx, rows, self.samples, ctx.config.train.max_length, ctx.config.train.seed)
+        else:  # auto: the task just trained (earlier ones are already in F)
+            source = "current_task" if self.source == "auto" else self.source
+            examples = protection_examples(ctx, self.samples, source, seed=ctx.config.train.seed)
+        self._estimate_and_absorb(ctx, examples, "ewc")
+
+    # -- the penalty and its state -------------------------------------------------------------------------
+
+    def weighted_distance(self) -> torch.Tensor:
+        """sum_i F_i (theta_i - theta*_i)^2 (+ the offline constant), or sum Omega (scaling B A)^2 under LoRA."""
+        if self._lora:
+            terms = []
+            for name, layer in self._lora.items():
+                if name in self.omega:
+                    delta = lora_delta(layer, self._adapter)
+                    terms.append(squared_distance(delta, None, self._on(self.omega, name, delta)))
+            return torch.stack(terms).sum()
+        terms = [
+            squared_distance(parameter, self._on(self.anchor, name, parameter), self._on(self.fisher, name, parameter))
+            for name, parameter in self._parameters.items()
+            if name in self.fisher
+        ]
+        return torch.stack(terms).sum() + self.offset
+
+    @staticmethod
+    def _on(store: dict[str, torch.Tensor], name: str, like: torch.Tensor) -> torch.Tensor:
+        """store[name] on the device of `like` (moved once: a loaded state arrives on the CPU)."""
+        if store[name].device != like.device:
+            store[name] = store[name].to(like.device)
+        return store[name]
+
+    def _estimate_and_absorb(self, ctx: TaskContext, examples: list[dict[str, Any]], log_key: str) -> None:
+        if not examples:
+            raise ForgetlessError(
+                f"strategy 'ewc': no example with a trained token to estimate the Fisher on (source {self.source!r}, "
+                f"task {ctx.task.name!r}); raise train.max_length or choose another source"
+            )
+        started = time.perf_counter()
+        if self._lora:
+            # d loss / d W_merged = d loss / d base weight (the forward uses (W + scaling B A) x).
+            names = {f"{name}.base_layer.weight": name for name in self._lora}
+        else:
+            names = {name: name for name in self._parameters}
+        fisher = per_sample_fisher(
+            ctx.model, list(names), examples, ctx.tokenizer.pad_token_id, self.fisher_flavour, self.fisher_samples,
+            self.batch_size, self.max_gradient_mb, seed=ctx.config.train.seed + ctx.task_index,
+        )
+        fisher = {names[name]: value for name, value in fisher.items()}
+        if self._lora:
+            decay = self.gamma if self.online else 1.0
+            self.omega = combine_online(self.omega, fisher, decay)
+        else:
+            anchor = {name: parameter.detach().float().clone() for name, parameter in self._parameters.items()}
+            if self.online:
+                self.fisher, self.anchor = combine_online(self.fisher, fisher, self.gamma), anchor
+            else:
+                self.fisher, self.anchor, added = combine_offline(self.fisher, self.anchor, fisher, anchor)
+                self.offset += added
+        ctx.log[f"{log_key}_fisher_examples"] = len(examples)
+        ctx.log[f"{log_key}_fisher_seconds"] = round(time.perf_counter() - started, 2)
+        ctx.log[f"{log_key}_fisher_mean"] = _mean(fisher.values())
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"fisher.{name}": value for name, value in self.fisher.items()}
+        tensors.update({f"anchor.{name}": value for name, value in self.anchor.items()})
+        tensors.update({f"omega.{name}": value for name, value in self.omega.items()})
+        if self.fisher:
+            tensors["offset"] = torch.tensor([self.offset], dtype=torch.float64)
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        stores = {"fisher": self.fisher, "anchor": self.anchor, "omega": self.omega}
+        for store in stores.values():
+            store.clear()
+        self.offset = float(tensors["offset"]) if "offset" in tensors else 0.0
+        for key, value in tensors.items():
+            kind, _, name = key.partition(".")
+            if kind in stores:
+                stores[kind][name] = value
+
+    @staticmethod
+    def _is_lora(ctx: TaskContext) -> bool:
+        return ctx.config.adapter == "lora"
+
+
+def combine_online(previous: dict[str, torch.Tensor], new: dict[str, torch.Tensor], gamma: float) -> dict[str, torch.Tensor]:
+    """Online EWC (Schwarz et al. 2018): F <- gamma * F_prev + F_new, one penalty around the latest anchor."""
+    return {name: (gamma * previous[name].to(value.device) + value) if name in previous else value for name, value in new.items()}
+
+
+def combine_offline(
+    fisher: dict[str, torch.Tensor],
+    anchor: dict[str, torch.Tensor],
+    new_fisher: dict[str, torch.Tensor],
+    new_anchor: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+    """Offline EWC (one penalty per task) folded into ONE quadratic of the same value, in constant memory.
+
+    F1 (x - a)^2 + F2 (x - b)^2 = (F1 + F2) (x - m)^2 + F1 F2 / (F1 + F2) (a - b)^2 with m the
+    Fisher-weighted mean of a and b; the last term is a constant, returned summed over all parameters.
+    """
+    combined_fisher, combined_anchor, constant = {}, {}, 0.0
+    for name, f2 in new_fisher.items():
+        b = new_anchor[name]
+        if name not in fisher:
+            combined_fisher[name], combined_anchor[name] = f2, b
+            continue
+        f1, a = fisher[name].to(f2.device), anchor[name].to(b.device)
+        total = f1 + f2
+        share = torch.where(total > 0, f2 / total, torch.ones_like(total))  # weight of the new anchor
+        combined_anchor[name] = a + share * (b - a)
+        constant += float((f1 * share * (a - b).square()).sum(dtype=torch.float64))  # f1 f2 / (f1 + f2) (a - b)^2
+        combined_fisher[name] = total
+    return combined_fisher, combined_anchor, constant
+
+
+def _mean(tensors: Iterable[torch.Tensor]) -> float:
+    """Mean entry over several tensors (for the log)."""
+    total, count = 0.0, 0
+    for tensor in tensors:
+        total += float(tensor.sum(dtype=torch.float64))
+        count += tensor.numel()
+    return total / max(count, 1)

@@ -1,0 +1,72 @@
+"""`l2sp`: L2-SP (Li et al. 2018), a plain quadratic pull toward the starting point.
+
+    penalty = (lam / 2) * sum_i (theta_i - theta0_i)^2
+
+theta0 = the weights at the start of the run (full fine-tuning). Under LoRA the trained parameters are
+the adapter's, and the distance to the base is its update: penalty = (lam / 2) * sum (scaling * B A)^2
+per adapted weight (in merge mode the base is the model merged after the previous task). Every weight
+counts the same: this is the baseline every importance-weighted method (EWC, ...) must beat.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..adapters import adapter_name
+from . import register_strategy
+from ._common import trained_parameters
+from .base import Strategy, TaskContext
+from .ewc import lora_delta, lora_layers, squared_distance
+
+
+@register_strategy
+class L2SP(Strategy):
+    """Quadratic distance to the starting weights (full) or size of the LoRA update (lora)."""
+
+    name = "l2sp"
+    # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
+    supports_multiprocess = False
+
+    def __init__(self, lam: float = 0.01):
+        if not lam >= 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        self.lam = float(lam)
+        self.anchor: dict[str, torch.Tensor] = {}  # theta0 by parameter name (full fine-tuning only)
+        self._parameters: dict[str, torch.nn.Parameter] = {}
+        self._lora: dict[str, torch.nn.Module] = {}
+        self._adapter = ""
+
+    def on_task_start(self, ctx: TaskContext) -> None:
+        if ctx.config.adapter == "lora":
+            self._adapter = adapter_name(ctx.task_index)
+            self._lora = lora_layers(ctx.model, self._adapter)
+            return
+        self._parameters = trained_parameters(ctx.model)
+        if not self.anchor:  # the run's starting weights (unless restored from a saved state)
+            self.anchor = {name: p.detach().float().clone() for name, p in self._parameters.items()}
+
+    def extra_loss(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any):
+        if self.lam == 0:
+            return None
+        return self.lam / 2 * self.squared_distance()
+
+    def squared_distance(self) -> torch.Tensor:
+        """sum (theta - theta0)^2 over the trained weights, or sum (scaling B A)^2 under LoRA."""
+        if self._lora:
+            terms = [squared_distance(lora_delta(layer, self._adapter)) for layer in self._lora.values()]
+        else:
+            terms = [squared_distance(p, self._anchor_on(name, p)) for name, p in self._parameters.items() if name in self.anchor]
+        return torch.stack(terms).sum()
+
+    def _anchor_on(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        if self.anchor[name].device != like.device:  # a loaded state arrives on the CPU
+            self.anchor[name] = self.anchor[name].to(like.device)
+        return self.anchor[name]
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"anchor.{name}": value for name, value in self.anchor.items()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.anchor = {key.partition(".")[2]: value for key, value in tensors.items() if key.startswith("anchor.")}

@@ -1,0 +1,115 @@
+"""`l2sp`: zero at the starting weights, exactly quadratic away from them, LoRA's update penalised,
+saved state, and a tiny end-to-end run that stays closer to the start than naive."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from forgetless.config import parse_config
+from forgetless.data.tasks import TrainingTask
+from forgetless.errors import ForgetlessError
+from forgetless.strategies import TaskContext, build_strategy
+from forgetless.training import run_continual
+
+from .conftest import make_tiny_lm
+
+
+def _context(model, tokenizer, adapter: str = "full") -> TaskContext:
+    config = parse_config(
+        {
+            "model": "tiny",
+            "adapter": adapter,
+            "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]},
+            "tasks": [{"name": "a", "file": "a.jsonl"}],
+        }
+    )
+    task = TrainingTask("a", "text", [{"text": "x y"}], [{"text": "x y"}])
+    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
+
+
+def test_penalty_is_zero_at_the_start_and_exactly_quadratic(tokenizer, tmp_path):
+    model = make_tiny_lm(len(tokenizer), hidden_size=16)
+    ctx = _context(model, tokenizer)
+    l2sp = build_strategy({"name": "l2sp", "lam": 0.5})
+    l2sp.on_task_start(ctx)
+    assert l2sp.extra_loss(ctx, model, {}, None).item() == 0.0
+    torch.manual_seed(0)
+    parameters = dict(model.named_parameters())
+    step = {n: 1e-2 * torch.randn_like(p) for n, p in parameters.items()}
+    with torch.no_grad():
+        for n, p in parameters.items():
+            p.add_(step[n])
+    penalty = l2sp.extra_loss(ctx, model, {}, None)
+    direct = 0.5 / 2 * sum(s.square().sum() for s in step.values())
+    assert penalty.item() == pytest.approx(direct.item(), rel=1e-4)
+    penalty.backward()  # gradient lam * (theta - theta0)
+    name = "model.layers.1.self_attn.o_proj.weight"
+    assert torch.allclose(parameters[name].grad, 0.5 * step[name], rtol=1e-3, atol=1e-9)
+    with torch.no_grad():
+        for n, p in parameters.items():
+            p.add_(step[n])
+    assert l2sp.extra_loss(ctx, model, {}, None).item() == pytest.approx(4 * penalty.item(), rel=1e-4)
+    # The anchor survives a save and load; a second task does not move it.
+    save_file(l2sp.state_tensors(), tmp_path / "l2sp.safetensors")
+    restored = build_strategy({"name": "l2sp", "lam": 0.5})
+    restored.load_state_tensors(load_file(tmp_path / "l2sp.safetensors"))
+    restored.on_task_start(ctx)
+    assert restored.extra_loss(ctx, model, {}, None).item() == pytest.approx(4 * penalty.item(), rel=1e-6)
+
+
+def test_under_lora_the_scaled_update_ba_is_penalised(tokenizer):
+    from forgetless.adapters import prepare_for_task
+
+    ctx = _context(make_tiny_lm(len(tokenizer), hidden_size=16), tokenizer, adapter="lora")
+    model = prepare_for_task(ctx.model, ctx.config, 0)
+    ctx.model = model
+    l2sp = build_strategy({"name": "l2sp", "lam": 3.0})
+    l2sp.on_task_start(ctx)
+    assert l2sp.extra_loss(ctx, model, {}, None).item() == 0.0  # B = 0 at the start
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    expected = 0.0
+    for module in model.modules():
+        if hasattr(module, "lora_B") and "task0" in module.lora_B:
+            delta = module.scaling["task0"] * module.lora_B["task0"].weight @ module.lora_A["task0"].weight
+            expected += delta.square().sum()
+    penalty = l2sp.extra_loss(ctx, model, {}, None)
+    assert penalty.item() == pytest.approx(1.5 * expected.item(), rel=1e-4)
+    penalty.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+    assert l2sp.state_tensors() == {}  # nothing to save: the base is the anchor
+
+
+def test_lam_is_validated():
+    with pytest.raises(ForgetlessError, match="lam"):
+        build_strategy({"name": "l2sp", "lam": -1})
+
+
+def test_end_to_end_l2sp_stays_closer_to_the_start_than_naive(tmp_path, tokenizer):
+    files = []
+    for name, text in (("law", "We the people number {} ordain this."), ("pets", "My dog number {} runs in the park.")):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"text": text.format(i)}) + "\n" for i in range(16)), encoding="utf-8")
+        files.append({"name": name, "file": str(path)})
+    distances = {}
+    for spec in ("naive", {"name": "l2sp", "lam": 10.0}):
+        config = parse_config(
+            {
+                "model": "tiny",
+                "tasks": files,
+                "strategies": [spec],
+                "eval": {"suites": []},
+                "train": {"steps": 3, "batch_size": 2, "lr": 1e-2, "max_length": 32, "seed": 0},
+                "checkpoints": "none",
+            }
+        )
+        model = make_tiny_lm(len(tokenizer), hidden_size=16)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        run_continual(config, tmp_path / str(len(distances)), model=model, tokenizer=tokenizer, progress=False)
+        distances[str(spec)] = sum((p.detach() - start[n]).square().sum().item() for n, p in model.named_parameters())
+    assert distances[str({"name": "l2sp", "lam": 10.0})] < 0.7 * distances["naive"]
