@@ -1,0 +1,174 @@
+"""`lwf`: distillation to the pre-task model, checked against direct per-position computations."""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from forgetless.adapters import prepare_for_task
+from forgetless.config import parse_config
+from forgetless.data.encoding import PaddingCollator, encode_rows
+from forgetless.data.tasks import TrainingTask
+from forgetless.errors import ForgetlessError
+from forgetless.strategies import TaskContext, build_strategies, build_strategy
+from forgetless.strategies.lwf import distillation_loss
+from forgetless.training import run_continual
+
+from .conftest import make_tiny_lm
+
+ROWS = [{"prompt": f"Ticket {i}: my printer jams", "response": f"Open tray {i} and remove the paper."} for i in range(4)]
+
+
+def _config(**overrides):
+    data = {"model": "tiny", "tasks": [{"name": "t", "file": "unused.jsonl"}], "train": {"max_length": 48}}
+    data.update(overrides)
+    return parse_config(data)
+
+
+def _context(config, model, tokenizer) -> TaskContext:
+    task = TrainingTask("t", "chat", ROWS, ROWS)
+    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
+
+
+def _batch(tokenizer):
+    return PaddingCollator(tokenizer.pad_token_id)(encode_rows(tokenizer, ROWS, 48))
+
+
+def _perturb(model, scale=0.05, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+def _direct_lwf(student_logits, teacher_logits, mask, temperature):
+    """T^2 * mean over masked positions of KL(q_T || p_T), one position at a time."""
+    total, count = 0.0, 0
+    for b in range(mask.size(0)):
+        for t in range(mask.size(1)):
+            if mask[b, t]:
+                log_p = F.log_softmax(student_logits[b, t].double() / temperature, dim=-1)
+                log_q = F.log_softmax(teacher_logits[b, t].double() / temperature, dim=-1)
+                total += (log_q.exp() * (log_q - log_p)).sum()
+                count += 1
+    return temperature**2 * total / count
+
+
+def test_chunked_loss_and_gradient_match_autograd_of_the_direct_formula():
+    torch.manual_seed(0)
+    student = torch.randn(2, 70, 11, requires_grad=True)  # 140 rows: more than one chunk of 64
+    teacher = torch.randn(2, 70, 11)
+    mask = torch.rand(2, 70) > 0.3
+    loss = distillation_loss(student, teacher, mask, 2.0)
+    loss.backward()
+    ours = student.grad.clone()
+    student.grad = None
+    direct = _direct_lwf(student, teacher, mask, 2.0)
+    direct.backward()
+    assert loss.item() == pytest.approx(direct.item(), rel=1e-5)
+    assert torch.allclose(ours, student.grad.float(), atol=1e-6)
+    assert ours[~mask].abs().max() == 0  # positions outside the mask get no gradient
+
+
+def test_zero_at_task_start_and_equal_to_direct_computation_after_a_change(tiny_lm, tokenizer):
+    ctx = _context(_config(), tiny_lm, tokenizer)
+    inputs = _batch(tokenizer)
+    kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    strategies = {
+        positions: build_strategy({"name": "lwf", "weight": 0.5, "temperature": 3.0, "positions": positions})
+        for positions in ("all", "trained")
+    }
+    for strategy in strategies.values():
+        strategy.on_task_start(ctx)  # the teacher: a frozen copy of the model as it is now
+    outputs = tiny_lm(**kwargs)
+    assert strategies["all"].extra_loss(ctx, tiny_lm, inputs, outputs).item() == pytest.approx(0.0, abs=1e-6)
+
+    teacher_logits = outputs.logits.detach()
+    _perturb(tiny_lm)
+    outputs = tiny_lm(**kwargs)
+    trained = torch.zeros_like(inputs["attention_mask"], dtype=torch.bool)
+    trained[:, :-1] = inputs["labels"][:, 1:] != -100  # logits at t predict token t+1
+    masks = {"all": inputs["attention_mask"].bool(), "trained": trained}
+    assert 0 < trained.sum() < masks["all"].sum()
+    for positions, strategy in strategies.items():
+        expected = 0.5 * _direct_lwf(outputs.logits.detach(), teacher_logits, masks[positions], 3.0)
+        loss = strategy.extra_loss(ctx, tiny_lm, inputs, outputs)
+        assert expected > 1e-3
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    # After the task: the copy is freed, the mean is reported, and nothing needs saving for later tasks.
+    strategy.consolidate(ctx)
+    assert strategy._teacher is None and strategy.state_tensors() == {}
+    assert ctx.log["lwf_mean_scaled_kl"] == pytest.approx(loss.item() / 0.5, rel=1e-5)
+
+
+def test_under_lora_the_teacher_is_the_base_and_no_model_copy_is_held(tokenizer):
+    base = make_tiny_lm(len(tokenizer))
+    inputs = _batch(tokenizer)
+    with torch.no_grad():
+        base_logits = base(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    config = _config(adapter="lora", lora={"r": 4, "target_modules": ["q_proj", "v_proj"]})
+    model = prepare_for_task(base, config, 0)
+    model.train()
+    _perturb(model, scale=0.2)  # LoRA tensors only (the base is frozen): the adapter is no longer the identity
+    ctx = _context(config, model, tokenizer)
+    strategy = build_strategy("lwf")
+    strategy.on_task_start(ctx)
+    teacher = strategy.teacher_logits(ctx, inputs)
+    student = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    assert torch.allclose(teacher, base_logits, atol=1e-5)
+    assert not torch.allclose(student.logits, base_logits, atol=1e-3)
+    assert model.training  # the teacher pass put the model back in training mode
+    held = [v for v in vars(strategy).values() if isinstance(v, (torch.nn.Module, torch.Tensor))]
+    assert held == []  # no second model, not even a tensor
+    loss = strategy.extra_loss(ctx, model, inputs, student)
+    loss.backward()
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert loss.item() > 0 and any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+
+
+def test_refuses_lora_stack_mode_and_bad_knobs():
+    stack_config = _config(adapter="lora", lora={"between_tasks": "stack"})
+    with pytest.raises(ForgetlessError, match="between_tasks: merge"):
+        build_strategies(["lwf"], stack_config)
+    build_strategies(["lwf"], _config(adapter="lora"))  # merge mode is fine
+    with pytest.raises(ForgetlessError, match="temperature"):
+        build_strategy({"name": "lwf", "temperature": 0})
+    with pytest.raises(ForgetlessError, match="positions"):
+        build_strategy({"name": "lwf", "positions": "some"})
+
+
+def _output_drift(model, reference, tokenizer, rows):
+    """Mean KL(reference || model) of next-token distributions over the non-pad positions of `rows`."""
+    batch = PaddingCollator(tokenizer.pad_token_id)(encode_rows(tokenizer, rows, 48))
+    with torch.no_grad():
+        kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        log_p = F.log_softmax(model(**kwargs).logits, -1)
+        log_q = F.log_softmax(reference(**kwargs).logits, -1)
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    mask = batch["attention_mask"].bool()
+    return kl[mask].mean().item()
+
+
+def test_end_to_end_lwf_keeps_outputs_on_the_task_inputs_closer_than_naive(tmp_path, tokenizer):
+    rows = [{"text": f"Ticket {i}: my router is broken. Please restart the router and wait."} for i in range(16)]
+    path = tmp_path / "tickets.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drift = {}
+    for strategy in ("naive", {"name": "lwf", "weight": 100.0}):
+        model = make_tiny_lm(len(tokenizer))
+        start = copy.deepcopy(model)
+        config = parse_config({
+            "model": "tiny", "tasks": [{"name": "tickets", "file": str(path)}], "strategies": [strategy],
+            "eval": {"suites": []}, "train": {"steps": 4, "batch_size": 2, "lr": 3e-3, "max_length": 32},
+            "checkpoints": "none",
+        })
+        results = run_continual(config, tmp_path / str(len(drift)), model=model, tokenizer=tokenizer, progress=False)
+        drift[str(strategy)] = _output_drift(model, start, tokenizer, rows[:8])
+    lwf_drift, naive_drift = drift[str({"name": "lwf", "weight": 100.0})], drift["naive"]
+    # A large weight because the random tiny model's outputs are near-uniform: the KL and its gradient are
+    # tiny next to the cross-entropy's. (Measured: lwf 0.0014 vs naive 0.0053.)
+    assert lwf_drift < 0.5 * naive_drift
+    assert results["training"][0]["lwf_mean_scaled_kl"] > 0
