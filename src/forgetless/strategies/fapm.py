@@ -1,0 +1,153 @@
+"""`fapm`: forgetting-aware pruning of the task vector, post hoc (Huang, Cheng, Wang, EMNLP 2025, arXiv 2509.08255).
+
+After a task, per weight matrix: tau = W_ft - W_pre; score S = |tau| - mean(|W_pre|) * |tau| / |W_pre|;
+keep the top `keep` fraction of S, reset the rest to the pre-task weight: W = W_pre + mask * tau.
+A change is kept when it is large in absolute terms but small relative to the weight it changes.
+
+This module also holds two helpers that `layerwise` and `wise` use (candidates for `_common`): the
+transformer-block index of a parameter name, and the LoRA-adapted Linear layers of a PEFT model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import torch
+
+from ..adapters import adapter_name
+from ..errors import ForgetlessError
+from . import register_strategy
+from ._common import trained_parameters
+from .base import Strategy, TaskContext
+
+# Transformer blocks are numbered containers: Llama/Qwen/Mistral "layers.3", GPT-2/GPT-J "h.3", others "blocks.3".
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+
+TensorSelection = Literal["blocks", "matrices"]
+
+
+def block_index(parameter_name: str) -> int | None:
+    """The transformer block a parameter belongs to, or None (embeddings, final norm, head)."""
+    match = _BLOCK.search(parameter_name)
+    return int(match.group(1)) if match else None
+
+
+def base_weight_name(module_name: str) -> str:
+    """The name a LoRA-adapted Linear's weight has without PEFT's wrapping (as under full fine-tuning)."""
+    return module_name.removeprefix("base_model.model.") + ".weight"
+
+
+def lora_linear_layers(model: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Module]:
+    """PEFT LoRA Linear layers that hold `adapter`, keyed by `base_weight_name`; other adapted layer types refused."""
+    from peft.tuners.lora import Linear, LoraLayer
+
+    layers: dict[str, torch.nn.Module] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer) or adapter not in getattr(module, "lora_A", {}):
+            continue
+        if not isinstance(module, Linear):
+            raise ForgetlessError(
+                f"{name}: only LoRA on Linear layers is supported here, not {type(module).__name__}; "
+                "drop it from lora.target_modules"
+            )
+        layers[base_weight_name(name)] = module
+    return layers
+
+
+def fapm_scores(pre: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """S = |tau| - mean(|W_pre|) * |tau| / |W_pre| (fp32, same shape).
+
+    |W_pre| is floored at 1e-6 * mean(|W_pre|) so a change to an exactly-zero weight gets a very negative
+    (finite) score, i.e. is pruned first; an all-zero tensor scores |tau| (no relative term to apply).
+    """
+    pre, tau = pre.float(), tau.float()
+    magnitude = pre.abs()
+    mean = magnitude.mean()
+    floor = torch.clamp(mean * 1e-6, min=torch.finfo(torch.float32).tiny)
+    return tau.abs() - mean * tau.abs() / magnitude.clamp_min(floor)
+
+
+def keep_mask(scores: torch.Tensor, keep: float) -> torch.Tensor:
+    """Boolean mask of the round(keep * numel) highest scores (exactly that many, ties broken by topk)."""
+    count = round(keep * scores.numel())
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if count > 0:
+        mask[torch.topk(scores.reshape(-1), count, sorted=False).indices] = True
+    return mask.view_as(scores)
+
+
+@register_strategy
+class FAPM(Strategy):
+    """Prune the task vector of each weight matrix to the `keep` fraction with the best forgetting-aware score."""
+
+    name = "fapm"
+    supports_multiprocess = False  # FSDP shards would be pruned per shard, not per tensor
+
+    def __init__(self, keep: float = 0.1, tensors: TensorSelection = "blocks"):
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"keep must be in (0, 1], got {keep}")
+        if tensors not in ("blocks", "matrices"):
+            raise ValueError(f"tensors must be 'blocks' or 'matrices', got {tensors!r}")
+        self.keep = keep
+        self.tensors = tensors
+        self._pre: dict[str, torch.Tensor] = {}  # full fine-tuning: pre-task weights (CPU)
+
+    def _selected(self, name: str, tensor: torch.Tensor) -> bool:
+        """2-D weights; with tensors='blocks' only those inside transformer blocks (not embeddings/head)."""
+        return tensor.dim() == 2 and (self.tensors == "matrices" or block_index(name) is not None)
+
+    def on_task_start(self, ctx: TaskContext) -> None:
+        self._pre = {}
+        if ctx.config.adapter == "lora":
+            return  # the adapter is the whole task vector; the base weights are W_pre
+        for name, parameter in trained_parameters(ctx.model).items():
+            if self._selected(name, parameter):
+                self._pre[name] = parameter.detach().to("cpu", copy=True)
+
+    @torch.no_grad()
+    def transform_weights(self, ctx: TaskContext) -> None:
+        kept = total = tensors = 0
+        norm_kept = norm_total = 0.0
+        for pre, tau, write in self._task_vectors(ctx):
+            mask = keep_mask(fapm_scores(pre, tau), self.keep)
+            write(mask)
+            tensors += 1
+            kept += int(mask.sum())
+            total += mask.numel()
+            norm_kept += float((tau.float()[mask] ** 2).sum())
+            norm_total += float((tau.float() ** 2).sum())
+        if total == 0:
+            raise ForgetlessError("fapm: no weight matrix to prune (check the `tensors` knob and the adapter targets)")
+        ctx.log["fapm_kept_fraction"] = kept / total
+        ctx.log["fapm_kept_update_norm_fraction"] = (norm_kept / norm_total) ** 0.5 if norm_total > 0 else 1.0
+        ctx.log["fapm_tensors"] = tensors
+        self._pre = {}
+
+    def _task_vectors(self, ctx: TaskContext):
+        """(W_pre, tau, write(mask)) per selected tensor; `write` sets W = W_pre + mask * tau in the model."""
+        if ctx.config.adapter == "lora":
+            adapter = adapter_name(ctx.task_index)
+            for name, layer in lora_linear_layers(ctx.model, adapter).items():
+                weight = layer.base_layer.weight
+                if not self._selected(name, weight):
+                    continue
+                tau = layer.get_delta_weight(adapter).to(weight.dtype)  # scaling * B @ A, shaped like W
+
+                def write(mask, weight=weight, tau=tau, layer=layer):
+                    # Fold the pruned update into the base and zero the adapter: a sparse update has no rank-r form.
+                    weight.add_(torch.where(mask, tau, torch.zeros_like(tau)))
+                    layer.lora_B[adapter].weight.zero_()
+
+                yield weight, tau, write
+            return
+        parameters = trained_parameters(ctx.model)
+        for name, pre_cpu in self._pre.items():
+            parameter = parameters[name]
+            pre = pre_cpu.to(parameter.device)
+
+            def write(mask, parameter=parameter, pre=pre):
+                # torch.where keeps both sides bit-exact: pruned entries are exactly W_pre, kept exactly W_ft.
+                parameter.copy_(torch.where(mask, parameter, pre))
+
+            yield pre, parameter.detach() - pre, write

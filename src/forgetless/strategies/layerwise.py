@@ -1,0 +1,244 @@
+"""`layerwise`: hierarchical layer-wise and element-wise importance regularisation (Song et al. 2025, arXiv 2501.13669).
+
+Element level: an importance Omega_i per weight, recorded cheaply before the first task on general text
+(then, after each task, on the task just trained, and added). Layer level: per transformer block l,
+
+    L_reg^(l) = sum_{i in l} Omega_i * (theta_i - theta*_i)^2        (theta* = weights at the task's start)
+    L = CE + lam * sum_l alpha_l * L_reg^(l),   alpha_l = n_layers * L_reg^(l) / sum_k L_reg^(k)   (detached)
+
+so blocks that drifted most in directions that matter are pulled back hardest (see docs/strategies/layerwise.md).
+
+Importance: Synaptic Intelligence along a plain-SGD pass is omega_i = lr * sum_t g_i(t)^2; we take the
+small-step limit at the anchor (no weight moves, no optimiser state) and scale it by the batch's token
+count, which puts Omega on the per-token Fisher scale (see `squared_gradient_importance`). It is stored
+sparsely: the top `keep` fraction of each tensor as int32 index + bf16 value. The anchor is not stored:
+it is the model at the task's start. Under LoRA the protected tensors are the adapted base weights and
+their drift is the adapter's scaling * B @ A.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Literal
+
+import torch
+
+from ..adapters import adapter_name
+from ..errors import ForgetlessError
+from . import register_strategy
+from ._common import batches, model_device, protection_examples, trained_parameters
+from .base import Strategy, TaskContext
+from .fapm import block_index, lora_linear_layers
+
+LayerWeighting = Literal["adaptive", "uniform"]
+ImportanceSource = Literal["auto", "general"]
+
+
+def squared_gradient_importance(
+    model: torch.nn.Module, weights: dict[str, torch.Tensor], features: list[dict], batch_size: int, pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """Omega = mean over mini-batches b of n_b * g_b^2 for each tensor in `weights` (fp32, same shapes).
+
+    g_b is the gradient of batch b's mean token cross-entropy and n_b its number of trained tokens. For
+    tokens whose gradients are independent with mean zero, E[n_b * g_b^2] is the per-token empirical
+    Fisher, so Omega is on the scale of the Hessian of the mean token loss (as `ewc`'s Fisher) at the
+    price of one backward per batch instead of one per sequence. The weights must be leaves of the
+    model's graph; they get requires_grad for the pass only, and are never changed.
+    """
+    from ..training import token_cross_entropy  # imported here: training imports the strategies package
+
+    totals = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
+    flags = {name: w.requires_grad for name, w in weights.items()}
+    was_training = model.training
+    model.eval()  # no dropout: the importance of the model as it is
+    count = 0
+    try:
+        for w in weights.values():
+            w.requires_grad_(True)
+        with torch.enable_grad():
+            for batch in batches(features, batch_size, pad_token_id, model_device(model)):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = token_cross_entropy(logits, batch["labels"])  # (B, T, V) -> scalar
+                tokens = int((batch["labels"][:, 1:] != -100).sum())
+                grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
+                for name, grad in zip(weights, grads):
+                    if grad is not None:
+                        totals[name].add_(grad.float().square(), alpha=tokens)
+                count += 1
+    finally:
+        for name, w in weights.items():
+            w.requires_grad_(flags[name])
+        model.train(was_training)
+    return {name: total / max(count, 1) for name, total in totals.items()}
+
+
+def layer_coefficients(per_layer: torch.Tensor, weighting: LayerWeighting) -> torch.Tensor:
+    """alpha_l (mean 1): proportional to each layer's share of the regulariser ('adaptive') or all 1 ('uniform')."""
+    per_layer = per_layer.detach()
+    total = per_layer.sum()
+    if weighting == "uniform" or total <= 0:
+        return torch.ones_like(per_layer)
+    return per_layer.numel() * per_layer / total
+
+
+@register_strategy
+class Layerwise(Strategy):
+    """Importance-weighted quadratic penalty to the task's starting weights, balanced across transformer blocks."""
+
+    name = "layerwise"
+    supports_multiprocess = False  # flat indices into whole tensors: not valid for FSDP shards
+
+    def __init__(
+        self,
+        lam: float = 50.0,
+        steps: int = 8,
+        batch_size: int = 4,
+        keep: float = 0.1,
+        layer_weighting: LayerWeighting = "adaptive",
+        source: ImportanceSource = "auto",
+    ):
+        if not lam >= 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        if steps < 1 or batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"keep must be in (0, 1], got {keep}")
+        if layer_weighting not in ("adaptive", "uniform"):
+            raise ValueError(f"layer_weighting must be 'adaptive' or 'uniform', got {layer_weighting!r}")
+        if source not in ("auto", "general"):
+            raise ValueError(f"source must be 'auto' (general text, then each task trained) or 'general', got {source!r}")
+        self.lam = lam
+        self.steps = steps
+        self.batch_size = batch_size
+        self.keep = keep
+        self.layer_weighting = layer_weighting
+        self.source = source
+        # The saved state: per protected weight (by its full-fine-tuning name), the kept flat indices and Omega.
+        self.index: dict[str, torch.Tensor] = {}  # int32 (k,)
+        self.importance: dict[str, torch.Tensor] = {}  # bf16 (k,): Omega at those indices
+        # Per task: how to read the drift at the kept indices, Omega in fp32 on the device, the layer groups.
+        self._drift: dict[str, Callable[[], torch.Tensor]] = {}
+        self._omega: dict[str, torch.Tensor] = {}
+        self._group: dict[str, int] = {}
+        self._groups = 0
+        self._group_index: torch.Tensor | None = None  # (tensors,) group of each entry of _drift, in order
+        self.last_alpha: torch.Tensor | None = None
+
+    # ---- which weights are protected, and how far they have moved ----
+
+    def _protected(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
+        """Weights that can move in this task, by full-fine-tuning name (under LoRA: the adapted base weights)."""
+        if ctx.config.adapter == "lora":
+            layers = lora_linear_layers(ctx.model, adapter_name(ctx.task_index))
+            return {name: layer.base_layer.weight for name, layer in layers.items()}
+        return trained_parameters(ctx.model)
+
+    def _bind(self, ctx: TaskContext) -> None:
+        """Anchor = the model now; set up the per-step drift readers and fp32 copies of Omega."""
+        self._drift, self._omega, self._group = {}, {}, {}
+        lora = ctx.config.adapter == "lora"
+        adapter = adapter_name(ctx.task_index)
+        layers = lora_linear_layers(ctx.model, adapter) if lora else {}
+        parameters = {} if lora else trained_parameters(ctx.model)
+        blocks: dict[int | None, int] = {}
+        for name, index in self.index.items():
+            if name not in layers and name not in parameters:
+                continue  # protected earlier but not trainable now (e.g. other LoRA targets): it cannot drift
+            device = (layers[name].base_layer.weight if lora else parameters[name]).device
+            index = index.to(device)
+            if lora:
+                layer = layers[name]
+                self._drift[name] = lambda layer=layer, index=index: (
+                    layer.get_delta_weight(adapter).reshape(-1).index_select(0, index).float()
+                )  # scaling * B @ A at the kept entries: the drift from the task's start
+            else:
+                parameter = parameters[name]
+                anchor = parameter.detach().reshape(-1).index_select(0, index).float().clone()  # (k,)
+                self._drift[name] = lambda parameter=parameter, index=index, anchor=anchor: (
+                    parameter.reshape(-1).index_select(0, index).float() - anchor
+                )
+            self._omega[name] = self.importance[name].to(device, torch.float32)
+            self._group[name] = blocks.setdefault(block_index(name), len(blocks))
+        self._groups = len(blocks)
+        if self._drift:
+            device = next(iter(self._omega.values())).device
+            self._group_index = torch.tensor([self._group[name] for name in self._drift], device=device)
+
+    # ---- importance ----
+
+    def _record_importance(self, ctx: TaskContext, source: Literal["general", "current_task"]) -> None:
+        """Record Omega on `source` data, add the stored Omega, keep the top `keep` fraction of each tensor."""
+        started = time.perf_counter()
+        features = protection_examples(ctx, self.steps * self.batch_size, source=source, seed=ctx.task_index)
+        if not features:
+            raise ForgetlessError(f"layerwise: no {source} examples to record the importance on")
+        weights = self._protected(ctx)
+        dense = squared_gradient_importance(ctx.model, weights, features, self.batch_size, ctx.tokenizer.pad_token_id)
+        for name, values in self.importance.items():  # earlier recordings add up (as online EWC's Fisher)
+            if name in dense:
+                index = self.index[name].to(dense[name].device).long()
+                dense[name].reshape(-1).index_add_(0, index, values.to(dense[name].device, torch.float32))
+        total_mass = kept_mass = 0.0
+        for name, values in dense.items():
+            flat = values.reshape(-1)
+            count = max(1, round(self.keep * flat.numel()))
+            top = torch.topk(flat, count, sorted=False)
+            order = torch.argsort(top.indices)  # ascending indices: sequential gathers
+            self.index[name] = top.indices[order].to("cpu", torch.int32)
+            self.importance[name] = top.values[order].to("cpu", torch.bfloat16)
+            kept_mass += float(top.values.sum())
+            total_mass += float(flat.sum())
+        if not total_mass > 0:
+            raise ForgetlessError("layerwise: every recorded gradient is zero; nothing to protect")
+        ctx.log["layerwise_importance_seconds"] = ctx.log.get("layerwise_importance_seconds", 0.0) + (
+            time.perf_counter() - started
+        )
+        ctx.log["layerwise_importance_mass_kept"] = kept_mass / total_mass
+        ctx.log["layerwise_state_bytes"] = self.state_bytes()
+
+    def state_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.index.values(), *self.importance.values()))
+
+    # ---- hooks ----
+
+    def on_task_start(self, ctx: TaskContext) -> None:
+        if not self.importance:
+            self._record_importance(ctx, "general")
+        self._bind(ctx)
+
+    def layer_penalties(self) -> torch.Tensor:
+        """L_reg^(l) for each layer group (embeddings and head form one more group), shape (groups,)."""
+        terms = torch.stack([(self._omega[name] * drift().square()).sum() for name, drift in self._drift.items()])
+        return torch.zeros(self._groups, device=terms.device).index_add(0, self._group_index, terms)
+
+    def penalty(self) -> torch.Tensor:
+        """lam * sum_l alpha_l * L_reg^(l), alpha_l detached (see `layer_coefficients`)."""
+        per_layer = self.layer_penalties()
+        alpha = layer_coefficients(per_layer, self.layer_weighting)
+        self.last_alpha = alpha
+        return self.lam * (alpha * per_layer).sum()
+
+    def extra_loss(self, ctx, model, inputs, outputs):
+        if not self._drift or self.lam == 0:
+            return None
+        return self.penalty()
+
+    def consolidate(self, ctx: TaskContext) -> None:
+        if self.last_alpha is not None:
+            ctx.log["layerwise_alpha_max"] = float(self.last_alpha.max())
+        if self.source == "auto":
+            self._record_importance(ctx, "current_task")  # protect this task too from the next one on
+        self._drift, self._omega = {}, {}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        state = {f"index/{name}": index for name, index in self.index.items()}
+        state.update({f"importance/{name}": values for name, values in self.importance.items()})
+        return state
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.index = {key.removeprefix("index/"): t.to(torch.int32) for key, t in tensors.items() if key.startswith("index/")}
+        self.importance = {
+            key.removeprefix("importance/"): t.to(torch.bfloat16) for key, t in tensors.items() if key.startswith("importance/")
+        }
+        if set(self.index) != set(self.importance):
+            raise ForgetlessError("layerwise state: every protected tensor needs both an index and an importance")

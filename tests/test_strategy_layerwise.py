@@ -1,0 +1,239 @@
+"""`layerwise`: importance-weighted quadratic penalty with layer coefficients, checked against direct computations."""
+
+import json
+
+import pytest
+import torch
+
+from forgetless.config import parse_config
+from forgetless.data.tasks import load_task
+from forgetless.strategies import TaskContext, build_strategy
+from forgetless.strategies._common import protection_examples, trained_parameters
+from forgetless.strategies.fapm import block_index
+from forgetless.strategies.layerwise import layer_coefficients, squared_gradient_importance
+from forgetless.training import run_continual, token_cross_entropy
+
+from .conftest import make_tiny_lm
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def task_files(tmp_path):
+    chat = [{"prompt": f"Ticket {i}: my router is broken", "response": "Please restart the router and wait."} for i in range(24)]
+    text = [{"text": f"We the people of the union number {i} ordain this constitution."} for i in range(24)]
+    return {"chat": write_jsonl(tmp_path / "chat.jsonl", chat), "text": write_jsonl(tmp_path / "text.jsonl", text)}
+
+
+def make_config(task_files, **overrides):
+    data = {
+        "model": "tiny-test-model",
+        "tasks": [{"name": "chat", "file": task_files["chat"]}, {"name": "text", "file": task_files["text"]}],
+        "eval": {"suites": []},
+        "train": {"steps": 4, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
+        "checkpoints": "none",
+    }
+    data.update(overrides)
+    return parse_config(data)
+
+
+def make_context(config, model, tokenizer, task_index=0):
+    tasks = [load_task(t, seed=0) for t in config.tasks]
+    task = tasks[task_index]
+    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=task_index, tasks=tasks)
+
+
+def random_drift(model, scale=1e-2, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return {name: scale * torch.randn(p.shape, generator=generator) for name, p in trained_parameters(model).items()}
+
+
+def add(model, drift, factor=1.0):
+    with torch.no_grad():
+        for name, p in trained_parameters(model).items():
+            if name in drift:
+                p.add_(drift[name], alpha=factor)
+
+
+def direct_penalty(strategy, drift):
+    """lam * sum_l alpha_l L_l with L_l = sum_{i in l} Omega_i d_i^2, alpha_l = n * L_l / sum L, from the raw state."""
+    per_block: dict = {}
+    for name, index in strategy.index.items():
+        d = drift[name].reshape(-1)[index.long()]
+        per_block[block_index(name)] = per_block.get(block_index(name), 0.0) + float(
+            (strategy.importance[name].float() * d.square()).sum()
+        )
+    values = torch.tensor(list(per_block.values()), dtype=torch.float64)
+    return strategy.lam * float((len(values) * values / values.sum() * values).sum())
+
+
+@pytest.fixture
+def prepared(tiny_lm, tokenizer, task_files):
+    for p in tiny_lm.parameters():
+        p.requires_grad_(True)
+    ctx = make_context(make_config(task_files), tiny_lm, tokenizer)
+    strategy = build_strategy({"name": "layerwise", "lam": 2.0, "steps": 2, "batch_size": 4})
+    strategy.on_task_start(ctx)
+    return ctx, strategy
+
+
+def test_penalty_is_zero_at_the_anchor_and_quadratic_away_from_it(prepared):
+    ctx, strategy = prepared
+    assert strategy.penalty().item() == 0.0
+    drift = random_drift(ctx.model)
+    add(ctx.model, drift)
+    once = strategy.penalty().item()
+    assert once > 0
+    assert once == pytest.approx(direct_penalty(strategy, drift), rel=1e-4)
+    add(ctx.model, drift)  # twice the drift: four times the penalty (alpha depends only on the shape)
+    assert strategy.penalty().item() == pytest.approx(4 * once, rel=1e-4)
+
+
+def test_importance_is_non_negative_sparse_and_compact(prepared):
+    ctx, strategy = prepared
+    for name, p in trained_parameters(ctx.model).items():
+        index, values = strategy.index[name], strategy.importance[name]
+        assert index.dtype == torch.int32 and values.dtype == torch.bfloat16
+        assert len(index) == max(1, round(0.1 * p.numel()))
+        assert torch.all(values >= 0)
+    assert 0 < ctx.log["layerwise_importance_mass_kept"] <= 1
+    numel = sum(p.numel() for p in trained_parameters(ctx.model).values())
+    assert strategy.state_bytes() == pytest.approx(0.1 * numel * 6, rel=0.01)  # int32 + bf16 per kept entry
+
+
+def test_importance_is_token_count_times_squared_batch_gradient(tiny_lm, tokenizer, task_files):
+    ctx = make_context(make_config(task_files), tiny_lm, tokenizer)
+    features = protection_examples(ctx, 3, "general")
+    weights = {"norm": tiny_lm.model.norm.weight, "q": tiny_lm.model.layers[1].self_attn.q_proj.weight}
+    omega = squared_gradient_importance(tiny_lm, weights, features, 3, tokenizer.pad_token_id)
+    from forgetless.strategies._common import batches
+
+    batch = next(batches(features, 3, tokenizer.pad_token_id))
+    tiny_lm.zero_grad()
+    for w in weights.values():
+        w.requires_grad_(True)
+    logits = tiny_lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    token_cross_entropy(logits, batch["labels"]).backward()
+    tokens = int((batch["labels"][:, 1:] != -100).sum())
+    for name, w in weights.items():
+        assert torch.allclose(omega[name], tokens * w.grad.square(), rtol=1e-4, atol=1e-12)
+
+
+def test_importance_is_larger_for_weights_that_matter_on_the_data(tiny_lm, tokenizer, task_files):
+    """Embedding rows of tokens in the data get input and target gradients; rows of absent tokens almost none."""
+    ctx = make_context(make_config(task_files), tiny_lm, tokenizer)
+    features = protection_examples(ctx, 8, "general")
+    embedding = tiny_lm.get_input_embeddings().weight
+    omega = squared_gradient_importance(tiny_lm, {"embed": embedding}, features, 4, tokenizer.pad_token_id)["embed"]
+    seen = sorted({t for f in features for t in f["input_ids"]})
+    unseen = sorted(set(range(1000, 2000)) - set(seen))
+    assert torch.all(omega >= 0)
+    assert omega[seen].mean() > 100 * omega[unseen].mean()
+
+
+def test_layer_coefficients_follow_each_layers_share():
+    assert torch.allclose(layer_coefficients(torch.tensor([1.0, 3.0]), "adaptive"), torch.tensor([0.5, 1.5]))
+    assert torch.allclose(layer_coefficients(torch.tensor([1.0, 3.0]), "uniform"), torch.tensor([1.0, 1.0]))
+    assert torch.allclose(layer_coefficients(torch.zeros(3), "adaptive"), torch.ones(3))  # at the anchor
+
+
+def test_a_single_drifted_block_takes_all_the_weight(prepared):
+    ctx, strategy = prepared
+    drift = {name: d for name, d in random_drift(ctx.model).items() if block_index(name) == 0}
+    add(ctx.model, drift)
+    total = strategy.penalty().item()
+    alpha = strategy.last_alpha
+    groups = strategy._groups
+    assert alpha.max().item() == pytest.approx(groups) and int((alpha > 0).sum()) == 1
+    block0 = strategy.layer_penalties()[strategy._group[next(iter(drift))]].item()
+    assert total == pytest.approx(strategy.lam * groups * block0, rel=1e-5)
+    uniform = build_strategy({"name": "layerwise", "lam": 2.0, "layer_weighting": "uniform"})
+    uniform.load_state_tensors(strategy.state_tensors())
+    add(ctx.model, drift, -1.0)
+    uniform.on_task_start(ctx)
+    add(ctx.model, drift)
+    assert uniform.penalty().item() == pytest.approx(total / groups, rel=1e-5)
+
+
+def test_saved_and_loaded_state_gives_the_same_penalty(prepared, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    ctx, strategy = prepared
+    save_file({k: v.contiguous() for k, v in strategy.state_tensors().items()}, tmp_path / "state.safetensors")
+    restored = build_strategy({"name": "layerwise", "lam": 2.0})
+    restored.load_state_tensors(load_file(tmp_path / "state.safetensors"))
+
+    def no_recording(*args, **kwargs):
+        raise AssertionError("a loaded importance must not be recorded again")
+
+    monkeypatch.setattr("forgetless.strategies.layerwise.squared_gradient_importance", no_recording)
+    restored.on_task_start(ctx)  # the anchor is the model now, as for the original
+    add(ctx.model, random_drift(ctx.model))
+    assert restored.penalty().item() == pytest.approx(strategy.penalty().item(), rel=1e-6)
+
+
+def test_lora_penalty_is_on_the_adapter_update(tokenizer, task_files):
+    from forgetless.adapters import prepare_for_task
+
+    config = make_config(task_files, adapter="lora", lora={"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]})
+    model = prepare_for_task(make_tiny_lm(len(tokenizer)), config, 0)
+    ctx = make_context(config, model, tokenizer)
+    strategy = build_strategy({"name": "layerwise", "lam": 1.0, "steps": 1, "layer_weighting": "uniform"})
+    strategy.on_task_start(ctx)
+    assert set(strategy.index) == {f"model.layers.{i}.self_attn.{m}.weight" for i in range(2) for m in ("q_proj", "v_proj")}
+    assert strategy.penalty().item() == 0.0  # B = 0: no update yet
+    expected = 0.0
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if hasattr(module, "lora_B") and "task0" in module.lora_B:
+                module.lora_B["task0"].weight.normal_(0, 0.1)
+                delta = (module.lora_B["task0"].weight @ module.lora_A["task0"].weight * module.scaling["task0"]).reshape(-1)
+                key = name.removeprefix("base_model.model.") + ".weight"
+                expected += float((strategy.importance[key].float() * delta[strategy.index[key].long()] ** 2).sum())
+    assert strategy.penalty().item() == pytest.approx(expected, rel=1e-4)
+
+
+def _spy_first_index(monkeypatch):
+    """Capture the indices layerwise protects during the first task (before later tasks add their own)."""
+    import forgetless.training as training
+
+    captured: dict = {}
+    real = training.build_strategies
+
+    def spy(*args, **kwargs):
+        stack = real(*args, **kwargs)
+        for strategy in [s for s in stack if s.name == "layerwise"]:
+            original = strategy.on_task_start
+
+            def on_task_start(ctx, original=original, strategy=strategy):
+                original(ctx)
+                if ctx.task_index == 0:
+                    captured.update({name: index.clone() for name, index in strategy.index.items()})
+
+            strategy.on_task_start = on_task_start
+        return stack
+
+    monkeypatch.setattr(training, "build_strategies", spy)
+    return captured
+
+
+def test_end_to_end_keeps_important_weights_closer_than_naive(tmp_path, tokenizer, task_files, monkeypatch):
+    initial = {n: p.detach().clone() for n, p in make_tiny_lm(len(tokenizer)).named_parameters()}
+    first_index = _spy_first_index(monkeypatch)
+    protected_model = make_tiny_lm(len(tokenizer))
+    config = make_config(task_files, strategies=[{"name": "layerwise", "lam": 1e6, "steps": 2}])
+    results = run_continual(config, tmp_path / "lw", model=protected_model, tokenizer=tokenizer, progress=False)
+    naive_model = make_tiny_lm(len(tokenizer))
+    run_continual(make_config(task_files), tmp_path / "naive", model=naive_model, tokenizer=tokenizer, progress=False)
+
+    def protected_drift(model):  # squared drift from the start at the entries protected in the first task
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        return sum(float((params[n] - initial[n]).reshape(-1)[i.long()].square().sum()) for n, i in first_index.items())
+
+    assert protected_drift(protected_model) < 0.25 * protected_drift(naive_model)
+    first = results["training"][0]
+    assert first["layerwise_importance_seconds"] > 0 and first["layerwise_state_bytes"] > 0
+    assert first["layerwise_alpha_max"] >= 1.0
