@@ -6,9 +6,12 @@ exercise the real chat template and vocabulary while the network stays tiny and 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from forgetless.config import parse_config
 from forgetless.models import load_tokenizer
 
 
@@ -42,3 +45,43 @@ def tiny_lm(tokenizer):
     model = make_tiny_lm(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def task_files(tmp_path):
+    """Two small training tasks (chat, text) and a small multiple-choice evaluation file."""
+    chat = [{"prompt": f"Ticket {i}: my router is broken", "response": "Please restart the router and wait."} for i in range(24)]
+    text = [{"text": f"We the people of the union number {i} ordain this constitution."} for i in range(24)]
+    mc = [{"question": f"Question: {i} plus one?\nAnswer:", "choices": [str(i + 1), str(i + 7)], "answer": 0} for i in range(6)]
+    return {
+        "chat": write_jsonl(tmp_path / "chat.jsonl", chat),
+        "text": write_jsonl(tmp_path / "text.jsonl", text),
+        "mc": write_jsonl(tmp_path / "mc.jsonl", mc),
+    }
+
+
+def tiny_config(task_files, **overrides):
+    """A fast two-task run config for a tiny model: 4 steps per task, no evaluation suites, no checkpoints."""
+    data = {
+        "model": "tiny-test-model",
+        "tasks": [{"name": "chat", "file": task_files["chat"]}, {"name": "text", "file": task_files["text"]}],
+        "eval": {"suites": []},
+        "train": {"steps": 4, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
+        "checkpoints": "none",
+    }
+    data.update(overrides)
+    return parse_config(data)
+
+
+def perturb(model, scale=0.05, seed=1):
+    """Add seeded Gaussian noise to every trainable parameter, in place."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)

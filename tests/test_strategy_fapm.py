@@ -1,43 +1,17 @@
 """`fapm`: forgetting-aware pruning of the task vector, checked against hand and direct computations."""
 
-import json
 
 import pytest
 import torch
 
 from forgetless.adapters import prepare_for_task
-from forgetless.config import parse_config
 from forgetless.data.tasks import load_task
 from forgetless.strategies import TaskContext, build_strategy
-from forgetless.strategies._common import trained_parameters
-from forgetless.strategies.fapm import block_index, fapm_scores, keep_mask
+from forgetless.strategies._common import block_index, trained_parameters
+from forgetless.strategies.fapm import fapm_scores, keep_mask
 from forgetless.training import run_continual
 
-from .conftest import make_tiny_lm
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture
-def task_files(tmp_path):
-    chat = [{"prompt": f"Ticket {i}: my router is broken", "response": "Please restart the router and wait."} for i in range(24)]
-    text = [{"text": f"We the people of the union number {i} ordain this constitution."} for i in range(24)]
-    return {"chat": write_jsonl(tmp_path / "chat.jsonl", chat), "text": write_jsonl(tmp_path / "text.jsonl", text)}
-
-
-def make_config(task_files, **overrides):
-    data = {
-        "model": "tiny-test-model",
-        "tasks": [{"name": "chat", "file": task_files["chat"]}, {"name": "text", "file": task_files["text"]}],
-        "eval": {"suites": []},
-        "train": {"steps": 4, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
-        "checkpoints": "none",
-    }
-    data.update(overrides)
-    return parse_config(data)
+from .conftest import make_tiny_lm, tiny_config
 
 
 def make_context(config, model, tokenizer):
@@ -68,7 +42,7 @@ def test_keep_mask_selects_exactly_the_top_fraction():
 def test_pruning_keeps_the_fraction_and_restores_pruned_entries(tiny_lm, tokenizer, task_files):
     for p in tiny_lm.parameters():
         p.requires_grad_(True)
-    ctx = make_context(make_config(task_files), tiny_lm, tokenizer)
+    ctx = make_context(tiny_config(task_files), tiny_lm, tokenizer)
     strategy = build_strategy({"name": "fapm", "keep": 0.25})
     strategy.on_task_start(ctx)
     pre = {n: p.detach().clone() for n, p in trained_parameters(tiny_lm).items()}
@@ -96,7 +70,7 @@ def test_pruning_keeps_the_fraction_and_restores_pruned_entries(tiny_lm, tokeniz
 
 
 def test_lora_prunes_the_merged_update_and_zeroes_the_adapter(tokenizer, task_files):
-    config = make_config(task_files, adapter="lora", lora={"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]})
+    config = tiny_config(task_files, adapter="lora", lora={"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]})
     model = prepare_for_task(make_tiny_lm(len(tokenizer)), config, 0)
     ctx = make_context(config, model, tokenizer)
     strategy = build_strategy({"name": "fapm", "keep": 0.5})
@@ -129,10 +103,30 @@ def test_end_to_end_changes_only_the_kept_fraction(tmp_path, tokenizer, task_fil
         return changed / total
 
     pruned = make_tiny_lm(len(tokenizer))
-    results = run_continual(make_config(task_files, strategies=["fapm"]), tmp_path / "fapm", model=pruned,
+    results = run_continual(tiny_config(task_files, strategies=["fapm"]), tmp_path / "fapm", model=pruned,
                             tokenizer=tokenizer, progress=False)
     naive = make_tiny_lm(len(tokenizer))
-    run_continual(make_config(task_files), tmp_path / "naive", model=naive, tokenizer=tokenizer, progress=False)
+    run_continual(tiny_config(task_files), tmp_path / "naive", model=naive, tokenizer=tokenizer, progress=False)
     assert changed_fraction(naive) > 0.9
     assert changed_fraction(pruned) <= 0.2 + 1e-6  # at most 10% per task, two tasks
     assert [log["fapm_kept_fraction"] for log in results["training"]] == pytest.approx([0.1, 0.1], abs=1e-3)
+
+
+def test_lora_checkpoint_holds_the_full_pruned_weights(tmp_path, tokenizer, task_files):
+    from safetensors.torch import load_file
+
+    config = tiny_config(
+        task_files,
+        adapter="lora",
+        lora={"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]},
+        strategies=["fapm"],
+        checkpoints="every_task",
+    )
+    model = make_tiny_lm(len(tokenizer))
+    run_continual(config, tmp_path / "out", model=model, tokenizer=tokenizer, progress=False)
+    folder = tmp_path / "out" / "checkpoints" / "after-1-chat"
+    # The adapter alone would miss the pruned update that FAPM wrote into the base weights.
+    assert (folder / "model.safetensors").is_file() and not (folder / "adapter_model.safetensors").exists()
+    saved = load_file(folder / "model.safetensors")
+    assert any("lora" in key for key in saved) is False
+    assert "model.layers.0.self_attn.q_proj.weight" in saved

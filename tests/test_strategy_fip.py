@@ -16,7 +16,7 @@ from forgetless.strategies import TaskContext, build_strategy
 from forgetless.strategies.fip import functional_distance
 from forgetless.training import run_continual
 
-from .conftest import make_tiny_lm
+from .conftest import make_tiny_lm, perturb
 
 ROWS = [{"prompt": f"Ticket {i}: my printer jams", "response": f"Open tray {i} and remove the paper."} for i in range(4)]
 
@@ -30,14 +30,6 @@ def _config(**overrides):
 def _context(config, model, tokenizer) -> TaskContext:
     task = TrainingTask("t", "chat", ROWS, ROWS)
     return TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
-
-
-def _perturb(model, scale=0.05, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
 
 
 def _direct(student_logits, reference_logits, mask, kind):
@@ -105,7 +97,7 @@ def test_zero_at_the_reference_positive_away_and_equal_to_direct_on_anchor_input
 
     with torch.no_grad():
         reference_logits = tiny_lm(**batch).logits
-    _perturb(tiny_lm)
+    perturb(tiny_lm)
     mask = batch["attention_mask"].bool()
     with torch.no_grad():
         logits = tiny_lm(**batch).logits
@@ -119,14 +111,14 @@ def test_previous_mode_refreshes_the_reference_every_refresh_steps(tiny_lm, toke
     strategy = build_strategy({"name": "fip", "reference": "previous", "refresh_steps": 2, "anchor_examples": 4})
     strategy.on_task_start(ctx)
     batch = strategy.anchor_batch(ctx)
-    _perturb(tiny_lm)
+    perturb(tiny_lm)
     ctx.global_step = 1  # not yet due: still measured against the weights at task start
     assert strategy.extra_loss(ctx, tiny_lm, {}, None).item() > 1e-4
     assert strategy._refreshed_at == 0
     ctx.global_step = 2  # due: the reference moves to the current weights
     assert strategy.extra_loss(ctx, tiny_lm, {}, None).item() == pytest.approx(0.0, abs=1e-6)
     assert strategy._refreshed_at == 2
-    _perturb(tiny_lm, seed=2)
+    perturb(tiny_lm, seed=2)
     ctx.global_step = 3
     assert strategy.penalty(ctx, tiny_lm, batch).item() > 1e-4
     # After the task: the copy is freed, the mean is reported, and nothing needs saving for later tasks.
@@ -146,7 +138,7 @@ def test_under_lora_the_origin_is_the_base_and_only_adapter_tensors_are_held(tok
     with torch.no_grad(), model.disable_adapter():
         base_logits = model(**batch).logits
     model.train()
-    _perturb(model, scale=0.2)  # only the LoRA tensors are trainable
+    perturb(model, scale=0.2)  # only the LoRA tensors are trainable
     assert torch.allclose(strategy.reference_logits(ctx, batch), base_logits, atol=1e-5)
     assert model.training
     value = strategy.extra_loss(ctx, model, {}, None)

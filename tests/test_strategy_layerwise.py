@@ -1,43 +1,16 @@
 """`layerwise`: importance-weighted quadratic penalty with layer coefficients, checked against direct computations."""
 
-import json
 
 import pytest
 import torch
 
-from forgetless.config import parse_config
 from forgetless.data.tasks import load_task
 from forgetless.strategies import TaskContext, build_strategy
-from forgetless.strategies._common import protection_examples, trained_parameters
-from forgetless.strategies.fapm import block_index
+from forgetless.strategies._common import block_index, protection_examples, trained_parameters
 from forgetless.strategies.layerwise import layer_coefficients, squared_gradient_importance
 from forgetless.training import run_continual, token_cross_entropy
 
-from .conftest import make_tiny_lm
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture
-def task_files(tmp_path):
-    chat = [{"prompt": f"Ticket {i}: my router is broken", "response": "Please restart the router and wait."} for i in range(24)]
-    text = [{"text": f"We the people of the union number {i} ordain this constitution."} for i in range(24)]
-    return {"chat": write_jsonl(tmp_path / "chat.jsonl", chat), "text": write_jsonl(tmp_path / "text.jsonl", text)}
-
-
-def make_config(task_files, **overrides):
-    data = {
-        "model": "tiny-test-model",
-        "tasks": [{"name": "chat", "file": task_files["chat"]}, {"name": "text", "file": task_files["text"]}],
-        "eval": {"suites": []},
-        "train": {"steps": 4, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
-        "checkpoints": "none",
-    }
-    data.update(overrides)
-    return parse_config(data)
+from .conftest import make_tiny_lm, tiny_config
 
 
 def make_context(config, model, tokenizer, task_index=0):
@@ -74,7 +47,7 @@ def direct_penalty(strategy, drift):
 def prepared(tiny_lm, tokenizer, task_files):
     for p in tiny_lm.parameters():
         p.requires_grad_(True)
-    ctx = make_context(make_config(task_files), tiny_lm, tokenizer)
+    ctx = make_context(tiny_config(task_files), tiny_lm, tokenizer)
     strategy = build_strategy({"name": "layerwise", "lam": 2.0, "steps": 2, "batch_size": 4})
     strategy.on_task_start(ctx)
     return ctx, strategy
@@ -105,7 +78,7 @@ def test_importance_is_non_negative_sparse_and_compact(prepared):
 
 
 def test_importance_is_token_count_times_squared_batch_gradient(tiny_lm, tokenizer, task_files):
-    ctx = make_context(make_config(task_files), tiny_lm, tokenizer)
+    ctx = make_context(tiny_config(task_files), tiny_lm, tokenizer)
     features = protection_examples(ctx, 3, "general")
     weights = {"norm": tiny_lm.model.norm.weight, "q": tiny_lm.model.layers[1].self_attn.q_proj.weight}
     omega = squared_gradient_importance(tiny_lm, weights, features, 3, tokenizer.pad_token_id)
@@ -124,7 +97,7 @@ def test_importance_is_token_count_times_squared_batch_gradient(tiny_lm, tokeniz
 
 def test_importance_is_larger_for_weights_that_matter_on_the_data(tiny_lm, tokenizer, task_files):
     """Embedding rows of tokens in the data get input and target gradients; rows of absent tokens almost none."""
-    ctx = make_context(make_config(task_files), tiny_lm, tokenizer)
+    ctx = make_context(tiny_config(task_files), tiny_lm, tokenizer)
     features = protection_examples(ctx, 8, "general")
     embedding = tiny_lm.get_input_embeddings().weight
     omega = squared_gradient_importance(tiny_lm, {"embed": embedding}, features, 4, tokenizer.pad_token_id)["embed"]
@@ -178,7 +151,7 @@ def test_saved_and_loaded_state_gives_the_same_penalty(prepared, tmp_path, monke
 def test_lora_penalty_is_on_the_adapter_update(tokenizer, task_files):
     from forgetless.adapters import prepare_for_task
 
-    config = make_config(task_files, adapter="lora", lora={"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]})
+    config = tiny_config(task_files, adapter="lora", lora={"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]})
     model = prepare_for_task(make_tiny_lm(len(tokenizer)), config, 0)
     ctx = make_context(config, model, tokenizer)
     strategy = build_strategy({"name": "layerwise", "lam": 1.0, "steps": 1, "layer_weighting": "uniform"})
@@ -224,10 +197,10 @@ def test_end_to_end_keeps_important_weights_closer_than_naive(tmp_path, tokenize
     initial = {n: p.detach().clone() for n, p in make_tiny_lm(len(tokenizer)).named_parameters()}
     first_index = _spy_first_index(monkeypatch)
     protected_model = make_tiny_lm(len(tokenizer))
-    config = make_config(task_files, strategies=[{"name": "layerwise", "lam": 1e6, "steps": 2}])
+    config = tiny_config(task_files, strategies=[{"name": "layerwise", "lam": 1e6, "steps": 2}])
     results = run_continual(config, tmp_path / "lw", model=protected_model, tokenizer=tokenizer, progress=False)
     naive_model = make_tiny_lm(len(tokenizer))
-    run_continual(make_config(task_files), tmp_path / "naive", model=naive_model, tokenizer=tokenizer, progress=False)
+    run_continual(tiny_config(task_files), tmp_path / "naive", model=naive_model, tokenizer=tokenizer, progress=False)
 
     def protected_drift(model):  # squared drift from the start at the entries protected in the first task
         params = {name: p.detach() for name, p in model.named_parameters()}

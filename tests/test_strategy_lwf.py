@@ -16,7 +16,7 @@ from forgetless.strategies import TaskContext, build_strategies, build_strategy
 from forgetless.strategies.lwf import distillation_loss
 from forgetless.training import run_continual
 
-from .conftest import make_tiny_lm
+from .conftest import make_tiny_lm, perturb
 
 ROWS = [{"prompt": f"Ticket {i}: my printer jams", "response": f"Open tray {i} and remove the paper."} for i in range(4)]
 
@@ -34,14 +34,6 @@ def _context(config, model, tokenizer) -> TaskContext:
 
 def _batch(tokenizer):
     return PaddingCollator(tokenizer.pad_token_id)(encode_rows(tokenizer, ROWS, 48))
-
-
-def _perturb(model, scale=0.05, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
 
 
 def _direct_lwf(student_logits, teacher_logits, mask, temperature):
@@ -87,7 +79,7 @@ def test_zero_at_task_start_and_equal_to_direct_computation_after_a_change(tiny_
     assert strategies["all"].extra_loss(ctx, tiny_lm, inputs, outputs).item() == pytest.approx(0.0, abs=1e-6)
 
     teacher_logits = outputs.logits.detach()
-    _perturb(tiny_lm)
+    perturb(tiny_lm)
     outputs = tiny_lm(**kwargs)
     trained = torch.zeros_like(inputs["attention_mask"], dtype=torch.bool)
     trained[:, :-1] = inputs["labels"][:, 1:] != -100  # logits at t predict token t+1
@@ -112,7 +104,7 @@ def test_under_lora_the_teacher_is_the_base_and_no_model_copy_is_held(tokenizer)
     config = _config(adapter="lora", lora={"r": 4, "target_modules": ["q_proj", "v_proj"]})
     model = prepare_for_task(base, config, 0)
     model.train()
-    _perturb(model, scale=0.2)  # LoRA tensors only (the base is frozen): the adapter is no longer the identity
+    perturb(model, scale=0.2)  # LoRA tensors only (the base is frozen): the adapter is no longer the identity
     ctx = _context(config, model, tokenizer)
     strategy = build_strategy("lwf")
     strategy.on_task_start(ctx)

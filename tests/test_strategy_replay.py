@@ -13,8 +13,7 @@ from forgetless.strategies import TaskContext, build_strategy
 from forgetless.strategies.replay import mix_counts, reservoir_sample
 from forgetless.training import run_continual
 
-from .conftest import make_tiny_lm
-from .test_training import task_files, tiny_config  # noqa: F401 (fixture)
+from .conftest import make_tiny_lm, tiny_config
 
 
 def test_reservoir_sample_is_uniform_and_deterministic_per_seed():
@@ -111,10 +110,10 @@ def test_knobs_are_validated_and_raw_data_is_declared():
             build_strategy({"name": "replay", **bad})
 
 
-def test_end_to_end_replay_trains_on_the_buffer(tmp_path, tokenizer, task_files):  # noqa: F811
+def test_end_to_end_replay_trains_on_the_buffer(tmp_path, tokenizer, task_files):
     train = {"steps": 2, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0}
     strategies = [{"name": "replay", "ratio": 0.25, "per_task": 5}]
-    config = tiny_config(task_files, strategies=strategies, eval={"suites": []}, train=train)
+    config = tiny_config(task_files, strategies=strategies, train=train, checkpoints="every_task")
     model = make_tiny_lm(len(tokenizer), hidden_size=16)
     results = run_continual(config, tmp_path / "out", model=model, tokenizer=tokenizer, progress=False)
     first, second = results["training"]

@@ -11,8 +11,7 @@ from forgetless.errors import ForgetlessError
 from forgetless.strategies import TaskContext, build_strategy
 from forgetless.training import run_continual
 
-from .conftest import make_tiny_lm
-from .test_training import task_files, tiny_config  # noqa: F401 (fixture)
+from .conftest import make_tiny_lm, tiny_config
 
 CHAT_ROWS = [
     {"prompt": f"Secret ticket {i}: my toaster {i} is on fire", "response": f"Private reply {i}: unplug it."} for i in range(6)
@@ -154,12 +153,12 @@ def test_knobs_are_validated():
             build_strategy({"name": "ssr", **bad})
 
 
-def test_end_to_end_ssr_rehearses_generated_examples(tmp_path, tokenizer, task_files):  # noqa: F811
+def test_end_to_end_ssr_rehearses_generated_examples(tmp_path, tokenizer, task_files):
     model = make_tiny_lm(len(tokenizer), hidden_size=16)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     train = {"steps": 2, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0}
     strategies = [{"name": "ssr", "per_task": 4, "max_new_tokens": 8, "ratio": 0.25}]
-    config = tiny_config(task_files, strategies=strategies, eval={"suites": []}, train=train)
+    config = tiny_config(task_files, strategies=strategies, train=train, checkpoints="every_task")
     results = run_continual(config, tmp_path / "out", model=model, tokenizer=tokenizer, progress=False)
     first, second = results["training"]
     assert first["ssr_synthetic_examples"] > 0  # general passages on the first task

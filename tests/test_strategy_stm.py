@@ -13,8 +13,7 @@ from forgetless.errors import ForgetlessError
 from forgetless.strategies import TaskContext, build_strategy
 from forgetless.training import run_continual
 
-from .conftest import make_tiny_lm
-from .test_training import task_files, tiny_config  # noqa: F401 (fixture)
+from .conftest import make_tiny_lm, tiny_config
 
 ROWS = [
     {"prompt": "My router keeps dropping the connection.", "response": "Please restart it and check the cable."},
@@ -153,10 +152,10 @@ def test_masking_everything_is_a_clear_error(tiny_lm, tokenizer, cache_dir):
         build_strategy("stm").prepare_examples(make_context(tiny_lm, tokenizer), encode_rows(tokenizer, ROWS, 64))
 
 
-def test_end_to_end_stm_changes_what_is_trained(tmp_path, tokenizer, task_files, cache_dir):  # noqa: F811
+def test_end_to_end_stm_changes_what_is_trained(tmp_path, tokenizer, task_files, cache_dir):
     def run(strategies, name):
         train = {"steps": 2, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0}
-        config = tiny_config(task_files, strategies=strategies, eval={"suites": []}, checkpoints="none", train=train)
+        config = tiny_config(task_files, strategies=strategies, train=train)
         model = make_tiny_lm(len(tokenizer), hidden_size=16)
         return run_continual(config, tmp_path / name, model=model, tokenizer=tokenizer, progress=False)
 

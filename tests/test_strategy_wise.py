@@ -1,13 +1,11 @@
 """`wise`: WiSE-FT interpolation with a fixed alpha or one chosen on held-out general text."""
 
-import json
 import math
 
 import pytest
 import torch
 
 from forgetless.adapters import prepare_for_task
-from forgetless.config import parse_config
 from forgetless.data.tasks import load_task
 from forgetless.errors import ForgetlessError
 from forgetless.strategies import TaskContext, build_strategy
@@ -15,31 +13,7 @@ from forgetless.strategies._common import trained_parameters
 from forgetless.strategies.wise import validation_score
 from forgetless.training import run_continual
 
-from .conftest import make_tiny_lm
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture
-def task_files(tmp_path):
-    chat = [{"prompt": f"Ticket {i}: my router is broken", "response": "Please restart the router and wait."} for i in range(24)]
-    text = [{"text": f"We the people of the union number {i} ordain this constitution."} for i in range(24)]
-    return {"chat": write_jsonl(tmp_path / "chat.jsonl", chat), "text": write_jsonl(tmp_path / "text.jsonl", text)}
-
-
-def make_config(task_files, **overrides):
-    data = {
-        "model": "tiny-test-model",
-        "tasks": [{"name": "chat", "file": task_files["chat"]}, {"name": "text", "file": task_files["text"]}],
-        "eval": {"suites": []},
-        "train": {"steps": 4, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
-        "checkpoints": "none",
-    }
-    data.update(overrides)
-    return parse_config(data)
+from .conftest import make_tiny_lm, tiny_config
 
 
 def make_context(config, model, tokenizer):
@@ -61,7 +35,7 @@ def finetune(model, seed=0):
 def test_fixed_alpha_interpolates_between_start_and_finetuned(tiny_lm, tokenizer, task_files, alpha):
     for p in tiny_lm.parameters():
         p.requires_grad_(True)
-    ctx = make_context(make_config(task_files), tiny_lm, tokenizer)
+    ctx = make_context(tiny_config(task_files), tiny_lm, tokenizer)
     strategy = build_strategy({"name": "wise", "alpha": alpha})
     strategy.on_task_start(ctx)
     start, finetuned = finetune(tiny_lm)
@@ -72,7 +46,7 @@ def test_fixed_alpha_interpolates_between_start_and_finetuned(tiny_lm, tokenizer
 
 
 def test_lora_alpha_scales_the_adapter_update(tokenizer, task_files):
-    config = make_config(task_files, adapter="lora", lora={"r": 2, "alpha": 4, "target_modules": ["q_proj"]})
+    config = tiny_config(task_files, adapter="lora", lora={"r": 2, "alpha": 4, "target_modules": ["q_proj"]})
     model = prepare_for_task(make_tiny_lm(len(tokenizer)), config, 0)
     ctx = make_context(config, model, tokenizer)
     strategy = build_strategy({"name": "wise", "alpha": 0.5})
@@ -86,7 +60,7 @@ def test_lora_alpha_scales_the_adapter_update(tokenizer, task_files):
 
 
 def test_lora_refuses_an_adapter_that_does_not_start_at_zero(tokenizer, task_files):
-    config = make_config(task_files, adapter="lora", lora={"r": 2, "target_modules": ["q_proj"]})
+    config = tiny_config(task_files, adapter="lora", lora={"r": 2, "target_modules": ["q_proj"]})
     model = prepare_for_task(make_tiny_lm(len(tokenizer)), config, 0)
     with torch.no_grad():
         model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["task0"].weight.fill_(1.0)
@@ -114,7 +88,7 @@ def test_auto_picks_the_largest_alpha_within_the_budget(tiny_lm, tokenizer, task
         p.requires_grad_(True)
     marker = "model.norm.weight"
     fake, seen_texts = _fake_score(monkeypatch, lambda a: 0.05 * a**8, marker)  # drops: 1.0 .05, 0.9 .0215, 0.8 .0084
-    ctx = make_context(make_config(task_files), tiny_lm, tokenizer)
+    ctx = make_context(tiny_config(task_files), tiny_lm, tokenizer)
     strategy = build_strategy({"name": "wise", "alpha": "auto", "budget": budget, "validation_texts": 5})
     strategy.on_task_start(ctx)
     start, finetuned = finetune(tiny_lm)
@@ -148,9 +122,9 @@ def test_end_to_end_stays_closer_to_the_start_than_naive(tmp_path, tokenizer, ta
         return sum(float((p - initial[n]).square().sum()) for n, p in model.named_parameters()) ** 0.5
 
     interpolated = make_tiny_lm(len(tokenizer))
-    results = run_continual(make_config(task_files, strategies=["wise"]), tmp_path / "wise", model=interpolated,
+    results = run_continual(tiny_config(task_files, strategies=["wise"]), tmp_path / "wise", model=interpolated,
                             tokenizer=tokenizer, progress=False)
     naive = make_tiny_lm(len(tokenizer))
-    run_continual(make_config(task_files), tmp_path / "naive", model=naive, tokenizer=tokenizer, progress=False)
+    run_continual(tiny_config(task_files), tmp_path / "naive", model=naive, tokenizer=tokenizer, progress=False)
     assert distance(interpolated) < 0.8 * distance(naive)
     assert [log["wise_alpha"] for log in results["training"]] == [0.5, 0.5]

@@ -2,15 +2,13 @@
 
 import json
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from forgetless.config import parse_config
 from forgetless.strategies import Strategy, register_strategy
 from forgetless.training import run_continual, token_cross_entropy
 
-from .conftest import make_tiny_lm
+from .conftest import make_tiny_lm, tiny_config
 
 
 def test_token_cross_entropy_matches_a_direct_computation():
@@ -38,38 +36,18 @@ def test_token_cross_entropy_with_nothing_to_learn_is_zero_with_a_graph():
     loss.backward()  # does not raise: the graph is kept
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture
-def task_files(tmp_path):
-    chat = [{"prompt": f"Ticket {i}: my router is broken", "response": "Please restart the router and wait."} for i in range(24)]
-    text = [{"text": f"We the people of the union number {i} ordain this constitution."} for i in range(24)]
-    mc = [{"question": f"Question: {i} plus one?\nAnswer:", "choices": [str(i + 1), str(i + 7)], "answer": 0} for i in range(6)]
-    return {
-        "chat": write_jsonl(tmp_path / "chat.jsonl", chat),
-        "text": write_jsonl(tmp_path / "text.jsonl", text),
-        "mc": write_jsonl(tmp_path / "mc.jsonl", mc),
-    }
-
-
-def tiny_config(task_files, **overrides):
-    data = {
-        "model": "tiny-test-model",
-        "tasks": [{"name": "chat", "file": task_files["chat"]}, {"name": "text", "file": task_files["text"]}],
+def training_config(task_files, **overrides):
+    settings = {
         "eval": {"suites": [], "tasks": [{"name": "extra", "file": task_files["mc"]}], "every_steps": 3},
         "train": {"steps": 6, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
         "checkpoints": "every_task",
     }
-    data.update(overrides)
-    return parse_config(data)
+    return tiny_config(task_files, **{**settings, **overrides})
 
 
 def test_full_run_learns_and_writes_everything(tmp_path, tokenizer, task_files):
     model = make_tiny_lm(len(tokenizer))
-    results = run_continual(tiny_config(task_files), tmp_path / "out", model=model, tokenizer=tokenizer, progress=False)
+    results = run_continual(training_config(task_files), tmp_path / "out", model=model, tokenizer=tokenizer, progress=False)
 
     assert results["tasks"] == ["chat", "text"]
     assert len(results["matrix"]) == 3 and all(len(row) == 2 for row in results["matrix"])
@@ -94,7 +72,7 @@ def test_full_run_learns_and_writes_everything(tmp_path, tokenizer, task_files):
 def test_lora_merge_run_saves_adapters_only_and_keeps_base_frozen(tmp_path, tokenizer, task_files):
     model = make_tiny_lm(len(tokenizer))
     embed_before = model.get_input_embeddings().weight.detach().clone()
-    config = tiny_config(
+    config = training_config(
         task_files,
         adapter="lora",
         lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
@@ -113,7 +91,7 @@ def test_lora_merge_run_saves_adapters_only_and_keeps_base_frozen(tmp_path, toke
 def test_lora_stack_trains_only_the_newest_adapter(tmp_path, tokenizer, task_files):
     from forgetless.adapters import prepare_for_task
 
-    config = tiny_config(task_files, adapter="lora", lora={"r": 2, "between_tasks": "stack", "target_modules": ["q_proj"]})
+    config = training_config(task_files, adapter="lora", lora={"r": 2, "between_tasks": "stack", "target_modules": ["q_proj"]})
     model = prepare_for_task(make_tiny_lm(len(tokenizer)), config, 0)
     model = prepare_for_task(model, config, 1)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -165,7 +143,7 @@ def test_strategy_hooks_run_in_order_and_their_loss_is_added(tmp_path, tokenizer
         return created
 
     monkeypatch.setattr(training, "build_strategies", spy)
-    config = tiny_config(task_files, strategies=[{"name": "_test_recorder", "extra": 5.0}], eval={"suites": []})
+    config = training_config(task_files, strategies=[{"name": "_test_recorder", "extra": 5.0}], eval={"suites": []})
     results = run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
     recorder = created[0]
     assert recorder.calls == [

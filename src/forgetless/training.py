@@ -12,6 +12,7 @@ The Trainer gives accelerate, DDP/FSDP/DeepSpeed, mixed precision and logger int
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -117,7 +118,11 @@ def _write_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Stra
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        if config.adapter == "lora":
+        if config.adapter == "lora" and any(s.changes_base_weights for s in strategies):
+            # A strategy moved the update into the base weights: an adapter alone would not reproduce the model.
+            copy.deepcopy(model).merge_and_unload().save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+        elif config.adapter == "lora":
             model.save_pretrained(staging, selected_adapters=[adapter] if adapter else None)  # adapter weights only
             # PEFT puts a non-"default" adapter in a sub-folder named after it; one adapter per checkpoint here.
             for sub in [p for p in staging.iterdir() if p.is_dir()]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import random
+import re
 from typing import Any, Iterator, Literal
 
 import torch
 
 from ..data.encoding import PaddingCollator, encode_rows
+from ..errors import ForgetlessError
 from .base import TaskContext
 
 ProtectionSource = Literal["auto", "general", "earlier_tasks", "current_task"]
@@ -76,3 +78,42 @@ def base_model_outputs(model: torch.nn.Module):
     """
     with model.disable_adapter():
         yield model
+
+
+# Transformer blocks are numbered containers: Llama/Qwen/Mistral "layers.3", GPT-2/GPT-J "h.3", others "blocks.3".
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+
+
+def block_index(parameter_name: str) -> int | None:
+    """The transformer block a parameter belongs to, or None (embeddings, final norm, head)."""
+    match = _BLOCK.search(parameter_name)
+    return int(match.group(1)) if match else None
+
+
+def base_weight_name(module_name: str) -> str:
+    """The name a LoRA-adapted Linear's weight has without PEFT's wrapping (as under full fine-tuning)."""
+    return module_name.removeprefix("base_model.model.") + ".weight"
+
+
+def lora_linear_layers(model: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Module]:
+    """The PEFT LoRA Linear layers holding `adapter`, by module name; other adapted layer types are refused."""
+    from peft.tuners.lora import Linear, LoraLayer
+
+    layers: dict[str, torch.nn.Module] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer) or adapter not in getattr(module, "lora_A", {}):
+            continue
+        if not isinstance(module, Linear):
+            raise ForgetlessError(
+                f"{name}: only LoRA on Linear layers is supported here, not {type(module).__name__}; "
+                "drop it from lora.target_modules"
+            )
+        layers[name] = module
+    if not layers:
+        raise ForgetlessError(f"the model has no LoRA layer of adapter {adapter!r}")
+    return layers
+
+
+def lora_linear_layers_by_weight(model: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Module]:
+    """`lora_linear_layers` keyed by `base_weight_name`, to match parameter names of full fine-tuning."""
+    return {base_weight_name(name): layer for name, layer in lora_linear_layers(model, adapter).items()}

@@ -61,6 +61,8 @@ class Strategy:
     stores_raw_data: ClassVar[bool] = False  # keeps earlier tasks' examples (privacy-relevant)
     supports_multiprocess: ClassVar[bool] = True  # correct under DDP/FSDP (several processes)
     exclusive_with: ClassVar[tuple[str, ...]] = ()  # strategies it cannot be stacked with
+    # Edits the base weights under LoRA (not only the adapter), so a checkpoint must hold full weights.
+    changes_base_weights: ClassVar[bool] = False
 
     def check(self, config: "RunConfig", stack: list["Strategy"], world_size: int = 1) -> None:
         """Refuse an impossible run before training starts."""

@@ -27,7 +27,7 @@ from ..adapters import adapter_name
 from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
 from . import register_strategy
-from ._common import batches, protection_examples, sample_examples, trained_parameters
+from ._common import batches, lora_linear_layers, protection_examples, sample_examples, trained_parameters
 from .base import Strategy, TaskContext
 
 FisherFlavour = Literal["empirical", "true"]
@@ -68,23 +68,6 @@ def squared_distance(value: torch.Tensor, anchor: torch.Tensor | None = None, we
 
 # ----------------------------------------------------------------------------------------------------------
 # LoRA: the adapted weights and their updates Delta W = scaling * B A.
-
-
-def lora_layers(model: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Module]:
-    """The LoRA-adapted Linear modules of `adapter`, by module name (the same names task after task)."""
-    from peft.tuners.lora import Linear as LoraLinear
-    from peft.tuners.lora import LoraLayer
-
-    layers = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and adapter in module.lora_A:
-            if not isinstance(module, LoraLinear):
-                kind = type(module).__name__
-                raise ForgetlessError(f"LoRA on {kind} ({name}) is not supported here: target Linear layers only")
-            layers[name] = module
-    if not layers:
-        raise ForgetlessError(f"the model has no LoRA layer of adapter {adapter!r}")
-    return layers
 
 
 def lora_delta(layer: torch.nn.Module, adapter: str) -> torch.Tensor:
@@ -271,7 +254,7 @@ class EWC(Strategy):
     def on_task_start(self, ctx: TaskContext) -> None:
         if self._is_lora(ctx):
             self._adapter = adapter_name(ctx.task_index)
-            self._lora = lora_layers(ctx.model, self._adapter)
+            self._lora = lora_linear_layers(ctx.model, self._adapter)
         else:
             self._parameters = trained_parameters(ctx.model)
         if self.fisher or self.omega:

@@ -3,14 +3,10 @@
 After a task, per weight matrix: tau = W_ft - W_pre; score S = |tau| - mean(|W_pre|) * |tau| / |W_pre|;
 keep the top `keep` fraction of S, reset the rest to the pre-task weight: W = W_pre + mask * tau.
 A change is kept when it is large in absolute terms but small relative to the weight it changes.
-
-This module also holds two helpers that `layerwise` and `wise` use (candidates for `_common`): the
-transformer-block index of a parameter name, and the LoRA-adapted Linear layers of a PEFT model.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import torch
@@ -18,41 +14,10 @@ import torch
 from ..adapters import adapter_name
 from ..errors import ForgetlessError
 from . import register_strategy
-from ._common import trained_parameters
+from ._common import block_index, lora_linear_layers_by_weight, trained_parameters
 from .base import Strategy, TaskContext
 
-# Transformer blocks are numbered containers: Llama/Qwen/Mistral "layers.3", GPT-2/GPT-J "h.3", others "blocks.3".
-_BLOCK = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
-
 TensorSelection = Literal["blocks", "matrices"]
-
-
-def block_index(parameter_name: str) -> int | None:
-    """The transformer block a parameter belongs to, or None (embeddings, final norm, head)."""
-    match = _BLOCK.search(parameter_name)
-    return int(match.group(1)) if match else None
-
-
-def base_weight_name(module_name: str) -> str:
-    """The name a LoRA-adapted Linear's weight has without PEFT's wrapping (as under full fine-tuning)."""
-    return module_name.removeprefix("base_model.model.") + ".weight"
-
-
-def lora_linear_layers(model: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Module]:
-    """PEFT LoRA Linear layers that hold `adapter`, keyed by `base_weight_name`; other adapted layer types refused."""
-    from peft.tuners.lora import Linear, LoraLayer
-
-    layers: dict[str, torch.nn.Module] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, LoraLayer) or adapter not in getattr(module, "lora_A", {}):
-            continue
-        if not isinstance(module, Linear):
-            raise ForgetlessError(
-                f"{name}: only LoRA on Linear layers is supported here, not {type(module).__name__}; "
-                "drop it from lora.target_modules"
-            )
-        layers[base_weight_name(name)] = module
-    return layers
 
 
 def fapm_scores(pre: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -83,6 +48,7 @@ class FAPM(Strategy):
 
     name = "fapm"
     supports_multiprocess = False  # FSDP shards would be pruned per shard, not per tensor
+    changes_base_weights = True  # under LoRA the pruned update is written into the base weights
 
     def __init__(self, keep: float = 0.1, tensors: TensorSelection = "blocks"):
         if not 0.0 < keep <= 1.0:
@@ -128,7 +94,7 @@ class FAPM(Strategy):
         """(W_pre, tau, write(mask)) per selected tensor; `write` sets W = W_pre + mask * tau in the model."""
         if ctx.config.adapter == "lora":
             adapter = adapter_name(ctx.task_index)
-            for name, layer in lora_linear_layers(ctx.model, adapter).items():
+            for name, layer in lora_linear_layers_by_weight(ctx.model, adapter).items():
                 weight = layer.base_layer.weight
                 if not self._selected(name, weight):
                     continue

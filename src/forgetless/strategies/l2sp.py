@@ -16,9 +16,9 @@ import torch
 
 from ..adapters import adapter_name
 from . import register_strategy
-from ._common import trained_parameters
+from ._common import lora_linear_layers, trained_parameters
 from .base import Strategy, TaskContext
-from .ewc import lora_delta, lora_layers, squared_distance
+from .ewc import lora_delta, squared_distance
 
 
 @register_strategy
@@ -41,7 +41,7 @@ class L2SP(Strategy):
     def on_task_start(self, ctx: TaskContext) -> None:
         if ctx.config.adapter == "lora":
             self._adapter = adapter_name(ctx.task_index)
-            self._lora = lora_layers(ctx.model, self._adapter)
+            self._lora = lora_linear_layers(ctx.model, self._adapter)
             return
         self._parameters = trained_parameters(ctx.model)
         if not self.anchor:  # the run's starting weights (unless restored from a saved state)

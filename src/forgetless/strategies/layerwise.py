@@ -26,9 +26,8 @@ import torch
 from ..adapters import adapter_name
 from ..errors import ForgetlessError
 from . import register_strategy
-from ._common import batches, model_device, protection_examples, trained_parameters
+from ._common import batches, block_index, lora_linear_layers_by_weight, model_device, protection_examples, trained_parameters
 from .base import Strategy, TaskContext
-from .fapm import block_index, lora_linear_layers
 
 LayerWeighting = Literal["adaptive", "uniform"]
 ImportanceSource = Literal["auto", "general"]
@@ -129,7 +128,7 @@ class Layerwise(Strategy):
     def _protected(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
         """Weights that can move in this task, by full-fine-tuning name (under LoRA: the adapted base weights)."""
         if ctx.config.adapter == "lora":
-            layers = lora_linear_layers(ctx.model, adapter_name(ctx.task_index))
+            layers = lora_linear_layers_by_weight(ctx.model, adapter_name(ctx.task_index))
             return {name: layer.base_layer.weight for name, layer in layers.items()}
         return trained_parameters(ctx.model)
 
@@ -138,7 +137,7 @@ class Layerwise(Strategy):
         self._drift, self._omega, self._group = {}, {}, {}
         lora = ctx.config.adapter == "lora"
         adapter = adapter_name(ctx.task_index)
-        layers = lora_linear_layers(ctx.model, adapter) if lora else {}
+        layers = lora_linear_layers_by_weight(ctx.model, adapter) if lora else {}
         parameters = {} if lora else trained_parameters(ctx.model)
         blocks: dict[int | None, int] = {}
         for name, index in self.index.items():

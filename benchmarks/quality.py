@@ -1,0 +1,143 @@
+"""The bundled continual benchmark, one row per strategy: what each learns and what each forgets.
+
+    .venv/bin/python benchmarks/quality.py --strategies naive ewc stm --out bench-out/quality
+    .venv/bin/python benchmarks/quality.py --strategies naive '{"name": "ewc", "lam": 1000}' --out DIR
+    .venv/bin/python benchmarks/quality.py --quick --strategies naive l2sp --out /tmp/q   # minutes, set-up check
+
+Default model; `support`, then `legal`; the general suite scored before training and after each task.
+Every strategy starts from the same model, so the "before" evaluation runs once and is shared.
+Writes DIR/quality.json (one row per strategy, plus the raw results of each run under DIR/<label>/)
+and DIR/quality.md. Each row: in-domain gain per task (R[i][i] - R[0][i]), general delta (abs, rel, s.e.),
+BWT, forgetting, wall time, and against `naive` (when it is in the list): the share of naive's general
+drop that was cut and the share of naive's in-domain gain that was kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from forgetless.config import parse_config
+from forgetless.fileio import atomic_write_json, atomic_write_text
+from forgetless.report import format_table
+from forgetless.training import ContinualRun
+
+TRAIN = {"steps": 30, "batch_size": 4, "lr": 2.0e-4, "max_length": 256, "seed": 0}
+QUICK_TRAIN = {"steps": 2, "batch_size": 2, "lr": 2.0e-4, "max_length": 64, "seed": 0}
+
+
+def parse_strategy(text: str):
+    """`ewc` or a JSON mapping such as `{"name": "ewc", "lam": 1000}`."""
+    return json.loads(text) if text.lstrip().startswith("{") else text
+
+
+def label_of(spec) -> str:
+    if isinstance(spec, str):
+        return spec
+    params = ",".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+    return f"{spec['name']}({params})" if params else spec["name"]
+
+
+def run_config(spec, adapter: str, quick: bool):
+    return parse_config(
+        {
+            "model": "default",
+            "adapter": adapter,
+            "tasks": [{"name": "support", "builtin": "support"}, {"name": "legal", "builtin": "legal"}],
+            "strategies": [spec],
+            "eval": {"suites": ["general"], "limit": 10 if quick else None},
+            "train": QUICK_TRAIN if quick else TRAIN,
+            "checkpoints": "none",
+        },
+        f"quality ({label_of(spec)})",
+    )
+
+
+def quality_row(label: str, results: dict, seconds: float) -> dict:
+    matrix, tasks, m = results["matrix"], results["tasks"], results["metrics"]
+    return {
+        "strategy": label,
+        "in_domain_gain": {task: matrix[i + 1][i] - matrix[0][i] for i, task in enumerate(tasks)},
+        "general_before": m["general_before"],
+        "general_after": m["general_after"],
+        "general_delta_abs": m["general_delta_abs"],
+        "general_delta_rel": m["general_delta_rel"],
+        "general_delta_se": m["general_delta_se"],
+        "general_within_noise": m["general_within_noise"],
+        "bwt": m["bwt"],
+        "forgetting": m["forgetting"],
+        "wall_time_s": seconds,
+        "training": results["training"],
+    }
+
+
+def compare_with_naive(rows: list[dict]) -> None:
+    naive = next((row for row in rows if row["strategy"] == "naive"), None)
+    if naive is None:
+        return
+    for row in rows:
+        drop = -naive["general_delta_abs"]
+        row["general_drop_cut"] = None if drop <= 0 else 1 - (-row["general_delta_abs"]) / drop
+        gains = [row["in_domain_gain"][t] / g for t, g in naive["in_domain_gain"].items() if g > 0]
+        row["in_domain_gain_kept"] = min(gains) if gains else None
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    tasks = list(rows[0]["in_domain_gain"])
+
+    def pct(value):
+        return "—" if value is None else f"{100 * value:.0f} %"
+
+    table = format_table(
+        ["strategy", *[f"gain {t}" for t in tasks], "general delta ± s.e.", "relative", "BWT", "forgetting",
+         "drop cut vs naive", "gain kept vs naive", "wall time"],
+        [
+            [
+                row["strategy"],
+                *[f"{row['in_domain_gain'][t]:+.4f}" for t in tasks],
+                f"{row['general_delta_abs']:+.4f} ± {row['general_delta_se']:.4f}",
+                f"{100 * row['general_delta_rel']:+.1f} %",
+                f"{row['bwt']:+.4f}",
+                f"{row['forgetting']:+.4f}",
+                pct(row.get("general_drop_cut")),
+                pct(row.get("in_domain_gain_kept")),
+                f"{row['wall_time_s']:.0f} s",
+            ]
+            for row in rows
+        ],
+    )
+    return f"# Quality benchmark\n\nCommand: `{command}`\n\n{table}\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategies", nargs="+", default=["naive"], help="names or JSON mappings")
+    parser.add_argument("--adapter", default="full", choices=["full", "lora"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--quick", action="store_true", help="2 steps, 10 items per evaluation task")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows, before = [], None
+    for spec in map(parse_strategy, args.strategies):
+        label = label_of(spec)
+        print(f"\n=== {label} ===", flush=True)
+        started = time.perf_counter()
+        run = ContinualRun(run_config(spec, args.adapter, args.quick), out / label.replace("/", "_"), before=before)
+        results = run.execute()
+        before = run.evaluator.log
+        rows.append(quality_row(label, results, time.perf_counter() - started))
+    compare_with_naive(rows)
+    command = "python benchmarks/quality.py " + " ".join(
+        [*(f"'{s}'" if s.startswith("{") else s for s in ["--strategies", *args.strategies]), "--adapter", args.adapter,
+         "--out", args.out, *(["--quick"] if args.quick else [])]
+    )
+    atomic_write_json(out / "quality.json", {"command": command, "rows": rows})
+    text = markdown(rows, command)
+    atomic_write_text(out / "quality.md", text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
