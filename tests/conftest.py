@@ -85,3 +85,26 @@ def perturb(model, scale=0.05, seed=1):
         for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+TICKET_ROWS = [{"text": f"Ticket {i}: my router is broken. Please restart the router and wait."} for i in range(16)]
+
+
+def train_tiny_on_tickets(tmp_path, tokenizer, strategy, name):
+    """Train a fresh tiny model 4 steps on TICKET_ROWS with `strategy`; returns (start copy, model, results)."""
+    import copy
+
+    from forgetless.training import run_continual
+
+    path = tmp_path / "tickets.jsonl"
+    if not path.exists():
+        write_jsonl(path, TICKET_ROWS)
+    model = make_tiny_lm(len(tokenizer))
+    start = copy.deepcopy(model)
+    config = parse_config({
+        "model": "tiny", "tasks": [{"name": "tickets", "file": str(path)}], "strategies": [strategy],
+        "eval": {"suites": []}, "train": {"steps": 4, "batch_size": 2, "lr": 3e-3, "max_length": 32},
+        "checkpoints": "none",
+    })
+    results = run_continual(config, tmp_path / name, model=model, tokenizer=tokenizer, progress=False)
+    return start, model, results

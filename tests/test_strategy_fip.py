@@ -1,7 +1,5 @@
 """`fip`: the functional distance to a frozen reference on anchor inputs, against direct computations."""
 
-import copy
-import json
 import math
 
 import pytest
@@ -14,9 +12,8 @@ from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
 from forgetless.strategies import TaskContext, build_strategy
 from forgetless.strategies.fip import functional_distance
-from forgetless.training import run_continual
 
-from .conftest import make_tiny_lm, perturb
+from .conftest import make_tiny_lm, perturb, train_tiny_on_tickets
 
 ROWS = [{"prompt": f"Ticket {i}: my printer jams", "response": f"Open tray {i} and remove the paper."} for i in range(4)]
 
@@ -173,21 +170,12 @@ def _bhattacharyya_drift(model, reference, tokenizer, texts):
 def test_end_to_end_fip_keeps_anchor_outputs_closer_than_naive(tmp_path, tokenizer):
     from forgetless.data.tasks import general_train_texts
 
-    rows = [{"text": f"Ticket {i}: my router is broken. Please restart the router and wait."} for i in range(16)]
-    path = tmp_path / "tickets.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     anchors = list(general_train_texts()[:6])  # first task: the anchors are general text
     drift = {}
-    for strategy in ("naive", {"name": "fip", "weight": 1000.0, "anchor_examples": 16, "anchor_batch_size": 2}):
-        model = make_tiny_lm(len(tokenizer))
-        start = copy.deepcopy(model)
-        config = parse_config({
-            "model": "tiny", "tasks": [{"name": "tickets", "file": str(path)}], "strategies": [strategy],
-            "eval": {"suites": []}, "train": {"steps": 4, "batch_size": 2, "lr": 3e-3, "max_length": 32},
-            "checkpoints": "none",
-        })
-        results = run_continual(config, tmp_path / str(len(drift)), model=model, tokenizer=tokenizer, progress=False)
-        drift["naive" if strategy == "naive" else "fip"] = _bhattacharyya_drift(model, start, tokenizer, anchors)
+    fip = {"name": "fip", "weight": 1000.0, "anchor_examples": 16, "anchor_batch_size": 2}
+    for label, strategy in (("naive", "naive"), ("fip", fip)):
+        start, model, results = train_tiny_on_tickets(tmp_path, tokenizer, strategy, label)
+        drift[label] = _bhattacharyya_drift(model, start, tokenizer, anchors)
     # A large weight because the random tiny model's outputs are near-uniform, so distances and their
     # gradients are tiny next to the cross-entropy's. (Measured: fip 0.00031 vs naive 0.00109.)
     assert drift["fip"] < 0.5 * drift["naive"]

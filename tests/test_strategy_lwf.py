@@ -1,7 +1,5 @@
 """`lwf`: distillation to the pre-task model, checked against direct per-position computations."""
 
-import copy
-import json
 
 import pytest
 import torch
@@ -14,9 +12,8 @@ from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
 from forgetless.strategies import TaskContext, build_strategies, build_strategy
 from forgetless.strategies.lwf import distillation_loss
-from forgetless.training import run_continual
 
-from .conftest import make_tiny_lm, perturb
+from .conftest import TICKET_ROWS, make_tiny_lm, perturb, train_tiny_on_tickets
 
 ROWS = [{"prompt": f"Ticket {i}: my printer jams", "response": f"Open tray {i} and remove the paper."} for i in range(4)]
 
@@ -145,21 +142,11 @@ def _output_drift(model, reference, tokenizer, rows):
 
 
 def test_end_to_end_lwf_keeps_outputs_on_the_task_inputs_closer_than_naive(tmp_path, tokenizer):
-    rows = [{"text": f"Ticket {i}: my router is broken. Please restart the router and wait."} for i in range(16)]
-    path = tmp_path / "tickets.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     drift = {}
-    for strategy in ("naive", {"name": "lwf", "weight": 100.0}):
-        model = make_tiny_lm(len(tokenizer))
-        start = copy.deepcopy(model)
-        config = parse_config({
-            "model": "tiny", "tasks": [{"name": "tickets", "file": str(path)}], "strategies": [strategy],
-            "eval": {"suites": []}, "train": {"steps": 4, "batch_size": 2, "lr": 3e-3, "max_length": 32},
-            "checkpoints": "none",
-        })
-        results = run_continual(config, tmp_path / str(len(drift)), model=model, tokenizer=tokenizer, progress=False)
-        drift[str(strategy)] = _output_drift(model, start, tokenizer, rows[:8])
-    lwf_drift, naive_drift = drift[str({"name": "lwf", "weight": 100.0})], drift["naive"]
+    for label, strategy in (("naive", "naive"), ("lwf", {"name": "lwf", "weight": 100.0})):
+        start, model, results = train_tiny_on_tickets(tmp_path, tokenizer, strategy, label)
+        drift[label] = _output_drift(model, start, tokenizer, TICKET_ROWS[:8])
+    lwf_drift, naive_drift = drift["lwf"], drift["naive"]
     # A large weight because the random tiny model's outputs are near-uniform: the KL and its gradient are
     # tiny next to the cross-entropy's. (Measured: lwf 0.0014 vs naive 0.0053.)
     assert lwf_drift < 0.5 * naive_drift
