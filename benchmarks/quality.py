@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/quality.py --strategies naive '{"name": "ewc", "lam": 1000}' --out DIR
     .venv/bin/python benchmarks/quality.py --quick --strategies naive l2sp --out /tmp/q   # minutes, set-up check
 
-Default model; `support`, then `legal`; the general suite scored before training and after each task.
+Default model; `support`, then `pydoc` (`--tasks` to change); the general suite scored before training and after each task.
 Every strategy starts from the same model, so the "before" evaluation runs once and is shared.
 Writes DIR/quality.json (one row per strategy, plus the raw results of each run under DIR/<label>/)
 and DIR/quality.md. Each row: in-domain gain per task (R[i][i] - R[0][i]), general delta (abs, rel, s.e.),
@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import time
 from pathlib import Path
 
 from forgetless.config import parse_config
-from forgetless.fileio import atomic_write_json, atomic_write_text
+from forgetless.evaluation.evaluator import EvaluationLog
+from forgetless.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from forgetless.report import format_table
 from forgetless.training import ContinualRun
 
 TRAIN = {"steps": 30, "batch_size": 4, "lr": 2.0e-4, "max_length": 256, "seed": 0}
+TASKS = ("support", "pydoc")
 QUICK_TRAIN = {"steps": 2, "batch_size": 2, "lr": 2.0e-4, "max_length": 64, "seed": 0}
 
 
@@ -40,15 +43,15 @@ def label_of(spec) -> str:
     return f"{spec['name']}({params})" if params else spec["name"]
 
 
-def run_config(spec, adapter: str, quick: bool):
+def run_config(spec, adapter: str, quick: bool, tasks: list[str], lr: float | None = None):
     return parse_config(
         {
             "model": "default",
             "adapter": adapter,
-            "tasks": [{"name": "support", "builtin": "support"}, {"name": "legal", "builtin": "legal"}],
+            "tasks": [{"name": task, "builtin": task} for task in tasks],
             "strategies": [spec],
             "eval": {"suites": ["general"], "limit": 10 if quick else None},
-            "train": QUICK_TRAIN if quick else TRAIN,
+            "train": {**(QUICK_TRAIN if quick else TRAIN), **({"lr": lr} if lr else {})},
             "checkpoints": "none",
         },
         f"quality ({label_of(spec)})",
@@ -84,7 +87,7 @@ def compare_with_naive(rows: list[dict]) -> None:
         row["in_domain_gain_kept"] = min(gains) if gains else None
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def markdown(rows: list[dict], commands: list[str]) -> str:
     tasks = list(rows[0]["in_domain_gain"])
 
     def pct(value):
@@ -108,34 +111,64 @@ def markdown(rows: list[dict], command: str) -> str:
             for row in rows
         ],
     )
-    return f"# Quality benchmark\n\nCommand: `{command}`\n\n{table}\n"
+    commands = "\n".join(f"    {c}" for c in commands)
+    return f"# Quality benchmark\n\nCommands:\n\n{commands}\n\n{table}\n"
+
+
+def load_before(path: Path, key: dict):
+    """The shared "before training" evaluation saved by an earlier invocation with the same set-up, or None."""
+    if not path.exists():
+        return None
+    with path.open("rb") as handle:
+        saved = pickle.load(handle)  # our own file, written below
+    return saved["log"] if saved["key"] == key else None
+
+
+def save_before(path: Path, key: dict, log) -> None:
+    before = EvaluationLog(log.general[:1], log.task_evals[:1], log.general_samples[:1], log.task_samples[:1], 0.0)
+    atomic_write_bytes(path, pickle.dumps({"key": key, "log": before}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategies", nargs="+", default=["naive"], help="names or JSON mappings")
     parser.add_argument("--adapter", default="full", choices=["full", "lora"])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="rows already in DIR/quality.json are kept (same label: replaced)")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="built-in tasks, trained in this order")
+    parser.add_argument("--lr", type=float, help=f"learning rate (default {TRAIN['lr']})")
     parser.add_argument("--quick", action="store_true", help="2 steps, 10 items per evaluation task")
     args = parser.parse_args()
     out = Path(args.out)
-    rows, before = [], None
+    lr = ["--lr", str(args.lr)] if args.lr else []
+    command = "python benchmarks/quality.py " + " ".join(
+        [*(f"'{s}'" if s.startswith("{") else s for s in ["--strategies", *args.strategies]), "--adapter", args.adapter,
+         "--tasks", *args.tasks, *lr, "--out", args.out, *(["--quick"] if args.quick else [])]
+    )
+    # Several invocations may fill one table (e.g. a lambda sweep added later): keep their rows and commands.
+    table = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {"commands": [], "rows": []}
+    setting = {"tasks": args.tasks, "quick": args.quick, "lr": args.lr, "adapter": args.adapter}
+    if table.setdefault("setting", setting) != setting:
+        raise SystemExit(f"{out / 'quality.json'} holds rows for {table['setting']}, not {setting}: choose another --out")
+    table["commands"] = [*table.get("commands", []), command]
+    key = {"tasks": args.tasks, "quick": args.quick, "model": "default"}
+    before = load_before(out / "before-eval.pkl", key)
     for spec in map(parse_strategy, args.strategies):
         label = label_of(spec)
         print(f"\n=== {label} ===", flush=True)
         started = time.perf_counter()
-        run = ContinualRun(run_config(spec, args.adapter, args.quick), out / label.replace("/", "_"), before=before)
+        config = run_config(spec, args.adapter, args.quick, args.tasks, args.lr)
+        run = ContinualRun(config, out / label.replace("/", "_"), before=before)
         results = run.execute()
-        before = run.evaluator.log
-        rows.append(quality_row(label, results, time.perf_counter() - started))
-    compare_with_naive(rows)
-    command = "python benchmarks/quality.py " + " ".join(
-        [*(f"'{s}'" if s.startswith("{") else s for s in ["--strategies", *args.strategies]), "--adapter", args.adapter,
-         "--out", args.out, *(["--quick"] if args.quick else [])]
-    )
-    atomic_write_json(out / "quality.json", {"command": command, "rows": rows})
-    text = markdown(rows, command)
-    atomic_write_text(out / "quality.md", text)
+        if before is None:
+            before = run.evaluator.log
+            save_before(out / "before-eval.pkl", key, before)
+        row = quality_row(label, results, time.perf_counter() - started)
+        table["rows"] = [r for r in table["rows"] if r["strategy"] != label] + [row]
+        compare_with_naive(table["rows"])
+        # After every strategy: a later crash loses nothing already measured.
+        atomic_write_json(out / "quality.json", table)
+        text = markdown(table["rows"], table["commands"])
+        atomic_write_text(out / "quality.md", text)
     print("\n" + text)
 
 

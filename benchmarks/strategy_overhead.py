@@ -7,20 +7,25 @@
 For each strategy: its one-off preparation (on_task_start + prepare_examples: Fisher, importance, STM
 scoring, generation) is timed once; then training steps with the strategy and plain steps alternate on
 the same batches (forward, token cross-entropy, extra_loss, backward, AdamW), and the ratio of median
-step times is printed. Peak memory is sampled (process RSS) during each kind of step; the ratio of the
-peak above the pre-step baseline is printed too. Alternating steps cancels most of the noise of a
-shared machine; single numbers from such a machine are not worth quoting, ratios are.
+step times is printed. Alternating steps cancels most of the noise of a shared machine; single numbers
+from such a machine are not worth quoting, ratios are.
+
+Peak memory: each strategy runs in its own fresh process. The process's resident high-water mark is
+read after two plain steps (model, AdamW state, activations: plain fine-tuning's peak) and again after
+the strategy's preparation and steps; their ratio is the strategy's peak memory against plain
+fine-tuning. A high-water mark only rises, so the plain peak cannot be hidden by what comes later.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import resource
 import statistics
-import threading
+import subprocess
+import sys
 import time
 
-import psutil
 import torch
 
 from forgetless.adapters import prepare_for_task
@@ -30,31 +35,15 @@ from forgetless.data.tasks import load_task
 from forgetless.errors import ForgetlessError
 from forgetless.models import load_model_and_tokenizer
 from forgetless.strategies import TaskContext, build_strategy, known_strategies
+from forgetless.strategies._common import protection_examples, trained_parameters
+from forgetless.strategies.ewc import per_sample_fisher
+from forgetless.strategies.layerwise import squared_gradient_importance
 from forgetless.training import token_cross_entropy
 
 
-class PeakRss:
-    """Samples this process's resident memory every few milliseconds while active."""
-
-    def __init__(self):
-        self.process = psutil.Process()
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self):
-        self.peak = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+def peak_rss_bytes() -> int:
+    """This process's resident-memory high-water mark (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def step(model, optimizer, batch, strategy, ctx) -> float:
@@ -72,7 +61,7 @@ def step(model, optimizer, batch, strategy, ctx) -> float:
 
 
 def measure(spec: str, args, model_and_tokenizer) -> dict:
-    base_model, tokenizer = model_and_tokenizer
+    model, tokenizer = model_and_tokenizer
     config = parse_config(
         {
             "adapter": args.adapter,
@@ -81,46 +70,90 @@ def measure(spec: str, args, model_and_tokenizer) -> dict:
             "train": {"batch_size": args.batch_size, "max_length": args.max_length},
         }
     )
-    model = prepare_for_task(copy.deepcopy(base_model), config, 0)
+    model = prepare_for_task(model, config, 0)
     model.train()
     task = load_task(config.tasks[0])
     strategy = build_strategy(spec)
     strategy.check(config, [strategy])
     ctx = TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
     examples = encode_rows(tokenizer, task.train[: args.batch_size * (args.steps + 1)], args.max_length)
+    collate = PaddingCollator(tokenizer.pad_token_id)
+    plain_batches = [collate(examples[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(args.steps + 1)]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    for _ in range(2):  # warm-up; AdamW's state exists after the first
+        step(model, optimizer, plain_batches[0], None, ctx)
+    plain_peak = peak_rss_bytes()
 
     started = time.perf_counter()
     strategy.on_task_start(ctx)
     prepared = strategy.prepare_examples(ctx, examples)
     preparation = time.perf_counter() - started
 
-    collate = PaddingCollator(tokenizer.pad_token_id)
     # The same batches for both kinds of step; the strategy's own (masked, mixed) examples for its steps.
-    plain_batches = [collate(examples[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(args.steps + 1)]
     strategy_batches = [collate(prepared[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(args.steps + 1)]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    step(model, optimizer, plain_batches[0], None, ctx)  # warm-up
-    step(model, optimizer, strategy_batches[0], strategy, ctx)
+    step(model, optimizer, strategy_batches[0], strategy, ctx)  # warm-up
     plain_times, strategy_times = [], []
-    baseline = psutil.Process().memory_info().rss
-    plain_peak = strategy_peak = baseline
     for i in range(1, args.steps + 1):
-        with PeakRss() as peak:
-            plain_times.append(step(model, optimizer, plain_batches[i], None, ctx))
-        plain_peak = max(plain_peak, peak.peak)
-        with PeakRss() as peak:
-            strategy_times.append(step(model, optimizer, strategy_batches[i], strategy, ctx))
-        strategy_peak = max(strategy_peak, peak.peak)
+        plain_times.append(step(model, optimizer, plain_batches[i], None, ctx))
+        strategy_times.append(step(model, optimizer, strategy_batches[i], strategy, ctx))
     state_bytes = sum(t.numel() * t.element_size() for t in strategy.state_tensors().values())
     return {
         "strategy": spec,
         "preparation_s": preparation,
         "plain_step_s": statistics.median(plain_times),
         "step_ratio": statistics.median(strategy_times) / statistics.median(plain_times),
-        "peak_memory_ratio": (strategy_peak - baseline + 1) / (plain_peak - baseline + 1),
-        "rss_gb": strategy_peak / 2**30,
+        "peak_memory_ratio": peak_rss_bytes() / plain_peak,
+        "plain_peak_gb": plain_peak / 2**30,
         "state_mb": state_bytes / 2**20,
     }
+
+
+def load(tiny: bool):
+    if not tiny:
+        return load_model_and_tokenizer("default")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer = load_model_and_tokenizer("default")
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
+    return model, tokenizer
+
+
+def worker(spec: str, args) -> None:
+    """One strategy in this (fresh) process; prints its row as one JSON line."""
+    try:
+        row = measure(spec, args, load(args.tiny))
+    except ForgetlessError as exc:  # e.g. stm on a random tiny model masks every token
+        row = {"strategy": spec, "skipped": str(exc)}
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def importance_against_fisher(args) -> None:
+    """Time `layerwise` importance and `ewc`'s per-sample Fisher on the same general examples."""
+    model, tokenizer = load(args.tiny)
+    config = parse_config({"tasks": [{"name": "support", "builtin": "support"}], "train": {"max_length": 256}})
+    task = load_task(config.tasks[0])
+    ctx = TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
+    examples = protection_examples(ctx, args.importance_examples, "general", seed=0)
+    weights = trained_parameters(model)
+    started = time.perf_counter()
+    squared_gradient_importance(model, weights, examples, 4, tokenizer.pad_token_id)
+    importance_s = time.perf_counter() - started
+    started = time.perf_counter()
+    per_sample_fisher(model, list(weights), examples, tokenizer.pad_token_id)
+    fisher_s = time.perf_counter() - started
+    print(
+        f"{len(examples)} general examples: layerwise importance {importance_s:.1f} s, per-sample Fisher "
+        f"{fisher_s:.1f} s, Fisher / importance = {fisher_s / importance_s:.1f}x"
+    )
 
 
 def main() -> None:
@@ -131,27 +164,43 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of the default one")
+    parser.add_argument("--importance", action="store_true", help="only: layerwise importance against the Fisher")
+    parser.add_argument("--importance-examples", type=int, default=32)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.tiny:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        _, tokenizer = load_model_and_tokenizer("default")
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
-        model_and_tokenizer = (model, tokenizer)
-    else:
-        model_and_tokenizer = load_model_and_tokenizer("default")
+    if args.worker:
+        return worker(args.worker, args)
+    if args.importance:
+        return importance_against_fisher(args)
     names = args.strategies or [n for n in known_strategies() if n != "naive" and not n.startswith("_")]
     header = ("strategy", "prepare s", "plain step s", "step ratio", "peak mem ratio", "state MB")
     print(f"{header[0]:10s} {header[1]:>10s} {header[2]:>12s} {header[3]:>10s} {header[4]:>14s} {header[5]:>9s}")
+    forwarded = [
+        "--adapter",
+        args.adapter,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-length",
+        str(args.max_length),
+        *(["--tiny"] if args.tiny else []),
+    ]
     for name in names:
-        try:
-            row = measure(name, args, model_and_tokenizer)
-        except ForgetlessError as exc:  # e.g. stm on a random tiny model masks every token
-            print(f"{name:10s} skipped: {exc}", flush=True)
+        done = subprocess.run([sys.executable, __file__, *forwarded, "--worker", name], capture_output=True, text=True)
+        rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
+        if done.returncode or not rows:
+            print(f"{name:10s} failed (exit {done.returncode}):\n{done.stderr[-2000:]}", flush=True)
             continue
-        print(f"{name:10s} {row['preparation_s']:10.1f} {row['plain_step_s']:12.2f} {row['step_ratio']:10.2f}x "
-              f"{row['peak_memory_ratio']:13.2f}x {row['state_mb']:9.1f}", flush=True)
+        row = json.loads(rows[-1])
+        if "skipped" in row:
+            print(f"{name:10s} skipped: {row['skipped']}", flush=True)
+            continue
+        print(
+            f"{name:10s} {row['preparation_s']:10.1f} {row['plain_step_s']:12.2f} {row['step_ratio']:10.2f}x "
+            f"{row['peak_memory_ratio']:13.2f}x {row['state_mb']:9.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
