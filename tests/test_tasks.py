@@ -74,3 +74,15 @@ def test_builtin_tasks_have_disjoint_train_and_heldout(name):
     assert task.train and task.heldout
     key = (lambda r: r["prompt"]) if task.format == "chat" else (lambda r: r["text"])
     assert not {key(r) for r in task.train} & {key(r) for r in task.heldout}
+
+
+def test_heldout_task_scores_choices_only_when_asked(tiny_lm, tokenizer):
+    """eval.task_choices: false drops support's reply-choice questions, never its held-out perplexity."""
+    from forgetless.evaluation.suites import heldout_task
+
+    task = load_builtin_task("support")
+    task.heldout, task.multiple_choice = task.heldout[:2], task.multiple_choice[:2]
+    with_choices = heldout_task(task).evaluate(tiny_lm, tokenizer, None, progress=False).summary
+    without = heldout_task(task, choices=False).evaluate(tiny_lm, tokenizer, None, progress=False).summary
+    assert with_choices["mc_n"] == 2 and "mc_acc" not in without
+    assert without["perplexity"] == with_choices["perplexity"] and without["n"] == 2

@@ -59,6 +59,9 @@ class EvalConfig(_Strict):
     tasks: list[EvalTaskConfig] = Field(default_factory=list, description="A user's own held-out tasks.")
     every_steps: int = Field(0, ge=0, description="Also evaluate every N optimizer steps (0: only at task ends).")
     limit: int | None = Field(None, gt=0, description="Score at most this many items per task (quick runs).")
+    task_choices: bool = Field(
+        True, description="Also score a built-in task's multiple-choice questions (support's reply choice; slow-ish)."
+    )
 
 
 class TrainConfig(_Strict):

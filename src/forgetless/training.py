@@ -178,7 +178,8 @@ class ContinualRun:
         if model is None:
             model, tokenizer = load_model_and_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
         self.model, self.tokenizer = model, tokenizer
-        self.evaluator = Evaluator(general, [heldout_task(t) for t in self.tasks], tokenizer, config.eval.limit, progress)
+        held_out = [heldout_task(t, config.eval.task_choices) for t in self.tasks]
+        self.evaluator = Evaluator(general, held_out, tokenizer, config.eval.limit, progress)
         self.before = before  # another run's evaluation of the same starting model, to skip a repeat
         self.global_step = 0
         self.task_logs: list[dict[str, Any]] = []

@@ -105,10 +105,10 @@ class ChatHeldoutTask:
         return score
 
 
-def heldout_task(task: TrainingTask):
-    """The evaluation of a training task on its held-out rows."""
+def heldout_task(task: TrainingTask, choices: bool = True):
+    """The evaluation of a training task on its held-out rows (and its multiple-choice questions if `choices`)."""
     if task.format == "chat":
-        return ChatHeldoutTask(task.name, task.heldout, task.multiple_choice)
+        return ChatHeldoutTask(task.name, task.heldout, task.multiple_choice if choices else [])
     return TextPerplexityTask(task.name, [row["text"] for row in task.heldout])
 
 
