@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py --strategies naive ewc stm --out bench-out/quality
     .venv/bin/python benchmarks/quality.py --strategies naive '{"name": "ewc", "lam": 1000}' --out DIR
+    .venv/bin/python benchmarks/quality.py --strategies '["stm", "replay"]' --out DIR          # a stack
     .venv/bin/python benchmarks/quality.py --quick --strategies naive l2sp --out /tmp/q   # minutes, set-up check
 
 Default model; `support`, then `pydoc` (`--tasks` to change); the general suite scored before training and after each task.
@@ -32,11 +33,13 @@ QUICK_TRAIN = {"steps": 2, "batch_size": 2, "lr": 2.0e-4, "max_length": 64, "see
 
 
 def parse_strategy(text: str):
-    """`ewc` or a JSON mapping such as `{"name": "ewc", "lam": 1000}`."""
-    return json.loads(text) if text.lstrip().startswith("{") else text
+    """`ewc`, a JSON mapping such as `{"name": "ewc", "lam": 1000}`, or a JSON list (a stack): `["stm", "replay"]`."""
+    return json.loads(text) if text.lstrip()[:1] in "{[" else text
 
 
 def label_of(spec) -> str:
+    if isinstance(spec, list):
+        return "+".join(map(label_of, spec))
     if isinstance(spec, str):
         return spec
     params = ",".join(f"{k}={v}" for k, v in spec.items() if k != "name")
@@ -49,7 +52,7 @@ def run_config(spec, adapter: str, quick: bool, tasks: list[str], lr: float | No
             "model": "default",
             "adapter": adapter,
             "tasks": [{"name": task, "builtin": task} for task in tasks],
-            "strategies": [spec],
+            "strategies": spec if isinstance(spec, list) else [spec],
             # In-domain gain is read from held-out perplexity; support's reply-choice questions add ~80 s a run.
             "eval": {"suites": ["general"], "limit": 10 if quick else None, "task_choices": False},
             "train": {**(QUICK_TRAIN if quick else TRAIN), **({"lr": lr} if lr else {})},
@@ -142,7 +145,7 @@ def main() -> None:
     out = Path(args.out)
     lr = ["--lr", str(args.lr)] if args.lr else []
     command = "python benchmarks/quality.py " + " ".join(
-        [*(f"'{s}'" if s.startswith("{") else s for s in ["--strategies", *args.strategies]), "--adapter", args.adapter,
+        [*(f"'{s}'" if s[:1] in "{[" else s for s in ["--strategies", *args.strategies]), "--adapter", args.adapter,
          "--tasks", *args.tasks, *lr, "--out", args.out, *(["--quick"] if args.quick else [])]
     )
     # Several invocations may fill one table (e.g. a lambda sweep added later): keep their rows and commands.
