@@ -65,3 +65,23 @@ def test_runner_refuses_impossible_combinations_before_training():
     with pytest.raises(ForgetlessError, match="several processes"):
         build_strategies(["_test_single"], CONFIG, world_size=2)
     assert [s.name for s in build_strategies(["naive", "_test_single"], CONFIG)] == ["naive", "_test_single"]
+
+
+def test_auto_protection_data_is_general_first_then_half_earlier_tasks(tokenizer):
+    """First task: general English only. Later tasks: half earlier tasks' rows, half general English."""
+    from forgetless.config import parse_config
+    from forgetless.data.tasks import TrainingTask
+    from forgetless.strategies import TaskContext
+    from forgetless.strategies._common import protection_examples
+
+    config = parse_config({"model": "tiny", "tasks": [{"name": "a", "file": "a.jsonl"}, {"name": "b", "file": "b.jsonl"}]})
+    rows = [{"prompt": f"Ticket {i} about billing?", "response": f"Refund number {i} issued."} for i in range(20)]
+    tasks = [TrainingTask("a", "chat", rows, rows[:2]), TrainingTask("b", "chat", rows, rows[:2])]
+
+    def texts(index: int) -> list[str]:
+        ctx = TaskContext(config=config, model=None, tokenizer=tokenizer, task=tasks[index], task_index=index, tasks=tasks)
+        return [tokenizer.decode(e["input_ids"]) for e in protection_examples(ctx, 8, "auto", seed=0)]
+
+    first, second = texts(0), texts(1)
+    assert len(first) == 8 and not any("Ticket" in t for t in first)
+    assert len(second) == 8 and sum("Ticket" in t for t in second) == 4

@@ -1,8 +1,8 @@
 """Building blocks several strategies share: the data to protect, batching, frozen references.
 
-"What to protect" has one answer across strategies: the earlier tasks' training data when there is an
-earlier task, and otherwise (the first task) general English from `ctx.general_texts`, which is
-disjoint from every evaluation item. Strategies take a `source` knob to override it.
+"What to protect" has one answer across strategies: general English from `ctx.general_texts` (disjoint
+from every evaluation item) on the first task, and from the second task on half earlier tasks' training
+data, half general English (`protection_examples`). Strategies take a `source` knob to override it.
 """
 
 from __future__ import annotations
@@ -40,8 +40,18 @@ def sample_examples(ctx: TaskContext, rows: list[dict[str, Any]], count: int, ma
 
 
 def protection_examples(ctx: TaskContext, count: int, source: ProtectionSource = "auto", seed: int = 0):
-    """Encoded examples of what to protect, at the run's training max_length."""
-    return sample_examples(ctx, protection_rows(ctx, source), count, ctx.config.train.max_length, seed)
+    """Encoded examples of what to protect, at the run's training max_length.
+
+    `auto` after the first task: half earlier tasks' data, half general English. The starting model's
+    general ability needs protecting on every task, not only the first: a strategy whose reference
+    moves to each task's start (fip) would otherwise hold nothing of it from the second task on.
+    """
+    max_length = ctx.config.train.max_length
+    if source == "auto" and ctx.earlier_tasks:
+        general = sample_examples(ctx, protection_rows(ctx, "general"), count // 2, max_length, seed)
+        earlier = sample_examples(ctx, protection_rows(ctx, "earlier_tasks"), count - len(general), max_length, seed)
+        return earlier + general
+    return sample_examples(ctx, protection_rows(ctx, source), count, max_length, seed)
 
 
 def batches(features: list[dict[str, Any]], batch_size: int, pad_token_id: int, device=None) -> Iterator[dict[str, torch.Tensor]]:

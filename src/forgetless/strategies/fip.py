@@ -7,9 +7,9 @@ strategy does: every step adds
 
     weight * mean over anchor positions of  D( p(. | x; w0) , p(. | x; w) )
 
-where p are next-token distributions, the anchors x are inputs of earlier tasks (general text for the first
-task; no labels needed; one random batch per step) and w0 a frozen reference: the model at task start
-(`reference: origin`) or the model `refresh_steps` steps ago (`previous`, a trust region along the path).
+where p are next-token distributions, the anchors x are general text on the first task, then half earlier
+tasks' inputs and half general text (no labels needed; one random batch per step), and w0 a frozen reference:
+the model at task start (`reference: origin`) or the model `refresh_steps` steps ago (`previous`, a trust region along the path).
 D is the Bhattacharyya distance -log sum_k sqrt(p_k q_k) (default) or KL(q || p).
 
 Reference model: a frozen copy under full fine-tuning; under LoRA a copy of the few LoRA tensors swapped in
