@@ -23,7 +23,10 @@ ProtectionSource = Literal["auto", "general", "earlier_tasks", "current_task"]
 
 
 def protection_rows(ctx: TaskContext, source: ProtectionSource = "auto") -> list[dict[str, Any]]:
-    """Raw rows to protect: earlier tasks' training rows, else (first task, or 'general') general text."""
+    """Raw rows of ONE kind: earlier tasks' training rows, else (first task, or 'general') general text.
+
+    `protection_examples` is the entry point: for `auto` after the first task it mixes both kinds.
+    """
     if source == "current_task":
         return list(ctx.task.train)
     if source == "earlier_tasks" or (source == "auto" and ctx.earlier_tasks):
