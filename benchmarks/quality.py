@@ -149,7 +149,7 @@ def rebuild(out: Path) -> None:
     table = json.loads((out / "quality.json").read_text())
     for row in table["rows"]:
         results = json.loads((out / row["strategy"].replace("/", "_") / "results.json").read_text())
-        row.update({k: v for k, v in quality_row(row["strategy"], results, row["wall_time_s"]).items()})
+        row.update(quality_row(row["strategy"], results, row["wall_time_s"]))
     compare_with_naive(table["rows"])
     atomic_write_json(out / "quality.json", table)
     atomic_write_text(out / "quality.md", markdown(table["rows"], table["commands"]))
