@@ -6,7 +6,7 @@
 
 For each strategy: its one-off preparation (on_task_start + prepare_examples: Fisher, importance, STM
 scoring, generation) is timed once; then training steps with the strategy and plain steps alternate on
-the same batches (forward, token cross-entropy, extra_loss, backward, AdamW), and the ratio of median
+the same batches (forward, token cross-entropy, extra_loss, backward, after_backward, AdamW), and the ratio of median
 step times is printed. Alternating steps cancels most of the noise of a shared machine; single numbers
 from such a machine are not worth quoting, ratios are.
 
@@ -55,6 +55,8 @@ def step(model, optimizer, batch, strategy, ctx) -> float:
         if extra is not None:
             loss = loss + extra
     loss.backward()
+    if strategy is not None:
+        strategy.after_backward(ctx, model, batch)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - started
@@ -67,7 +69,9 @@ def measure(spec: str, args, model_and_tokenizer) -> dict:
             "adapter": args.adapter,
             "tasks": [{"name": "support", "builtin": "support"}],
             "strategies": [spec],
-            "train": {"batch_size": args.batch_size, "max_length": args.max_length},
+            # The measured steps are the whole task, so work done near a task's end (layerwise's
+            # importance recording over its last steps) falls inside them: the worst-case step.
+            "train": {"batch_size": args.batch_size, "max_length": args.max_length, "steps": args.steps + 1},
         }
     )
     model = prepare_for_task(model, config, 0)
@@ -137,22 +141,42 @@ def worker(spec: str, args) -> None:
 
 
 def importance_against_fisher(args) -> None:
-    """Time `layerwise` importance and `ewc`'s per-sample Fisher on the same general examples."""
+    """Time `layerwise` importance and `ewc`'s per-sample Fisher on the same general examples, then each at
+    its own default size (what a run protecting the starting model pays before its first task)."""
+    from forgetless.strategies.ewc import EWC
+    from forgetless.strategies.layerwise import Layerwise
+
     model, tokenizer = load(args.tiny)
     config = parse_config({"tasks": [{"name": "support", "builtin": "support"}], "train": {"max_length": 256}})
     task = load_task(config.tasks[0])
     ctx = TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
-    examples = protection_examples(ctx, args.importance_examples, "general", seed=0)
     weights = trained_parameters(model)
-    started = time.perf_counter()
-    squared_gradient_importance(model, weights, examples, 4, tokenizer.pad_token_id)
-    importance_s = time.perf_counter() - started
-    started = time.perf_counter()
-    per_sample_fisher(model, list(weights), examples, tokenizer.pad_token_id)
-    fisher_s = time.perf_counter() - started
+    layerwise, ewc = Layerwise(), EWC()
+
+    def timed(function, count: int) -> float:
+        examples = protection_examples(ctx, count, "general", seed=0)
+        started = time.perf_counter()
+        function(examples)
+        return time.perf_counter() - started
+
+    def importance(examples):
+        squared_gradient_importance(model, weights, examples, layerwise.batch_size, tokenizer.pad_token_id)
+
+    def fisher(examples):
+        per_sample_fisher(model, list(weights), examples, tokenizer.pad_token_id, batch_size=ewc.batch_size)
+
+    same = args.importance_examples
+    importance_s, fisher_s = timed(importance, same), timed(fisher, same)
     print(
-        f"{len(examples)} general examples: layerwise importance {importance_s:.1f} s, per-sample Fisher "
-        f"{fisher_s:.1f} s, Fisher / importance = {fisher_s / importance_s:.1f}x"
+        f"same {same} general examples: layerwise importance {importance_s:.1f} s, per-sample Fisher {fisher_s:.1f} s, "
+        f"Fisher / importance = {fisher_s / importance_s:.1f}x"
+    )
+    lw_count, ewc_count = layerwise.steps * layerwise.batch_size, ewc.samples
+    lw_s = importance_s if lw_count == same else timed(importance, lw_count)
+    ewc_s = fisher_s if ewc_count == same else timed(fisher, ewc_count)
+    print(
+        f"defaults (layerwise {lw_count}, ewc {ewc_count} examples): {lw_s:.1f} s against {ewc_s:.1f} s, "
+        f"Fisher / importance = {ewc_s / lw_s:.1f}x"
     )
 
 

@@ -210,3 +210,75 @@ def test_end_to_end_keeps_important_weights_closer_than_naive(tmp_path, tokenize
     first = results["training"][0]
     assert first["layerwise_importance_seconds"] > 0 and first["layerwise_state_bytes"] > 0
     assert first["layerwise_alpha_max"] >= 1.0
+    assert first["layerwise_importance_training_steps"] == 2  # the task's importance came from its last 2 steps
+
+
+def _train_by_hand(ctx, strategy, feature_batches):
+    """Forward, CE + penalty, backward, after_backward; no optimiser step, so the weights stay where they are."""
+    for batch in feature_batches:
+        ctx.model.zero_grad()
+        outputs = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = token_cross_entropy(outputs.logits, batch["labels"]) + strategy.extra_loss(ctx, ctx.model, batch, outputs)
+        loss.backward()
+        strategy.after_backward(ctx, ctx.model, batch)
+    ctx.model.zero_grad()
+
+
+def test_task_importance_is_the_last_steps_cross_entropy_gradients(prepared, monkeypatch):
+    """Training-time Omega = mean over the last `steps` steps of n_b g_b^2, g_b of the CE alone (penalty removed)."""
+    from forgetless.strategies._common import batches
+
+    ctx, strategy = prepared  # steps=2, lam=2; the run config trains 4 steps per task
+    add(ctx.model, random_drift(ctx.model, scale=0.05))  # off the anchor: the penalty has a real gradient
+    features = protection_examples(ctx, 16, "current_task", seed=3)
+    feature_batches = list(batches(features, 4, ctx.tokenizer.pad_token_id))
+    _train_by_hand(ctx, strategy, feature_batches)
+    assert strategy._recorded_steps == 2
+    weights = trained_parameters(ctx.model)
+    expected = {name: torch.zeros_like(p) for name, p in weights.items()}
+    for batch in feature_batches[2:]:  # the last two steps only
+        ctx.model.zero_grad()
+        logits = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        token_cross_entropy(logits, batch["labels"]).backward()
+        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        for name, p in weights.items():
+            expected[name] += tokens * p.grad.square() / 2
+    ctx.model.zero_grad()
+    penalty_moved_something = False
+    for name, p in weights.items():
+        recorded = strategy._recorded[name] / strategy._recorded_steps
+        assert torch.allclose(recorded, expected[name], rtol=1e-3, atol=1e-10), name
+        penalty_moved_something |= name in strategy._drift
+    assert penalty_moved_something
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("full fine-tuning reads the task's importance off its training steps")
+
+    monkeypatch.setattr("forgetless.strategies.layerwise.squared_gradient_importance", no_pass)
+    before = {name: values.clone() for name, values in strategy.importance.items()}
+    strategy.consolidate(ctx)
+    assert ctx.log["layerwise_importance_training_steps"] == 2
+    assert any(not torch.equal(before[name], strategy.importance[name]) for name in before)
+
+
+def test_task_importance_pass_mode_takes_one_more_pass(tiny_lm, tokenizer, task_files, monkeypatch):
+    import forgetless.strategies.layerwise as layerwise
+
+    for p in tiny_lm.parameters():
+        p.requires_grad_(True)
+    ctx = make_context(tiny_config(task_files), tiny_lm, tokenizer)
+    strategy = build_strategy({"name": "layerwise", "steps": 2, "task_importance": "pass"})
+    calls = []
+    real = layerwise.squared_gradient_importance
+    monkeypatch.setattr(layerwise, "squared_gradient_importance", lambda *a, **k: calls.append(1) or real(*a, **k))
+    strategy.on_task_start(ctx)
+    from forgetless.strategies._common import batches
+
+    _train_by_hand(ctx, strategy, list(batches(protection_examples(ctx, 16, "current_task"), 4, tokenizer.pad_token_id)))
+    assert strategy._recorded_steps == 0
+    strategy.consolidate(ctx)
+    assert len(calls) == 2  # general text before the task, the task after it
+    from forgetless.errors import ForgetlessError
+
+    with pytest.raises(ForgetlessError, match="task_importance"):
+        build_strategy({"name": "layerwise", "task_importance": "sometimes"})

@@ -82,6 +82,12 @@ class ForgetlessTrainer(Trainer):
                 loss = loss + extra
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        for strategy in self.strategies:  # gradients are in .grad until the optimiser step
+            strategy.after_backward(self.context, model, inputs)
+        return loss
+
 
 class _ListDataset(torch.utils.data.Dataset):
     def __init__(self, rows: list[dict[str, Any]]):

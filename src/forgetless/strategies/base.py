@@ -85,6 +85,10 @@ class Strategy:
         """Loss side: a scalar tensor added to the training loss, or None."""
         return None
 
+    def after_backward(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+        """After a training step's backward, before gradient clipping and the optimiser step: the step's
+        gradients (of the whole loss, extra terms included) are in each parameter's `.grad`. Read-only."""
+
     def transform_weights(self, ctx: TaskContext) -> None:
         """After training a task: edit the weights post hoc (in place on ctx.model)."""
 

@@ -10,7 +10,10 @@ so blocks that drifted most in directions that matter are pulled back hardest (s
 
 Importance: Synaptic Intelligence along a plain-SGD pass is omega_i = lr * sum_t g_i(t)^2; we take the
 small-step limit at the anchor (no weight moves, no optimiser state) and scale it by the batch's token
-count, which puts Omega on the per-token Fisher scale (see `squared_gradient_importance`). It is stored
+count, which puts Omega on the per-token Fisher scale (see `squared_gradient_importance`). Before the
+first task that takes a short pass over general text. For each task trained (full fine-tuning) it costs
+no extra pass: the same sum is read off the task's own last `steps` training steps, whose gradients the
+optimiser needs anyway (the path integral proper), less this penalty's own gradient. It is stored
 sparsely: the top `keep` fraction of each tensor as int32 index + bf16 value. The anchor is not stored:
 it is the model at the task's start. Under LoRA the protected tensors are the adapted base weights and
 their drift is the adapter's scaling * B @ A.
@@ -31,6 +34,7 @@ from .base import Strategy, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]
 ImportanceSource = Literal["auto", "general"]
+TaskImportance = Literal["training", "pass"]
 
 
 def squared_gradient_importance(
@@ -95,6 +99,7 @@ class Layerwise(Strategy):
         keep: float = 0.1,
         layer_weighting: LayerWeighting = "adaptive",
         source: ImportanceSource = "auto",
+        task_importance: TaskImportance = "training",
     ):
         if not lam >= 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
@@ -106,6 +111,12 @@ class Layerwise(Strategy):
             raise ValueError(f"layer_weighting must be 'adaptive' or 'uniform', got {layer_weighting!r}")
         if source not in ("auto", "general"):
             raise ValueError(f"source must be 'auto' (general text, then each task trained) or 'general', got {source!r}")
+        if task_importance not in ("training", "pass"):
+            raise ValueError(
+                f"task_importance must be 'training' (read off the task's last training steps) or 'pass' "
+                f"(one more pass over the task), got {task_importance!r}"
+            )
+        self.task_importance = task_importance
         self.lam = lam
         self.steps = steps
         self.batch_size = batch_size
@@ -122,6 +133,11 @@ class Layerwise(Strategy):
         self._groups = 0
         self._group_index: torch.Tensor | None = None  # (tensors,) group of each entry of _drift, in order
         self.last_alpha: torch.Tensor | None = None
+        # Training-time recording (full fine-tuning): sum of n_b * g_b^2 over the task's last `steps` steps.
+        self._recorded: dict[str, torch.Tensor] = {}
+        self._recorded_steps = 0
+        self._task_steps = 0
+        self._recording_seconds = 0.0
 
     # ---- which weights are protected, and how far they have moved ----
 
@@ -173,6 +189,10 @@ class Layerwise(Strategy):
             raise ForgetlessError(f"layerwise: no {source} examples to record the importance on")
         weights = self._protected(ctx)
         dense = squared_gradient_importance(ctx.model, weights, features, self.batch_size, ctx.tokenizer.pad_token_id)
+        self._absorb(ctx, dense, time.perf_counter() - started)
+
+    def _absorb(self, ctx: TaskContext, dense: dict[str, torch.Tensor], seconds: float) -> None:
+        """Add the stored Omega to a new dense recording and keep the top `keep` fraction of each tensor."""
         for name, values in self.importance.items():  # earlier recordings add up (as online EWC's Fisher)
             if name in dense:
                 index = self.index[name].to(dense[name].device).long()
@@ -189,9 +209,7 @@ class Layerwise(Strategy):
             total_mass += float(flat.sum())
         if not total_mass > 0:
             raise ForgetlessError("layerwise: every recorded gradient is zero; nothing to protect")
-        ctx.log["layerwise_importance_seconds"] = ctx.log.get("layerwise_importance_seconds", 0.0) + (
-            time.perf_counter() - started
-        )
+        ctx.log["layerwise_importance_seconds"] = ctx.log.get("layerwise_importance_seconds", 0.0) + seconds
         ctx.log["layerwise_importance_mass_kept"] = kept_mass / total_mass
         ctx.log["layerwise_state_bytes"] = self.state_bytes()
 
@@ -204,6 +222,45 @@ class Layerwise(Strategy):
         if not self.importance:
             self._record_importance(ctx, "general")
         self._bind(ctx)
+        self._recorded, self._recorded_steps, self._task_steps, self._recording_seconds = {}, 0, 0, 0.0
+
+    def _records_during_training(self, ctx: TaskContext) -> bool:
+        # Under LoRA the protected base weights get no gradient, so the task needs its own pass.
+        return self.source == "auto" and self.task_importance == "training" and ctx.config.adapter != "lora"
+
+    def after_backward(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+        """In the task's last `steps` steps: add n_b * g_b^2 of the cross-entropy part of the gradient."""
+        if not self._records_during_training(ctx):
+            return
+        self._task_steps += 1
+        if self._task_steps <= ctx.config.train.steps - self.steps:
+            return
+        started = time.perf_counter()
+        tokens = int((inputs["labels"][:, 1:] != -100).sum())
+        own = self._own_gradient_at_kept_entries()
+        for name, parameter in trained_parameters(model).items():
+            if parameter.grad is None:
+                continue
+            grad = parameter.grad.detach().float()
+            if name in own:  # the recorded importance is the task's, not this penalty's pull back to the anchor
+                grad = grad.clone()
+                grad.view(-1).index_add_(0, *own[name])
+            if name not in self._recorded:
+                self._recorded[name] = torch.zeros_like(grad)
+            self._recorded[name].add_(grad.square(), alpha=tokens)
+        self._recorded_steps += 1
+        self._recording_seconds += time.perf_counter() - started
+
+    def _own_gradient_at_kept_entries(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """name -> (kept indices, minus d penalty / d theta there) = 2 lam alpha_l Omega_i drift_i, negated."""
+        if not self._drift or self.lam == 0 or self.last_alpha is None:
+            return {}
+        own = {}
+        with torch.no_grad():
+            for name, drift in self._drift.items():
+                scale = -2.0 * self.lam * self.last_alpha[self._group[name]]
+                own[name] = (self.index[name].to(self._omega[name].device).long(), scale * self._omega[name] * drift())
+        return own
 
     def layer_penalties(self) -> torch.Tensor:
         """L_reg^(l) for each layer group (embeddings and head form one more group), shape (groups,)."""
@@ -225,9 +282,13 @@ class Layerwise(Strategy):
     def consolidate(self, ctx: TaskContext) -> None:
         if self.last_alpha is not None:
             ctx.log["layerwise_alpha_max"] = float(self.last_alpha.max())
-        if self.source == "auto":
-            self._record_importance(ctx, "current_task")  # protect this task too from the next one on
-        self._drift, self._omega = {}, {}
+        if self.source == "auto" and self._recorded_steps:  # protect this task too from the next one on
+            dense = {name: total / self._recorded_steps for name, total in self._recorded.items()}
+            self._absorb(ctx, dense, self._recording_seconds)
+            ctx.log["layerwise_importance_training_steps"] = self._recorded_steps
+        elif self.source == "auto":
+            self._record_importance(ctx, "current_task")
+        self._drift, self._omega, self._recorded = {}, {}, {}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         state = {f"index/{name}": index for name, index in self.index.items()}
