@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/strategy_overhead.py                      # all registered strategies
     .venv/bin/python benchmarks/strategy_overhead.py --strategies ewc stm --steps 5 --adapter lora
+    .venv/bin/python benchmarks/strategy_overhead.py --strategies '{"name": "layerwise", "task_importance": "pass"}'
     .venv/bin/python benchmarks/strategy_overhead.py --tiny               # a tiny random model: a set-up check
 
 For each strategy: its one-off preparation (on_task_start + prepare_examples: Fisher, importance, STM
@@ -64,6 +65,7 @@ def step(model, optimizer, batch, strategy, ctx) -> float:
 
 def measure(spec: str, args, model_and_tokenizer) -> dict:
     model, tokenizer = model_and_tokenizer
+    spec = json.loads(spec) if spec.lstrip().startswith("{") else spec  # '{"name": "stm", "tau": 25}'
     config = parse_config(
         {
             "adapter": args.adapter,

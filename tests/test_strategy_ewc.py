@@ -109,12 +109,12 @@ def test_penalty_is_zero_at_the_anchor_and_exactly_quadratic(tokenizer):
     parameters = dict(model.named_parameters())
     ewc.anchor = {n: p.detach().clone() for n, p in parameters.items()}
     ewc.fisher = {n: torch.rand_like(p) for n, p in parameters.items()}
-    assert ewc.extra_loss(ctx, model, {}, None).item() == 0.0
+    assert ewc.penalty().item() == 0.0
     step = {n: 1e-2 * torch.randn_like(p) for n, p in parameters.items()}
     with torch.no_grad():
         for n, p in parameters.items():
             p.add_(step[n])
-    penalty = ewc.extra_loss(ctx, model, {}, None)
+    penalty = ewc.penalty()
     direct = 3.0 / 2 * sum((ewc.fisher[n] * step[n].square()).sum() for n in parameters)
     assert penalty.item() == pytest.approx(direct.item(), rel=1e-4)
     penalty.backward()  # gradient lam * F * (theta - anchor)
@@ -123,7 +123,40 @@ def test_penalty_is_zero_at_the_anchor_and_exactly_quadratic(tokenizer):
     with torch.no_grad():
         for n, p in parameters.items():
             p.add_(step[n])  # now theta - anchor = 2 * step
-    assert ewc.extra_loss(ctx, model, {}, None).item() == pytest.approx(4 * penalty.item(), rel=1e-4)
+    assert ewc.penalty().item() == pytest.approx(4 * penalty.item(), rel=1e-4)
+
+
+def test_full_fine_tuning_adds_the_penalty_gradient_after_backward(tokenizer, monkeypatch):
+    """The training path: no autograd term, .grad += lam F (theta - anchor) in chunks, same as the penalty's gradient."""
+    import forgetless.strategies.ewc as ewc_module
+
+    monkeypatch.setattr(ewc_module, "PULL_CHUNK", 7)  # many chunks, a ragged last one, on a tiny model
+    model = make_tiny_lm(len(tokenizer), hidden_size=16)
+    ctx = _context(model, tokenizer)
+    ewc = build_strategy({"name": "ewc", "lam": 3.0, "source": "current_task"})
+    ewc.on_task_start(ctx)
+    torch.manual_seed(0)
+    parameters = dict(model.named_parameters())
+    ewc.anchor = {n: p.detach().clone() for n, p in parameters.items()}
+    ewc.fisher = {n: torch.rand_like(p) for n, p in parameters.items()}
+    with torch.no_grad():
+        for p in parameters.values():
+            p.add_(1e-2 * torch.randn_like(p))
+    assert ewc.extra_loss(ctx, model, {}, None) is None  # nothing through autograd under full fine-tuning
+    model.zero_grad()
+    ewc.penalty().backward()
+    expected = {n: p.grad.clone() for n, p in parameters.items()}
+    model.zero_grad()
+    existing = {n: torch.randn_like(p) for n, p in parameters.items()}  # the loss's own gradient is kept
+    for n, p in parameters.items():
+        p.grad = existing[n].clone()
+    ewc.after_backward(ctx, model, {})
+    for n, p in parameters.items():
+        assert torch.allclose(p.grad, existing[n] + expected[n], rtol=1e-4, atol=1e-7), n
+    value = ewc.penalty().item()  # one step so far: its mean is this step's value
+    assert value > 0
+    ewc.consolidate(ctx)
+    assert ctx.log["ewc_mean_penalty"] == pytest.approx(value, rel=1e-5)
 
 
 def test_online_combination_decays_the_previous_fisher():
@@ -153,7 +186,7 @@ def test_first_task_is_protected_on_general_text_and_state_round_trips(tokenizer
     ewc = build_strategy({"name": "ewc", "samples": 4})
     ewc.on_task_start(ctx)
     assert ctx.log["ewc_start_fisher_examples"] == 4 and ctx.log["ewc_start_fisher_mean"] > 0
-    assert ewc.extra_loss(ctx, model, {}, None).item() == 0.0  # the anchor is the starting model
+    assert ewc.penalty().item() == 0.0  # the anchor is the starting model
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -162,14 +195,14 @@ def test_first_task_is_protected_on_general_text_and_state_round_trips(tokenizer
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    penalty = ewc.extra_loss(ctx, model, {}, None).item()
+    penalty = ewc.penalty().item()
     save_file(ewc.state_tensors(), tmp_path / "ewc.safetensors")
     restored = build_strategy({"name": "ewc", "samples": 4})
     restored.load_state_tensors(load_file(tmp_path / "ewc.safetensors"))
     next_ctx = _context(model, tokenizer, index=1)
     restored.on_task_start(next_ctx)  # a loaded state is not re-estimated
     assert "ewc_start_fisher_examples" not in next_ctx.log
-    assert restored.extra_loss(ctx, model, {}, None).item() == pytest.approx(penalty, rel=1e-6)
+    assert restored.penalty().item() == pytest.approx(penalty, rel=1e-6)
 
 
 def _lora_model(tokenizer):

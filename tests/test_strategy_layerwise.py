@@ -247,7 +247,8 @@ def test_task_importance_is_the_last_steps_cross_entropy_gradients(prepared, mon
     penalty_moved_something = False
     for name, p in weights.items():
         recorded = strategy._recorded[name] / strategy._recorded_steps
-        assert torch.allclose(recorded, expected[name], rtol=1e-3, atol=1e-10), name
+        # (g - p)^2 is computed as g^2 + ((g - p)^2 - g^2): fp32 cancellation where the CE gradient is ~0.
+        assert torch.allclose(recorded, expected[name], rtol=1e-3, atol=1e-6 * float(expected[name].abs().max())), name
         penalty_moved_something |= name in strategy._drift
     assert penalty_moved_something
 

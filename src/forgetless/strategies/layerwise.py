@@ -238,28 +238,34 @@ class Layerwise(Strategy):
         started = time.perf_counter()
         tokens = int((inputs["labels"][:, 1:] != -100).sum())
         own = self._own_gradient_at_kept_entries()
-        for name, parameter in trained_parameters(model).items():
-            if parameter.grad is None:
-                continue
-            grad = parameter.grad.detach().float()
-            if name in own:  # the recorded importance is the task's, not this penalty's pull back to the anchor
-                grad = grad.clone()
-                grad.view(-1).index_add_(0, *own[name])
-            if name not in self._recorded:
-                self._recorded[name] = torch.zeros_like(grad)
-            self._recorded[name].add_(grad.square(), alpha=tokens)
+        with torch.no_grad():
+            for name, parameter in trained_parameters(model).items():
+                if parameter.grad is None:
+                    continue
+                grad = parameter.grad.detach()
+                if name not in self._recorded:
+                    self._recorded[name] = torch.zeros_like(grad, dtype=torch.float32)
+                total = self._recorded[name]
+                total.addcmul_(grad, grad, value=tokens)  # one fused pass; .grad is never written
+                if name in own:
+                    # The cross-entropy's gradient is g - p at the kept entries (p: the penalty's own
+                    # gradient), so correct n g^2 there to n (g - p)^2: a sparse fix, no dense copy.
+                    index, penalty_gradient = own[name]
+                    g = grad.reshape(-1).index_select(0, index).float()
+                    fix = (g - penalty_gradient).square_().sub_(g.square()).mul_(tokens)
+                    total.view(-1).index_add_(0, index, fix)
         self._recorded_steps += 1
         self._recording_seconds += time.perf_counter() - started
 
     def _own_gradient_at_kept_entries(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """name -> (kept indices, minus d penalty / d theta there) = 2 lam alpha_l Omega_i drift_i, negated."""
+        """name -> (kept indices, d penalty / d theta there = 2 lam alpha_l Omega_i drift_i)."""
         if not self._drift or self.lam == 0 or self.last_alpha is None:
             return {}
         own = {}
         with torch.no_grad():
             for name, drift in self._drift.items():
-                scale = -2.0 * self.lam * self.last_alpha[self._group[name]]
-                own[name] = (self.index[name].to(self._omega[name].device).long(), scale * self._omega[name] * drift())
+                scale = 2.0 * self.lam * self.last_alpha[self._group[name]]
+                own[name] = (self.index[name].to(self._omega[name].device), scale * self._omega[name] * drift())
         return own
 
     def layer_penalties(self) -> torch.Tensor:
