@@ -87,7 +87,7 @@ def functional_distance(
 
     total = logits.new_zeros((), dtype=torch.float32)
     for index in chunks:
-        pair = (flat[index], flat_reference[index])  # not index_select: ~50x slower on CPU for wide rows (see lwf)
+        pair = (flat[index], flat_reference[index])  # not index_select (see lwf's distillation)
         total = total + (checkpoint(chunk_sum, *pair, use_reentrant=False) if logits.requires_grad else chunk_sum(*pair))
     return total / max(1, rows.numel())
 
