@@ -316,9 +316,10 @@ class EWC(Strategy):
         """Full fine-tuning: .grad += lam * F * (theta - theta*), the penalty's gradient; its value is logged."""
         if self._lora or self.lam == 0 or not self.fisher:
             return
-        for name, parameter in self._parameters.items():
+        for name, parameter in self._parameters.items():  # a loaded state arrives on the CPU
             if name in self.fisher:
-                self._on(self.anchor, name, parameter), self._on(self.fisher, name, parameter)
+                self._on(self.anchor, name, parameter)
+                self._on(self.fisher, name, parameter)
         distance = add_quadratic_pull(self._parameters, self.anchor, self.fisher, self.lam)
         self._penalty_total += self.lam / 2 * (distance + self.offset)
         self._penalty_steps += 1
