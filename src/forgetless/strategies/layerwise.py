@@ -27,6 +27,7 @@ from typing import Callable, Literal
 import torch
 
 from ..adapters import adapter_name
+from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
 from . import register_strategy
 from ._common import batches, block_index, lora_linear_layers_by_weight, model_device, protection_examples, trained_parameters
@@ -35,6 +36,11 @@ from .base import Strategy, TaskContext
 LayerWeighting = Literal["adaptive", "uniform"]
 ImportanceSource = Literal["auto", "general"]
 TaskImportance = Literal["training", "pass"]
+
+
+def trained_tokens(labels: torch.Tensor) -> int:
+    """Tokens the shifted cross-entropy trains on: labels after the first position that are not ignored."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def squared_gradient_importance(
@@ -62,7 +68,7 @@ def squared_gradient_importance(
             for batch in batches(features, batch_size, pad_token_id, model_device(model)):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = token_cross_entropy(logits, batch["labels"])  # (B, T, V) -> scalar
-                tokens = int((batch["labels"][:, 1:] != -100).sum())
+                tokens = trained_tokens(batch["labels"])
                 grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
                 for name, grad in zip(weights, grads):
                     if grad is not None:
@@ -236,7 +242,7 @@ class Layerwise(Strategy):
         if self._task_steps <= ctx.config.train.steps - self.steps:
             return
         started = time.perf_counter()
-        tokens = int((inputs["labels"][:, 1:] != -100).sum())
+        tokens = trained_tokens(inputs["labels"])
         own = self._own_gradient_at_kept_entries()
         with torch.no_grad():
             for name, parameter in trained_parameters(model).items():
@@ -288,12 +294,13 @@ class Layerwise(Strategy):
     def consolidate(self, ctx: TaskContext) -> None:
         if self.last_alpha is not None:
             ctx.log["layerwise_alpha_max"] = float(self.last_alpha.max())
-        if self.source == "auto" and self._recorded_steps:  # protect this task too from the next one on
-            dense = {name: total / self._recorded_steps for name, total in self._recorded.items()}
-            self._absorb(ctx, dense, self._recording_seconds)
-            ctx.log["layerwise_importance_training_steps"] = self._recorded_steps
-        elif self.source == "auto":
-            self._record_importance(ctx, "current_task")
+        if self.source == "auto":  # protect this task too from the next one on
+            if self._recorded_steps:
+                dense = {name: total / self._recorded_steps for name, total in self._recorded.items()}
+                self._absorb(ctx, dense, self._recording_seconds)
+                ctx.log["layerwise_importance_training_steps"] = self._recorded_steps
+            else:
+                self._record_importance(ctx, "current_task")
         self._drift, self._omega, self._recorded = {}, {}, {}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
