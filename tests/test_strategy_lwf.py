@@ -11,6 +11,7 @@ from forgetless.data.encoding import PaddingCollator, encode_rows
 from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
 from forgetless.strategies import TaskContext, build_strategies, build_strategy
+from forgetless.strategies import lwf as lwf_module
 from forgetless.strategies.lwf import distillation_loss
 
 from .conftest import TICKET_ROWS, make_tiny_lm, perturb, train_tiny_on_tickets
@@ -51,12 +52,14 @@ def test_chunked_loss_and_gradient_match_autograd_of_the_direct_formula():
     student = torch.randn(2, 70, 11, requires_grad=True)  # 140 rows: more than one chunk of 64
     teacher = torch.randn(2, 70, 11)
     mask = torch.rand(2, 70) > 0.3
-    loss = distillation_loss(student, teacher, mask, 2.0)
-    loss.backward()
+    student_before, teacher_before = student.detach().clone(), teacher.clone()
+    loss = distillation_loss(student, teacher[mask], mask, 2.0)
+    (3.0 * loss).backward()  # an upstream factor, as a weight or gradient accumulation applies
+    assert torch.equal(student.detach(), student_before) and torch.equal(teacher, teacher_before)  # inputs untouched
     ours = student.grad.clone()
     student.grad = None
     direct = _direct_lwf(student, teacher, mask, 2.0)
-    direct.backward()
+    (3.0 * direct).backward()
     assert loss.item() == pytest.approx(direct.item(), rel=1e-5)
     assert torch.allclose(ours, student.grad.float(), atol=1e-6)
     assert ours[~mask].abs().max() == 0  # positions outside the mask get no gradient
@@ -67,7 +70,9 @@ def test_zero_at_task_start_and_equal_to_direct_computation_after_a_change(tiny_
     inputs = _batch(tokenizer)
     kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
     strategies = {
-        positions: build_strategy({"name": "lwf", "weight": 0.5, "temperature": 3.0, "positions": positions})
+        positions: build_strategy(
+            {"name": "lwf", "weight": 0.5, "temperature": 3.0, "positions": positions, "teacher_precision": "float32"}
+        )
         for positions in ("all", "trained")
     }
     for strategy in strategies.values():
@@ -103,11 +108,12 @@ def test_under_lora_the_teacher_is_the_base_and_no_model_copy_is_held(tokenizer)
     model.train()
     perturb(model, scale=0.2)  # LoRA tensors only (the base is frozen): the adapter is no longer the identity
     ctx = _context(config, model, tokenizer)
-    strategy = build_strategy("lwf")
+    strategy = build_strategy({"name": "lwf", "teacher_precision": "float32"})
     strategy.on_task_start(ctx)
-    teacher = strategy.teacher_logits(ctx, inputs)
+    mask = inputs["attention_mask"].bool()
+    teacher = strategy.teacher_logits(ctx, inputs, mask)
     student = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-    assert torch.allclose(teacher, base_logits, atol=1e-5)
+    assert torch.allclose(teacher, base_logits[mask], atol=1e-5)
     assert not torch.allclose(student.logits, base_logits, atol=1e-3)
     assert model.training  # the teacher pass put the model back in training mode
     held = [v for v in vars(strategy).values() if isinstance(v, (torch.nn.Module, torch.Tensor))]
@@ -116,6 +122,31 @@ def test_under_lora_the_teacher_is_the_base_and_no_model_copy_is_held(tokenizer)
     loss.backward()
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
     assert loss.item() > 0 and any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_teacher_precision_auto_follows_the_hardware_and_bfloat16_stays_close(tiny_lm, tokenizer, monkeypatch, native):
+    monkeypatch.setattr(lwf_module, "runs_bfloat16_natively", lambda device: native)
+    ctx = _context(_config(), tiny_lm, tokenizer)
+    inputs = _batch(tokenizer)
+    mask = inputs["attention_mask"].bool()
+    teachers = {}
+    for precision in ("auto", "float32", "bfloat16"):
+        strategy = build_strategy({"name": "lwf", "teacher_precision": precision})
+        strategy.on_task_start(ctx)
+        teachers[precision] = strategy.teacher_logits(ctx, inputs, mask)
+        strategy.consolidate(ctx)
+        expected = "bfloat16" if precision == "bfloat16" or (precision == "auto" and native) else "float32"
+        assert ctx.log["lwf_teacher_precision"] == expected
+    assert teachers["float32"].dtype == torch.float32 and teachers["bfloat16"].dtype == torch.bfloat16
+    assert torch.equal(teachers["auto"], teachers["bfloat16" if native else "float32"])
+    # bfloat16 keeps 8 bits of mantissa: close to the float32 teacher, but really computed at lower precision.
+    difference = (teachers["bfloat16"].float() - teachers["float32"]).abs().max().item()
+    assert 0 < difference < 0.05
+    # Distilling onto the float32 teacher's own logits, the bfloat16 teacher's KL is a tiny floor.
+    every_row = torch.ones(1, len(teachers["float32"]), dtype=torch.bool)
+    floor = distillation_loss(teachers["float32"].unsqueeze(0), teachers["bfloat16"], every_row, 2.0)
+    assert 0 < floor.item() < 1e-3
 
 
 def test_refuses_lora_stack_mode_and_bad_knobs():
@@ -127,6 +158,8 @@ def test_refuses_lora_stack_mode_and_bad_knobs():
         build_strategy({"name": "lwf", "temperature": 0})
     with pytest.raises(ForgetlessError, match="positions"):
         build_strategy({"name": "lwf", "positions": "some"})
+    with pytest.raises(ForgetlessError, match="teacher_precision"):
+        build_strategy({"name": "lwf", "teacher_precision": "float16"})
 
 
 def _output_drift(model, reference, tokenizer, rows):
