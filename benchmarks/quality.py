@@ -105,6 +105,9 @@ def markdown(rows: list[dict], commands: list[str]) -> str:
     def pct(value):
         return "—" if value is None else f"{100 * value:.0f} %"
 
+    def signed(value):  # BWT and forgetting need an earlier task: none in a one-task sequence
+        return "—" if value is None else f"{value:+.4f}"
+
     table = format_table(
         ["strategy", *[f"gain {t}" for t in tasks], *[f"general after {t}" for t in tasks], "general delta ± s.e.",
          "relative", "BWT", "forgetting",
@@ -116,8 +119,8 @@ def markdown(rows: list[dict], commands: list[str]) -> str:
                 *[f"{row['general_after_each_task'][t]:.4f}" if "general_after_each_task" in row else "" for t in tasks],
                 f"{row['general_delta_abs']:+.4f} ± {row['general_delta_se']:.4f}",
                 f"{100 * row['general_delta_rel']:+.1f} %",
-                f"{row['bwt']:+.4f}",
-                f"{row['forgetting']:+.4f}",
+                signed(row["bwt"]),
+                signed(row["forgetting"]),
                 pct(row.get("general_drop_cut")),
                 pct(row.get("in_domain_gain_kept")),
                 f"{row['wall_time_s']:.0f} s",
