@@ -20,9 +20,10 @@ from forgetless.adapters import prepare_for_task
 from forgetless.config import parse_config
 from forgetless.data.encoding import PaddingCollator, encode_rows
 from forgetless.data.tasks import load_task
+from forgetless.evaluation._scoring import model_device
 from forgetless.models import load_model_and_tokenizer
 from forgetless.strategies import TaskContext, build_strategy
-from forgetless.strategies._common import model_device, runs_bfloat16_natively
+from forgetless.strategies._common import runs_bfloat16_natively
 from forgetless.strategies.lwf import distillation_loss, distilled_positions
 
 

@@ -65,10 +65,6 @@ def batches(features: list[dict[str, Any]], batch_size: int, pad_token_id: int, 
         yield {key: value.to(device) if device is not None else value for key, value in batch.items()}
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def runs_bfloat16_natively(device: torch.device) -> bool:
     """Whether `device` has bfloat16 matrix units, so a bfloat16 forward is faster than a float32 one.
 

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..data.encoding import PaddingCollator
+from ..evaluation._scoring import model_device
 from . import register_strategy
-from ._common import ProtectionSource, frozen_copy, model_device, protection_examples, trained_parameters
+from ._common import ProtectionSource, frozen_copy, protection_examples, trained_parameters
 from .base import Strategy, TaskContext
 
 Distance = Literal["bhattacharyya", "kl"]

@@ -29,8 +29,9 @@ import torch
 from ..adapters import adapter_name
 from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
+from ..evaluation._scoring import model_device
 from . import register_strategy
-from ._common import batches, block_index, lora_linear_layers_by_weight, model_device, protection_examples, trained_parameters
+from ._common import batches, block_index, lora_linear_layers_by_weight, protection_examples, trained_parameters
 from .base import Strategy, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]

@@ -25,9 +25,9 @@ from typing import Any, Literal
 import torch
 
 from ..errors import ForgetlessError
-from ..evaluation._scoring import logits_at, scoring_mode
+from ..evaluation._scoring import logits_at, model_device, scoring_mode
 from . import register_strategy
-from ._common import frozen_copy, model_device, runs_bfloat16_natively
+from ._common import frozen_copy, runs_bfloat16_natively
 from .base import Strategy, TaskContext
 
 Positions = Literal["all", "trained"]
