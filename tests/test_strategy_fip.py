@@ -89,7 +89,7 @@ def test_zero_at_the_reference_positive_away_and_equal_to_direct_on_anchor_input
     strategy.on_task_start(ctx)
     assert ctx.log["fip_anchor_examples"] == 8  # first task: general text anchors
     batch = strategy.anchor_batch(ctx)
-    assert batch["input_ids"].size(0) == 2  # default anchor batch: a quarter of train.batch_size
+    assert batch["input_ids"].numel() <= 8 * 32 // 4  # default anchor batch: a quarter of the batch's tokens
     assert strategy.penalty(ctx, tiny_lm, batch).item() == pytest.approx(0.0, abs=1e-6)
 
     with torch.no_grad():
@@ -180,3 +180,26 @@ def test_end_to_end_fip_keeps_anchor_outputs_closer_than_naive(tmp_path, tokeniz
     # gradients are tiny next to the cross-entropy's. (Measured: fip 0.00031 vs naive 0.00109.)
     assert drift["fip"] < 0.5 * drift["naive"]
     assert math.isfinite(results["training"][0]["fip_mean_distance"]) and results["training"][0]["fip_mean_distance"] > 0
+
+
+def test_default_anchor_batch_is_a_quarter_of_the_training_batch_in_tokens(tiny_lm, tokenizer):
+    ctx = _context(_config(), tiny_lm, tokenizer)  # batch 8 x 32 tokens: 64 anchor tokens per step
+    strategy = build_strategy({"name": "fip"})
+    strategy.on_task_start(ctx)
+
+    def anchors(*lengths):
+        return [{"input_ids": [5] * n, "labels": [5] * n} for n in lengths]
+
+    strategy._anchors = anchors(*[10] * 20)
+    assert strategy.anchor_batch(ctx)["input_ids"].shape == (6, 10)  # 7 x 10 would exceed 64
+    strategy._anchors = anchors(*[40] * 5)
+    assert strategy.anchor_batch(ctx)["input_ids"].shape == (1, 40)
+    strategy._anchors = anchors(100)  # longer than the budget: still one anchor, never none
+    assert strategy.anchor_batch(ctx)["input_ids"].shape == (1, 100)
+    strategy._anchors = anchors(*[4, 8, 16, 30] * 5)
+    for _ in range(20):  # padded size within budget whatever the draw
+        assert strategy.anchor_batch(ctx)["input_ids"].numel() <= 64
+    fixed = build_strategy({"name": "fip", "anchor_batch_size": 3})
+    fixed.on_task_start(ctx)
+    fixed._anchors = anchors(*[10] * 20)
+    assert fixed.anchor_batch(ctx)["input_ids"].size(0) == 3

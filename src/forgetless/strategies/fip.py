@@ -8,7 +8,8 @@ strategy does: every step adds
     weight * mean over anchor positions of  D( p(. | x; w0) , p(. | x; w) )
 
 where p are next-token distributions, the anchors x are general text on the first task, then half earlier
-tasks' inputs and half general text (no labels needed; one random batch per step), and w0 a frozen reference:
+tasks' inputs and half general text (no labels needed; one random batch per step, filled to a quarter of
+the training batch's tokens), and w0 a frozen reference:
 the model at task start (`reference: origin`) or the model `refresh_steps` steps ago (`previous`, a trust region along the path).
 D is the Bhattacharyya distance -log sum_k sqrt(p_k q_k) (default) or KL(q || p).
 
@@ -126,7 +127,7 @@ class FunctionallyInvariantPaths(Strategy):
         if anchor_examples < 1:
             raise ValueError(f"anchor_examples must be >= 1, got {anchor_examples}")
         if anchor_batch_size is not None and anchor_batch_size < 1:
-            raise ValueError(f"anchor_batch_size must be >= 1 (or null for a quarter of the batch), got {anchor_batch_size}")
+            raise ValueError(f"anchor_batch_size must be >= 1 (or null: a batch quarter in tokens), got {anchor_batch_size}")
         if source not in ("auto", "general", "earlier_tasks", "current_task"):
             raise ValueError(f"source must be auto, general, earlier_tasks or current_task, got {source!r}")
         self.weight = float(weight)
@@ -189,11 +190,29 @@ class FunctionallyInvariantPaths(Strategy):
     # ---------------------------------------------------------------- anchors and loss
     def anchor_batch(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
         """One random batch of anchor inputs (input_ids, attention_mask) on the model's device."""
-        size = self.anchor_batch_size or max(1, ctx.config.train.batch_size // 4)
-        picked = self._rng.sample(self._anchors, min(size, len(self._anchors)))
+        if self.anchor_batch_size:
+            picked = self._rng.sample(self._anchors, min(self.anchor_batch_size, len(self._anchors)))
+        else:
+            picked = self._within_token_budget(ctx.config.train.batch_size * ctx.config.train.max_length // 4)
         batch = PaddingCollator(ctx.tokenizer.pad_token_id)(picked)
         device = model_device(ctx.model)
         return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+    def _within_token_budget(self, budget: int) -> list[dict[str, Any]]:
+        """Random anchors, at least one, while the padded batch (count x longest) stays within `budget` tokens.
+
+        Anchors differ in length by an order of magnitude (general passages ~20 tokens, task examples up
+        to max_length), so a fixed count either starves the penalty of contexts or blows up the step.
+        """
+        picked: list[dict[str, Any]] = []
+        longest = 0
+        for example in self._rng.sample(self._anchors, len(self._anchors)):
+            length = max(longest, len(example["input_ids"]))
+            if picked and (len(picked) + 1) * length > budget:
+                break
+            picked.append(example)
+            longest = length
+        return picked
 
     def penalty(self, ctx: TaskContext, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean functional distance between `model` and the reference on the anchor `batch`."""
