@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
 from ..evaluation._scoring import logits_at, model_device, scoring_mode
 from . import register_strategy
@@ -112,7 +113,7 @@ def distilled_positions(inputs: dict[str, torch.Tensor], positions: Positions) -
     if positions == "all":
         return inputs["attention_mask"].bool()
     mask = torch.zeros_like(inputs["labels"], dtype=torch.bool)
-    mask[:, :-1] = inputs["labels"][:, 1:] != -100
+    mask[:, :-1] = inputs["labels"][:, 1:] != IGNORE_INDEX
     return mask
 
 
