@@ -22,9 +22,10 @@ from forgetless.data.encoding import PaddingCollator, encode_rows
 from forgetless.data.tasks import load_task
 from forgetless.evaluation._scoring import model_device
 from forgetless.models import load_model_and_tokenizer
-from forgetless.strategies import TaskContext, build_strategy
+from forgetless.strategies import build_strategy
 from forgetless.strategies._common import runs_bfloat16_natively
 from forgetless.strategies.lwf import distillation_loss, distilled_positions
+from forgetless.training import context_for
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
     config = parse_config({"adapter": "lora", "tasks": [{"name": "support", "builtin": "support"}]})
     model = prepare_for_task(model, config, 0)
     task = load_task(config.tasks[0])
-    ctx = TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
+    ctx = context_for(config, model, tokenizer, [task], 0)
     examples = encode_rows(tokenizer, task.train[: args.batch_size * (args.batches + 1)], args.max_length)
     collate = PaddingCollator(tokenizer.pad_token_id)
     batches = [collate(examples[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(args.batches + 1)]

@@ -35,11 +35,11 @@ from forgetless.data.encoding import PaddingCollator, encode_rows
 from forgetless.data.tasks import load_task
 from forgetless.errors import ForgetlessError
 from forgetless.models import load_model_and_tokenizer
-from forgetless.strategies import TaskContext, build_strategy, known_strategies
+from forgetless.strategies import build_strategy, known_strategies
 from forgetless.strategies._common import protection_examples, trained_parameters
 from forgetless.strategies.ewc import per_sample_fisher
 from forgetless.strategies.layerwise import squared_gradient_importance
-from forgetless.training import token_cross_entropy
+from forgetless.training import context_for, token_cross_entropy
 
 
 def peak_rss_bytes() -> int:
@@ -81,7 +81,7 @@ def measure(spec: str, args, model_and_tokenizer) -> dict:
     task = load_task(config.tasks[0])
     strategy = build_strategy(spec)
     strategy.check(config, [strategy])
-    ctx = TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
+    ctx = context_for(config, model, tokenizer, [task], 0)
     examples = encode_rows(tokenizer, task.train[: args.batch_size * (args.steps + 1)], args.max_length)
     collate = PaddingCollator(tokenizer.pad_token_id)
     plain_batches = [collate(examples[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(args.steps + 1)]
@@ -151,7 +151,7 @@ def importance_against_fisher(args) -> None:
     model, tokenizer = load(args.tiny)
     config = parse_config({"tasks": [{"name": "support", "builtin": "support"}], "train": {"max_length": 256}})
     task = load_task(config.tasks[0])
-    ctx = TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
+    ctx = context_for(config, model, tokenizer, [task], 0)
     weights = trained_parameters(model)
     layerwise, ewc = Layerwise(), EWC()
 

@@ -108,3 +108,9 @@ def train_tiny_on_tickets(tmp_path, tokenizer, strategy, name):
     })
     results = run_continual(config, tmp_path / name, model=model, tokenizer=tokenizer, progress=False)
     return start, model, results
+
+
+def mean_token_nll(logits, labels):
+    """Mean next-token NLL over labels that are not -100: the plain loss, computed directly for tests."""
+    logits, targets = logits[:, :-1], labels[:, 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)

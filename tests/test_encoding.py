@@ -1,4 +1,3 @@
-import torch
 
 from forgetless.data.encoding import IGNORE_INDEX, PaddingCollator, encode_chat, encode_rows, encode_text
 
@@ -34,16 +33,15 @@ def test_rows_without_trained_tokens_are_dropped(tokenizer):
     assert len(features) == 1
 
 
-def test_collator_pads_with_ignored_labels_and_zero_weights():
+def test_collator_pads_with_ignored_labels():
     collate = PaddingCollator(pad_token_id=0)
     batch = collate(
         [
-            {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "token_weights": [1.0, 0.5, 1.0]},
+            {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
             {"input_ids": [8], "labels": [8]},
         ]
     )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
-    assert torch.equal(batch["token_weights"], torch.tensor([[1.0, 0.5, 1.0], [1.0, 0.0, 0.0]]))
-    assert "token_weights" not in collate([{"input_ids": [1], "labels": [1]}])
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}

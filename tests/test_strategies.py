@@ -38,17 +38,12 @@ class _LoraOnly(Strategy):
         self.weight = weight
 
 
-class _Exclusive(Strategy):
-    name = "_test_exclusive"
-    exclusive_with = ("_test_lora_only",)
-
-
 class _SingleProcess(Strategy):
     name = "_test_single"
     supports_multiprocess = False
 
 
-for cls in (_LoraOnly, _Exclusive, _SingleProcess):
+for cls in (_LoraOnly, _SingleProcess):
     register_strategy(cls)
 
 
@@ -59,9 +54,6 @@ def test_parameters_reach_the_constructor():
 def test_runner_refuses_impossible_combinations_before_training():
     with pytest.raises(ForgetlessError, match="does not work with adapter 'full'"):
         build_strategies(["_test_lora_only"], CONFIG)
-    lora = CONFIG.model_copy(update={"adapter": "lora"})
-    with pytest.raises(ForgetlessError, match="cannot be stacked"):
-        build_strategies(["_test_lora_only", "_test_exclusive"], lora)
     with pytest.raises(ForgetlessError, match="several processes"):
         build_strategies(["_test_single"], CONFIG, world_size=2)
     assert [s.name for s in build_strategies(["naive", "_test_single"], CONFIG)] == ["naive", "_test_single"]
@@ -71,15 +63,15 @@ def test_auto_protection_data_is_general_first_then_half_earlier_tasks(tokenizer
     """First task: general English only. Later tasks: half earlier tasks' rows, half general English."""
     from forgetless.config import parse_config
     from forgetless.data.tasks import TrainingTask
-    from forgetless.strategies import TaskContext
     from forgetless.strategies._common import protection_examples
+    from forgetless.training import context_for
 
     config = parse_config({"model": "tiny", "tasks": [{"name": "a", "file": "a.jsonl"}, {"name": "b", "file": "b.jsonl"}]})
     rows = [{"prompt": f"Ticket {i} about billing?", "response": f"Refund number {i} issued."} for i in range(20)]
     tasks = [TrainingTask("a", "chat", rows, rows[:2]), TrainingTask("b", "chat", rows, rows[:2])]
 
     def texts(index: int) -> list[str]:
-        ctx = TaskContext(config=config, model=None, tokenizer=tokenizer, task=tasks[index], task_index=index, tasks=tasks)
+        ctx = context_for(config, None, tokenizer, tasks, index)
         return [tokenizer.decode(e["input_ids"]) for e in protection_examples(ctx, 8, "auto", seed=0)]
 
     first, second = texts(0), texts(1)

@@ -12,7 +12,7 @@ from forgetless.config import parse_config
 from forgetless.data.encoding import encode_rows
 from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
-from forgetless.strategies import TaskContext, build_strategies, build_strategy
+from forgetless.strategies import OptimizerStep, build_strategies, build_strategy
 from forgetless.strategies._common import batches
 from forgetless.strategies.ewc import (
     combine_offline,
@@ -20,7 +20,7 @@ from forgetless.strategies.ewc import (
     per_sample_fisher,
     sample_model_labels,
 )
-from forgetless.training import run_continual
+from forgetless.training import context_for, run_continual
 
 from .conftest import make_tiny_lm
 
@@ -29,7 +29,7 @@ def _rows(prefix: str, count: int) -> list[dict]:
     return [{"prompt": f"{prefix} question {i}?", "response": f"{prefix} answer number {i} is fine."} for i in range(count)]
 
 
-def _context(model, tokenizer, adapter: str = "full", index: int = 0) -> TaskContext:
+def _context(model, tokenizer, adapter: str = "full", index: int = 0):
     config = parse_config(
         {
             "model": "tiny",
@@ -40,7 +40,9 @@ def _context(model, tokenizer, adapter: str = "full", index: int = 0) -> TaskCon
         }
     )
     tasks = [TrainingTask(name, "chat", _rows(name, 6), _rows(name, 2)) for name in ("a", "b")]
-    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=tasks[index], task_index=index, tasks=tasks)
+    ctx = context_for(config, model, tokenizer, tasks, index)
+    ctx.config = config  # the tests wrap the model in LoRA with prepare_for_task, as the runner does
+    return ctx
 
 
 def _examples(tokenizer, count: int = 5) -> list[dict]:
@@ -150,7 +152,7 @@ def test_full_fine_tuning_adds_the_penalty_gradient_after_backward(tokenizer, mo
     existing = {n: torch.randn_like(p) for n, p in parameters.items()}  # the loss's own gradient is kept
     for n, p in parameters.items():
         p.grad = existing[n].clone()
-    ewc.after_backward(ctx, model, {})
+    ewc.after_backward(ctx, model, OptimizerStep(trained_tokens=1))
     for n, p in parameters.items():
         assert torch.allclose(p.grad, existing[n] + expected[n], rtol=1e-4, atol=1e-7), n
     value = ewc.penalty().item()  # one step so far: its mean is this step's value
@@ -258,7 +260,7 @@ def _task_examples(ctx, ewc):
     """The examples `consolidate` estimates on under source auto: the task just trained."""
     from forgetless.strategies._common import protection_examples
 
-    return protection_examples(ctx, ewc.samples, "current_task", seed=ctx.config.train.seed)
+    return protection_examples(ctx, ewc.samples, "current_task", seed=ctx.setup.seed)
 
 
 def test_knobs_are_validated_and_lora_stack_is_refused():

@@ -6,17 +6,17 @@ import torch
 
 from forgetless.adapters import prepare_for_task
 from forgetless.data.tasks import load_task
-from forgetless.strategies import TaskContext, build_strategy
+from forgetless.strategies import build_strategy
 from forgetless.strategies._common import block_index, trained_parameters
 from forgetless.strategies.fapm import fapm_scores, keep_mask
-from forgetless.training import run_continual
+from forgetless.training import context_for, run_continual
 
 from .conftest import make_tiny_lm, tiny_config
 
 
 def make_context(config, model, tokenizer):
     tasks = [load_task(t, seed=0) for t in config.tasks]
-    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=tasks[0], task_index=0, tasks=tasks)
+    return context_for(config, model, tokenizer, tasks, 0)
 
 
 def test_score_matches_a_hand_computation():

@@ -10,8 +10,9 @@ from forgetless.adapters import prepare_for_task
 from forgetless.config import parse_config
 from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
-from forgetless.strategies import TaskContext, build_strategy
+from forgetless.strategies import build_strategy
 from forgetless.strategies.fip import functional_distance
+from forgetless.training import context_for
 
 from .conftest import make_tiny_lm, perturb, train_tiny_on_tickets
 
@@ -24,9 +25,9 @@ def _config(**overrides):
     return parse_config(data)
 
 
-def _context(config, model, tokenizer) -> TaskContext:
+def _context(config, model, tokenizer):
     task = TrainingTask("t", "chat", ROWS, ROWS)
-    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
+    return context_for(config, model, tokenizer, [task], 0)
 
 
 def _direct(student_logits, reference_logits, mask, kind):
@@ -109,14 +110,14 @@ def test_previous_mode_refreshes_the_reference_every_refresh_steps(tiny_lm, toke
     strategy.on_task_start(ctx)
     batch = strategy.anchor_batch(ctx)
     perturb(tiny_lm)
-    ctx.global_step = 1  # not yet due: still measured against the weights at task start
+    ctx.clock.global_step = 1  # not yet due: still measured against the weights at task start
     assert strategy.extra_loss(ctx, tiny_lm, {}, None).item() > 1e-4
     assert strategy._refreshed_at == 0
-    ctx.global_step = 2  # due: the reference moves to the current weights
+    ctx.clock.global_step = 2  # due: the reference moves to the current weights
     assert strategy.extra_loss(ctx, tiny_lm, {}, None).item() == pytest.approx(0.0, abs=1e-6)
     assert strategy._refreshed_at == 2
     perturb(tiny_lm, seed=2)
-    ctx.global_step = 3
+    ctx.clock.global_step = 3
     assert strategy.penalty(ctx, tiny_lm, batch).item() > 1e-4
     # After the task: the copy is freed, the mean is reported, and nothing needs saving for later tasks.
     strategy.consolidate(ctx)

@@ -10,13 +10,13 @@ from safetensors.torch import load_file, save_file
 from forgetless.config import parse_config
 from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
-from forgetless.strategies import TaskContext, build_strategy
-from forgetless.training import run_continual
+from forgetless.strategies import build_strategy
+from forgetless.training import context_for, run_continual
 
 from .conftest import make_tiny_lm
 
 
-def _context(model, tokenizer, adapter: str = "full") -> TaskContext:
+def _context(model, tokenizer, adapter: str = "full"):
     config = parse_config(
         {
             "model": "tiny",
@@ -26,7 +26,9 @@ def _context(model, tokenizer, adapter: str = "full") -> TaskContext:
         }
     )
     task = TrainingTask("a", "text", [{"text": "x y"}], [{"text": "x y"}])
-    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
+    ctx = context_for(config, model, tokenizer, [task], 0)
+    ctx.config = config  # the tests wrap the model in LoRA with prepare_for_task, as the runner does
+    return ctx
 
 
 def test_penalty_is_zero_at_the_start_and_exactly_quadratic(tokenizer, tmp_path):

@@ -5,18 +5,17 @@ import pytest
 import torch
 
 from forgetless.data.tasks import load_task
-from forgetless.strategies import TaskContext, build_strategy
+from forgetless.strategies import OptimizerStep, build_strategy
 from forgetless.strategies._common import block_index, protection_examples, trained_parameters
-from forgetless.strategies.layerwise import layer_coefficients, squared_gradient_importance
-from forgetless.training import run_continual, token_cross_entropy
+from forgetless.strategies.layerwise import layer_coefficients, squared_gradient_importance, trained_tokens
+from forgetless.training import context_for, run_continual
 
-from .conftest import make_tiny_lm, tiny_config
+from .conftest import make_tiny_lm, mean_token_nll, tiny_config
 
 
 def make_context(config, model, tokenizer, task_index=0):
     tasks = [load_task(t, seed=0) for t in config.tasks]
-    task = tasks[task_index]
-    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=task_index, tasks=tasks)
+    return context_for(config, model, tokenizer, tasks, task_index)
 
 
 def random_drift(model, scale=1e-2, seed=1):
@@ -89,7 +88,7 @@ def test_importance_is_token_count_times_squared_batch_gradient(tiny_lm, tokeniz
     for w in weights.values():
         w.requires_grad_(True)
     logits = tiny_lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    token_cross_entropy(logits, batch["labels"]).backward()
+    mean_token_nll(logits, batch["labels"]).backward()
     tokens = int((batch["labels"][:, 1:] != -100).sum())
     for name, w in weights.items():
         assert torch.allclose(omega[name], tokens * w.grad.square(), rtol=1e-4, atol=1e-12)
@@ -171,14 +170,14 @@ def test_lora_penalty_is_on_the_adapter_update(tokenizer, task_files):
 
 def _spy_first_index(monkeypatch):
     """Capture the indices layerwise protects during the first task (before later tasks add their own)."""
-    import forgetless.training as training
+    from forgetless.strategies import StrategyStack
 
     captured: dict = {}
-    real = training.build_strategies
+    real = StrategyStack.from_specs
 
-    def spy(*args, **kwargs):
-        stack = real(*args, **kwargs)
-        for strategy in [s for s in stack if s.name == "layerwise"]:
+    def spy(specs):
+        stack = real(specs)
+        for strategy in [s for s in stack.strategies if s.name == "layerwise"]:
             original = strategy.on_task_start
 
             def on_task_start(ctx, original=original, strategy=strategy):
@@ -189,7 +188,7 @@ def _spy_first_index(monkeypatch):
             strategy.on_task_start = on_task_start
         return stack
 
-    monkeypatch.setattr(training, "build_strategies", spy)
+    monkeypatch.setattr(StrategyStack, "from_specs", staticmethod(spy))
     return captured
 
 
@@ -218,9 +217,9 @@ def _train_by_hand(ctx, strategy, feature_batches):
     for batch in feature_batches:
         ctx.model.zero_grad()
         outputs = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss = token_cross_entropy(outputs.logits, batch["labels"]) + strategy.extra_loss(ctx, ctx.model, batch, outputs)
+        loss = mean_token_nll(outputs.logits, batch["labels"]) + strategy.extra_loss(ctx, ctx.model, batch, outputs)
         loss.backward()
-        strategy.after_backward(ctx, ctx.model, batch)
+        strategy.after_backward(ctx, ctx.model, OptimizerStep(trained_tokens(batch["labels"])))
     ctx.model.zero_grad()
 
 
@@ -239,7 +238,7 @@ def test_task_importance_is_the_last_steps_cross_entropy_gradients(prepared, mon
     for batch in feature_batches[2:]:  # the last two steps only
         ctx.model.zero_grad()
         logits = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        token_cross_entropy(logits, batch["labels"]).backward()
+        mean_token_nll(logits, batch["labels"]).backward()
         tokens = int((batch["labels"][:, 1:] != -100).sum())
         for name, p in weights.items():
             expected[name] += tokens * p.grad.square() / 2

@@ -10,9 +10,10 @@ from forgetless.config import parse_config
 from forgetless.data.encoding import PaddingCollator, encode_rows
 from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
-from forgetless.strategies import TaskContext, build_strategies, build_strategy
+from forgetless.strategies import build_strategies, build_strategy
 from forgetless.strategies import lwf as lwf_module
 from forgetless.strategies.lwf import distillation_loss
+from forgetless.training import context_for
 
 from .conftest import TICKET_ROWS, make_tiny_lm, perturb, train_tiny_on_tickets
 
@@ -25,9 +26,9 @@ def _config(**overrides):
     return parse_config(data)
 
 
-def _context(config, model, tokenizer) -> TaskContext:
+def _context(config, model, tokenizer):
     task = TrainingTask("t", "chat", ROWS, ROWS)
-    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
+    return context_for(config, model, tokenizer, [task], 0)
 
 
 def _batch(tokenizer):

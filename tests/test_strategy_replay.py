@@ -9,9 +9,9 @@ import torch
 from forgetless.config import parse_config
 from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
-from forgetless.strategies import TaskContext, build_strategy
+from forgetless.strategies import build_strategy
 from forgetless.strategies.replay import mix_counts, reservoir_sample
-from forgetless.training import run_continual
+from forgetless.training import context_for, run_continual
 
 from .conftest import make_tiny_lm, tiny_config
 
@@ -46,8 +46,7 @@ def make_context(tokenizer, task_index: int, n_tasks: int = 3):
     task_configs = [{"name": f"t{i}", "builtin": "support"} for i in range(n_tasks)]
     config = parse_config({"tasks": task_configs, "train": {"max_length": 64}})
     tasks = [TrainingTask(f"t{i}", "chat", [], []) for i in range(n_tasks)]
-    return TaskContext(config=config, model=torch.nn.Linear(1, 1), tokenizer=tokenizer, task=tasks[task_index],
-                       task_index=task_index, tasks=tasks)
+    return context_for(config, torch.nn.Linear(1, 1), tokenizer, tasks, task_index)
 
 
 def source(example) -> str:

@@ -8,8 +8,8 @@ from forgetless.config import parse_config
 from forgetless.data.encoding import chat_prompt_text, encode_chat, encode_rows
 from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
-from forgetless.strategies import TaskContext, build_strategy
-from forgetless.training import run_continual
+from forgetless.strategies import build_strategy
+from forgetless.training import context_for, run_continual
 
 from .conftest import make_tiny_lm, tiny_config
 
@@ -23,8 +23,7 @@ def make_context(model, tokenizer, task_index=0):
     task_configs = [{"name": "a", "builtin": "support"}, {"name": "b", "builtin": "legal"}]
     config = parse_config({"tasks": task_configs, "train": {"max_length": 64}})
     tasks = [TrainingTask("a", "chat", CHAT_ROWS, CHAT_ROWS[:1]), TrainingTask("b", "text", TEXT_ROWS, TEXT_ROWS[:1])]
-    task = tasks[task_index]
-    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=task_index, tasks=tasks)
+    return context_for(config, model, tokenizer, tasks, task_index)
 
 
 class FakeGenerator:

@@ -10,8 +10,8 @@ from forgetless.config import parse_config
 from forgetless.data.encoding import IGNORE_INDEX, encode_rows
 from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
-from forgetless.strategies import TaskContext, build_strategy
-from forgetless.training import run_continual
+from forgetless.strategies import build_strategy
+from forgetless.training import context_for, run_continual
 
 from .conftest import make_tiny_lm, tiny_config
 
@@ -32,7 +32,7 @@ def cache_dir(tmp_path, monkeypatch):
 def make_context(model, tokenizer, adapter="full"):
     config = parse_config({"tasks": [{"name": "t", "builtin": "support"}], "adapter": adapter})
     task = TrainingTask("t", "chat", ROWS, ROWS)
-    return TaskContext(config=config, model=model, tokenizer=tokenizer, task=task, task_index=0, tasks=[task])
+    return context_for(config, model, tokenizer, [task], 0)
 
 
 def direct_nlls(model, example):

@@ -3,37 +3,11 @@
 import json
 
 import torch
-import torch.nn.functional as F
 
 from forgetless.strategies import Strategy, register_strategy
-from forgetless.training import run_continual, token_cross_entropy
+from forgetless.training import run_continual
 
 from .conftest import make_tiny_lm, tiny_config
-
-
-def test_token_cross_entropy_matches_a_direct_computation():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 7)
-    labels = torch.tensor([[-100, 1, 2, 3, -100], [-100, -100, 4, 5, 6]])
-    weights = torch.tensor([[1.0, 1.0, 0.5, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0, 2.0]])
-    total, mass = 0.0, 0.0
-    for b in range(2):
-        for t in range(1, 5):  # logits at t-1 predict token t
-            if labels[b, t] != -100:
-                nll = -F.log_softmax(logits[b, t - 1], dim=-1)[labels[b, t]]
-                total += weights[b, t] * nll
-                mass += weights[b, t]
-    assert torch.allclose(token_cross_entropy(logits, labels, weights), total / mass)
-    unweighted = token_cross_entropy(logits, labels)
-    direct = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=-100)
-    assert torch.allclose(unweighted, direct)
-
-
-def test_token_cross_entropy_with_nothing_to_learn_is_zero_with_a_graph():
-    logits = torch.randn(1, 3, 5, requires_grad=True)
-    loss = token_cross_entropy(logits, torch.full((1, 3), -100))
-    assert loss.item() == 0.0
-    loss.backward()  # does not raise: the graph is kept
 
 
 def training_config(task_files, **overrides):
@@ -133,16 +107,17 @@ class _Recorder(Strategy):
 
 
 def test_strategy_hooks_run_in_order_and_their_loss_is_added(tmp_path, tokenizer, task_files, monkeypatch):
-    import forgetless.training as training
+    from forgetless.strategies import StrategyStack
 
     created = []
-    real_build = training.build_strategies
+    real_build = StrategyStack.from_specs
 
-    def spy(*args, **kwargs):
-        created.extend(real_build(*args, **kwargs))
-        return created
+    def spy(specs):
+        stack = real_build(specs)
+        created.extend(stack.strategies)
+        return stack
 
-    monkeypatch.setattr(training, "build_strategies", spy)
+    monkeypatch.setattr(StrategyStack, "from_specs", staticmethod(spy))
     config = training_config(task_files, strategies=[{"name": "_test_recorder", "extra": 5.0}], eval={"suites": []})
     results = run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
     recorder = created[0]

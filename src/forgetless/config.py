@@ -74,6 +74,22 @@ class TrainConfig(_Strict):
     max_length: int = Field(128, gt=8, description="Training examples are truncated to this many tokens.")
     seed: int = Field(0, description="Seed for data order, initialisation and sampling.")
     max_train_examples: int | None = Field(None, gt=0, description="Use at most this many training rows per task.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision of the training forward (weights stay in model_dtype)."
+    )
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="Micro-batches per optimizer step; batch_size is split evenly across them."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> "TrainConfig":
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of gradient_accumulation_steps "
+                f"({self.gradient_accumulation_steps}): it is the examples per optimizer step"
+            )
+        return self
 
 
 class RunConfig(_Strict):
@@ -90,6 +106,17 @@ class RunConfig(_Strict):
         "last", description="Which safetensors checkpoints to write (adapters only under LoRA)."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder (off: safe).")
+    model_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype the weights load in.")
+
+    def training_setup(self):
+        """The facts strategies see about how tasks train (strategies never read the config itself)."""
+        from .strategies.base import TrainingSetup
+
+        return TrainingSetup(
+            adapter=self.adapter, lora_between_tasks=self.lora.between_tasks, max_length=self.train.max_length,
+            batch_size=self.train.batch_size, seed=self.train.seed, precision=self.train.precision,
+            total_tasks=len(self.tasks),
+        )
 
     @model_validator(mode="after")
     def _unique_task_names(self) -> "RunConfig":

@@ -117,9 +117,17 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code:
     return model
 
 
-def load_model_and_tokenizer(spec: str, trust_remote_code: bool = False):
+def default_model_path() -> str:
+    """A local folder holding the bundled default model as a plain transformers model (converted on first use).
+
+    Any Hugging Face tool loads it: `AutoModelForCausalLM.from_pretrained(forgetless.default_model_path())`.
+    """
+    return str(default_model_folder())
+
+
+def load_model_and_tokenizer(spec: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
-    model = load_model(spec, trust_remote_code=trust_remote_code)
+    model = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -2,10 +2,12 @@
 
 One run = model + adapter + ordered tasks + strategies + evaluation suites + schedule. Per task:
 
-    prepare model (LoRA adapter or all weights) -> strategies.on_task_start -> encode rows
-    -> strategies.prepare_examples -> Trainer.train (loss = token CE + sum of strategies' extra_loss,
-       evaluation every `eval.every_steps`) -> strategies.transform_weights -> strategies.consolidate
+    prepare model (LoRA adapter or all weights) -> encode rows -> with_strategies(Trainer).train(), in
+    which the StrategyStack runs on_task_start, prepare_examples, the loss terms and after_backward of
+    every step, then transform_weights and consolidate (evaluation every `eval.every_steps`)
     -> evaluate -> checkpoint -> merge LoRA (merge mode)
+
+The runner trains through the same `with_strategies` glue as a user's own script, so the two cannot drift.
 
 The Trainer gives accelerate, DDP/FSDP/DeepSpeed, mixed precision and logger integrations for free.
 """
@@ -21,98 +23,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from . import __version__
 from .adapters import adapter_name, finish_task, prepare_for_task, trainable_parameter_count
 from .config import RunConfig
-from .data.encoding import IGNORE_INDEX, PaddingCollator, encode_rows
+from .data.encoding import PaddingCollator, encode_rows
 from .data.tasks import TrainingTask, load_task
 from .errors import ForgetlessError
 from .evaluation.evaluator import EvaluationLog, Evaluator
 from .evaluation.suites import heldout_task, load_eval_file, load_suite
 from .fileio import atomic_write_json
-from .metrics import continual_metrics, general_change
+from .integrations.strategy_trainer import ListDataset, with_strategies
 from .models import load_model_and_tokenizer
-from .strategies import Strategy, TaskContext, build_strategies
-
-
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Next-token cross-entropy averaged over trained tokens, each weighted by `weights` if given.
-
-    logits (B, T, V), labels (B, T) with -100 where untrained, weights (B, T) or None.
-    The average is over the weight mass, so weights rescale tokens relative to each other.
-    """
-    logits = logits[:, :-1, :]  # position t predicts token t+1
-    targets = labels[:, 1:]
-    nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view_as(targets)  # (B, T-1)
-    mass = (targets != IGNORE_INDEX).float()
-    if weights is not None:
-        mass = mass * weights[:, 1:]
-    total = mass.sum()
-    if total <= 0:
-        return nll.sum() * 0.0  # nothing to learn in this batch; keep the graph for DDP
-    return (nll * mass).sum() / total
-
-
-class ForgetlessTrainer(Trainer):
-    """Trainer whose loss is token-weighted cross-entropy plus every strategy's extra term."""
-
-    def __init__(self, *args, strategies: list[Strategy], context: TaskContext, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.strategies = strategies
-        self.context = context
-        self.loss_parts: dict[str, float] = {}
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        weights = inputs.pop("token_weights", None)
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        loss = token_cross_entropy(outputs.logits, labels, weights)
-        self.loss_parts = {"ce": float(loss.detach())}
-        batch = {"labels": labels, "token_weights": weights, **inputs}
-        for strategy in self.strategies:
-            extra = strategy.extra_loss(self.context, model, batch, outputs)
-            if extra is not None:
-                self.loss_parts[strategy.name] = float(extra.detach())
-                loss = loss + extra
-        return (loss, outputs) if return_outputs else loss
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        for strategy in self.strategies:  # gradients are in .grad until the optimiser step
-            strategy.after_backward(self.context, model, inputs)
-        return loss
-
-
-class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict[str, Any]]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.rows[index]
+from .results import build_results
+from .strategies import Strategy, StrategyStack, TaskData
 
 
 class _StepCallback(TrainerCallback):
-    """Keeps the global step in the task context and runs the periodic evaluation."""
+    """Runs the periodic evaluation."""
 
-    def __init__(self, run: "ContinualRun", context: TaskContext, step_offset: int):
+    def __init__(self, run: "ContinualRun", task_name: str, step_offset: int):
         self.run = run
-        self.context = context
+        self.task_name = task_name
         self.step_offset = step_offset
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.context.global_step = self.step_offset + state.global_step
         every = self.run.config.eval.every_steps
         if every and state.global_step % every == 0 and state.global_step < state.max_steps:
-            self.run.evaluator.evaluate(model, "step", self.context.task.name, self.context.global_step)
+            self.run.evaluator.evaluate(model, "step", self.task_name, self.step_offset + state.global_step)
             model.train()
         return control
 
@@ -172,7 +110,9 @@ class ContinualRun:
         self.out_dir = Path(out_dir)
         self.progress = progress
         # Everything that can fail on bad input fails here, before any training.
-        self.strategies = build_strategies(config.strategies, config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        self.stack = StrategyStack.from_specs(config.strategies)
+        self.stack.check(config.training_setup(), world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        self.strategies = self.stack.strategies
         self.tasks: list[TrainingTask] = [load_task(t, seed=config.train.seed) for t in config.tasks]
         for task in self.tasks:
             if config.train.max_train_examples:
@@ -182,7 +122,9 @@ class ContinualRun:
         general = [t for suite in config.eval.suites for t in load_suite(suite)]
         general += [load_eval_file(t.name, t.file) for t in config.eval.tasks]
         if model is None:
-            model, tokenizer = load_model_and_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+            model, tokenizer = load_model_and_tokenizer(
+                config.model, trust_remote_code=config.trust_remote_code, dtype=getattr(torch, config.model_dtype)
+            )
         self.model, self.tokenizer = model, tokenizer
         held_out = [heldout_task(t, config.eval.task_choices) for t in self.tasks]
         self.evaluator = Evaluator(general, held_out, tokenizer, config.eval.limit, progress)
@@ -195,7 +137,12 @@ class ContinualRun:
         return TrainingArguments(
             output_dir=str(self.out_dir / ".trainer"),
             max_steps=train.steps,
-            per_device_train_batch_size=train.batch_size,
+            per_device_train_batch_size=train.batch_size // train.gradient_accumulation_steps,
+            gradient_accumulation_steps=train.gradient_accumulation_steps,
+            # Passed only when on: transformers 5 warns on every explicit value of this renamed argument.
+            **({"gradient_checkpointing": True} if train.gradient_checkpointing else {}),
+            bf16=train.precision == "bf16",
+            fp16=train.precision == "fp16",
             learning_rate=train.lr,
             lr_scheduler_type="constant_with_warmup" if train.scheduler == "constant" else train.scheduler,
             warmup_steps=train.warmup_steps,
@@ -204,7 +151,6 @@ class ContinualRun:
             logging_steps=max(1, train.steps // 10),
             save_strategy="no",  # checkpoints are ours: safetensors, atomic, with strategy state
             report_to=[],
-            remove_unused_columns=False,  # keeps token_weights
             disable_tqdm=not self.progress,
             dataloader_num_workers=0,
             dataloader_pin_memory=False,
@@ -213,49 +159,33 @@ class ContinualRun:
     def _train_task(self, task_index: int, task: TrainingTask) -> None:
         started = time.perf_counter()
         self.model = prepare_for_task(self.model, self.config, task_index)
-        context = TaskContext(
-            config=self.config,
-            model=self.model,
-            tokenizer=self.tokenizer,
-            task=task,
-            task_index=task_index,
-            tasks=self.tasks,
-            global_step=self.global_step,
-        )
-        for strategy in self.strategies:
-            strategy.on_task_start(context)
         examples = encode_rows(self.tokenizer, task.train, self.config.train.max_length)
-        for strategy in self.strategies:
-            examples = strategy.prepare_examples(context, examples)
-        if not examples:
+        if not examples and not self.stack.uses("prepare_examples"):  # a data-side strategy may still add some
             raise ForgetlessError(f"task {task.name!r}: no training example has a token to learn from")
-        trainer = ForgetlessTrainer(
+        trainer = with_strategies(Trainer)(
             model=self.model,
             args=self._training_arguments(task_index),
-            train_dataset=_ListDataset(examples),
+            train_dataset=ListDataset(examples),
             data_collator=PaddingCollator(self.tokenizer.pad_token_id),
-            strategies=self.strategies,
-            context=context,
-            callbacks=[_StepCallback(self, context, self.global_step)],
+            processing_class=self.tokenizer,
+            strategies=self.stack,
+            forgetless_setup=self.config.training_setup(),
+            forgetless_adapter=adapter_name(task_index) if self.config.adapter == "lora" else None,
+            forgetless_task=TaskData(name=task.name, format=task.format, rows=task.train, examples=examples),
+            callbacks=[_StepCallback(self, task.name, self.stack.global_step)],
         )
         output = trainer.train()
-        self.global_step += self.config.train.steps
-        context.global_step = self.global_step
-        context.model = self.model
-        for strategy in self.strategies:
-            strategy.transform_weights(context)
-        for strategy in self.strategies:
-            strategy.consolidate(context)
+        self.global_step = self.stack.global_step
         trainable, total = trainable_parameter_count(self.model)
+        task_log = trainer.forgetless_task_logs[-1] if trainer.forgetless_task_logs else {}
         self.task_logs.append(
             {
-                "task": task.name,
-                "examples": len(examples),
                 "train_loss": output.training_loss,
                 "train_seconds": time.perf_counter() - started,
                 "trainable_parameters": trainable,
                 "total_parameters": total,
-                **context.log,
+                "task": task.name,
+                **{k: v for k, v in task_log.items() if k != "task"},
             }
         )
 
@@ -295,41 +225,28 @@ class ContinualRun:
         return results
 
     def _results(self, wall_time: float) -> dict[str, Any]:
-        log = self.evaluator.log
-        task_names = [t.name for t in self.tasks]
-        matrix_records = [r for r in log.task_evals if r["stage"] in ("before", "after_task")]
-        matrix = [[record["scores"][name]["score"] for name in task_names] for record in matrix_records]
-        metrics: dict[str, Any] = dict(continual_metrics(matrix))
-        if log.general and log.general[0]["scores"]:
-            change = general_change(log.general_samples[0], log.general_samples[-1])
-            metrics.update(
-                general_before=change["before"],
-                general_after=change["after"],
-                general_delta_abs=change["delta_abs"],
-                general_delta_rel=change["delta_rel"],
-                general_delta_se=change["delta_se"],
-                general_within_noise=change["within_noise"],
-                general_tasks=change["tasks"],
-            )
-        return {
-            "forgetless_version": __version__,
-            "model": self.config.model,
-            "adapter": self.config.adapter,
-            "strategies": [s.name for s in self.strategies],
-            "tasks": task_names,
-            "matrix": matrix,
-            "matrix_rows": ["before training"] + [f"after {name}" for name in task_names],
-            "task_metric": {t.name: heldout_task(t).metric for t in self.tasks},
-            "general": log.general,
-            "task_evals": log.task_evals,
-            "metrics": metrics,
-            "training": self.task_logs,
-            "eval_seconds": log.seconds,
-            "wall_time_s": wall_time,
-            "config": self.config.model_dump(mode="json"),
-        }
+        return build_results(
+            self.evaluator.log, [t.name for t in self.tasks], {t.name: heldout_task(t).metric for t in self.tasks},
+            model=self.config.model, adapter=self.config.adapter, strategies=self.stack.names,
+            stores_raw_data=[s.name for s in self.strategies if s.stores_raw_data],
+            training=self.task_logs, wall_time_s=wall_time, config=self.config.model_dump(mode="json"),
+        )
 
 
 def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=None, progress: bool = True) -> dict[str, Any]:
     """Train `config.tasks` in order and write results.json, report.md and plots into `out_dir`."""
     return ContinualRun(config, out_dir, model=model, tokenizer=tokenizer, progress=progress).execute()
+
+
+def context_for(config: RunConfig, model, tokenizer, tasks: list[TrainingTask], task_index: int = 0):
+    """The TaskContext the runner gives strategies for task `task_index` (tests and benchmarks use it)."""
+    from .strategies import Clock, TaskContext
+
+    def data(task: TrainingTask) -> TaskData:
+        return TaskData(name=task.name, format=task.format, rows=task.train)
+
+    return TaskContext(
+        setup=config.training_setup(), model=model, tokenizer=tokenizer, task=data(tasks[task_index]), task_index=task_index,
+        earlier_tasks=[data(t) for t in tasks[:task_index]],
+        adapter=adapter_name(task_index) if config.adapter == "lora" else None, clock=Clock(task_steps=config.train.steps),
+    )

@@ -1,7 +1,7 @@
 """Turning rows into token ids and labels, and batches of those into padded tensors.
 
-A training feature is a dict with `input_ids` and `labels` (lists of ints, -100 where no loss is taken)
-and optionally `token_weights` (floats, one per token; strategies such as STM set them). Chat rows
+A training feature is a dict with `input_ids` and `labels` (lists of ints, -100 where no loss is taken;
+STM masks tokens that way). Chat rows
 (prompt/response) take loss on the response only; plain text takes loss everywhere.
 """
 
@@ -70,7 +70,7 @@ def encode_rows(tokenizer, rows: list[dict[str, Any]], max_length: int) -> list[
 
 
 class PaddingCollator:
-    """Right-pads a list of features into tensors; padded positions get label -100 and weight 0."""
+    """Right-pads a list of features into tensors; padded positions get label -100."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -81,16 +81,9 @@ class PaddingCollator:
         input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)  # (B, T)
         attention_mask = torch.zeros((batch, length), dtype=torch.long)
         labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
-        with_weights = any("token_weights" in f for f in features)
-        weights = torch.zeros((batch, length), dtype=torch.float32) if with_weights else None
         for row, feature in enumerate(features):
             n = len(feature["input_ids"])
             input_ids[row, :n] = torch.tensor(feature["input_ids"], dtype=torch.long)
             attention_mask[row, :n] = 1
             labels[row, :n] = torch.tensor(feature["labels"], dtype=torch.long)
-            if weights is not None:
-                weights[row, :n] = torch.tensor(feature.get("token_weights", [1.0] * n), dtype=torch.float32)
-        batch_dict = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if weights is not None:
-            batch_dict["token_weights"] = weights
-        return batch_dict
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -11,7 +11,7 @@ import inspect
 from typing import Any
 
 from ..errors import ForgetlessError
-from .base import Strategy, TaskContext
+from .base import Clock, OptimizerStep, Strategy, TaskContext, TaskData, TrainingSetup
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -29,38 +29,41 @@ def known_strategies() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_strategy(spec: str | dict[str, Any]) -> Strategy:
-    """`"naive"` or `{"name": "ewc", "lam": 100}` -> a Strategy instance; unknown names/params are errors."""
+def build_strategy(spec: str | dict[str, Any], path: str = "strategy") -> Strategy:
+    """`"naive"` or `{"name": "ewc", "lam": 100}` -> a Strategy instance; unknown names/params are errors.
+
+    `path` names the spec in error messages (`strategies[1]`), so a bad value points at its config field.
+    """
     if isinstance(spec, str):
         name, params = spec, {}
     else:
         params = dict(spec)
         name = params.pop("name", None)
         if not isinstance(name, str):
-            raise ForgetlessError(f"a strategy given as a mapping needs a 'name': {spec}")
+            raise ForgetlessError(f"{path}: a strategy given as a mapping needs a 'name': {spec}")
     if name not in _REGISTRY:
-        raise ForgetlessError(f"unknown strategy {name!r}; known: {', '.join(known_strategies())}")
+        raise ForgetlessError(f"{path}: unknown strategy {name!r}; known: {', '.join(known_strategies())}")
     cls = _REGISTRY[name]
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ForgetlessError(f"strategy {name!r} has no parameter(s) {unknown}; accepted: {accepted or 'none'}")
+        raise ForgetlessError(f"{path}: strategy {name!r} has no parameter(s) {unknown}; accepted: {accepted or 'none'}")
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
-        raise ForgetlessError(f"strategy {name!r}: {exc}") from None
+        raise ForgetlessError(f"{path} ({name}): {exc}") from None
 
 
-def build_strategies(specs: list[str | dict[str, Any]], config=None, world_size: int = 1) -> list[Strategy]:
-    stack = [build_strategy(spec) for spec in specs]
-    names = [s.name for s in stack]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ForgetlessError(f"strategy listed more than once: {repeated}")
-    if config is not None:
-        for strategy in stack:
-            strategy.check(config, stack, world_size)
-    return stack
+def build_strategies(specs: list[str | dict[str, Any]], setup=None, world_size: int = 1) -> list[Strategy]:
+    """Build a stack's strategies from config specs and, given a TrainingSetup, check them before training."""
+    from .stack import StrategyStack
+
+    stack = StrategyStack.from_specs(specs)
+    if hasattr(setup, "training_setup"):  # a RunConfig
+        setup = setup.training_setup()
+    if setup is not None:
+        stack.check(setup, world_size)
+    return stack.strategies
 
 
 def _import_strategy_modules() -> None:
@@ -69,10 +72,15 @@ def _import_strategy_modules() -> None:
     import pkgutil
 
     for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_") and module.name != "base":
+        if not module.name.startswith("_") and module.name not in ("base", "stack"):
             importlib.import_module(f"{__name__}.{module.name}")
 
 
 _import_strategy_modules()
 
-__all__ = ["Strategy", "TaskContext", "build_strategies", "build_strategy", "known_strategies", "register_strategy"]
+from .stack import MicroBatch, StrategyStack  # noqa: E402  (after the registry it imports from)
+
+__all__ = [
+    "Clock", "MicroBatch", "OptimizerStep", "Strategy", "StrategyStack", "TaskContext", "TaskData", "TrainingSetup",
+    "build_strategies", "build_strategy", "known_strategies", "register_strategy",
+]

@@ -17,7 +17,7 @@ import torch
 
 from ..data.encoding import PaddingCollator, encode_rows
 from ..errors import ForgetlessError
-from .base import TaskContext
+from .base import TaskContext, TaskData
 
 ProtectionSource = Literal["auto", "general", "earlier_tasks", "current_task"]
 
@@ -28,17 +28,27 @@ def protection_rows(ctx: TaskContext, source: ProtectionSource = "auto") -> list
     `protection_examples` is the entry point: for `auto` after the first task it mixes both kinds.
     """
     if source == "current_task":
-        return list(ctx.task.train)
+        return task_rows(ctx.task)
     if source == "earlier_tasks" or (source == "auto" and ctx.earlier_tasks):
-        return [row for task in ctx.earlier_tasks for row in task.train]
+        return [row for task in ctx.earlier_tasks for row in task_rows(task)]
     return [{"text": text} for text in ctx.general_texts]
+
+
+def task_rows(task: TaskData) -> list[dict[str, Any]]:
+    """A task's raw rows, or its encoded examples where only token ids are known (a user's tokenized data).
+
+    `sample_examples` takes either kind: rows are encoded, examples are used as they are.
+    """
+    return list(task.rows) if task.rows is not None else list(task.examples)
 
 
 def sample_examples(ctx: TaskContext, rows: list[dict[str, Any]], count: int, max_length: int, seed: int = 0):
     """`count` encoded examples drawn from `rows` without replacement (deterministic for a seed)."""
     rows = list(rows)
     random.Random(seed).shuffle(rows)
-    features = encode_rows(ctx.tokenizer, rows[: count * 2], max_length)  # text rows may split in windows
+    picked = rows[: count * 2]  # text rows may split in windows
+    encoded = [row for row in picked if "input_ids" in row]  # already encoded (a user's tokenized task)
+    features = encoded + encode_rows(ctx.tokenizer, [row for row in picked if "input_ids" not in row], max_length)
     return features[:count]
 
 
@@ -49,7 +59,7 @@ def protection_examples(ctx: TaskContext, count: int, source: ProtectionSource =
     general ability needs protecting on every task, not only the first: a strategy whose reference
     moves to each task's start (fip) would otherwise hold nothing of it from the second task on.
     """
-    max_length = ctx.config.train.max_length
+    max_length = ctx.setup.max_length
     if source == "auto" and ctx.earlier_tasks:
         general = sample_examples(ctx, protection_rows(ctx, "general"), count // 2, max_length, seed)
         earlier = sample_examples(ctx, protection_rows(ctx, "earlier_tasks"), count - len(general), max_length, seed)
@@ -58,7 +68,7 @@ def protection_examples(ctx: TaskContext, count: int, source: ProtectionSource =
 
 
 def batches(features: list[dict[str, Any]], batch_size: int, pad_token_id: int, device=None) -> Iterator[dict[str, torch.Tensor]]:
-    """Padded tensor batches (input_ids, attention_mask, labels[, token_weights]) in order."""
+    """Padded tensor batches (input_ids, attention_mask, labels) in order."""
     collate = PaddingCollator(pad_token_id)
     for start in range(0, len(features), batch_size):
         batch = collate(features[start : start + batch_size])

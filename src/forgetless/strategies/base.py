@@ -1,44 +1,95 @@
 """The strategy interface: a few optional hooks through which every method against forgetting plugs in.
 
-A run holds a list of strategies; the runner calls each hook of each strategy in list order, so stacking
-(STM + replay, LwF + FIP) is the normal case. Hook order for every task:
+A `StrategyStack` (strategies/stack.py) is the only caller of these hooks: the runner, `with_strategies`
+(a user's own Trainer), the benchmarks and the tests all go through it, so every hook sees the same
+batch and one model handle. Hook order for every task (each hook runs for every strategy, in list order):
 
-    on_task_start -> prepare_examples -> [training: extra_loss every step] -> transform_weights
-    -> consolidate -> (evaluation, checkpoint)
+    on_task_start -> prepare_examples -> [every micro-batch: extra_loss; every optimizer step:
+    after_backward] -> transform_weights -> consolidate -> (evaluation, checkpoint)
 
-Data side: `prepare_examples` changes the task's encoded examples or their token weights (STM masks,
-replay mixing). Loss side: `extra_loss` returns a term added to the cross-entropy (EWC, LwF, FIP).
-After a task: `transform_weights` edits weights post hoc (FAPM pruning, WiSE-FT interpolation) and
-`consolidate` records what the next task must protect (Fisher, importance, anchors, buffers).
-Capabilities are declared as class attributes and checked by `check` before anything trains.
+What each hook may change:
+- `on_task_start`: the strategy's own state (references, anchors, importance of the starting model).
+  Must not change the model's weights.
+- `prepare_examples`: returns the task's encoded examples (input_ids, labels); may drop examples, mask
+  labels (-100) or add examples (replay, rehearsal). It may run the model without gradients.
+- `extra_loss`: returns a scalar added to the training loss (or None). Gradients flow through it. With
+  `loss_scope = "step"` it is called once per optimizer step (on the step's first micro-batch) and counts
+  once; with `"batch"` it is called on every micro-batch and weighted by that micro-batch's share of the
+  step's trained tokens, so gradient accumulation gives the same step as one large batch.
+- `after_backward`: once per optimizer step, after the last micro-batch's backward, before gradient
+  clipping and the optimizer step; `.grad` then holds the whole step's gradient (extra terms included).
+  It may read gradients, and may add to them (EWC adds its penalty's gradient there); nothing else.
+- `transform_weights`: after training a task, edit the weights in place (FAPM pruning, WiSE-FT).
+- `consolidate`: after `transform_weights`, record what later tasks must protect (Fisher, buffers).
+- `state_tensors` / `load_state_tensors`: the strategy's state as named tensors (safetensors), saved
+  with every checkpoint; a loaded state continues protecting what the saved one protected.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from ..errors import ForgetlessError
 
-if TYPE_CHECKING:  # imported for annotations only: keeps strategies importable without the runner
-    from ..config import RunConfig
-    from ..data.tasks import TrainingTask
+Adapter = Literal["full", "lora"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """How tasks are trained: the same facts whether forgetless's runner or a user's Trainer trains them."""
+
+    adapter: Adapter = "full"  # all weights, or a PEFT LoRA adapter
+    lora_between_tasks: Literal["merge", "stack"] = "merge"  # LoRA: fold each task's adapter in, or keep stacking
+    max_length: int = 128  # tokens per training example (strategies encode their own data to this length)
+    batch_size: int = 8  # examples per optimizer step, all micro-batches together
+    seed: int = 0
+    precision: Precision = "fp32"  # autocast precision of the training forward
+    total_tasks: int | None = None  # tasks in the whole sequence, when known (None in a user's script)
+
+
+@dataclass
+class TaskData:
+    """One training task as strategies see it."""
+
+    name: str
+    format: str  # "chat" (prompt/response, loss on the response) or "text"
+    rows: list[dict[str, Any]] | None  # raw rows ({prompt, response} or {text}); None when only token ids exist
+    examples: list[dict[str, list[int]]] = field(default_factory=list)  # encoded, before any strategy changed them
+
+
+@dataclass
+class Clock:
+    """Optimizer steps: over the whole sequence, and within the task being trained."""
+
+    global_step: int = 0  # steps of earlier tasks plus this one so far
+    task_step: int = 0  # steps of this task so far
+    task_steps: int | None = None  # steps this task will take (known once training starts)
+
+
+@dataclass
+class OptimizerStep:
+    """Facts about the optimizer step whose gradients `after_backward` sees."""
+
+    trained_tokens: int  # label tokens (targets) over all micro-batches of the step, on this process
 
 
 @dataclass
 class TaskContext:
-    """What a strategy may look at during one task of a run."""
+    """What a strategy may look at during one task."""
 
-    config: "RunConfig"
-    model: torch.nn.Module  # the model being trained (PEFT-wrapped under LoRA)
+    setup: TrainingSetup
+    model: torch.nn.Module  # the model being trained (PEFT-wrapped under LoRA), never a DDP wrapper
     tokenizer: Any
-    task: "TrainingTask"
-    task_index: int  # 0-based position in the run
-    tasks: list["TrainingTask"]
-    global_step: int = 0  # optimizer steps taken in earlier tasks plus this one so far
-    log: dict[str, Any] = field(default_factory=dict)  # per-task facts a strategy reports (e.g. fraction masked)
+    task: TaskData
+    task_index: int  # 0-based position in the sequence
+    earlier_tasks: list[TaskData] = field(default_factory=list)
+    adapter: str | None = None  # under LoRA: the name of the adapter this task trains
+    clock: Clock = field(default_factory=Clock)
+    log: dict[str, Any] = field(default_factory=dict)  # per-task facts, keys prefixed by the strategy's name
 
     @property
     def general_texts(self) -> tuple[str, ...]:
@@ -48,8 +99,13 @@ class TaskContext:
         return general_train_texts()
 
     @property
-    def earlier_tasks(self) -> list["TrainingTask"]:
-        return self.tasks[: self.task_index]
+    def global_step(self) -> int:
+        return self.clock.global_step
+
+    @property
+    def is_last_task(self) -> bool:
+        """True only when the sequence's length is known and this is its last task."""
+        return self.setup.total_tasks is not None and self.task_index + 1 >= self.setup.total_tasks
 
 
 class Strategy:
@@ -57,22 +113,28 @@ class Strategy:
 
     name: ClassVar[str] = ""
     adapters: ClassVar[tuple[str, ...]] = ("full", "lora")  # adapters it works with
-    needs_reference_model: ClassVar[bool] = False  # holds a frozen copy of the model from before the task
-    stores_raw_data: ClassVar[bool] = False  # keeps earlier tasks' examples (privacy-relevant)
-    supports_multiprocess: ClassVar[bool] = True  # correct under DDP/FSDP (several processes)
-    exclusive_with: ClassVar[tuple[str, ...]] = ()  # strategies it cannot be stacked with
+    supports_multiprocess: ClassVar[bool] = True  # correct under DDP/FSDP (several processes); checked
+    stores_raw_data: ClassVar[bool] = False  # keeps earlier tasks' examples (privacy-relevant); reported
     # Edits the base weights under LoRA (not only the adapter), so a checkpoint must hold full weights.
     changes_base_weights: ClassVar[bool] = False
+    # "step": extra_loss does not depend on the training batch (a penalty on weights or on anchors): once
+    # per optimizer step. "batch": it does (distillation on the batch): every micro-batch, token-weighted.
+    loss_scope: ClassVar[Literal["step", "batch"]] = "step"
+    needs_logits: ClassVar[bool] = False  # extra_loss reads outputs.logits of the training forward
 
-    def check(self, config: "RunConfig", stack: list["Strategy"], world_size: int = 1) -> None:
+    def check(self, setup: TrainingSetup, stack: list["Strategy"], world_size: int = 1) -> None:
         """Refuse an impossible run before training starts."""
-        if config.adapter not in self.adapters:
-            raise ForgetlessError(f"strategy {self.name!r} does not work with adapter {config.adapter!r}")
+        if setup.adapter not in self.adapters:
+            raise ForgetlessError(f"strategy {self.name!r} does not work with adapter {setup.adapter!r}")
         if world_size > 1 and not self.supports_multiprocess:
             raise ForgetlessError(f"strategy {self.name!r} does not support several processes (world size {world_size})")
-        clash = [other.name for other in stack if other is not self and other.name in self.exclusive_with]
-        if clash:
-            raise ForgetlessError(f"strategy {self.name!r} cannot be stacked with {clash}")
+        if setup.precision == "fp16" and type(self).after_backward is not Strategy.after_backward:
+            # Under fp16 the gradients in .grad are multiplied by the GradScaler's loss scale until the
+            # optimizer step: a hook that reads or adds to them would be off by that unknown factor.
+            raise ForgetlessError(
+                f"strategy {self.name!r} reads or writes gradients after backward, which fp16's loss scaling makes "
+                "wrong; use precision bf16 (or fp32)"
+            )
 
     def on_task_start(self, ctx: TaskContext) -> None:
         """Before a task's examples are prepared and training starts."""
@@ -82,12 +144,11 @@ class Strategy:
         return examples
 
     def extra_loss(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any):
-        """Loss side: a scalar tensor added to the training loss, or None."""
+        """Loss side: a scalar tensor added to the training loss, or None (see `loss_scope`)."""
         return None
 
-    def after_backward(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
-        """After a training step's backward, before gradient clipping and the optimiser step: the step's
-        gradients (of the whole loss, extra terms included) are in each parameter's `.grad`. Read-only."""
+    def after_backward(self, ctx: TaskContext, model: torch.nn.Module, step: OptimizerStep) -> None:
+        """Once per optimizer step, the step's whole gradient in `.grad`; may read it or add to it."""
 
     def transform_weights(self, ctx: TaskContext) -> None:
         """After training a task: edit the weights post hoc (in place on ctx.model)."""
@@ -101,3 +162,7 @@ class Strategy:
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what `state_tensors` returned."""
+
+    def has_hook(self, hook: str) -> bool:
+        """Whether this strategy overrides `hook` (so callers can skip work no strategy needs)."""
+        return getattr(type(self), hook) is not getattr(Strategy, hook)

@@ -23,12 +23,11 @@ from typing import Any, Iterable, Literal
 import torch
 from torch.func import functional_call, grad, vmap
 
-from ..adapters import adapter_name
 from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
 from . import register_strategy
-from ._common import batches, lora_linear_layers, protection_examples, sample_examples, trained_parameters
-from .base import Strategy, TaskContext
+from ._common import batches, lora_linear_layers, protection_examples, sample_examples, task_rows, trained_parameters
+from .base import OptimizerStep, Strategy, TaskContext
 
 FisherFlavour = Literal["empirical", "true"]
 _SOURCES = ("auto", "general", "earlier_tasks", "current_task")
@@ -277,9 +276,9 @@ class EWC(Strategy):
         self._adapter = ""
         self._penalty_total, self._penalty_steps = 0.0, 0  # per task, for the mean reported in results.json
 
-    def check(self, config, stack, world_size: int = 1) -> None:
-        super().check(config, stack, world_size)
-        if config.adapter == "lora" and config.lora.between_tasks != "merge":
+    def check(self, setup, stack, world_size: int = 1) -> None:
+        super().check(setup, stack, world_size)
+        if setup.adapter == "lora" and setup.lora_between_tasks != "merge":
             raise ForgetlessError(
                 "strategy 'ewc' under LoRA needs lora.between_tasks: merge (EWC-LoRA penalises the update B A "
                 "of one adapter merged after each task); stacked adapters are not supported"
@@ -289,7 +288,7 @@ class EWC(Strategy):
 
     def on_task_start(self, ctx: TaskContext) -> None:
         if self._is_lora(ctx):
-            self._adapter = adapter_name(ctx.task_index)
+            self._adapter = ctx.adapter
             self._lora = lora_linear_layers(ctx.model, self._adapter)
         else:
             self._parameters = trained_parameters(ctx.model)
@@ -298,7 +297,7 @@ class EWC(Strategy):
         # The first task is protected too: the starting model, on general text (or earlier tasks on resume).
         if self.source == "current_task":
             return  # the task about to be trained is nothing to protect yet
-        examples = protection_examples(ctx, self.samples, self.source, seed=ctx.config.train.seed)
+        examples = protection_examples(ctx, self.samples, self.source, seed=ctx.setup.seed)
         if examples:
             self._estimate_and_absorb(ctx, examples, "ewc_start")
 
@@ -312,7 +311,7 @@ class EWC(Strategy):
             return None
         return self.penalty()
 
-    def after_backward(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    def after_backward(self, ctx: TaskContext, model: torch.nn.Module, step: OptimizerStep) -> None:
         """Full fine-tuning: .grad += lam * F * (theta - theta*), the penalty's gradient; its value is logged."""
         if self._lora or self.lam == 0 or not self.fisher:
             return
@@ -329,11 +328,11 @@ class EWC(Strategy):
             ctx.log["ewc_mean_penalty"] = self._penalty_total / self._penalty_steps
         self._penalty_total, self._penalty_steps = 0.0, 0
         if self.source == "earlier_tasks":  # every task trained so far, this one included
-            rows = [row for task in ctx.tasks[: ctx.task_index + 1] for row in task.train]
-            examples = sample_examples(ctx, rows, self.samples, ctx.config.train.max_length, ctx.config.train.seed)
+            rows = [row for task in [*ctx.earlier_tasks, ctx.task] for row in task_rows(task)]
+            examples = sample_examples(ctx, rows, self.samples, ctx.setup.max_length, ctx.setup.seed)
         else:  # auto: the task just trained (earlier ones are already in F)
             source = "current_task" if self.source == "auto" else self.source
-            examples = protection_examples(ctx, self.samples, source, seed=ctx.config.train.seed)
+            examples = protection_examples(ctx, self.samples, source, seed=ctx.setup.seed)
         self._estimate_and_absorb(ctx, examples, "ewc")
 
     # -- the penalty and its state -------------------------------------------------------------------------
@@ -375,7 +374,7 @@ class EWC(Strategy):
             names = {name: name for name in self._parameters}
         fisher = per_sample_fisher(
             ctx.model, list(names), examples, ctx.tokenizer.pad_token_id, self.fisher_flavour, self.fisher_samples,
-            self.batch_size, self.max_gradient_mb, seed=ctx.config.train.seed + ctx.task_index,
+            self.batch_size, self.max_gradient_mb, seed=ctx.setup.seed + ctx.task_index,
         )
         fisher = {names[name]: value for name, value in fisher.items()}
         if self._lora:
@@ -412,7 +411,7 @@ class EWC(Strategy):
 
     @staticmethod
     def _is_lora(ctx: TaskContext) -> bool:
-        return ctx.config.adapter == "lora"
+        return ctx.setup.adapter == "lora"
 
 
 def combine_online(previous: dict[str, torch.Tensor], new: dict[str, torch.Tensor], gamma: float) -> dict[str, torch.Tensor]:

@@ -11,7 +11,6 @@ from typing import Literal
 
 import torch
 
-from ..adapters import adapter_name
 from ..errors import ForgetlessError
 from . import register_strategy
 from ._common import block_index, lora_linear_layers_by_weight, trained_parameters
@@ -65,7 +64,7 @@ class FAPM(Strategy):
 
     def on_task_start(self, ctx: TaskContext) -> None:
         self._pre = {}
-        if ctx.config.adapter == "lora":
+        if ctx.setup.adapter == "lora":
             return  # the adapter is the whole task vector; the base weights are W_pre
         for name, parameter in trained_parameters(ctx.model).items():
             if self._selected(name, parameter):
@@ -92,8 +91,8 @@ class FAPM(Strategy):
 
     def _task_vectors(self, ctx: TaskContext):
         """(W_pre, tau, write(mask)) per selected tensor; `write` sets W = W_pre + mask * tau in the model."""
-        if ctx.config.adapter == "lora":
-            adapter = adapter_name(ctx.task_index)
+        if ctx.setup.adapter == "lora":
+            adapter = ctx.adapter
             for name, layer in lora_linear_layers_by_weight(ctx.model, adapter).items():
                 weight = layer.base_layer.weight
                 if not self._selected(name, weight):

@@ -99,7 +99,6 @@ class FunctionallyInvariantPaths(Strategy):
     """FIP: penalise the functional distance to a frozen reference on anchor inputs of what to protect."""
 
     name = "fip"
-    needs_reference_model = True  # a frozen copy under full fine-tuning; LoRA tensors only under LoRA
     stores_raw_data = True  # anchors are earlier tasks' training inputs
     supports_multiprocess = False  # a second student forward per step (anchors) before one backward
 
@@ -147,10 +146,10 @@ class FunctionallyInvariantPaths(Strategy):
 
     # ---------------------------------------------------------------- reference
     def on_task_start(self, ctx: TaskContext) -> None:
-        seed = ctx.config.train.seed + ctx.task_index
+        seed = ctx.setup.seed + ctx.task_index
         self._anchors = protection_examples(ctx, self.anchor_examples, self.source, seed=seed)
         self._rng = random.Random(seed)
-        if ctx.config.adapter == "lora":
+        if ctx.setup.adapter == "lora":
             self._reference_model = None
             self._reference_tensors = {n: p.detach().clone() for n, p in trained_parameters(ctx.model).items()}
         else:
@@ -193,7 +192,7 @@ class FunctionallyInvariantPaths(Strategy):
         if self.anchor_batch_size:
             picked = self._rng.sample(self._anchors, min(self.anchor_batch_size, len(self._anchors)))
         else:
-            picked = self._within_token_budget(ctx.config.train.batch_size * ctx.config.train.max_length // 4)
+            picked = self._within_token_budget(ctx.setup.batch_size * ctx.setup.max_length // 4)
         batch = PaddingCollator(ctx.tokenizer.pad_token_id)(picked)
         device = model_device(ctx.model)
         return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from ..adapters import adapter_name
 from . import register_strategy
 from ._common import lora_linear_layers, trained_parameters
 from .base import Strategy, TaskContext
@@ -39,8 +38,8 @@ class L2SP(Strategy):
         self._adapter = ""
 
     def on_task_start(self, ctx: TaskContext) -> None:
-        if ctx.config.adapter == "lora":
-            self._adapter = adapter_name(ctx.task_index)
+        if ctx.setup.adapter == "lora":
+            self._adapter = ctx.adapter
             self._lora = lora_linear_layers(ctx.model, self._adapter)
             return
         self._parameters = trained_parameters(ctx.model)

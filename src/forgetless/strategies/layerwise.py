@@ -26,22 +26,16 @@ from typing import Callable, Literal
 
 import torch
 
-from ..adapters import adapter_name
-from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
 from ..evaluation._scoring import model_device
+from ..nn import token_cross_entropy, trained_tokens
 from . import register_strategy
 from ._common import batches, block_index, lora_linear_layers_by_weight, protection_examples, trained_parameters
-from .base import Strategy, TaskContext
+from .base import OptimizerStep, Strategy, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]
 ImportanceSource = Literal["auto", "general"]
 TaskImportance = Literal["training", "pass"]
-
-
-def trained_tokens(labels: torch.Tensor) -> int:
-    """Tokens the shifted cross-entropy trains on: labels after the first position that are not ignored."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def squared_gradient_importance(
@@ -55,8 +49,6 @@ def squared_gradient_importance(
     price of one backward per batch instead of one per sequence. The weights must be leaves of the
     model's graph; they get requires_grad for the pass only, and are never changed.
     """
-    from ..training import token_cross_entropy  # imported here: training imports the strategies package
-
     totals = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
     flags = {name: w.requires_grad for name, w in weights.items()}
     was_training = model.training
@@ -150,16 +142,16 @@ class Layerwise(Strategy):
 
     def _protected(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
         """Weights that can move in this task, by full-fine-tuning name (under LoRA: the adapted base weights)."""
-        if ctx.config.adapter == "lora":
-            layers = lora_linear_layers_by_weight(ctx.model, adapter_name(ctx.task_index))
+        if ctx.setup.adapter == "lora":
+            layers = lora_linear_layers_by_weight(ctx.model, ctx.adapter)
             return {name: layer.base_layer.weight for name, layer in layers.items()}
         return trained_parameters(ctx.model)
 
     def _bind(self, ctx: TaskContext) -> None:
         """Anchor = the model now; set up the per-step drift readers and fp32 copies of Omega."""
         self._drift, self._omega, self._group = {}, {}, {}
-        lora = ctx.config.adapter == "lora"
-        adapter = adapter_name(ctx.task_index)
+        lora = ctx.setup.adapter == "lora"
+        adapter = ctx.adapter
         layers = lora_linear_layers_by_weight(ctx.model, adapter) if lora else {}
         parameters = {} if lora else trained_parameters(ctx.model)
         blocks: dict[int | None, int] = {}
@@ -233,17 +225,17 @@ class Layerwise(Strategy):
 
     def _records_during_training(self, ctx: TaskContext) -> bool:
         # Under LoRA the protected base weights get no gradient, so the task needs its own pass.
-        return self.source == "auto" and self.task_importance == "training" and ctx.config.adapter != "lora"
+        return self.source == "auto" and self.task_importance == "training" and ctx.setup.adapter != "lora"
 
-    def after_backward(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    def after_backward(self, ctx: TaskContext, model: torch.nn.Module, step: OptimizerStep) -> None:
         """In the task's last `steps` steps: add n_b * g_b^2 of the cross-entropy part of the gradient."""
         if not self._records_during_training(ctx):
             return
         self._task_steps += 1
-        if self._task_steps <= ctx.config.train.steps - self.steps:
+        if ctx.clock.task_steps is not None and self._task_steps <= ctx.clock.task_steps - self.steps:
             return
         started = time.perf_counter()
-        tokens = trained_tokens(inputs["labels"])
+        tokens = step.trained_tokens
         own = self._own_gradient_at_kept_entries()
         with torch.no_grad():
             for name, parameter in trained_parameters(model).items():

@@ -122,7 +122,8 @@ class LearningWithoutForgetting(Strategy):
     """LwF (Li & Hoiem 2017) for causal LMs: KL to the pre-task model's outputs on the new task's inputs."""
 
     name = "lwf"
-    needs_reference_model = True  # a frozen copy under full fine-tuning; none under LoRA (adapter disabled)
+    loss_scope = "batch"  # distils on the training batch: weighted by each micro-batch's share of tokens
+    needs_logits = True
 
     def __init__(
         self,
@@ -147,15 +148,15 @@ class LearningWithoutForgetting(Strategy):
         self._teacher: torch.nn.Module | None = None  # full fine-tuning only
         self._kl_total, self._kl_steps = 0.0, 0  # for the per-task mean reported in results.json
 
-    def check(self, config, stack, world_size: int = 1) -> None:
-        super().check(config, stack, world_size)
-        if config.adapter == "lora" and config.lora.between_tasks == "stack":
+    def check(self, setup, stack, world_size: int = 1) -> None:
+        super().check(setup, stack, world_size)
+        if setup.adapter == "lora" and setup.lora_between_tasks == "stack":
             # Disabling adapters in stack mode would also switch off earlier tasks' adapters: the teacher
             # would be the original base, not the model before this task.
             raise ForgetlessError("strategy 'lwf' needs lora.between_tasks: merge (its teacher is the base with adapters off)")
 
     def on_task_start(self, ctx: TaskContext) -> None:
-        self._teacher = None if ctx.config.adapter == "lora" else frozen_copy(ctx.model)
+        self._teacher = None if ctx.setup.adapter == "lora" else frozen_copy(ctx.model)
         auto = self.teacher_precision == "auto" and runs_bfloat16_natively(model_device(ctx.model))
         self._teacher_bfloat16 = self.teacher_precision == "bfloat16" or auto
         self._kl_total, self._kl_steps = 0.0, 0

@@ -126,7 +126,7 @@ class Replay(Strategy):
         general = []
         if n_general:
             rows = [{"text": text} for text in ctx.general_texts]
-            pool = sample_examples(ctx, rows, n_general, ctx.config.train.max_length, seed=rng.randrange(2**31))
+            pool = sample_examples(ctx, rows, n_general, ctx.setup.max_length, seed=rng.randrange(2**31))
             general = draw(pool, n_general, rng)
         mixed = list(examples) + rehearsed + general  # the Trainer shuffles, so order does not matter
         ctx.log["replay_buffer_examples"] = len(rehearsed)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..data.encoding import chat_prompt_text, encode_chat, encode_text
+from ..errors import ForgetlessError
 from ..evaluation._scoring import left_pad, model_device, scoring_mode
 from . import register_strategy
 from .base import Strategy, TaskContext
@@ -146,7 +147,7 @@ class SelfSynthesizedRehearsal(Strategy):
             if task_format == "chat" and parsed and self.refine:
                 answers = generate([chat_prompt_text(ctx.tokenizer, row["prompt"]) for row in parsed])
                 parsed = [{"prompt": row["prompt"], "response": answer.strip()} for row, answer in zip(parsed, answers)]
-        max_length = ctx.config.train.max_length
+        max_length = ctx.setup.max_length
         examples: list[dict[str, list[int]]] = []
         for row in parsed:
             if task_format == "text":
@@ -173,8 +174,13 @@ class SelfSynthesizedRehearsal(Strategy):
 
     def consolidate(self, ctx: TaskContext) -> None:
         """Write the finished task's pseudo-examples now, with the model the next task starts from."""
-        if ctx.task_index + 1 < len(ctx.tasks):  # after the last task nothing would rehearse them
-            self.pools[ctx.task_index] = self.synthesize(ctx, ctx.task.train, ctx.task.format, ctx.task_index)
+        if not ctx.is_last_task:  # after the last task nothing would rehearse them
+            if ctx.task.rows is None:
+                raise ForgetlessError(
+                    f"ssr writes pseudo-examples from a few of task {ctx.task.name!r}'s rows as text demonstrations, "
+                    "but this task came as token ids only; give the trainer a text, prompt-completion or messages dataset"
+                )
+            self.pools[ctx.task_index] = self.synthesize(ctx, ctx.task.rows, ctx.task.format, ctx.task_index)
             ctx.log["ssr_written"] = len(self.pools[ctx.task_index])
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -147,7 +147,7 @@ class SelectiveTokenMasking(Strategy):
     # -- scoring ---------------------------------------------------------------------------------------
 
     def _cache_path(self, ctx: TaskContext, examples: list[dict[str, Any]]) -> Path:
-        skip_trainable = ctx.config.adapter == "lora"  # the fresh adapter (B = 0) does not change the function
+        skip_trainable = ctx.setup.adapter == "lora"  # the fresh adapter (B = 0) does not change the function
         key = hashlib.sha256((model_fingerprint(ctx.model, skip_trainable) + examples_fingerprint(examples)).encode())
         return stm_cache_dir() / f"{key.hexdigest()[:32]}.safetensors"
 

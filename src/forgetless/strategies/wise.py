@@ -13,7 +13,6 @@ from typing import Sequence
 
 import torch
 
-from ..adapters import adapter_name
 from ..errors import ForgetlessError
 from . import register_strategy
 from ._common import trained_parameters
@@ -52,13 +51,13 @@ class WiSE(Strategy):
         self.validation_texts = validation_texts
         self._start: dict[str, torch.Tensor] = {}  # full fine-tuning: theta_0 of the trained tensors (CPU)
 
-    def check(self, config, stack, world_size: int = 1) -> None:
-        super().check(config, stack, world_size)
+    def check(self, setup, stack, world_size: int = 1) -> None:
+        super().check(setup, stack, world_size)
         if self.alpha == "auto" and world_size > 1:
             raise ForgetlessError("strategy 'wise' with alpha 'auto' scores on one process; run it without DDP/FSDP")
 
     def on_task_start(self, ctx: TaskContext) -> None:
-        if ctx.config.adapter == "lora":
+        if ctx.setup.adapter == "lora":
             # A fresh LoRA adapter starts at B = 0, so theta_ft - theta_0 = scaling * B @ A, linear in B.
             self._start = {}
             for name, parameter in self._lora_b(ctx).items():
@@ -70,7 +69,7 @@ class WiSE(Strategy):
 
     @staticmethod
     def _lora_b(ctx: TaskContext) -> dict[str, torch.nn.Parameter]:
-        adapter = adapter_name(ctx.task_index)
+        adapter = ctx.adapter
         return {name: p for name, p in trained_parameters(ctx.model).items()
                 if f".{adapter}." in name and (".lora_B." in name or ".lora_embedding_B." in name)}
 
@@ -99,7 +98,7 @@ class WiSE(Strategy):
 
     def _interpolator(self, ctx: TaskContext):
         """A function alpha -> sets the model to theta_0 + alpha * (theta_ft - theta_0), callable repeatedly."""
-        if ctx.config.adapter == "lora":
+        if ctx.setup.adapter == "lora":
             finetuned_b = {name: p.detach().clone() for name, p in self._lora_b(ctx).items()}
             parameters = self._lora_b(ctx)
 

@@ -1,0 +1,24 @@
+"""Tensor math shared by strategies, the trainer glue and the runner; it imports nothing above it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data.encoding import IGNORE_INDEX
+
+
+def trained_tokens(labels: torch.Tensor) -> int:
+    """Targets of the shifted next-token loss: labels after the first position that are not ignored."""
+    return int((labels[..., 1:] != IGNORE_INDEX).sum())
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged over trained tokens; logits (B, T, V), labels (B, T) with -100 untrained.
+
+    Zero (with a graph) when no token is trained.
+    """
+    logits, targets = logits[:, :-1, :], labels[:, 1:]  # position t predicts token t+1
+    flat_logits, flat_targets = logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1)
+    nll = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return nll / (targets != IGNORE_INDEX).sum().clamp(min=1)

@@ -1,0 +1,162 @@
+"""`StrategyStack`: the one caller of strategy hooks, and the memory that carries over between tasks.
+
+The runner, `with_strategies` (a user's own Trainer), the benchmarks and the tests all drive strategies
+through a stack, so a training step is never rewritten by hand. A stack lives as long as the task
+sequence: pass the same stack to successive trainers and consolidation carries over.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import ForgetlessError
+from .base import Clock, OptimizerStep, Strategy, TaskContext, TaskData, TrainingSetup
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """How one micro-batch's strategy terms count towards its optimizer step.
+
+    `first_in_step`: "step"-scope terms are computed here only. `step_weight`: their multiplier, so that
+    they count once after the trainer's own scaling for accumulation. `token_weight`: the multiplier of
+    "batch"-scope terms (the micro-batch's share of the step's trained tokens, or 1 where the trainer
+    divides every micro-batch's loss by the number of micro-batches itself).
+    """
+
+    first_in_step: bool = True
+    step_weight: float = 1.0
+    token_weight: float = 1.0
+
+
+class StrategyStack:
+    """Strategies in list order, the task being trained, and the tasks already finished."""
+
+    def __init__(self, strategies: Iterable[Strategy]):
+        self.strategies: list[Strategy] = list(strategies)
+        names = [s.name for s in self.strategies]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ForgetlessError(f"strategy listed more than once: {repeated}")
+        self.finished: list[TaskData] = []
+        self.global_step = 0
+        self.context: TaskContext | None = None
+        self.loss_parts: dict[str, float] = {}  # the latest micro-batch's terms, for logging
+
+    @classmethod
+    def from_specs(cls, specs: Iterable[str | dict[str, Any]] | "StrategyStack") -> "StrategyStack":
+        """Names or {name: ..., <params>} mappings as in a run config (or an existing stack, returned as is)."""
+        if isinstance(specs, StrategyStack):
+            return specs
+        from . import build_strategy
+
+        if isinstance(specs, (str, dict)):
+            specs = [specs]
+        specs = list(specs)
+        return cls(build_strategy(spec, path=f"strategies[{i}]") for i, spec in enumerate(specs))
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.strategies]
+
+    def uses(self, hook: str) -> bool:
+        return any(s.has_hook(hook) for s in self.strategies)
+
+    @property
+    def needs_logits(self) -> bool:
+        return any(s.needs_logits for s in self.strategies)
+
+    def check(self, setup: TrainingSetup, world_size: int = 1) -> None:
+        for strategy in self.strategies:
+            strategy.check(setup, self.strategies, world_size)
+
+    # -- one task ----------------------------------------------------------------------------------------
+
+    def start_task(self, setup: TrainingSetup, model, tokenizer, task: TaskData, adapter: str | None = None) -> TaskContext:
+        if self.context is not None:
+            raise ForgetlessError(f"task {self.context.task.name!r} is still training; end it before starting another")
+        self.check(setup, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        ctx = TaskContext(
+            setup=setup, model=model, tokenizer=tokenizer, task=task, task_index=len(self.finished),
+            earlier_tasks=list(self.finished), adapter=adapter, clock=Clock(global_step=self.global_step),
+        )
+        self.context = ctx
+        for strategy in self.strategies:
+            strategy.on_task_start(ctx)
+        return ctx
+
+    def _active(self) -> TaskContext:
+        if self.context is None:
+            raise ForgetlessError("no task is training: call start_task first")
+        return self.context
+
+    def prepare_examples(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ctx = self._active()
+        for strategy in self.strategies:
+            examples = strategy.prepare_examples(ctx, examples)
+        if not examples:
+            raise ForgetlessError(f"task {ctx.task.name!r}: no training example has a token to learn from")
+        return examples
+
+    def extra_loss(self, model, inputs: dict[str, torch.Tensor], outputs: Any, micro: MicroBatch = MicroBatch()):
+        """The sum of every strategy's term for this micro-batch, weighted by `micro` (None if there is none)."""
+        ctx = self._active()
+        total = None
+        self.loss_parts = {}
+        for strategy in self.strategies:
+            if strategy.loss_scope == "step" and not micro.first_in_step:
+                continue
+            term = strategy.extra_loss(ctx, model, inputs, outputs)
+            if term is None:
+                continue
+            self.loss_parts[strategy.name] = float(term.detach())
+            term = term * (micro.step_weight if strategy.loss_scope == "step" else micro.token_weight)
+            total = term if total is None else total + term
+        return total
+
+    def after_backward(self, model, step: OptimizerStep) -> None:
+        ctx = self._active()
+        for strategy in self.strategies:
+            strategy.after_backward(ctx, model, step)
+
+    def step_done(self, task_step: int, task_steps: int | None = None) -> None:
+        """The optimizer step was taken: `task_step` steps of this task are done."""
+        ctx = self._active()
+        ctx.clock.task_step = task_step
+        ctx.clock.global_step = self.global_step + task_step
+        if task_steps is not None:
+            ctx.clock.task_steps = task_steps
+
+    def end_task(self, model=None) -> dict[str, Any]:
+        """Post-hoc weight edits, then consolidation; returns the task's strategy log."""
+        ctx = self._active()
+        if model is not None:
+            ctx.model = model
+        for strategy in self.strategies:
+            strategy.transform_weights(ctx)
+        for strategy in self.strategies:
+            strategy.consolidate(ctx)
+        self.finished.append(ctx.task)
+        self.global_step = ctx.clock.global_step
+        self.context = None
+        return ctx.log
+
+    def abandon_task(self) -> None:
+        """Training failed: forget the task in flight so the stack can start another (nothing is consolidated)."""
+        self.context = None
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Each strategy's state by strategy name (strategies without state are left out)."""
+        return {s.name: tensors for s in self.strategies if (tensors := s.state_tensors())}
+
+    def load_state_tensors(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
+        unknown = sorted(set(states) - set(self.names))
+        if unknown:
+            raise ForgetlessError(f"saved state for strategies not in this stack: {unknown}")
+        for strategy in self.strategies:
+            strategy.load_state_tensors(states.get(strategy.name, {}))
