@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -22,3 +24,21 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     flat_logits, flat_targets = logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1)
     nll = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return nll / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+@contextlib.contextmanager
+def without_input_grad_hooks(model: torch.nn.Module):
+    """Lift transformers' `enable_input_require_grads` hook for the duration (restored after).
+
+    Trainers turn it on with gradient checkpointing (TRL's SFTConfig does by default); its in-place
+    `requires_grad_` on the embeddings' output is illegal inside torch.func transforms (EWC's vmap).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hooked = bool(getattr(base, "_require_grads_hooks", None) or getattr(base, "_require_grads_hook", None))
+    if hooked:
+        base.disable_input_require_grads()
+    try:
+        yield model
+    finally:
+        if hooked:
+            base.enable_input_require_grads()

@@ -142,6 +142,8 @@ class ContinualRun:
             # Passed only when on: transformers 5 warns on every explicit value of this renamed argument.
             **({"gradient_checkpointing": True} if train.gradient_checkpointing else {}),
             bf16=train.precision == "bf16",
+            # Without it transformers refuses bf16 on a CPU (which autocasts to bf16 fine, AVX512-BF16 or not).
+            use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
             fp16=train.precision == "fp16",
             learning_rate=train.lr,
             lr_scheduler_type="constant_with_warmup" if train.scheduler == "constant" else train.scheduler,

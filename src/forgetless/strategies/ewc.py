@@ -25,6 +25,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
+from ..nn import without_input_grad_hooks
 from . import register_strategy
 from ._common import batches, lora_linear_layers, protection_examples, sample_examples, task_rows, trained_parameters
 from .base import OptimizerStep, Strategy, TaskContext
@@ -206,7 +207,7 @@ def per_sample_fisher(
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the deterministic model
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), without_input_grad_hooks(model):
             # SDPA on CPU has no vmap batching rule yet: torch loops over the batch for attention only.
             warnings.filterwarnings("ignore", message=".*batching rule.*")
             for batch in batches(examples, batch_size, pad_token_id, device):
