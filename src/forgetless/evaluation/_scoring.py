@@ -60,9 +60,14 @@ def logits_at(model: torch.nn.Module, rows: torch.Tensor, columns: torch.Tensor,
 
     handle = head.register_forward_pre_hook(select_positions)
     try:
-        return model(**inputs).logits[0]
+        logits = model(**inputs).logits
     finally:
         handle.remove()
+    if logits.shape[:2] != (1, len(rows)):
+        # A patched forward (TRL's fused LM head) used the head's weight without calling the module, so
+        # the hook never ran: every position was computed; select them now.
+        return logits[rows, columns]
+    return logits[0]
 
 
 def model_max_length(model: torch.nn.Module, tokenizer=None) -> int:

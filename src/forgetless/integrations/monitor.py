@@ -46,10 +46,12 @@ class ForgettingMonitor(TrainerCallback):
 
     `tasks` are your own evaluation files (multiple choice or text), never trained on by the monitor:
     typically the held-out split of what you fine-tune on. `limit` scores at most that many items per task.
+    The tokenizer is the trainer's `processing_class` unless given.
     """
 
     def __init__(self, suites: Iterable[str] = ("general",), tasks: Iterable[str | Path | dict[str, str]] = (),
-                 every_steps: int = 0, out_dir: str | Path | None = None, limit: int | None = None, progress: bool = True):
+                 every_steps: int = 0, out_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
+                 tokenizer=None):
         if every_steps < 0:
             raise ForgetlessError(f"ForgettingMonitor every_steps must be >= 0, got {every_steps}")
         if limit is not None and limit <= 0:
@@ -58,7 +60,7 @@ class ForgettingMonitor(TrainerCallback):
         self.tasks = _eval_tasks(tasks)
         if not self.general_tasks and not self.tasks:
             raise ForgetlessError("ForgettingMonitor has nothing to score: give suites or tasks")
-        self.every_steps, self.limit, self.progress = every_steps, limit, progress
+        self.every_steps, self.limit, self.progress, self.tokenizer = every_steps, limit, progress, tokenizer
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.evaluator: Evaluator | None = None
         self.trainer = None
@@ -90,7 +92,10 @@ class ForgettingMonitor(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self.trainer is None:
             self.trainer = self._find_trainer()
-        tokenizer = processing_class if processing_class is not None else self.trainer.processing_class
+        tokenizer = self.tokenizer or processing_class or getattr(self.trainer, "processing_class", None)
+        if tokenizer is None or not hasattr(tokenizer, "decode"):
+            raise ForgetlessError("ForgettingMonitor needs the tokenizer: pass processing_class= to the trainer, "
+                                  "or ForgettingMonitor(tokenizer=...)")
         if self.evaluator is None:
             self.evaluator = Evaluator(self.general_tasks, self.tasks, tokenizer, self.limit, self.progress)
             self._evaluate(model, "before", None, 0)

@@ -96,6 +96,10 @@ def trained_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A detached copy of the model in eval mode with no gradients (costs one more model in memory)."""
     reference = copy.deepcopy(model)
+    for module in reference.modules():
+        # A forward patched onto the instance (TRL's fused LM head) is a closure over the ORIGINAL model,
+        # which deepcopy shares: the copy would run the live weights. Fall back to the class's forward.
+        module.__dict__.pop("forward", None)
     reference.eval()
     for parameter in reference.parameters():
         parameter.requires_grad_(False)

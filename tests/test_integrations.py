@@ -1,0 +1,150 @@
+"""forgetless inside a user's own Trainer: with_strategies (Trainer, SFTTrainer) and ForgettingMonitor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments
+
+import forgetless
+from forgetless.data.encoding import IGNORE_INDEX
+from forgetless.errors import ForgetlessError
+
+from .conftest import make_tiny_lm, write_jsonl
+
+trl = pytest.importorskip("trl")
+
+PAIRS = [(f"Ticket {i}: my router is broken.", f"Please restart router {i} and wait.") for i in range(8)]
+DATASETS = {
+    "text": [{"text": f"{p} {c}"} for p, c in PAIRS],
+    "prompt-completion": [{"prompt": p, "completion": c} for p, c in PAIRS],
+    "messages": [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}]} for p, c in PAIRS],
+}
+
+
+def _model(tokenizer, seed=0):
+    model = make_tiny_lm(len(tokenizer), seed=seed)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _sft(tmp_path, tokenizer, rows, strategies, model=None, **config):
+    settings = dict(output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2,
+                    max_length=64, report_to=[], save_strategy="no", use_cpu=True, gradient_checkpointing=False,
+                    logging_steps=1, disable_tqdm=True, lr_scheduler_type="constant", warmup_steps=0)
+    settings.update(config)
+    callbacks = settings.pop("callbacks", None)
+    return forgetless.with_strategies(trl.SFTTrainer)(
+        model=model if model is not None else _model(tokenizer), args=trl.SFTConfig(**settings),
+        train_dataset=Dataset.from_list(rows), processing_class=tokenizer, strategies=strategies, callbacks=callbacks,
+    )
+
+
+@pytest.mark.parametrize("fmt", sorted(DATASETS))
+def test_sft_formats_give_strategies_rows_and_the_labels_sft_trains(fmt, tmp_path, tokenizer):
+    trainer = _sft(tmp_path, tokenizer, DATASETS[fmt], [{"name": "ewc", "samples": 4}])
+    trainer.train()
+    (task,) = trainer.strategy_stack.finished
+    if fmt == "text":
+        assert task.format == "text" and task.rows == DATASETS["text"]
+        assert all(e["labels"] == e["input_ids"] for e in task.examples)
+    else:
+        assert task.format == "chat" and task.rows == [{"prompt": p, "response": c} for p, c in PAIRS]
+    if fmt == "prompt-completion":  # SFTTrainer's completion-only loss: the prompt is not a target
+        for example in task.examples:
+            assert example["labels"][0] == IGNORE_INDEX and any(label != IGNORE_INDEX for label in example["labels"])
+    ewc = trainer.strategy_stack.strategies[0]
+    assert ewc.fisher and all(torch.isfinite(f).all() for f in ewc.fisher.values())
+    assert trainer.forgetless_task_logs[0]["ewc_fisher_examples"] == 4
+
+
+def test_packing_is_refused_before_training(tmp_path, tokenizer):
+    with pytest.raises(ForgetlessError, match="set packing=False"):
+        _sft(tmp_path, tokenizer, DATASETS["text"], ["ewc"], packing=True)
+
+
+def test_data_side_replaces_the_dataset_for_the_task_only(tmp_path, tokenizer):
+    trainer = _sft(tmp_path, tokenizer, DATASETS["prompt-completion"], [{"name": "replay", "ratio": 0.2}])
+    original = trainer.train_dataset
+    trainer.train()
+    assert trainer.train_dataset is original
+    log = trainer.forgetless_task_logs[0]
+    assert log["replay_general_examples"] > 0 and log["examples"] == len(original) + log["replay_general_examples"]
+
+
+def test_lwf_under_sft_uses_logits_even_where_trl_fuses_the_lm_head(tmp_path, tokenizer):
+    trainer = _sft(tmp_path, tokenizer, DATASETS["prompt-completion"], ["lwf"])
+    trainer.train()
+    assert trainer.forgetless_task_logs[0]["lwf_mean_scaled_kl"] > 0  # the student moved away from its teacher
+
+
+def test_successive_trainers_with_one_stack_are_successive_tasks(tmp_path, tokenizer):
+    model = _model(tokenizer)
+    first = _sft(tmp_path, tokenizer, DATASETS["text"], [{"name": "ewc", "samples": 4}], model=model)
+    first.train()
+    ewc = first.strategy_stack.strategies[0]
+    mass_after_first = sum(float(f.sum()) for f in ewc.fisher.values())
+    second = _sft(tmp_path, tokenizer, DATASETS["prompt-completion"], first.strategy_stack, model=model)
+    second.train()
+    assert [t.name for t in second.strategy_stack.finished] == ["task1", "task2"]
+    assert second.strategy_stack.strategies[0] is ewc
+    # Offline EWC adds each task's Fisher: the second task's consolidation grew what the first left.
+    assert sum(float(f.sum()) for f in ewc.fisher.values()) > mass_after_first
+    assert second.forgetless_task_logs[0]["ewc_mean_penalty"] > 0  # task 1 and the start were protected
+
+
+def test_monitor_logs_through_the_trainer_and_writes_results(tmp_path, tokenizer, task_files):
+    model = _model(tokenizer)
+    monitor = forgetless.ForgettingMonitor(suites=["general"], tasks=[task_files["mc"]], every_steps=1, out_dir=tmp_path / "mon",
+                                           limit=3, progress=False)
+    encoded = [tokenizer(row["text"])["input_ids"] for row in DATASETS["text"]]
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2,
+                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1)
+    from transformers import DataCollatorForLanguageModeling
+
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list([{"input_ids": ids} for ids in encoded]),
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[monitor],
+                      processing_class=tokenizer)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "forgetless/task/mc" in entry]
+    assert [entry["step"] for entry in logged] == [0, 1, 2]  # before, step 1 (step 2 is the end), after
+    results = json.loads((tmp_path / "mon" / "results.json").read_text())
+    assert results["matrix_rows"] == ["before training", "after task1"]
+    assert [row[0] for row in results["matrix"]] == [logged[0]["forgetless/task/mc"], logged[-1]["forgetless/task/mc"]]
+    last = logged[-1]
+    assert last["forgetless/general_change"] == pytest.approx(last["forgetless/general"] - logged[0]["forgetless/general"])
+    assert last["forgetless/general_change"] == pytest.approx(results["metrics"]["general_delta_abs"])
+    assert last["forgetless/general_change_se"] == pytest.approx(results["metrics"]["general_delta_se"])
+    assert (tmp_path / "mon" / "report.md").is_file()
+
+
+def test_with_strategies_takes_only_trainer_classes():
+    with pytest.raises(ForgetlessError, match="Trainer subclass"):
+        forgetless.with_strategies(dict)
+    assert forgetless.with_strategies(Trainer) is forgetless.with_strategies(Trainer)
+
+
+def test_default_model_path_is_a_plain_transformers_folder():
+    from transformers import AutoConfig
+
+    path = Path(forgetless.default_model_path())
+    assert (path / "model.safetensors").is_file()
+    assert AutoConfig.from_pretrained(path).model_type == "llama"
+
+
+@pytest.mark.smoke
+def test_example_sft_script_runs_on_the_default_model(tmp_path):
+    script = Path(__file__).parents[1] / "examples" / "sft_with_forgetless.py"
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(script), "--out", str(out), "--max-steps", "2", "--limit", "2"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["strategies"] == ["ewc"] and len(results["matrix"]) == 2
+    assert "general change:" in done.stdout
