@@ -16,7 +16,7 @@ import forgetless
 from forgetless.data.encoding import IGNORE_INDEX
 from forgetless.errors import ForgetlessError
 
-from .conftest import make_tiny_lm, write_jsonl
+from .conftest import make_tiny_lm
 
 trl = pytest.importorskip("trl")
 
