@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q $(TORCH_PIN) -e .
 	touch $@
 
-# Test extras: pytest, and lm-evaluation-harness for the agreement test and the speed benchmark.
+# Test extras: pytest, lm-evaluation-harness (agreement test, speed benchmark), TRL (SFTTrainer integration).
 $(TEST_STAMP): $(STAMP)
-	$(PIP) install -q $(TORCH_PIN) -e '.[test,bench]'
+	$(PIP) install -q $(TORCH_PIN) -e '.[test,bench,trl]'
 	touch $@
 
 setup: $(STAMP)
@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(VENV)/bin/forgetless demo --out demo-out
 
 test: $(TEST_STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 	$(VENV)/bin/pytest -q
 
 smoke: $(TEST_STAMP)

@@ -148,3 +148,16 @@ def test_example_sft_script_runs_on_the_default_model(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["strategies"] == ["ewc"] and len(results["matrix"]) == 2
     assert "general change:" in done.stdout
+
+
+def test_monitor_scores_the_task_after_post_task_edits(tmp_path, tokenizer, task_files):
+    """WiSE at alpha 0 puts the starting weights back at the task's end: the monitor must see that model."""
+    # A perplexity task: its score moves with any weight change (an accuracy on 6 items may not).
+    monitor = forgetless.ForgettingMonitor(suites=[], tasks=[task_files["text"]], every_steps=1, progress=False)
+    trainer = _sft(tmp_path, tokenizer, DATASETS["text"], [{"name": "wise", "alpha": 0.0}], callbacks=[monitor])
+    trainer.train()
+    scores = [(r["stage"], r["scores"]["text"]["score"]) for r in monitor.evaluator.log.task_evals]
+    assert [stage for stage, _ in scores] == ["before", "step", "after_task"]
+    assert scores[1][1] != pytest.approx(scores[0][1], abs=1e-4)  # training moved the model ...
+    assert scores[2][1] == pytest.approx(scores[0][1], abs=1e-6)  # ... and WiSE put it back before the end score
+    assert monitor.results()["training"][0]["wise_alpha"] == 0.0

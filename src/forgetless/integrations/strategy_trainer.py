@@ -16,6 +16,7 @@ import inspect
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from ..data.encoding import IGNORE_INDEX, PaddingCollator
 from ..errors import ForgetlessError
@@ -111,6 +112,9 @@ class StrategyTrainerMixin:
         super().__init__(*args, **kwargs)
         if self.strategy_stack.strategies:
             self._refuse_unsupported()
+        # First in line at on_train_end: post-task edits and consolidation happen before any other callback
+        # (a ForgettingMonitor) scores the task's final model.
+        self.callback_handler.callbacks.insert(0, _EndTaskCallback(self))
 
     # -- before training -------------------------------------------------------------------------------
 
@@ -167,25 +171,33 @@ class StrategyTrainerMixin:
         tokenizer = self.processing_class
         stack.start_task(setup, model, tokenizer, task, adapter=adapter)
         original = (self.train_dataset, self.data_collator)
+        self._task_in_flight = (task, adapter, setup)
         try:
             if stack.uses("prepare_examples"):
                 # The prepared examples replace the dataset for this task only; labels are already final.
                 self.train_dataset = ListDataset(stack.prepare_examples(list(task.examples)))
                 self.data_collator = PaddingCollator(tokenizer.pad_token_id)
-            trained_examples = len(self.train_dataset)
+            self._trained_examples = len(self.train_dataset)
             self._micro_index, self._step_tokens = 0, 0
             output = super().train(*args, **kwargs)
+            if stack.context is not None:  # a Trainer that never reached on_train_end
+                self.finish_task()
         except BaseException:
             stack.abandon_task()
             raise
         finally:
             self.train_dataset, self.data_collator = original
+        return output
+
+    def finish_task(self) -> None:
+        """Post-task weight edits and consolidation (called at on_train_end, before other callbacks)."""
+        stack = self.strategy_stack
+        task, adapter, setup = self._task_in_flight
         stack.step_done(self.state.global_step, self.state.max_steps)
         log = stack.end_task(self.model)
-        self.forgetless_task_logs.append({"task": task.name, "examples": trained_examples, **log})
+        self.forgetless_task_logs.append({"task": task.name, "examples": self._trained_examples, **log})
         if setup.adapter == "lora":
             self._forgetless_trained_adapter = adapter
-        return output
 
     # -- every step ------------------------------------------------------------------------------------
 
@@ -257,6 +269,16 @@ class StrategyTrainerMixin:
         else:
             self._micro_index += 1
         return loss
+
+
+class _EndTaskCallback(TrainerCallback):
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.trainer.strategy_stack.context is not None:
+            self.trainer.finish_task()
+        return control
 
 
 _CACHE: dict[type, type] = {}
