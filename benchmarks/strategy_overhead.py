@@ -7,7 +7,8 @@
 
 For each strategy: its one-off preparation (on_task_start + prepare_examples: Fisher, importance, STM
 scoring, generation) is timed once; then training steps with the strategy and plain steps alternate on
-the same batches (forward, token cross-entropy, extra_loss, backward, after_backward, AdamW), and the ratio of median
+the same batches (forward, token cross-entropy, the StrategyStack's extra_loss, backward, after_backward,
+AdamW), and the ratio of median
 step times is printed. Alternating steps cancels most of the noise of a shared machine; single numbers
 from such a machine are not worth quoting, ratios are.
 
@@ -29,17 +30,18 @@ import time
 
 import torch
 
-from forgetless.adapters import prepare_for_task
+from forgetless.adapters import adapter_name, prepare_for_task
 from forgetless.config import parse_config
 from forgetless.data.encoding import PaddingCollator, encode_rows
 from forgetless.data.tasks import load_task
 from forgetless.errors import ForgetlessError
 from forgetless.models import load_model_and_tokenizer
-from forgetless.strategies import build_strategy, known_strategies
+from forgetless.nn import token_cross_entropy, trained_tokens
+from forgetless.strategies import OptimizerStep, StrategyStack, TaskData, build_strategy, known_strategies
 from forgetless.strategies._common import protection_examples, trained_parameters
 from forgetless.strategies.ewc import per_sample_fisher
 from forgetless.strategies.layerwise import squared_gradient_importance
-from forgetless.training import context_for, token_cross_entropy
+from forgetless.training import context_for
 
 
 def peak_rss_bytes() -> int:
@@ -47,17 +49,19 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def step(model, optimizer, batch, strategy, ctx) -> float:
+def step(model, optimizer, batch, stack: StrategyStack | None) -> float:
+    """One optimizer step; the strategy's hooks run through its StrategyStack, as in the runner."""
     started = time.perf_counter()
     outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    loss = token_cross_entropy(outputs.logits, batch["labels"], batch.get("token_weights"))
-    if strategy is not None:
-        extra = strategy.extra_loss(ctx, model, {**batch, "token_weights": batch.get("token_weights")}, outputs)
+    loss = token_cross_entropy(outputs.logits, batch["labels"])
+    if stack is not None:
+        extra = stack.extra_loss(model, batch, outputs)
         if extra is not None:
             loss = loss + extra
     loss.backward()
-    if strategy is not None:
-        strategy.after_backward(ctx, model, batch)
+    if stack is not None:
+        stack.after_backward(model, OptimizerStep(trained_tokens(batch["labels"])))
+        stack.step_done(stack.context.clock.task_step + 1)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - started
@@ -80,28 +84,31 @@ def measure(spec: str, args, model_and_tokenizer) -> dict:
     model.train()
     task = load_task(config.tasks[0])
     strategy = build_strategy(spec)
-    strategy.check(config, [strategy])
-    ctx = context_for(config, model, tokenizer, [task], 0)
+    stack = StrategyStack([strategy])
+    stack.check(config.training_setup())
     examples = encode_rows(tokenizer, task.train[: args.batch_size * (args.steps + 1)], args.max_length)
     collate = PaddingCollator(tokenizer.pad_token_id)
     plain_batches = [collate(examples[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(args.steps + 1)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     for _ in range(2):  # warm-up; AdamW's state exists after the first
-        step(model, optimizer, plain_batches[0], None, ctx)
+        step(model, optimizer, plain_batches[0], None)
     plain_peak = peak_rss_bytes()
 
     started = time.perf_counter()
-    strategy.on_task_start(ctx)
-    prepared = strategy.prepare_examples(ctx, examples)
+    data = TaskData(name=task.name, format=task.format, rows=task.train, examples=examples)
+    adapter = adapter_name(0) if args.adapter == "lora" else None
+    ctx = stack.start_task(config.training_setup(), model, tokenizer, data, adapter=adapter)
+    ctx.clock.task_steps = args.steps + 1
+    prepared = stack.prepare_examples(examples)
     preparation = time.perf_counter() - started
 
     # The same batches for both kinds of step; the strategy's own (masked, mixed) examples for its steps.
     strategy_batches = [collate(prepared[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(args.steps + 1)]
-    step(model, optimizer, strategy_batches[0], strategy, ctx)  # warm-up
+    step(model, optimizer, strategy_batches[0], stack)  # warm-up
     plain_times, strategy_times = [], []
     for i in range(1, args.steps + 1):
-        plain_times.append(step(model, optimizer, plain_batches[i], None, ctx))
-        strategy_times.append(step(model, optimizer, strategy_batches[i], strategy, ctx))
+        plain_times.append(step(model, optimizer, plain_batches[i], None))
+        strategy_times.append(step(model, optimizer, strategy_batches[i], stack))
     state_bytes = sum(t.numel() * t.element_size() for t in strategy.state_tensors().values())
     return {
         "strategy": spec,
