@@ -96,6 +96,9 @@ class _Recorder(Strategy):
         self.extra_seen += 1
         return torch.tensor(self.extra)
 
+    def after_backward(self, ctx, model, step):
+        self.calls.append(f"backward:{ctx.task.name}:{step.trained_tokens}")
+
     def transform_weights(self, ctx):
         self.calls.append(f"transform:{ctx.task.name}")
 
@@ -121,10 +124,14 @@ def test_strategy_hooks_run_in_order_and_their_loss_is_added(tmp_path, tokenizer
     config = training_config(task_files, strategies=[{"name": "_test_recorder", "extra": 5.0}], eval={"suites": []})
     results = run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
     recorder = created[0]
-    assert recorder.calls == [
+    backward = [c for c in recorder.calls if c.startswith("backward:")]
+    assert [c for c in recorder.calls if not c.startswith("backward:")] == [
         "start:chat", "prepare:chat", "transform:chat", "consolidate:chat",
         "start:text", "prepare:text", "transform:text", "consolidate:text",
     ]
+    # after_backward once per optimizer step, between prepare and transform, with the step's token count.
+    assert recorder.calls.index("prepare:chat") < recorder.calls.index(backward[0]) < recorder.calls.index("transform:chat")
+    assert len(backward) == 12 and all(int(c.split(":")[2]) > 0 for c in backward)
     assert recorder.extra_seen == 12  # one extra_loss per step, 6 steps x 2 tasks
     assert results["training"][0]["examples"] == 2
     # The reported training loss includes the constant extra term.
@@ -132,4 +139,4 @@ def test_strategy_hooks_run_in_order_and_their_loss_is_added(tmp_path, tokenizer
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "out" / "checkpoints" / "after-2-text" / "strategy-_test_recorder.safetensors")
-    assert saved["calls"].item() == 8
+    assert saved["calls"].item() == 20  # 8 task hooks and 12 after_backward calls
