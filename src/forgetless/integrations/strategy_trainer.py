@@ -169,6 +169,8 @@ class StrategyTrainerMixin:
             )
         adapter = self._adapter_override or (getattr(model, "active_adapter", None) if setup.adapter == "lora" else None)
         tokenizer = self.processing_class
+        if tokenizer is None or not hasattr(tokenizer, "pad_token_id"):
+            raise ForgetlessError("with_strategies needs the tokenizer: pass processing_class=tokenizer to the trainer")
         stack.start_task(setup, model, tokenizer, task, adapter=adapter)
         original = (self.train_dataset, self.data_collator)
         self._task_in_flight = (task, adapter, setup)
