@@ -2,7 +2,7 @@ import pytest
 
 from forgetless.config import parse_config
 from forgetless.errors import ForgetlessError
-from forgetless.strategies import Strategy, build_strategies, build_strategy, known_strategies, register_strategy
+from forgetless.strategies import Strategy, StrategyParams, build_strategies, build_strategy, known_strategies, register_strategy
 
 CONFIG = parse_config({"tasks": [{"name": "s", "builtin": "support"}]})
 
@@ -19,10 +19,57 @@ def test_unknown_strategy_lists_known_names():
 
 
 def test_unknown_parameter_lists_accepted_ones():
-    with pytest.raises(ForgetlessError, match=r"no parameter\(s\) \['lam'\]"):
+    with pytest.raises(ForgetlessError, match=r"strategy.lam: strategy 'naive' has no such parameter; accepted: none"):
         build_strategy({"name": "naive", "lam": 3})
+    with pytest.raises(ForgetlessError, match=r"strategies\[0\].lamda: .*accepted: lam, fisher"):
+        build_strategies([{"name": "ewc", "lamda": 3}])
     with pytest.raises(ForgetlessError, match="needs a 'name'"):
         build_strategy({"lam": 3})
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "ewc", "lam": -1}, r"strategies\[1\]\.lam: Input should be greater than or equal to 0 \(got -1\)"),
+        ({"name": "fip", "distance": "l2"}, r"strategies\[1\]\.distance: Input should be 'bhattacharyya' or 'kl'"),
+        ({"name": "wise", "alpha": True}, r"strategies\[1\]\.alpha: Input should be a valid number"),
+        ({"name": "wise", "alpha": 1.5}, r"strategies\[1\]\.alpha: Input should be less than or equal to 1"),
+        ({"name": "replay", "ratio": 0.6, "general_ratio": 0.5}, r"strategies\[1\] \(replay\): ratio \+ general_ratio"),
+        ({"name": "stm", "tau": "high"}, r"strategies\[1\]\.tau: Input should be a valid number"),
+    ],
+)
+def test_a_bad_value_is_refused_with_its_config_path(spec, message):
+    """The runner builds its stack before loading anything: the error names the field, not a traceback."""
+    from forgetless.training import ContinualRun
+
+    config = parse_config({"tasks": [{"name": "s", "builtin": "support"}], "strategies": ["naive", spec]})
+    with pytest.raises(ForgetlessError, match=message):
+        ContinualRun(config, "unused-out-dir")
+
+
+def test_every_knob_is_typed_documented_and_reaches_the_strategy():
+    """Each registered strategy's Params: a description per knob; defaults and given values land on the instance."""
+    from forgetless.strategies import parameter_table
+
+    for name in [n for n in known_strategies() if not n.startswith("_test")]:
+        strategy = build_strategy(name)
+        for knob, kind, default, description in parameter_table(name):
+            assert len(description) > 15, f"{name}.{knob} needs a one-line description"
+            assert kind and default, (name, knob)
+            if name == "ewc" and knob == "fisher":
+                continue  # stored as fisher_flavour: `fisher` is the Fisher itself
+            assert getattr(strategy, knob) == getattr(strategy.params, knob)
+    assert build_strategy({"name": "ewc", "lam": 7, "online": True}).lam == 7.0
+    assert build_strategy({"name": "ewc", "fisher": "true"}).fisher_flavour == "true"
+
+
+def test_cli_prints_a_strategys_parameters(capsys):
+    from forgetless.cli import main
+
+    assert main(["strategies", "--params", "ewc"]) == 0
+    out = capsys.readouterr().out
+    assert "| lam " in out and "| 100.0 " in out and "Penalty weight" in out
+    assert main(["strategies", "--params", "nope"]) == 2
 
 
 def test_duplicate_in_stack_rejected():
@@ -34,8 +81,8 @@ class _LoraOnly(Strategy):
     name = "_test_lora_only"
     adapters = ("lora",)
 
-    def __init__(self, weight: float = 1.0):
-        self.weight = weight
+    class Params(StrategyParams):
+        weight: float = 1.0
 
 
 class _SingleProcess(Strategy):

@@ -148,7 +148,7 @@ def test_rehearsal_ratio_and_state_round_trip(tiny_lm, tokenizer, monkeypatch):
 def test_knobs_are_validated():
     assert build_strategy("ssr").stores_raw_data is False
     for bad in ({"per_task": 0}, {"ratio": 1.0}, {"temperature": 0.0}, {"top_p": 1.5}, {"shots": 0}):
-        with pytest.raises(ForgetlessError, match="ssr"):
+        with pytest.raises(ForgetlessError, match=rf"^strategy\.{list(bad)[-1]}:"):
             build_strategy({"name": "ssr", **bad})
 
 

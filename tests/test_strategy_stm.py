@@ -143,7 +143,7 @@ def test_under_lora_scores_are_the_base_models_and_the_fresh_adapter_is_not_in_t
 
 def test_knobs_are_validated():
     for bad in ({"tau": 0.5}, {"mode": "top"}, {"percentile": 1.5}, {"control": "shuffle"}):
-        with pytest.raises(ForgetlessError, match="stm"):
+        with pytest.raises(ForgetlessError, match=rf"^strategy\.{list(bad)[-1]}:"):
             build_strategy({"name": "stm", **bad})
 
 

@@ -54,11 +54,23 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_strategies(args: argparse.Namespace) -> None:
-    from .strategies import _REGISTRY
+    from .report import format_table
+    from .strategies import _REGISTRY, parameter_table
 
+    if args.params:
+        rows = parameter_table(args.params)
+        if not rows:
+            print(f"{args.params}: no parameters")
+            return
+        print(f"{args.params}: {_summary(_REGISTRY[args.params])}\n")
+        print(format_table(["parameter", "type", "default", "description"], [list(row) for row in rows]))
+        return
     for name in sorted(_REGISTRY):
-        doc = next(iter((_REGISTRY[name].__doc__ or "").strip().splitlines()), "")
-        print(f"{name:12s} {doc}")
+        print(f"{name:12s} {_summary(_REGISTRY[name])}")
+
+
+def _summary(cls) -> str:
+    return next(iter((cls.__doc__ or "").strip().splitlines()), "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a much shorter run, to check the set-up")
     demo.set_defaults(func=_cmd_demo)
 
-    strategies = commands.add_parser("strategies", help="list the registered strategies")
+    strategies = commands.add_parser("strategies", help="list the registered strategies, or one's parameters")
+    strategies.add_argument("--params", metavar="NAME", help="print NAME's parameters with defaults and descriptions")
     strategies.set_defaults(func=_cmd_strategies)
     return parser
 

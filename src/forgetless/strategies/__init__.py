@@ -7,11 +7,13 @@ and a test row. See docs/strategies.md.
 
 from __future__ import annotations
 
-import inspect
+import json
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..errors import ForgetlessError
-from .base import Clock, OptimizerStep, Strategy, TaskContext, TaskData, TrainingSetup
+from .base import Clock, OptimizerStep, Strategy, StrategyParams, TaskContext, TaskData, TrainingSetup
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -44,14 +46,50 @@ def build_strategy(spec: str | dict[str, Any], path: str = "strategy") -> Strate
     if name not in _REGISTRY:
         raise ForgetlessError(f"{path}: unknown strategy {name!r}; known: {', '.join(known_strategies())}")
     cls = _REGISTRY[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ForgetlessError(f"{path}: strategy {name!r} has no parameter(s) {unknown}; accepted: {accepted or 'none'}")
     try:
         return cls(**params)
+    except ValidationError as exc:
+        raise ForgetlessError(_format_param_errors(exc, cls, path)) from None
     except (TypeError, ValueError) as exc:
         raise ForgetlessError(f"{path} ({name}): {exc}") from None
+
+
+def _format_param_errors(exc: ValidationError, cls: type[Strategy], path: str) -> str:
+    """One line per bad knob, named by its config path: `strategies[1].lam: Input should be greater than 0`."""
+    messages: dict[str, list[str]] = {}
+    for error in exc.errors():
+        knob = str(error["loc"][0]) if error["loc"] else ""  # deeper parts only name a union's member
+        if error["type"] == "extra_forbidden":
+            message = f"strategy {cls.name!r} has no such parameter; accepted: {', '.join(cls.Params.model_fields) or 'none'}"
+        else:
+            message = error["msg"].removeprefix("Value error, ") + (f" (got {error['input']!r})" if knob else "")
+        messages.setdefault(knob, []).append(message)
+    return "\n".join(
+        f"{f'{path}.{knob}' if knob else f'{path} ({cls.name})'}: {' or '.join(found)}" for knob, found in messages.items()
+    )
+
+
+def _type_name(annotation: Any) -> str:
+    """`float`, `int | None`, `'auto' | 'general'`: a knob's type as a user writes its values."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(value) for value in typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
+    if typing.get_args(annotation):  # a union
+        return " | ".join(_type_name(member) for member in typing.get_args(annotation))
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def parameter_table(name: str) -> list[tuple[str, str, str, str]]:
+    """(knob, type, default, description) for each parameter of strategy `name`."""
+    if name not in _REGISTRY:
+        raise ForgetlessError(f"unknown strategy {name!r}; known: {', '.join(known_strategies())}")
+    fields = _REGISTRY[name].Params.model_fields
+    return [
+        (knob, _type_name(info.annotation), json.dumps(info.default), info.description or "") 
+            for knob, info in fields.items()]
 
 
 def build_strategies(specs: list[str | dict[str, Any]], setup=None, world_size: int = 1) -> list[Strategy]:
@@ -81,6 +119,6 @@ _import_strategy_modules()
 from .stack import MicroBatch, StrategyStack  # noqa: E402  (after the registry it imports from)
 
 __all__ = [
-    "Clock", "MicroBatch", "OptimizerStep", "Strategy", "StrategyStack", "TaskContext", "TaskData", "TrainingSetup",
-    "build_strategies", "build_strategy", "known_strategies", "register_strategy",
+    "Clock", "MicroBatch", "OptimizerStep", "Strategy", "StrategyParams", "StrategyStack", "TaskContext", "TaskData",
+    "TrainingSetup", "build_strategies", "build_strategy", "known_strategies", "parameter_table", "register_strategy",
 ]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import ForgetlessError
 
@@ -108,10 +109,22 @@ class TaskContext:
         return self.setup.total_tasks is not None and self.task_index + 1 >= self.setup.total_tasks
 
 
+class StrategyParams(BaseModel):
+    """A strategy's knobs: typed, validated, each with a default and a one-line `description`.
+
+    A strategy declares `class Params(StrategyParams)` with pydantic `Field`s; `build_strategy` reports a
+    bad value with its config path (`strategies[1].lam: ...`), `forgetless strategies --params NAME` prints them.
+    """
+
+    # An unknown knob is an error: a misspelt option silently ignored is a wrong experiment.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Strategy:
     """Base class: every hook does nothing, so a strategy overrides only what it needs."""
 
     name: ClassVar[str] = ""
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
     adapters: ClassVar[tuple[str, ...]] = ("full", "lora")  # adapters it works with
     supports_multiprocess: ClassVar[bool] = True  # correct under DDP/FSDP (several processes); checked
     stores_raw_data: ClassVar[bool] = False  # keeps earlier tasks' examples (privacy-relevant); reported
@@ -121,6 +134,12 @@ class Strategy:
     # per optimizer step. "batch": it does (distillation on the batch): every micro-batch, token-weighted.
     loss_scope: ClassVar[Literal["step", "batch"]] = "step"
     needs_logits: ClassVar[bool] = False  # extra_loss reads outputs.logits of the training forward
+
+    def __init__(self, **params: Any):
+        """Validate the knobs (pydantic.ValidationError, a ValueError, on a bad one) and expose each as an attribute."""
+        self.params = self.Params(**params)
+        for knob in type(self.params).model_fields:
+            setattr(self, knob, getattr(self.params, knob))
 
     def check(self, setup: TrainingSetup, stack: list["Strategy"], world_size: int = 1) -> None:
         """Refuse an impossible run before training starts."""

@@ -21,17 +21,25 @@ import warnings
 from typing import Any, Iterable, Literal
 
 import torch
+from pydantic import Field
 from torch.func import functional_call, grad, vmap
 
 from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
 from ..nn import without_input_grad_hooks
 from . import register_strategy
-from ._common import batches, lora_linear_layers, protection_examples, sample_examples, task_rows, trained_parameters
-from .base import OptimizerStep, Strategy, TaskContext
+from ._common import (
+    ProtectionSource,
+    batches,
+    lora_linear_layers,
+    protection_examples,
+    sample_examples,
+    task_rows,
+    trained_parameters,
+)
+from .base import OptimizerStep, Strategy, StrategyParams, TaskContext
 
 FisherFlavour = Literal["empirical", "true"]
-_SOURCES = ("auto", "general", "earlier_tasks", "current_task")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -237,35 +245,32 @@ class EWC(Strategy):
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
     supports_multiprocess = False
 
-    def __init__(
-        self,
-        lam: float = 100.0,
-        fisher: FisherFlavour = "empirical",
-        fisher_samples: int = 1,
-        online: bool = False,
-        gamma: float = 0.97,
-        source: str = "auto",
-        samples: int = 64,
-        batch_size: int = 4,
-        max_gradient_mb: float = 1024,
-    ):
-        if not lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        if fisher not in ("empirical", "true"):
-            raise ValueError(f"fisher must be 'empirical' or 'true', got {fisher!r}")
-        if fisher_samples < 1:
-            raise ValueError(f"fisher_samples must be >= 1, got {fisher_samples}")
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        if source not in _SOURCES:
-            raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}")
-        if samples < 1 or batch_size < 1:
-            raise ValueError(f"samples and batch_size must be >= 1, got {samples} and {batch_size}")
-        if not max_gradient_mb > 0:
-            raise ValueError(f"max_gradient_mb must be > 0, got {max_gradient_mb}")
-        self.lam, self.fisher_flavour, self.fisher_samples = float(lam), fisher, fisher_samples
-        self.online, self.gamma, self.source = bool(online), float(gamma), source
-        self.samples, self.batch_size, self.max_gradient_mb = samples, batch_size, float(max_gradient_mb)
+    class Params(StrategyParams):
+        lam: float = Field(
+            100.0, ge=0, description="Penalty weight; lam = 1 prices a protected-data loss rise like a task-loss rise."
+        )
+        fisher: FisherFlavour = Field(
+            "empirical", description="empirical: gradients of the data's own tokens; true: of tokens sampled from the model."
+        )
+        fisher_samples: int = Field(1, ge=1, description="Sampled continuations per sequence for the true Fisher.")
+        online: bool = Field(
+            False, description="Online EWC: one running Fisher, decayed by gamma at each task, instead of one per task."
+        )
+        gamma: float = Field(0.97, gt=0, le=1, description="Online EWC: decay of the earlier Fisher at each new task.")
+        source: ProtectionSource = Field(
+            "auto",
+            description="What the Fisher protects: auto (general text, then each trained task), general, earlier_tasks, "
+            "current_task.",
+        )
+        samples: int = Field(64, ge=1, description="Sequences the Fisher is estimated on.")
+        batch_size: int = Field(4, ge=1, description="Sequences per vmap'd per-sample gradient batch.")
+        max_gradient_mb: float = Field(
+            1024, gt=0, description="Memory cap for per-sample gradients; parameters are processed in groups under it."
+        )
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.fisher_flavour = self.params.fisher  # `self.fisher` below is the Fisher itself
         # Full fine-tuning: F and the anchor per parameter name, plus a scalar (see _absorb).
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}

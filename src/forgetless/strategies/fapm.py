@@ -7,14 +7,15 @@ A change is kept when it is large in absolute terms but small relative to the we
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from ..errors import ForgetlessError
 from . import register_strategy
 from ._common import block_index, lora_linear_layers_by_weight, trained_parameters
-from .base import Strategy, TaskContext
+from .base import Strategy, StrategyParams, TaskContext
 
 TensorSelection = Literal["blocks", "matrices"]
 
@@ -49,13 +50,16 @@ class FAPM(Strategy):
     supports_multiprocess = False  # FSDP shards would be pruned per shard, not per tensor
     changes_base_weights = True  # under LoRA the pruned update is written into the base weights
 
-    def __init__(self, keep: float = 0.1, tensors: TensorSelection = "blocks"):
-        if not 0.0 < keep <= 1.0:
-            raise ValueError(f"keep must be in (0, 1], got {keep}")
-        if tensors not in ("blocks", "matrices"):
-            raise ValueError(f"tensors must be 'blocks' or 'matrices', got {tensors!r}")
-        self.keep = keep
-        self.tensors = tensors
+    class Params(StrategyParams):
+        keep: float = Field(
+            0.1, gt=0, le=1, description="Fraction of each matrix's task-vector entries kept; the rest reset to pre-task."
+        )
+        tensors: TensorSelection = Field(
+            "blocks", description="blocks: the transformer blocks' matrices; matrices: every 2-D weight."
+        )
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self._pre: dict[str, torch.Tensor] = {}  # full fine-tuning: pre-task weights (CPU)
 
     def _selected(self, name: str, tensor: torch.Tensor) -> bool:

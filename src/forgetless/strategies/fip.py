@@ -25,13 +25,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch.utils.checkpoint import checkpoint
 
 from ..data.encoding import PaddingCollator
 from ..evaluation._scoring import model_device
 from . import register_strategy
 from ._common import ProtectionSource, frozen_copy, protection_examples, trained_parameters
-from .base import Strategy, TaskContext
+from .base import Strategy, StrategyParams, TaskContext
 
 Distance = Literal["bhattacharyya", "kl"]
 Reference = Literal["origin", "previous"]
@@ -102,41 +103,30 @@ class FunctionallyInvariantPaths(Strategy):
     stores_raw_data = True  # anchors are earlier tasks' training inputs
     supports_multiprocess = False  # a second student forward per step (anchors) before one backward
 
-    def __init__(
-        self,
-        weight: float = 1.0,
-        distance: Distance = "bhattacharyya",
-        smoothing: Smoothing = "exact",
-        reference: Reference = "origin",
-        refresh_steps: int = 10,
-        anchor_examples: int = 256,
-        anchor_batch_size: int | None = None,
-        source: ProtectionSource = "auto",
-    ):
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        if distance not in ("bhattacharyya", "kl"):
-            raise ValueError(f"distance must be 'bhattacharyya' or 'kl', got {distance!r}")
-        if smoothing not in ("exact", "official"):
-            raise ValueError(f"smoothing must be 'exact' or 'official', got {smoothing!r}")
-        if reference not in ("origin", "previous"):
-            raise ValueError(f"reference must be 'origin' or 'previous', got {reference!r}")
-        if refresh_steps < 1:
-            raise ValueError(f"refresh_steps must be >= 1, got {refresh_steps}")
-        if anchor_examples < 1:
-            raise ValueError(f"anchor_examples must be >= 1, got {anchor_examples}")
-        if anchor_batch_size is not None and anchor_batch_size < 1:
-            raise ValueError(f"anchor_batch_size must be >= 1 (or null: a batch quarter in tokens), got {anchor_batch_size}")
-        if source not in ("auto", "general", "earlier_tasks", "current_task"):
-            raise ValueError(f"source must be auto, general, earlier_tasks or current_task, got {source!r}")
-        self.weight = float(weight)
-        self.distance: Distance = distance
-        self.smoothing: Smoothing = smoothing
-        self.reference: Reference = reference
-        self.refresh_steps = refresh_steps
-        self.anchor_examples = anchor_examples
-        self.anchor_batch_size = anchor_batch_size
-        self.source: ProtectionSource = source
+    class Params(StrategyParams):
+        weight: float = Field(1.0, ge=0, description="Weight of the functional distance added to the task loss.")
+        distance: Distance = Field(
+            "bhattacharyya", description="bhattacharyya: -log sum sqrt(p q); kl: KL(reference || student)."
+        )
+        smoothing: Smoothing = Field(
+            "exact", description="exact: the distance as written; official: the released code's eps smoothing."
+        )
+        reference: Reference = Field(
+            "origin", description="origin: the model at task start; previous: the model refresh_steps steps ago."
+        )
+        refresh_steps: int = Field(10, ge=1, description="reference: previous - steps between reference refreshes.")
+        anchor_examples: int = Field(256, ge=1, description="Anchor inputs drawn per task (one random batch of them per step).")
+        anchor_batch_size: int | None = Field(
+            None, ge=1, description="Anchors per step; null: filled to a quarter of the training batch's tokens."
+        )
+        source: ProtectionSource = Field(
+            "auto",
+            description="What anchors come from: auto (general, then half earlier tasks), general, earlier_tasks, "
+            "current_task.",
+        )
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self._anchors: list[dict[str, Any]] = []
         self._rng = random.Random(0)
         self._reference_model: torch.nn.Module | None = None  # full fine-tuning

@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from . import register_strategy
 from ._common import lora_linear_layers, trained_parameters
-from .base import Strategy, TaskContext
+from .base import Strategy, StrategyParams, TaskContext
 from .ewc import lora_delta, squared_distance
 
 
@@ -28,10 +29,11 @@ class L2SP(Strategy):
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
     supports_multiprocess = False
 
-    def __init__(self, lam: float = 0.01):
-        if not lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        self.lam = float(lam)
+    class Params(StrategyParams):
+        lam: float = Field(0.01, ge=0, description="Penalty weight on the squared distance to the starting weights.")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self.anchor: dict[str, torch.Tensor] = {}  # theta0 by parameter name (full fine-tuning only)
         self._parameters: dict[str, torch.nn.Parameter] = {}
         self._lora: dict[str, torch.nn.Module] = {}

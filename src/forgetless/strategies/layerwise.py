@@ -22,16 +22,17 @@ their drift is the adapter's scaling * B @ A.
 from __future__ import annotations
 
 import time
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
+from pydantic import Field
 
 from ..errors import ForgetlessError
 from ..evaluation._scoring import model_device
 from ..nn import token_cross_entropy, trained_tokens
 from . import register_strategy
 from ._common import batches, block_index, lora_linear_layers_by_weight, protection_examples, trained_parameters
-from .base import OptimizerStep, Strategy, TaskContext
+from .base import OptimizerStep, Strategy, StrategyParams, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]
 ImportanceSource = Literal["auto", "general"]
@@ -90,38 +91,27 @@ class Layerwise(Strategy):
     name = "layerwise"
     supports_multiprocess = False  # flat indices into whole tensors: not valid for FSDP shards
 
-    def __init__(
-        self,
-        lam: float = 50.0,
-        steps: int = 8,
-        batch_size: int = 4,
-        keep: float = 0.1,
-        layer_weighting: LayerWeighting = "adaptive",
-        source: ImportanceSource = "auto",
-        task_importance: TaskImportance = "training",
-    ):
-        if not lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        if steps < 1 or batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-        if not 0.0 < keep <= 1.0:
-            raise ValueError(f"keep must be in (0, 1], got {keep}")
-        if layer_weighting not in ("adaptive", "uniform"):
-            raise ValueError(f"layer_weighting must be 'adaptive' or 'uniform', got {layer_weighting!r}")
-        if source not in ("auto", "general"):
-            raise ValueError(f"source must be 'auto' (general text, then each task trained) or 'general', got {source!r}")
-        if task_importance not in ("training", "pass"):
-            raise ValueError(
-                f"task_importance must be 'training' (read off the task's last training steps) or 'pass' "
-                f"(one more pass over the task), got {task_importance!r}"
-            )
-        self.task_importance = task_importance
-        self.lam = lam
-        self.steps = steps
-        self.batch_size = batch_size
-        self.keep = keep
-        self.layer_weighting = layer_weighting
-        self.source = source
+    class Params(StrategyParams):
+        lam: float = Field(50.0, ge=0, description="Weight of the layer-weighted importance penalty.")
+        steps: int = Field(
+            8, ge=1, description="Batches the importance is read from (a general-text pass, or the task's last training steps)."
+        )
+        batch_size: int = Field(4, ge=1, description="Sequences per batch of the importance pass.")
+        keep: float = Field(
+            0.1, gt=0, le=1, description="Fraction of each tensor's most important entries kept (int32 index + bf16 value)."
+        )
+        layer_weighting: LayerWeighting = Field(
+            "adaptive", description="adaptive: alpha_l from each block's share of the penalty; uniform: alpha_l = 1."
+        )
+        source: ImportanceSource = Field(
+            "auto", description="auto: general text, then each task trained; general: general text only."
+        )
+        task_importance: TaskImportance = Field(
+            "training", description="training: read off the task's last training steps; pass: one more pass over the task."
+        )
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         # The saved state: per protected weight (by its full-fine-tuning name), the kept flat indices and Omega.
         self.index: dict[str, torch.Tensor] = {}  # int32 (k,)
         self.importance: dict[str, torch.Tensor] = {}  # bf16 (k,): Omega at those indices

@@ -23,13 +23,14 @@ from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
 from ..evaluation._scoring import logits_at, model_device, scoring_mode
 from . import register_strategy
 from ._common import frozen_copy, runs_bfloat16_natively
-from .base import Strategy, TaskContext
+from .base import Strategy, StrategyParams, TaskContext
 
 Positions = Literal["all", "trained"]
 TeacherPrecision = Literal["auto", "float32", "bfloat16"]
@@ -125,25 +126,16 @@ class LearningWithoutForgetting(Strategy):
     loss_scope = "batch"  # distils on the training batch: weighted by each micro-batch's share of tokens
     needs_logits = True
 
-    def __init__(
-        self,
-        weight: float = 1.0,
-        temperature: float = 2.0,
-        positions: Positions = "all",
-        teacher_precision: TeacherPrecision = "auto",
-    ):
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if positions not in ("all", "trained"):
-            raise ValueError(f"positions must be 'all' or 'trained', got {positions!r}")
-        if teacher_precision not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"teacher_precision must be 'auto', 'float32' or 'bfloat16', got {teacher_precision!r}")
-        self.weight = float(weight)
-        self.temperature = float(temperature)
-        self.positions: Positions = positions
-        self.teacher_precision: TeacherPrecision = teacher_precision
+    class Params(StrategyParams):
+        weight: float = Field(1.0, ge=0, description="Weight of the distillation term (KL to the pre-task teacher).")
+        temperature: float = Field(2.0, gt=0, description="Softmax temperature of teacher and student.")
+        positions: Positions = Field("all", description="all: every non-padding position; trained: only positions with a label.")
+        teacher_precision: TeacherPrecision = Field(
+            "auto", description="Teacher forward dtype; auto: bfloat16 where the device runs it natively."
+        )
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self._teacher_bfloat16 = False  # resolved at task start from teacher_precision and the device
         self._teacher: torch.nn.Module | None = None  # full fine-tuning only
         self._kl_total, self._kl_steps = 0.0, 0  # for the per-task mean reported in results.json

@@ -16,11 +16,12 @@ import random
 from typing import Any
 
 import torch
+from pydantic import Field, model_validator
 
 from ..data.encoding import IGNORE_INDEX
 from . import register_strategy
 from ._common import sample_examples
-from .base import Strategy, TaskContext
+from .base import Strategy, StrategyParams, TaskContext
 
 
 def reservoir_sample(items: list[Any], k: int, rng: random.Random) -> list[Any]:
@@ -82,29 +83,28 @@ def unpack_examples(tensors: dict[str, torch.Tensor], prefix: str = "") -> list[
 
 @register_strategy
 class Replay(Strategy):
-    """Rehearsal buffer of earlier tasks' examples (reservoir sampled, `per_task` each) plus general text.
-
-    Knobs: `per_task` (buffer quota per finished task, 200), `ratio` (fraction of the training examples
-    drawn from the buffer, 0.1), `general_ratio` (fraction drawn from general English; default: `ratio`
-    on the first task, where there is no buffer, and `ratio / 2` later), `seed`.
-    """
+    """Rehearsal buffer of earlier tasks' examples (reservoir sampled, `per_task` each) plus general text."""
 
     name = "replay"
     stores_raw_data = True
 
-    def __init__(self, per_task: int = 200, ratio: float = 0.1, general_ratio: float | None = None, seed: int = 0):
-        if per_task < 1:
-            raise ValueError(f"per_task must be >= 1, got {per_task}")
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"ratio is a fraction of the training examples, in [0, 1), got {ratio}")
-        if general_ratio is not None and not 0.0 <= general_ratio < 1.0:
-            raise ValueError(f"general_ratio is a fraction of the training examples, in [0, 1), got {general_ratio}")
-        if general_ratio is not None and ratio + general_ratio >= 1.0:
-            raise ValueError(f"ratio + general_ratio must stay below 1 (some current-task data), got {ratio + general_ratio}")
-        self.per_task = per_task
-        self.ratio = ratio
-        self.general_ratio = general_ratio
-        self.seed = seed
+    class Params(StrategyParams):
+        per_task: int = Field(200, ge=1, description="Buffer quota per finished task (reservoir sampled).")
+        ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of the training examples drawn from the buffer.")
+        general_ratio: float | None = Field(
+            None, ge=0, lt=1, description="Fraction drawn from general English; null: ratio on the first task, ratio / 2 later."
+        )
+        seed: int = Field(0, description="Seed of the reservoir and the mixing.")
+
+        @model_validator(mode="after")
+        def _some_task_data(self) -> "Replay.Params":
+            if self.general_ratio is not None and self.ratio + self.general_ratio >= 1.0:
+                total = self.ratio + self.general_ratio
+                raise ValueError(f"ratio + general_ratio must stay below 1 (some current-task data), got {total}")
+            return self
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self.buffer: dict[int, list[dict[str, list[int]]]] = {}  # task index -> its reservoir sample
         self._pending: list[dict[str, list[int]]] = []  # the current task's sample, added at consolidate
 

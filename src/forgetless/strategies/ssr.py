@@ -20,12 +20,13 @@ import random
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from ..data.encoding import chat_prompt_text, encode_chat, encode_text
 from ..errors import ForgetlessError
 from ..evaluation._scoring import left_pad, model_device, scoring_mode
 from . import register_strategy
-from .base import Strategy, TaskContext
+from .base import Strategy, StrategyParams, TaskContext
 from .replay import draw, mix_counts, pack_examples, unpack_examples
 
 GENERAL_POOL = -1  # pool id of the general-English passages written before the first task
@@ -82,51 +83,25 @@ def sample_continuations(
 
 @register_strategy
 class SelfSynthesizedRehearsal(Strategy):
-    """Rehearse model-written pseudo-examples of earlier tasks (and general text) instead of real data.
-
-    Knobs: `per_task` (synthetic examples written per finished task, 16), `ratio` (fraction of the
-    training examples that are synthetic, 0.1), `shots` (real demonstrations per prompt, 2),
-    `max_new_tokens` (64), `temperature` (0.9), `top_p` (0.6), `refine` (the model answers each
-    synthetic instruction itself, True), `general` (write general passages before the first task,
-    True), `batch_size` (prompts generated together, 16), `seed`.
-    """
+    """Rehearse model-written pseudo-examples of earlier tasks (and general text) instead of real data."""
 
     name = "ssr"
     supports_multiprocess = False  # generation under FSDP/DeepSpeed sharding is not supported here
 
-    def __init__(
-        self,
-        per_task: int = 16,
-        ratio: float = 0.1,
-        shots: int = 2,
-        max_new_tokens: int = 64,
-        temperature: float = 0.9,
-        top_p: float = 0.6,
-        refine: bool = True,
-        general: bool = True,
-        batch_size: int = 16,
-        seed: int = 0,
-    ):
-        counts = {"per_task": per_task, "shots": shots, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
-        for knob, value in counts.items():
-            if value < 1:
-                raise ValueError(f"{knob} must be >= 1, got {value}")
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"ratio is a fraction of the training examples, in [0, 1), got {ratio}")
-        if not temperature > 0.0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        self.per_task = per_task
-        self.ratio = ratio
-        self.shots = shots
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.refine = refine
-        self.general = general
-        self.batch_size = batch_size
-        self.seed = seed
+    class Params(StrategyParams):
+        per_task: int = Field(16, ge=1, description="Synthetic examples written per finished task.")
+        ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of the training examples that are synthetic.")
+        shots: int = Field(2, ge=1, description="Real demonstrations per generation prompt.")
+        max_new_tokens: int = Field(64, ge=1, description="Token budget of each generation.")
+        temperature: float = Field(0.9, gt=0, description="Sampling temperature of the synthetic instructions.")
+        top_p: float = Field(0.6, gt=0, le=1, description="Nucleus sampling mass.")
+        refine: bool = Field(True, description="The model answers each synthetic instruction itself.")
+        general: bool = Field(True, description="Write general passages before the first task.")
+        batch_size: int = Field(16, ge=1, description="Prompts generated together.")
+        seed: int = Field(0, description="Seed of demonstration choice and sampling.")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self.pools: dict[int, list[dict[str, list[int]]]] = {}  # pool id (task index, or -1) -> synthetic examples
 
     def synthesize(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
@@ -32,7 +33,7 @@ from ..evaluation._scoring import left_pad, logits_at, model_device, scoring_mod
 from ..fileio import atomic_write_bytes
 from ..models import forgetless_home
 from . import register_strategy
-from .base import Strategy, TaskContext
+from .base import Strategy, StrategyParams, TaskContext
 
 # Rows x longest row per scoring batch. The logits of one batch's scored positions take about
 # (0.6 x budget) x vocabulary x 4 bytes: 2048 tokens -> ~250 MB for a 49k vocabulary.
@@ -120,29 +121,21 @@ class SelectiveTokenMasking(Strategy):
 
     name = "stm"
 
-    def __init__(
-        self,
-        tau: float = 2.5,
-        mode: Literal["threshold", "percentile"] = "threshold",
-        percentile: float = 0.2,
-        control: Literal["none", "random"] = "none",
-        seed: int = 0,
-        cache: bool = True,
-    ):
-        if not tau > 1.0:
-            raise ValueError(f"tau is a perplexity threshold and must be > 1 (perplexity is >= 1), got {tau}")
-        if mode not in ("threshold", "percentile"):
-            raise ValueError(f"mode must be 'threshold' or 'percentile', got {mode!r}")
-        if not 0.0 <= percentile < 1.0:
-            raise ValueError(f"percentile is the fraction of tokens to mask, in [0, 1), got {percentile}")
-        if control not in ("none", "random"):
-            raise ValueError(f"control must be 'none' or 'random', got {control!r}")
-        self.tau = tau
-        self.mode = mode
-        self.percentile = percentile
-        self.control = control
-        self.seed = seed
-        self.cache = cache
+    class Params(StrategyParams):
+        tau: float = Field(
+            2.5, gt=1, description="mode threshold: mask label tokens whose starting-model perplexity exceeds tau."
+        )
+        mode: Literal["threshold", "percentile"] = Field(
+            "threshold", description="threshold: mask above tau; percentile: mask a fixed fraction."
+        )
+        percentile: float = Field(
+            0.2, ge=0, lt=1, description="mode percentile: fraction of label tokens to mask (the least likely)."
+        )
+        control: Literal["none", "random"] = Field(
+            "none", description="random: mask the same number of tokens at random (an ablation)."
+        )
+        seed: int = Field(0, description="Seed of the random control.")
+        cache: bool = Field(True, description="Cache the starting model's token scores on disk (FORGETLESS_HOME).")
 
     # -- scoring ---------------------------------------------------------------------------------------
 

@@ -9,14 +9,15 @@ English disjoint from every evaluation item), scored as 1 - log_V(perplexity) li
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import torch
+from pydantic import Field
 
 from ..errors import ForgetlessError
 from . import register_strategy
 from ._common import trained_parameters
-from .base import Strategy, TaskContext
+from .base import Strategy, StrategyParams, TaskContext
 
 ALPHA_GRID = tuple(round(1.0 - step / 10, 1) for step in range(11))  # 1.0, 0.9, ..., 0.0
 VALIDATION_MAX_LENGTH = 512  # as the general suite's perplexity tasks
@@ -36,19 +37,18 @@ class WiSE(Strategy):
 
     name = "wise"
 
-    def __init__(self, alpha: float | str = 0.5, budget: float = 0.01, validation_texts: int = 64):
-        if isinstance(alpha, str):
-            if alpha != "auto":
-                raise ValueError(f"alpha must be a number in [0, 1] or 'auto', got {alpha!r}")
-        elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be a number in [0, 1] or 'auto', got {alpha!r}")
-        if not budget >= 0.0:
-            raise ValueError(f"budget must be >= 0 (an absolute score drop), got {budget}")
-        if validation_texts < 1:
-            raise ValueError(f"validation_texts must be >= 1, got {validation_texts}")
-        self.alpha = alpha
-        self.budget = float(budget)
-        self.validation_texts = validation_texts
+    class Params(StrategyParams):
+        alpha: Annotated[float, Field(ge=0, le=1, strict=True)] | Literal["auto"] = Field(
+            0.5,
+            description="theta = theta0 + alpha (theta_ft - theta0); auto: the largest alpha within budget on general text.",
+        )
+        budget: float = Field(
+            0.01, ge=0, description="alpha auto: the largest alpha whose general-text score drop is within this."
+        )
+        validation_texts: int = Field(64, ge=1, description="alpha auto: held-out general texts the choice is scored on.")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self._start: dict[str, torch.Tensor] = {}  # full fine-tuning: theta_0 of the trained tensors (CPU)
 
     def check(self, setup, stack, world_size: int = 1) -> None:
