@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/quality.py --strategies naive '{"name": "ewc", "lam": 1000}' --out DIR
     .venv/bin/python benchmarks/quality.py --strategies '["stm", "replay"]' --out DIR          # a stack
     .venv/bin/python benchmarks/quality.py --quick --strategies naive l2sp --out /tmp/q   # minutes, set-up check
+    .venv/bin/python benchmarks/quality.py --trainer sft --strategies naive ewc --out DIR  # through SFTTrainer
 
 Default model; `support`, then `pydoc` (`--tasks` to change); the general suite scored before training and after each task.
 Every strategy starts from the same model, so the "before" evaluation runs once and is shared.
@@ -167,6 +168,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="built-in tasks, trained in this order")
     parser.add_argument("--lr", type=float, help=f"learning rate (default {TRAIN['lr']})")
     parser.add_argument("--quick", action="store_true", help="2 steps, 10 items per evaluation task")
+    parser.add_argument("--trainer", default="runner", choices=["runner", "sft"],
+                        help="sft: train each task through with_strategies(trl.SFTTrainer) (benchmarks/sft_run.py)")
     parser.add_argument("--rebuild", action="store_true", help="only rewrite DIR/quality.md from DIR's saved results")
     args = parser.parse_args()
     out = Path(args.out)
@@ -175,11 +178,19 @@ def main() -> None:
     lr = ["--lr", str(args.lr)] if args.lr else []
     command = "python benchmarks/quality.py " + " ".join(
         [*(f"'{s}'" if s[:1] in "{[" else s for s in ["--strategies", *args.strategies]), "--adapter", args.adapter,
-         "--tasks", *args.tasks, *lr, "--out", args.out, *(["--quick"] if args.quick else [])]
+         "--tasks", *args.tasks, *lr, *(["--trainer", args.trainer] if args.trainer != "runner" else []),
+         "--out", args.out, *(["--quick"] if args.quick else [])]
     )
     # Several invocations may fill one table (e.g. a lambda sweep added later): keep their rows and commands.
     table = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {"commands": [], "rows": []}
     setting = {"tasks": args.tasks, "quick": args.quick, "lr": args.lr, "adapter": args.adapter}
+    if args.trainer != "runner":  # tables written before --trainer existed stay valid
+        setting["trainer"] = args.trainer
+    run_class = ContinualRun
+    if args.trainer == "sft":
+        from sft_run import SFTContinualRun  # benchmarks/, beside this script
+
+        run_class = SFTContinualRun
     if table.setdefault("setting", setting) != setting:
         raise SystemExit(f"{out / 'quality.json'} holds rows for {table['setting']}, not {setting}: choose another --out")
     table["commands"] = [*table.get("commands", []), command]
@@ -190,7 +201,7 @@ def main() -> None:
         print(f"\n=== {label} ===", flush=True)
         started = time.perf_counter()
         config = run_config(spec, args.adapter, args.quick, args.tasks, args.lr)
-        run = ContinualRun(config, out / label.replace("/", "_"), before=before)
+        run = run_class(config, out / label.replace("/", "_"), before=before)
         results = run.execute()
         if before is None:
             before = run.evaluator.log

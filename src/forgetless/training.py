@@ -133,8 +133,12 @@ class ContinualRun:
         self.task_logs: list[dict[str, Any]] = []
 
     def _training_arguments(self, task_index: int) -> TrainingArguments:
+        return TrainingArguments(**self._training_kwargs(task_index))
+
+    def _training_kwargs(self, task_index: int) -> dict[str, Any]:
+        """The run config's train section as TrainingArguments keywords (a TRL config takes the same)."""
         train = self.config.train
-        return TrainingArguments(
+        return dict(
             output_dir=str(self.out_dir / ".trainer"),
             max_steps=train.steps,
             per_device_train_batch_size=train.batch_size // train.gradient_accumulation_steps,
@@ -158,13 +162,9 @@ class ContinualRun:
             dataloader_pin_memory=False,
         )
 
-    def _train_task(self, task_index: int, task: TrainingTask) -> None:
-        started = time.perf_counter()
-        self.model = prepare_for_task(self.model, self.config, task_index)
-        examples = encode_rows(self.tokenizer, task.train, self.config.train.max_length)
-        if not examples and not self.stack.uses("prepare_examples"):  # a data-side strategy may still add some
-            raise ForgetlessError(f"task {task.name!r}: no training example has a token to learn from")
-        trainer = with_strategies(Trainer)(
+    def _trainer(self, task_index: int, task: TrainingTask, examples: list[dict[str, list[int]]]) -> Trainer:
+        """`with_strategies(Trainer)` on the encoded examples, driven by the run's one StrategyStack."""
+        return with_strategies(Trainer)(
             model=self.model,
             args=self._training_arguments(task_index),
             train_dataset=ListDataset(examples),
@@ -174,8 +174,20 @@ class ContinualRun:
             forgetless_setup=self.config.training_setup(),
             forgetless_adapter=adapter_name(task_index) if self.config.adapter == "lora" else None,
             forgetless_task=TaskData(name=task.name, format=task.format, rows=task.train, examples=examples),
-            callbacks=[_StepCallback(self, task.name, self.stack.global_step)],
+            callbacks=self._callbacks(task),
         )
+
+    def _callbacks(self, task: TrainingTask) -> list[TrainerCallback]:
+        """The run's own callbacks for a task's trainer (periodic evaluation)."""
+        return [_StepCallback(self, task.name, self.stack.global_step)]
+
+    def _train_task(self, task_index: int, task: TrainingTask) -> None:
+        started = time.perf_counter()
+        self.model = prepare_for_task(self.model, self.config, task_index)
+        examples = encode_rows(self.tokenizer, task.train, self.config.train.max_length)
+        if not examples and not self.stack.uses("prepare_examples"):  # a data-side strategy may still add some
+            raise ForgetlessError(f"task {task.name!r}: no training example has a token to learn from")
+        trainer = self._trainer(task_index, task, examples)
         output = trainer.train()
         self.global_step = self.stack.global_step
         trainable, total = trainable_parameter_count(self.model)

@@ -241,7 +241,12 @@ class StrategyTrainerMixin:
         if not self._in_training_step or stack.context is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels") if k in inputs}
-        if stack.needs_logits and getattr(self, "_parent_drops_logits", False):
+        if not stack.needs_logits:
+            # No strategy reads the outputs: ask the parent for the loss alone. (TRL's fused LM head builds no
+            # logits, and asking it for outputs costs a second forward pass to recompute them.)
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            loss, outputs = result if return_outputs else (result, None)
+        elif getattr(self, "_parent_drops_logits", False):
             loss, outputs = self._nll_loss(model, inputs, num_items_in_batch)
         else:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)

@@ -163,7 +163,11 @@ class Strategy:
         return examples
 
     def extra_loss(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any):
-        """Loss side: a scalar tensor added to the training loss, or None (see `loss_scope`)."""
+        """Loss side: a scalar tensor added to the training loss, or None (see `loss_scope`).
+
+        `outputs` is the training forward's output when some strategy of the stack sets `needs_logits`, else
+        None (a trainer may not build logits at all: TRL's fused LM head).
+        """
         return None
 
     def after_backward(self, ctx: TaskContext, model: torch.nn.Module, step: OptimizerStep) -> None:
