@@ -4,7 +4,7 @@ Same tasks, evaluation, seed and optimiser settings as `forgetless run`; only th
 task's rows go to SFTTrainer in its own dataset formats: a chat row becomes a conversational
 prompt-completion pair (SFTTrainer applies the chat template and trains on the completion only), a text
 row stays `{"text"}` (SFTTrainer truncates it to max_length where the runner cuts it into windows).
-Used by benchmarks/quality.py --trainer sft and benchmarks/strategy_overhead.py.
+Used by benchmarks/quality.py --trainer sft.
 """
 
 from __future__ import annotations

@@ -132,9 +132,6 @@ class ContinualRun:
         self.global_step = 0
         self.task_logs: list[dict[str, Any]] = []
 
-    def _training_arguments(self, task_index: int) -> TrainingArguments:
-        return TrainingArguments(**self._training_kwargs(task_index))
-
     def _training_kwargs(self, task_index: int) -> dict[str, Any]:
         """The run config's train section as TrainingArguments keywords (a TRL config takes the same)."""
         train = self.config.train
@@ -166,7 +163,7 @@ class ContinualRun:
         """`with_strategies(Trainer)` on the encoded examples, driven by the run's one StrategyStack."""
         return with_strategies(Trainer)(
             model=self.model,
-            args=self._training_arguments(task_index),
+            args=TrainingArguments(**self._training_kwargs(task_index)),
             train_dataset=ListDataset(examples),
             data_collator=PaddingCollator(self.tokenizer.pad_token_id),
             processing_class=self.tokenizer,
