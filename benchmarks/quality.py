@@ -26,6 +26,7 @@ from forgetless.config import parse_config
 from forgetless.evaluation.evaluator import EvaluationLog
 from forgetless.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from forgetless.report import format_table
+from forgetless.results import RunResults
 from forgetless.training import ContinualRun
 
 # lr 5e-4: at 2e-4 naive fine-tuning's final general drop on support -> pydoc was only 2 s.e. (-0.016 +- 0.007),
@@ -65,27 +66,23 @@ def run_config(spec, adapter: str, quick: bool, tasks: list[str], lr: float | No
     )
 
 
-def general_after_each_task(results: dict) -> dict:
-    return {entry["task"]: entry["mean"] for entry in results["general"] if entry["stage"] == "after_task"}
-
-
-def quality_row(label: str, results: dict, seconds: float) -> dict:
-    matrix, tasks, m = results["matrix"], results["tasks"], results["metrics"]
+def quality_row(label: str, results: RunResults, seconds: float) -> dict:
+    matrix, tasks, m = results.matrix, results.tasks, results.metrics
     return {
         "strategy": label,
         "in_domain_gain": {task: matrix[i + 1][i] - matrix[0][i] for i, task in enumerate(tasks)},
         # The general mean after each task: a final score can hide a drop in the middle of the sequence.
-        "general_after_each_task": general_after_each_task(results),
-        "general_before": m["general_before"],
-        "general_after": m["general_after"],
-        "general_delta_abs": m["general_delta_abs"],
-        "general_delta_rel": m["general_delta_rel"],
-        "general_delta_se": m["general_delta_se"],
-        "general_within_noise": m["general_within_noise"],
-        "bwt": m["bwt"],
-        "forgetting": m["forgetting"],
+        "general_after_each_task": results.general_after_each_task(),
+        "general_before": m.general_before,
+        "general_after": m.general_after,
+        "general_delta_abs": m.general_delta_abs,
+        "general_delta_rel": m.general_delta_rel,
+        "general_delta_se": m.general_delta_se,
+        "general_within_noise": m.general_within_noise,
+        "bwt": m.bwt,
+        "forgetting": m.forgetting,
         "wall_time_s": seconds,
-        "training": results["training"],
+        "training": results.training,
     }
 
 

@@ -57,9 +57,9 @@ def main() -> None:
         callbacks=[monitor],
     )
     trainer.train()
-    metrics = monitor.results()["metrics"]
-    print(f"general change: {metrics['general_delta_abs']:+.4f} ± {metrics['general_delta_se']:.4f} "
-          f"(before {metrics['general_before']:.4f}); report: {Path(args.out) / 'report.md'}")
+    metrics = monitor.results().metrics
+    print(f"general change: {metrics.general_delta_abs:+.4f} ± {metrics.general_delta_se:.4f} "
+          f"(before {metrics.general_before:.4f}); report: {Path(args.out) / 'report.md'}")
 
 
 def _has_cuda() -> bool:

@@ -45,7 +45,7 @@ def _relative(a: float, b: float) -> float:
 def test_accumulation_two_by_two_equals_one_batch_of_four(name, tmp_path, tokenizer, task_files):
     big, big_results = _run(tmp_path, tokenizer, task_files, SPECS[name], "big")
     acc, acc_results = _run(tmp_path, tokenizer, task_files, SPECS[name], "acc", gradient_accumulation_steps=2)
-    for one, two in zip(big_results["training"], acc_results["training"]):
+    for one, two in zip(big_results.training, acc_results.training):
         assert _relative(one["train_loss"], two["train_loss"]) < 1e-4, (one["train_loss"], two["train_loss"])
         for key, value in one.items():  # the strategy's own logged numbers (penalties, fractions, counts)
             if key.startswith(name) and isinstance(value, (int, float)) and not key.endswith("seconds"):
@@ -69,7 +69,7 @@ def test_bf16_run_finishes_finite_with_the_strategy_active(name, tmp_path, token
     one_task = [{"name": "chat", "file": task_files["chat"]}]
     naive, _ = _run(tmp_path, tokenizer, task_files, "naive", "naive", tasks=one_task, precision="bf16")
     run, results = _run(tmp_path, tokenizer, task_files, SPECS[name], "bf16", tasks=one_task, precision="bf16")
-    assert math.isfinite(results["training"][0]["train_loss"])
+    assert math.isfinite(results.training[0]["train_loss"])
     weights = dict(run.model.named_parameters())
     assert all(torch.isfinite(p).all() for p in weights.values())
     # The strategy still acts under bf16: its run ends somewhere else than plain bf16 fine-tuning.
@@ -85,7 +85,7 @@ def test_fp16_is_refused_before_training_for_hooks_that_touch_gradients(name, tm
 
 def test_fp16_runs_where_no_hook_touches_gradients(tmp_path, tokenizer, task_files):
     _, results = _run(tmp_path, tokenizer, task_files, "l2sp", "fp16", precision="fp16")
-    assert all(math.isfinite(t["train_loss"]) for t in results["training"])
+    assert all(math.isfinite(t["train_loss"]) for t in results.training)
 
 
 def test_batch_size_must_split_into_the_micro_batches(task_files):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from transformers import Trainer, TrainingArguments
 import forgetless
 from forgetless.data.encoding import IGNORE_INDEX
 from forgetless.errors import ForgetlessError
+from forgetless.results import RunResults
 
 from .conftest import make_tiny_lm
 
@@ -78,10 +78,32 @@ def test_data_side_replaces_the_dataset_for_the_task_only(tmp_path, tokenizer):
     assert log["replay_general_examples"] > 0 and log["examples"] == len(original) + log["replay_general_examples"]
 
 
-def test_lwf_under_sft_uses_logits_even_where_trl_fuses_the_lm_head(tmp_path, tokenizer):
+def test_lwf_under_sft_trains_through_the_logits_even_where_trl_fuses_the_lm_head(tmp_path, tokenizer):
     trainer = _sft(tmp_path, tokenizer, DATASETS["prompt-completion"], ["lwf"])
     trainer.train()
     assert trainer.forgetless_task_logs[0]["lwf_mean_scaled_kl"] > 0  # the student moved away from its teacher
+    # The term has a gradient: TRL's logits recomputed for return_outputs have none, and with them lwf ended
+    # bit-identical to naive fine-tuning.
+    naive = _sft(tmp_path, tokenizer, DATASETS["prompt-completion"], [])
+    naive.train()
+    moved = dict(naive.model.named_parameters())
+    assert any(not torch.equal(p, moved[n]) for n, p in trainer.model.named_parameters())
+
+
+@pytest.mark.parametrize("strategies", [[], ["l2sp"], ["lwf"]])
+def test_one_training_forward_per_micro_batch_under_sft(strategies, tmp_path, tokenizer):
+    # TRL's fused LM head computes no logits: asking it for outputs made it run a second forward per step.
+    model = _model(tokenizer)
+    trainer = _sft(tmp_path, tokenizer, DATASETS["prompt-completion"], strategies, model=model, max_steps=3)
+    calls = []
+    handle = model.model.register_forward_hook(lambda module, args, output: calls.append(module.training))
+    try:
+        trainer.train()
+    finally:
+        handle.remove()
+    # Each step is one forward in train mode; lwf's teacher runs the same modules once per step in eval mode.
+    assert calls.count(True) == 3, calls
+    assert calls.count(False) == (3 if strategies == ["lwf"] else 0), calls
 
 
 def test_successive_trainers_with_one_stack_are_successive_tasks(tmp_path, tokenizer):
@@ -114,13 +136,13 @@ def test_monitor_logs_through_the_trainer_and_writes_results(tmp_path, tokenizer
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "forgetless/task/mc" in entry]
     assert [entry["step"] for entry in logged] == [0, 1, 2]  # before, step 1 (step 2 is the end), after
-    results = json.loads((tmp_path / "mon" / "results.json").read_text())
-    assert results["matrix_rows"] == ["before training", "after task1"]
-    assert [row[0] for row in results["matrix"]] == [logged[0]["forgetless/task/mc"], logged[-1]["forgetless/task/mc"]]
+    results = RunResults.read(tmp_path / "mon" / "results.json")
+    assert results.matrix_rows == ["before training", "after task1"]
+    assert [row[0] for row in results.matrix] == [logged[0]["forgetless/task/mc"], logged[-1]["forgetless/task/mc"]]
     last = logged[-1]
     assert last["forgetless/general_change"] == pytest.approx(last["forgetless/general"] - logged[0]["forgetless/general"])
-    assert last["forgetless/general_change"] == pytest.approx(results["metrics"]["general_delta_abs"])
-    assert last["forgetless/general_change_se"] == pytest.approx(results["metrics"]["general_delta_se"])
+    assert last["forgetless/general_change"] == pytest.approx(results.metrics.general_delta_abs)
+    assert last["forgetless/general_change_se"] == pytest.approx(results.metrics.general_delta_se)
     assert (tmp_path / "mon" / "report.md").is_file()
 
 
@@ -145,8 +167,8 @@ def test_example_sft_script_runs_on_the_default_model(tmp_path):
     done = subprocess.run([sys.executable, str(script), "--out", str(out), "--max-steps", "2", "--limit", "2"],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    assert results["strategies"] == ["ewc"] and len(results["matrix"]) == 2
+    results = RunResults.read(out / "results.json")
+    assert results.strategies == ["ewc"] and len(results.matrix) == 2
     assert "general change:" in done.stdout
 
 
@@ -160,4 +182,4 @@ def test_monitor_scores_the_task_after_post_task_edits(tmp_path, tokenizer, task
     assert [stage for stage, _ in scores] == ["before", "step", "after_task"]
     assert scores[1][1] != pytest.approx(scores[0][1], abs=1e-4)  # training moved the model ...
     assert scores[2][1] == pytest.approx(scores[0][1], abs=1e-6)  # ... and WiSE put it back before the end score
-    assert monitor.results()["training"][0]["wise_alpha"] == 0.0
+    assert monitor.results().training[0]["wise_alpha"] == 0.0

@@ -23,6 +23,7 @@ def _results(matrix, tasks, within_noise):
         general.append(_general_entry("after_task", task, 10 * index, 0.660, 0.029))
     metrics = continual_metrics(matrix)
     metrics.update(
+        general_before=0.356, general_after=0.345,  # what metrics.general_change gives (the mean of the tasks, rounded)
         general_delta_abs=-0.011, general_delta_rel=-0.031, general_delta_se=0.009 if within_noise else 0.002,
         general_within_noise=within_noise,
         general_tasks={
@@ -61,7 +62,7 @@ def test_report_for_three_tasks(tmp_path):
     assert "n/a (one task)" not in text
     # BWT = ((0.356 - 0.412) + (0.401 - 0.437)) / 2 = -0.046
     assert "-0.046" in text
-    # The headline: mean of per-task before/after, absolute and relative change, se.
+    # The headline: metrics.py's general means (the report recomputes nothing), absolute and relative change, se.
     assert "General score 0.356 -> 0.345 (-0.011, -3.1 %; ± 0.002 s.e.)" in text
     # Accuracy tasks show lm-eval's stderr; perplexity tasks do not have one.
     assert "0.031 / 0.031" in text
@@ -82,7 +83,7 @@ def test_report_without_general_suite(tmp_path):
     results = _results([[0.250], [0.375]], ["support"], within_noise=True)
     results["general"] = []
     for key in [k for k in results["metrics"] if k.startswith("general")]:
-        del results["metrics"][key]
+        del results["metrics"][key]  # results.json as a run without a general suite writes it
     text = write_report(results, tmp_path).read_text(encoding="utf-8")
     assert "No general suite was evaluated" in text
     # The plot still renders, saying there is nothing to plot.

@@ -12,8 +12,8 @@ from forgetless.config import parse_config
 from forgetless.data.encoding import encode_rows
 from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
-from forgetless.strategies import OptimizerStep, build_strategies, build_strategy
-from forgetless.strategies._common import batches
+from forgetless.strategies import OptimizerStep, build_strategy
+from forgetless.strategies._common import batches, protection_examples
 from forgetless.strategies.ewc import (
     combine_offline,
     combine_online,
@@ -22,19 +22,19 @@ from forgetless.strategies.ewc import (
 )
 from forgetless.training import context_for, run_continual
 
-from .conftest import make_tiny_lm
+from .conftest import make_tiny_lm, perturb
 
 
 def _rows(prefix: str, count: int) -> list[dict]:
     return [{"prompt": f"{prefix} question {i}?", "response": f"{prefix} answer number {i} is fine."} for i in range(count)]
 
 
-def _context(model, tokenizer, adapter: str = "full", index: int = 0):
+def _context(model, tokenizer, adapter: str = "full", index: int = 0, between_tasks: str = "merge"):
     config = parse_config(
         {
             "model": "tiny",
             "adapter": adapter,
-            "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]},
+            "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"], "between_tasks": between_tasks},
             "tasks": [{"name": "a", "file": "a.jsonl"}, {"name": "b", "file": "b.jsonl"}],
             "train": {"max_length": 96},
         }
@@ -237,16 +237,12 @@ def test_ewc_lora_fisher_is_over_the_merged_weight_and_penalises_scaled_ba(token
     _assert_close({n.removeprefix("base_model.model.").replace(".base_layer", ""): v for n, v in ours.items()}, direct)
     # Omega = gamma * Omega_start + F_W (F_W estimated on the task's data at the merged weights).
     layer = "base_model.model.model.layers.0.self_attn.q_proj"
+    weight = "model.layers.0.self_attn.q_proj.weight"  # Omega is keyed as the weight is under full fine-tuning
     fresh = per_sample_fisher(model, [f"{layer}.base_layer.weight"], _task_examples(ctx, ewc), tokenizer.pad_token_id, seed=0)
-    assert torch.allclose(ewc.omega[layer], 0.5 * start_omega[layer] + fresh[f"{layer}.base_layer.weight"], rtol=1e-4)
+    assert torch.allclose(ewc.omega[weight], 0.5 * start_omega[weight] + fresh[f"{layer}.base_layer.weight"], rtol=1e-4)
     # Penalty = lam/2 * sum Omega * (scaling B A)^2, through A and B only.
     penalty = ewc.extra_loss(ctx, model, {}, None)
-    expected = 0.0
-    for name, module in model.named_modules():
-        if name in ewc.omega:
-            delta = module.scaling["task0"] * module.lora_B["task0"].weight @ module.lora_A["task0"].weight
-            expected += (ewc.omega[name] * delta.square()).sum()
-    assert penalty.item() == pytest.approx(1.0 * expected.item(), rel=1e-4)
+    assert penalty.item() == pytest.approx(_direct_lora_penalty(model, ewc.omega, "task0", lam=2.0), rel=1e-4)
     penalty.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
     save_file(ewc.state_tensors(), tmp_path / "ewc.safetensors")
@@ -256,6 +252,38 @@ def test_ewc_lora_fisher_is_over_the_merged_weight_and_penalises_scaled_ba(token
     assert restored.extra_loss(ctx, model, {}, None).item() == pytest.approx(penalty.item(), rel=1e-6)
 
 
+def test_ewc_lora_stack_mode_takes_the_fisher_at_the_stacked_weights_and_penalises_only_the_new_adapter(tokenizer):
+    from forgetless.adapters import prepare_for_task
+
+    first = _context(make_tiny_lm(len(tokenizer), hidden_size=16), tokenizer, adapter="lora", between_tasks="stack")
+    model = prepare_for_task(first.model, first.config, 0)
+    perturb(model, scale=0.3)  # task 0's adapter, trained: W = W0 + its update from here on
+    ctx = _context(model, tokenizer, adapter="lora", index=1, between_tasks="stack")
+    model = prepare_for_task(model, ctx.config, 1)  # task 1: a fresh adapter on top, task 0's stays on
+    ctx.model = model
+    ewc = build_strategy({"name": "ewc", "lam": 2.0, "samples": 4, "source": "general"})
+    ewc.on_task_start(ctx)
+    merged = copy.deepcopy(model).merge_and_unload()  # a plain model holding W0 + task 0's update (task 1's is 0)
+    examples = protection_examples(ctx, 4, "general", seed=ctx.setup.seed)
+    direct = per_sample_fisher(merged, list(ewc.omega), examples, tokenizer.pad_token_id, seed=ctx.setup.seed + 1)
+    _assert_close(ewc.omega, direct)
+    assert ewc.extra_loss(ctx, model, {}, None).item() == 0.0  # task 1's update is zero at its start
+    perturb(model, scale=0.3, seed=2)  # moves only task 1's adapter (the only trainable tensors)
+    expected = _direct_lora_penalty(model, ewc.omega, "task1", lam=2.0)
+    assert ewc.extra_loss(ctx, model, {}, None).item() == pytest.approx(expected, rel=1e-4)
+
+
+def _direct_lora_penalty(model, omega, adapter: str, lam: float) -> float:
+    """lam/2 * sum Omega * (scaling B A)^2 over `adapter`'s layers, written out from the LoRA tensors."""
+    total = 0.0
+    for name, module in model.named_modules():
+        weight = name.removeprefix("base_model.model.") + ".weight"  # Omega is keyed as under full fine-tuning
+        if weight in omega:
+            delta = module.scaling[adapter] * module.lora_B[adapter].weight @ module.lora_A[adapter].weight
+            total += float((omega[weight] * delta.square()).sum())
+    return lam / 2 * total
+
+
 def _task_examples(ctx, ewc):
     """The examples `consolidate` estimates on under source auto: the task just trained."""
     from forgetless.strategies._common import protection_examples
@@ -263,18 +291,13 @@ def _task_examples(ctx, ewc):
     return protection_examples(ctx, ewc.samples, "current_task", seed=ctx.setup.seed)
 
 
-def test_knobs_are_validated_and_lora_stack_is_refused():
+def test_knobs_are_validated():
     with pytest.raises(ForgetlessError, match="fisher"):
         build_strategy({"name": "ewc", "fisher": "exact"})
     with pytest.raises(ForgetlessError, match="gamma"):
         build_strategy({"name": "ewc", "gamma": 1.5})
     with pytest.raises(ForgetlessError, match="source"):
         build_strategy({"name": "ewc", "source": "everything"})
-    config = parse_config(
-        {"adapter": "lora", "lora": {"between_tasks": "stack"}, "tasks": [{"name": "a", "file": "a.jsonl"}]}
-    )
-    with pytest.raises(ForgetlessError, match="merge"):
-        build_strategies(["ewc"], config)
 
 
 def _write_jsonl(path, rows):
@@ -313,8 +336,8 @@ def test_end_to_end_ewc_keeps_the_weights_closer_to_the_start_than_naive(tmp_pat
         return sum((fisher[n] * (p.detach() - start[n]).square()).sum().item() for n, p in model.named_parameters())
 
     assert distance(ewc_model) < 0.5 * distance(naive_model)
-    assert ewc_results["training"][0]["ewc_start_fisher_examples"] == 4
-    assert ewc_results["training"][1]["ewc_fisher_examples"] == 4
+    assert ewc_results.training[0]["ewc_start_fisher_examples"] == 4
+    assert ewc_results.training[1]["ewc_fisher_examples"] == 4
     saved = load_file(tmp_path / "ewc" / "checkpoints" / "final" / "strategy-ewc.safetensors")
     assert "fisher.model.embed_tokens.weight" in saved and "anchor.model.embed_tokens.weight" in saved
 

@@ -7,8 +7,9 @@ import torch
 from forgetless.adapters import prepare_for_task
 from forgetless.data.tasks import load_task
 from forgetless.strategies import build_strategy
-from forgetless.strategies._common import block_index, trained_parameters
+from forgetless.strategies._common import block_index
 from forgetless.strategies.fapm import fapm_scores, keep_mask
+from forgetless.task_weights import trained_parameters
 from forgetless.training import context_for, run_continual
 
 from .conftest import make_tiny_lm, tiny_config
@@ -109,7 +110,7 @@ def test_end_to_end_changes_only_the_kept_fraction(tmp_path, tokenizer, task_fil
     run_continual(tiny_config(task_files), tmp_path / "naive", model=naive, tokenizer=tokenizer, progress=False)
     assert changed_fraction(naive) > 0.9
     assert changed_fraction(pruned) <= 0.2 + 1e-6  # at most 10% per task, two tasks
-    assert [log["fapm_kept_fraction"] for log in results["training"]] == pytest.approx([0.1, 0.1], abs=1e-3)
+    assert [log["fapm_kept_fraction"] for log in results.training] == pytest.approx([0.1, 0.1], abs=1e-3)
 
 
 def test_lora_checkpoint_holds_the_full_pruned_weights(tmp_path, tokenizer, task_files):

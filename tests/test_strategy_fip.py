@@ -121,7 +121,7 @@ def test_previous_mode_refreshes_the_reference_every_refresh_steps(tiny_lm, toke
     assert strategy.penalty(ctx, tiny_lm, batch).item() > 1e-4
     # After the task: the copy is freed, the mean is reported, and nothing needs saving for later tasks.
     strategy.consolidate(ctx)
-    assert strategy._reference_model is None and strategy.state_tensors() == {}
+    assert strategy._reference == {} and strategy.state_tensors() == {}
     assert ctx.log["fip_mean_distance"] > 0
 
 
@@ -145,7 +145,7 @@ def test_under_lora_the_origin_is_the_base_and_only_adapter_tensors_are_held(tok
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
     # No model copy: the strategy holds only the adapter-sized reference tensors.
     assert not any(isinstance(v, torch.nn.Module) for v in vars(strategy).values())
-    held = sum(t.numel() for t in strategy._reference_tensors.values())
+    held = sum(t.numel() for t in strategy._reference.values())
     assert held == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert held < sum(p.numel() for p in model.parameters()) / 20
 
@@ -180,7 +180,7 @@ def test_end_to_end_fip_keeps_anchor_outputs_closer_than_naive(tmp_path, tokeniz
     # A large weight because the random tiny model's outputs are near-uniform, so distances and their
     # gradients are tiny next to the cross-entropy's. (Measured: fip 0.00031 vs naive 0.00109.)
     assert drift["fip"] < 0.5 * drift["naive"]
-    assert math.isfinite(results["training"][0]["fip_mean_distance"]) and results["training"][0]["fip_mean_distance"] > 0
+    assert math.isfinite(results.training[0]["fip_mean_distance"]) and results.training[0]["fip_mean_distance"] > 0
 
 
 def test_default_anchor_batch_is_a_quarter_of_the_training_batch_in_tokens(tiny_lm, tokenizer):

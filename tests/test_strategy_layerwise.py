@@ -6,8 +6,9 @@ import torch
 
 from forgetless.data.tasks import load_task
 from forgetless.strategies import OptimizerStep, build_strategy
-from forgetless.strategies._common import block_index, protection_examples, trained_parameters
+from forgetless.strategies._common import block_index, protection_examples
 from forgetless.strategies.layerwise import layer_coefficients, squared_gradient_importance, trained_tokens
+from forgetless.task_weights import trained_parameters
 from forgetless.training import context_for, run_continual
 
 from .conftest import make_tiny_lm, mean_token_nll, tiny_config
@@ -206,7 +207,7 @@ def test_end_to_end_keeps_important_weights_closer_than_naive(tmp_path, tokenize
         return sum(float((params[n] - initial[n]).reshape(-1)[i.long()].square().sum()) for n, i in first_index.items())
 
     assert protected_drift(protected_model) < 0.25 * protected_drift(naive_model)
-    first = results["training"][0]
+    first = results.training[0]
     assert first["layerwise_importance_seconds"] > 0 and first["layerwise_state_bytes"] > 0
     assert first["layerwise_alpha_max"] >= 1.0
     assert first["layerwise_importance_training_steps"] == 2  # the task's importance came from its last 2 steps

@@ -115,7 +115,7 @@ def test_end_to_end_replay_trains_on_the_buffer(tmp_path, tokenizer, task_files)
     config = tiny_config(task_files, strategies=strategies, train=train, checkpoints="every_task")
     model = make_tiny_lm(len(tokenizer), hidden_size=16)
     results = run_continual(config, tmp_path / "out", model=model, tokenizer=tokenizer, progress=False)
-    first, second = results["training"]
+    first, second = results.training
     assert first["replay_buffer_examples"] == 0 and first["replay_general_examples"] > 0
     assert second["replay_buffer_size"] == 5 and second["replay_buffer_examples"] > 0
     assert second["examples"] > second["replay_buffer_examples"] + second["replay_general_examples"]

@@ -159,7 +159,7 @@ def test_end_to_end_ssr_rehearses_generated_examples(tmp_path, tokenizer, task_f
     strategies = [{"name": "ssr", "per_task": 4, "max_new_tokens": 8, "ratio": 0.25}]
     config = tiny_config(task_files, strategies=strategies, train=train, checkpoints="every_task")
     results = run_continual(config, tmp_path / "out", model=model, tokenizer=tokenizer, progress=False)
-    first, second = results["training"]
+    first, second = results.training
     assert first["ssr_synthetic_examples"] > 0  # general passages on the first task
     assert second["ssr_pool_size"] > first["ssr_pool_size"]  # plus the first task's pseudo-examples
     from safetensors.torch import load_file

@@ -161,8 +161,8 @@ def test_end_to_end_stm_changes_what_is_trained(tmp_path, tokenizer, task_files,
 
     naive = run(["naive"], "naive")
     masked_run = run([{"name": "stm", "mode": "percentile", "percentile": 0.5}], "stm")
-    fractions = [task["stm_masked_fraction"] for task in masked_run["training"]]
+    fractions = [task["stm_masked_fraction"] for task in masked_run.training]
     assert fractions == [pytest.approx(0.5, abs=0.02)] * 2
     assert list(cache_dir.glob("*.safetensors"))  # scores were written for reuse
     # Same seed and data order: only the masks differ, so the training losses differ.
-    assert masked_run["training"][0]["train_loss"] != pytest.approx(naive["training"][0]["train_loss"], rel=1e-4)
+    assert masked_run.training[0]["train_loss"] != pytest.approx(naive.training[0]["train_loss"], rel=1e-4)

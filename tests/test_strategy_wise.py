@@ -9,8 +9,8 @@ from forgetless.adapters import prepare_for_task
 from forgetless.data.tasks import load_task
 from forgetless.errors import ForgetlessError
 from forgetless.strategies import build_strategy
-from forgetless.strategies._common import trained_parameters
 from forgetless.strategies.wise import validation_score
+from forgetless.task_weights import trained_parameters
 from forgetless.training import context_for, run_continual
 
 from .conftest import make_tiny_lm, tiny_config
@@ -127,4 +127,4 @@ def test_end_to_end_stays_closer_to_the_start_than_naive(tmp_path, tokenizer, ta
     naive = make_tiny_lm(len(tokenizer))
     run_continual(tiny_config(task_files), tmp_path / "naive", model=naive, tokenizer=tokenizer, progress=False)
     assert distance(interpolated) < 0.8 * distance(naive)
-    assert [log["wise_alpha"] for log in results["training"]] == [0.5, 0.5]
+    assert [log["wise_alpha"] for log in results.training] == [0.5, 0.5]

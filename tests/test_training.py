@@ -23,20 +23,20 @@ def test_full_run_learns_and_writes_everything(tmp_path, tokenizer, task_files):
     model = make_tiny_lm(len(tokenizer))
     results = run_continual(training_config(task_files), tmp_path / "out", model=model, tokenizer=tokenizer, progress=False)
 
-    assert results["tasks"] == ["chat", "text"]
-    assert len(results["matrix"]) == 3 and all(len(row) == 2 for row in results["matrix"])
+    assert results.tasks == ["chat", "text"]
+    assert len(results.matrix) == 3 and all(len(row) == 2 for row in results.matrix)
     # Training on a task raises its held-out perplexity score well above the random model's.
-    assert results["matrix"][1][0] > 1.5 * results["matrix"][0][0]
-    assert results["matrix"][2][1] > 1.5 * results["matrix"][0][1]
-    stages = [(g["stage"], g["step"]) for g in results["general"]]
+    assert results.matrix[1][0] > 1.5 * results.matrix[0][0]
+    assert results.matrix[2][1] > 1.5 * results.matrix[0][1]
+    stages = [(g.stage, g.step) for g in results.general]
     assert stages == [("before", 0), ("step", 3), ("after_task", 6), ("step", 9), ("after_task", 12)]
-    assert set(results["general"][0]["scores"]) == {"extra"}
+    assert set(results.general[0].scores) == {"extra"}
     for key in ("acc", "bwt", "fwt", "forgetting", "general_delta_abs", "general_delta_rel"):
-        assert key in results["metrics"]
+        assert getattr(results.metrics, key) is not None, key
 
     out = tmp_path / "out"
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["matrix"] == results["matrix"]
+    assert on_disk["matrix"] == results.matrix
     assert (out / "report.md").is_file() and (out / "general_over_steps.png").is_file()
     for name in ("after-1-chat", "after-2-text"):
         assert (out / "checkpoints" / name / "model.safetensors").is_file()
@@ -56,10 +56,10 @@ def test_lora_merge_run_saves_adapters_only_and_keeps_base_frozen(tmp_path, toke
     checkpoint = tmp_path / "out" / "checkpoints" / "after-1-chat"
     assert (checkpoint / "adapter_model.safetensors").is_file()
     assert not (checkpoint / "model.safetensors").exists()
-    assert results["training"][0]["trainable_parameters"] < results["training"][0]["total_parameters"] / 10
+    assert results.training[0]["trainable_parameters"] < results.training[0]["total_parameters"] / 10
     # Only LoRA trained: the (untargeted) embeddings are exactly as before.
     assert torch.equal(model.get_input_embeddings().weight, embed_before)
-    assert results["matrix"][1][0] > results["matrix"][0][0]
+    assert results.matrix[1][0] > results.matrix[0][0]
 
 
 def test_lora_stack_trains_only_the_newest_adapter(tmp_path, tokenizer, task_files):
@@ -133,9 +133,9 @@ def test_strategy_hooks_run_in_order_and_their_loss_is_added(tmp_path, tokenizer
     assert recorder.calls.index("prepare:chat") < recorder.calls.index(backward[0]) < recorder.calls.index("transform:chat")
     assert len(backward) == 12 and all(int(c.split(":")[2]) > 0 for c in backward)
     assert recorder.extra_seen == 12  # one extra_loss per step, 6 steps x 2 tasks
-    assert results["training"][0]["examples"] == 2
+    assert results.training[0]["examples"] == 2
     # The reported training loss includes the constant extra term.
-    assert results["training"][0]["train_loss"] > 5.0
+    assert results.training[0]["train_loss"] > 5.0
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "out" / "checkpoints" / "after-2-text" / "strategy-_test_recorder.safetensors")

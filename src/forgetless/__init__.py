@@ -1,7 +1,8 @@
 """forgetless: fine-tune causal LMs on new data without forgetting, and measure the forgetting.
 
 Public API for a user's own script: `default_model_path()`, `with_strategies(trainer_cls)` and
-`ForgettingMonitor` (a TrainerCallback); `StrategyStack` carries strategy state between trainers.
+`ForgettingMonitor` (a TrainerCallback); `StrategyStack` carries strategy state between trainers;
+`RunResults` is what a run or a monitor returns (and reads results.json back).
 """
 
 __version__ = "0.1.0"
@@ -11,6 +12,7 @@ _LAZY = {
     "with_strategies": ("forgetless.integrations", "with_strategies"),
     "ForgettingMonitor": ("forgetless.integrations", "ForgettingMonitor"),
     "StrategyStack": ("forgetless.strategies", "StrategyStack"),
+    "RunResults": ("forgetless.results", "RunResults"),
 }
 
 
@@ -24,4 +26,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'forgetless' has no attribute {name!r}")
 
 
-__all__ = ["ForgettingMonitor", "StrategyStack", "__version__", "default_model_path", "with_strategies"]
+__all__ = ["ForgettingMonitor", "RunResults", "StrategyStack", "__version__", "default_model_path", "with_strategies"]

@@ -15,13 +15,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     results = run_continual(config, args.out, progress=not args.quiet)
-    metrics = results["metrics"]
+    metrics = results.metrics
     print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
-    if "general_delta_abs" in metrics:
+    if metrics.has_general:
         print(
-            f"general score {metrics['general_before']:.4f} -> {metrics['general_after']:.4f} "
-            f"({metrics['general_delta_abs']:+.4f} ± {metrics['general_delta_se']:.4f} s.e.; "
-            f"{'within noise' if metrics['general_within_noise'] else 'beyond noise'})"
+            f"general score {metrics.general_before:.4f} -> {metrics.general_after:.4f} "
+            f"({metrics.general_delta_abs:+.4f} ± {metrics.general_delta_se:.4f} s.e.; "
+            f"{'within noise' if metrics.general_within_noise else 'beyond noise'})"
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import parse_config
 from .report import format_table
+from .results import RunResults
 from .training import ContinualRun
 
 DEMO_TRAIN = {"steps": 30, "batch_size": 4, "lr": 2.0e-4, "max_length": 256, "seed": 0}
@@ -44,19 +45,19 @@ def demo_configs(quick: bool = False) -> dict[str, Any]:
     }
 
 
-def demo_row(label: str, results: dict[str, Any]) -> list[str]:
-    task = results["tasks"][0]
-    first, last = results["task_evals"][0]["scores"][task], results["task_evals"][-1]["scores"][task]
-    m = results["metrics"]
+def demo_row(label: str, results: RunResults) -> list[str]:
+    task = results.tasks[0]
+    first, last = results.task_evals[0].scores[task], results.task_evals[-1].scores[task]
+    m = results.metrics
     return [
         label,
         f"{first['perplexity']:.2f} -> {last['perplexity']:.2f}",
         f"{first['mc_acc']:.3f} -> {last['mc_acc']:.3f}",
-        f"{m['general_before']:.4f}",
-        f"{m['general_after']:.4f}",
-        f"{m['general_delta_abs']:+.4f} ± {m['general_delta_se']:.4f}",
-        f"{100 * m['general_delta_rel']:+.1f} %",
-        "within noise" if m["general_within_noise"] else "beyond noise",
+        f"{m.general_before:.4f}",
+        f"{m.general_after:.4f}",
+        f"{m.general_delta_abs:+.4f} ± {m.general_delta_se:.4f}",
+        f"{100 * m.general_delta_rel:+.1f} %",
+        "within noise" if m.general_within_noise else "beyond noise",
     ]
 
 

@@ -1,7 +1,8 @@
 """The human-readable side of a run: report.md plus two plots, rendered from results.json.
 
-`write_report` reads only the results dict (the runner's results.json), so a report can be rebuilt from
-a finished run without the model. `format_table` is the Markdown table used here and by the CLI.
+`write_report` reads only the results (`RunResults`, or results.json's content), so a report can be rebuilt
+from a finished run without the model. It renders what metrics.py computed and recomputes none of it.
+`format_table` is the Markdown table used here and by the CLI.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .fileio import atomic_write_bytes, atomic_write_text
+from .results import Evaluation, Metrics, RunResults
 
 # What a column's score is, for table headers and the reading guide.
 _METRIC_LABELS = {"perplexity": "1-log_V(ppl)", "mean": "accuracy", "acc": "accuracy", "acc_norm": "acc_norm"}
@@ -63,8 +65,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def write_report(results: dict, out_dir: str | Path) -> Path:
+def write_report(results: RunResults | dict, out_dir: str | Path) -> Path:
     """Write report.md, general_over_steps.png and score_matrix.png into out_dir; return report.md's path."""
+    results = _typed(results)
     out_dir = Path(out_dir)
     atomic_write_bytes(out_dir / "general_over_steps.png", _png(_general_figure(results)))
     atomic_write_bytes(out_dir / "score_matrix.png", _png(_matrix_figure(results)))
@@ -73,51 +76,52 @@ def write_report(results: dict, out_dir: str | Path) -> Path:
     return report_path
 
 
-def render_markdown(results: dict) -> str:
-    """The text of report.md for a results dict (see `write_report`)."""
-    tasks = results["tasks"]
-    metrics = results.get("metrics", {})
-    strategies = ", ".join(results.get("strategies") or []) or "none (plain fine-tuning)"
+def _typed(results: RunResults | dict) -> RunResults:
+    return results if isinstance(results, RunResults) else RunResults.model_validate(results)
+
+
+def render_markdown(results: RunResults | dict) -> str:
+    """The text of report.md (see `write_report`)."""
+    results = _typed(results)
+    tasks, metrics = results.tasks, results.metrics
+    strategies = ", ".join(results.strategies) or "none (plain fine-tuning)"
     lines = [
         "# forgetless report",
         "",
-        f"- model: `{results.get('model', '?')}`",
-        f"- adaptation: `{results.get('adapter', '?')}`",
+        f"- model: `{results.model or '?'}`",
+        f"- adaptation: `{results.adapter or '?'}`",
         f"- strategies: {strategies}",
         f"- tasks, in training order: {' → '.join(tasks)}",
     ]
-    if results.get("wall_time_s") is not None:
-        lines.append(f"- wall time: {results['wall_time_s']:.1f} s")
+    if results.wall_time_s is not None:
+        lines.append(f"- wall time: {results.wall_time_s:.1f} s")
     lines += ["", _general_headline(metrics), "", "## Continual-learning metrics", "", _continual_table(metrics)]
     lines += ["", "## Score matrix", "",
               "Held-out score of each training task (columns) after each stage (rows); higher is better.", "",
               _matrix_table(results)]
-    general_tasks = metrics.get("general_tasks")
-    if general_tasks:
+    if metrics.general_tasks:
         lines += ["", "## General ability, per task", "",
                   "Tasks never trained on, scored before training and at the end.", "",
-                  _general_table(results, general_tasks)]
+                  _general_table(results.general, metrics.general_tasks)]
     lines += ["", _READING_GUIDE]
     return "\n".join(lines) + "\n"
 
 
-def _general_headline(metrics: dict) -> str:
-    general_tasks = metrics.get("general_tasks")
-    if not general_tasks or metrics.get("general_delta_abs") is None:
+def _general_headline(metrics: Metrics) -> str:
+    if not metrics.has_general:
         return "**No general suite was evaluated, so this run says nothing about general ability.**"
-    before = sum(task["before"] for task in general_tasks.values()) / len(general_tasks)
-    after = sum(task["after"] for task in general_tasks.values()) / len(general_tasks)
-    delta, relative, se = metrics["general_delta_abs"], metrics.get("general_delta_rel"), metrics.get("general_delta_se")
+    before, after = metrics.general_before, metrics.general_after
+    delta, relative, se = metrics.general_delta_abs, metrics.general_delta_rel, metrics.general_delta_se
     relative_text = f", {100 * relative:+.1f} %" if relative is not None else ""
     se_text = f"; ± {se:.3f} s.e." if se is not None and not math.isnan(se) else ""
-    if metrics.get("general_within_noise"):
+    if metrics.general_within_noise:
         verdict = "within noise (|delta| < 1.96 s.e.), do not read it as forgetting or as a cure"
     else:
         verdict = "beyond noise (|delta| > 1.96 s.e.)"
     return f"**General score {before:.3f} -> {after:.3f} ({delta:+.3f}{relative_text}{se_text}): {verdict}.**"
 
 
-def _continual_table(metrics: dict) -> str:
+def _continual_table(metrics: Metrics) -> str:
     rows = []
     for key, name, meaning in [
         ("acc", "ACC", "mean final score over all tasks"),
@@ -125,35 +129,33 @@ def _continual_table(metrics: dict) -> str:
         ("fwt", "FWT", "mean gain on a task from training earlier tasks, before it was trained"),
         ("forgetting", "Forgetting", "mean drop from each earlier task's best score to its final one (> 0: forgetting)"),
     ]:
-        value = metrics.get(key)
+        value = getattr(metrics, key)
         rows.append([name, _NOT_APPLICABLE if value is None else f"{value:+.3f}" if key != "acc" else f"{value:.3f}",
                      meaning])
     return format_table(["metric", "value", "meaning"], rows)
 
 
-def _matrix_table(results: dict) -> str:
-    tasks, task_metric = results["tasks"], results.get("task_metric", {})
-    headers = ["after stage"] + [_labelled(task, task_metric.get(task)) for task in tasks]
-    row_names = results.get("matrix_rows") or ["before training"] + [f"after {task}" for task in tasks]
-    return format_table(headers, [[name] + [float(v) for v in row] for name, row in zip(row_names, results["matrix"])])
+def _matrix_table(results: RunResults) -> str:
+    headers = ["after stage"] + [_labelled(task, results.task_metric.get(task)) for task in results.tasks]
+    rows = zip(results.matrix_rows, results.matrix)
+    return format_table(headers, [[name] + [float(v) for v in row] for name, row in rows])
 
 
 def _labelled(task: str, metric: str | None) -> str:
     return f"{task} ({_METRIC_LABELS.get(metric, metric)})" if metric else task
 
 
-def _general_table(results: dict, general_tasks: dict) -> str:
-    evaluations = results.get("general") or []
-    first = evaluations[0]["scores"] if evaluations else {}
-    last = evaluations[-1]["scores"] if evaluations else {}
+def _general_table(evaluations: list[Evaluation], general_tasks: dict) -> str:
+    first = evaluations[0].scores if evaluations else {}
+    last = evaluations[-1].scores if evaluations else {}
     rows = []
     for name, task in general_tasks.items():
         stderr_before, stderr_after = first.get(name, {}).get("acc_stderr"), last.get(name, {}).get("acc_stderr")
         stderr = "—" if stderr_before is None else f"{stderr_before:.3f} / {format_number(stderr_after)}"
         kind = "1-log_V(ppl)" if "perplexity" in first.get(name, {}) else "accuracy" if stderr_before is not None else "score"
-        rel = "n/a" if task.get("rel") is None else f"{100 * task['rel']:+.1f} %"
-        rows.append([name, kind, task["before"], task["after"], f"{task['delta']:+.3f} ± {task['se']:.3f}", rel,
-                     "within noise" if task["within_noise"] else "BEYOND NOISE", stderr])
+        rel = "n/a" if task.rel is None else f"{100 * task.rel:+.1f} %"
+        rows.append([name, kind, task.before, task.after, f"{task.delta:+.3f} ± {task.se:.3f}", rel,
+                     "within noise" if task.within_noise else "BEYOND NOISE", stderr])
     headers = ["task", "score", "before", "after", "delta ± s.e.", "relative", "noise", "acc s.e. before / after"]
     return format_table(headers, rows)
 
@@ -181,12 +183,12 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _general_figure(results: dict):
+def _general_figure(results: RunResults):
     # matplotlib.figure.Figure renders through Agg without pyplot, so no global backend is touched
     # and no window can open; imported here so format_table users don't pay for matplotlib.
     from matplotlib.figure import Figure
 
-    evaluations = results.get("general") or []
+    evaluations = results.general
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     score_axes, change_axes = figure.subplots(1, 2)
     if not evaluations:
@@ -194,11 +196,11 @@ def _general_figure(results: dict):
             axes.text(0.5, 0.5, "no general evaluations", ha="center", va="center", transform=axes.transAxes)
             axes.set_axis_off()
         return figure
-    steps = [entry["step"] for entry in evaluations]
-    means = [entry["mean"] for entry in evaluations]
-    names = list(evaluations[0]["scores"])
+    steps = [entry.step for entry in evaluations]
+    means = [entry.mean for entry in evaluations]
+    names = list(evaluations[0].scores)
     for name in names:
-        scores = [entry["scores"].get(name, {}).get("score", math.nan) for entry in evaluations]
+        scores = [entry.scores.get(name, {}).get("score", math.nan) for entry in evaluations]
         line, = score_axes.plot(steps, scores, linewidth=1, alpha=0.8, marker=".", label=name)
         # Tasks live on different scales (accuracy ~0.5, perplexity score ~0.6): the change panel puts them on one.
         change_axes.plot(steps, [_percent_change(s, scores[0]) for s in scores], linewidth=1, alpha=0.8,
@@ -223,24 +225,22 @@ def _percent_change(value: float, base: float) -> float:
     return 100 * (value - base) / base if base else math.nan
 
 
-def _mark_task_boundaries(axes, evaluations: list[dict]) -> None:
+def _mark_task_boundaries(axes, evaluations: list[Evaluation]) -> None:
     """A dashed vertical line, labelled with the task's name, where each training task ended."""
     for entry in evaluations:
-        if entry.get("stage") == "after_task":
-            axes.axvline(entry["step"], color="grey", linestyle="--", linewidth=1)
-            axes.annotate(f"end of {entry['task']}", xy=(entry["step"], 1), xycoords=("data", "axes fraction"),
+        if entry.stage == "after_task":
+            axes.axvline(entry.step, color="grey", linestyle="--", linewidth=1)
+            axes.annotate(f"end of {entry.task}", xy=(entry.step, 1), xycoords=("data", "axes fraction"),
                           xytext=(-3, -3), textcoords="offset points", rotation=90, ha="right", va="top",
                           fontsize="small", color="dimgrey",
                           bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
 
 
-def _matrix_figure(results: dict):
+def _matrix_figure(results: RunResults):
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
-    tasks, matrix = results["tasks"], results["matrix"]
-    row_names = results.get("matrix_rows") or ["before training"] + [f"after {task}" for task in tasks]
-    task_metric = results.get("task_metric", {})
+    tasks, matrix, row_names, task_metric = results.tasks, results.matrix, results.matrix_rows, results.task_metric
     # Colour is the change against row 0 in percent, so columns on different scales (accuracy vs
     # perplexity scores) compare fairly and red/blue reads as worse/better than the untouched model.
     change = [[_percent_change(value, matrix[0][c]) for c, value in enumerate(row)] for row in matrix]

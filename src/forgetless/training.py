@@ -35,7 +35,7 @@ from .evaluation.suites import heldout_task, load_eval_file, load_suite
 from .fileio import atomic_write_json
 from .integrations.strategy_trainer import ListDataset, with_strategies
 from .models import load_model_and_tokenizer
-from .results import build_results
+from .results import RunResults, build_results
 from .strategies import Strategy, StrategyStack, TaskData
 
 
@@ -213,7 +213,7 @@ class ContinualRun:
                 adapter=adapter_name(task_index) if stacked else None,
             )
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> RunResults:
         started = time.perf_counter()
         set_seed(self.config.train.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,13 +229,13 @@ class ContinualRun:
         shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
         results = self._results(time.perf_counter() - started)
         if _is_main_process():  # under accelerate/torchrun every process trains; one writes
-            atomic_write_json(self.out_dir / "results.json", results)
+            atomic_write_json(self.out_dir / "results.json", results.to_json())
             from .report import write_report
 
             write_report(results, self.out_dir)
         return results
 
-    def _results(self, wall_time: float) -> dict[str, Any]:
+    def _results(self, wall_time: float) -> RunResults:
         return build_results(
             self.evaluator.log, [t.name for t in self.tasks], {t.name: heldout_task(t).metric for t in self.tasks},
             model=self.config.model, adapter=self.config.adapter, strategies=self.stack.names,
@@ -244,7 +244,7 @@ class ContinualRun:
         )
 
 
-def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=None, progress: bool = True) -> dict[str, Any]:
+def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=None, progress: bool = True) -> RunResults:
     """Train `config.tasks` in order and write results.json, report.md and plots into `out_dir`."""
     return ContinualRun(config, out_dir, model=model, tokenizer=tokenizer, progress=progress).execute()
 

@@ -45,11 +45,15 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return get_base_model() if callable(get_base_model) else model
 
 
-def logits_at(model: torch.nn.Module, rows: torch.Tensor, columns: torch.Tensor, **inputs) -> torch.Tensor:
+def logits_at(
+    model: torch.nn.Module, rows: torch.Tensor, columns: torch.Tensor, parameters: dict[str, torch.Tensor] | None = None,
+    **inputs,
+) -> torch.Tensor:
     """Run `model(**inputs)` computing logits only at (rows[i], columns[i]); returns [len(rows), vocab].
 
     A forward pre-hook on the output embedding replaces its [batch, length, hidden] input by the
     selected [1, positions, hidden] states, so the model's own code after the head still sees 3D.
+    `parameters` (name -> tensor) stand in for the model's own for this call (`torch.func.functional_call`).
     """
     head = unwrap_model(model).get_output_embeddings()
     if head is None:
@@ -60,7 +64,10 @@ def logits_at(model: torch.nn.Module, rows: torch.Tensor, columns: torch.Tensor,
 
     handle = head.register_forward_pre_hook(select_positions)
     try:
-        logits = model(**inputs).logits
+        if parameters is None:
+            logits = model(**inputs).logits
+        else:
+            logits = torch.func.functional_call(model, parameters, args=(), kwargs=inputs).logits
     finally:
         handle.remove()
     if logits.shape[:2] != (1, len(rows)):

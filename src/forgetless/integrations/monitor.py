@@ -21,7 +21,7 @@ from ..evaluation.evaluator import Evaluator
 from ..evaluation.suites import load_eval_file, load_suite
 from ..fileio import atomic_write_json
 from ..metrics import general_change
-from ..results import build_results
+from ..results import RunResults, build_results
 
 PREFIX = "forgetless"
 
@@ -142,8 +142,8 @@ class ForgettingMonitor(TrainerCallback):
             out[f"{PREFIX}/task/{name}"] = score["score"]
         return out
 
-    def results(self) -> dict[str, Any]:
-        """results.json's content so far (the runner's keys where they apply)."""
+    def results(self) -> RunResults:
+        """The results so far: results.json's content (the runner's keys where they apply) as `RunResults`."""
         model = getattr(self.trainer, "model", None)
         name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
         stack = getattr(self.trainer, "strategy_stack", None)
@@ -161,5 +161,5 @@ class ForgettingMonitor(TrainerCallback):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         results = self.results()
-        atomic_write_json(out_dir / "results.json", results)
+        atomic_write_json(out_dir / "results.json", results.to_json())
         write_report(results, out_dir)

@@ -24,6 +24,16 @@ from ..nn import trained_tokens
 from ..strategies import MicroBatch, OptimizerStep, StrategyStack, TaskData, TrainingSetup
 
 
+def _fuses_lm_head(model: torch.nn.Module) -> bool:
+    """Whether TRL patched a forward that takes `fused_lm_head` onto a module of `model` (SFTTrainer does)."""
+    for module in model.modules():
+        forward = vars(module).get("forward")  # patched on the instance, not the class
+        while forward is not None:  # accelerate wraps the patched forward again (fp32 outputs under autocast)
+            if "fused_lm_head" in inspect.signature(forward, follow_wrapped=False).parameters:
+                return True
+            forward = getattr(forward, "__wrapped__", None)
+    return False
+
 class ListDataset(torch.utils.data.Dataset):
     """Encoded examples as a map-style dataset (the Trainer shuffles and batches them)."""
 
@@ -246,14 +256,13 @@ class StrategyTrainerMixin:
             # logits, and asking it for outputs costs a second forward pass to recompute them.)
             result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
             loss, outputs = result if return_outputs else (result, None)
-        elif getattr(self, "_parent_drops_logits", False):
+        elif _fuses_lm_head(model):
+            # TRL's fused LM head builds no logits; asked for outputs it recomputes them in a second forward,
+            # without gradient, so a strategy distilling through them would train nothing. Compute the same
+            # loss with the logits in one forward instead.
             loss, outputs = self._nll_loss(model, inputs, num_items_in_batch)
         else:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            if stack.needs_logits and getattr(outputs, "logits", None) is None:
-                # TRL's fused LM head returns no logits: from now on compute the same loss with them.
-                self._parent_drops_logits = True
-                loss, outputs = self._nll_loss(model, inputs, num_items_in_batch)
         extra = stack.extra_loss(stack.context.model, batch, outputs, self._micro_batch(batch["labels"], num_items_in_batch))
         if extra is not None:
             loss = loss + extra.to(loss.dtype)

@@ -1,4 +1,4 @@
-"""Building blocks several strategies share: the data to protect, batching, frozen references.
+"""Building blocks several strategies share: the data to protect, batching, block indices.
 
 "What to protect" has one answer across strategies: general English from `ctx.general_texts` (disjoint
 from every evaluation item) on the first task, and from the second task on half earlier tasks' training
@@ -7,8 +7,6 @@ data, half general English (`protection_examples`). Strategies take a `source` k
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import random
 import re
 from typing import Any, Iterator, Literal
@@ -16,7 +14,6 @@ from typing import Any, Iterator, Literal
 import torch
 
 from ..data.encoding import PaddingCollator, encode_rows
-from ..errors import ForgetlessError
 from .base import TaskContext, TaskData
 
 ProtectionSource = Literal["auto", "general", "earlier_tasks", "current_task"]
@@ -88,34 +85,6 @@ def runs_bfloat16_natively(device: torch.device) -> bool:
     return False
 
 
-def trained_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The parameters the optimizer updates (all weights, or only LoRA's), by name."""
-    return {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
-
-
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A detached copy of the model in eval mode with no gradients (costs one more model in memory)."""
-    reference = copy.deepcopy(model)
-    for module in reference.modules():
-        # A forward patched onto the instance (TRL's fused LM head) is a closure over the ORIGINAL model,
-        # which deepcopy shares: the copy would run the live weights. Fall back to the class's forward.
-        module.__dict__.pop("forward", None)
-    reference.eval()
-    for parameter in reference.parameters():
-        parameter.requires_grad_(False)
-    return reference
-
-
-@contextlib.contextmanager
-def base_model_outputs(model: torch.nn.Module):
-    """Under LoRA, run the model with its adapters disabled: the pre-task base, no second copy held.
-
-    Only valid in LoRA merge mode or for the first task, where "adapters off" is the model before the task.
-    """
-    with model.disable_adapter():
-        yield model
-
-
 # Transformer blocks are numbered containers: Llama/Qwen/Mistral "layers.3", GPT-2/GPT-J "h.3", others "blocks.3".
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
@@ -124,32 +93,3 @@ def block_index(parameter_name: str) -> int | None:
     """The transformer block a parameter belongs to, or None (embeddings, final norm, head)."""
     match = _BLOCK.search(parameter_name)
     return int(match.group(1)) if match else None
-
-
-def base_weight_name(module_name: str) -> str:
-    """The name a LoRA-adapted Linear's weight has without PEFT's wrapping (as under full fine-tuning)."""
-    return module_name.removeprefix("base_model.model.") + ".weight"
-
-
-def lora_linear_layers(model: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Module]:
-    """The PEFT LoRA Linear layers holding `adapter`, by module name; other adapted layer types are refused."""
-    from peft.tuners.lora import Linear, LoraLayer
-
-    layers: dict[str, torch.nn.Module] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, LoraLayer) or adapter not in getattr(module, "lora_A", {}):
-            continue
-        if not isinstance(module, Linear):
-            raise ForgetlessError(
-                f"{name}: only LoRA on Linear layers is supported here, not {type(module).__name__}; "
-                "drop it from lora.target_modules"
-            )
-        layers[name] = module
-    if not layers:
-        raise ForgetlessError(f"the model has no LoRA layer of adapter {adapter!r}")
-    return layers
-
-
-def lora_linear_layers_by_weight(model: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Module]:
-    """`lora_linear_layers` keyed by `base_weight_name`, to match parameter names of full fine-tuning."""
-    return {base_weight_name(name): layer for name, layer in lora_linear_layers(model, adapter).items()}

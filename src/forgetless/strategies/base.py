@@ -28,12 +28,14 @@ What each hook may change:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import ForgetlessError
+from ..task_weights import TaskWeights
 
 Adapter = Literal["full", "lora"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -98,6 +100,11 @@ class TaskContext:
         from ..data.tasks import general_train_texts
 
         return general_train_texts()
+
+    @cached_property
+    def weights(self) -> TaskWeights:
+        """The weights this task trains, their start and change (one view per task, shared by the stack)."""
+        return TaskWeights(self.model, self.adapter if self.setup.adapter == "lora" else None)
 
     @property
     def global_step(self) -> int:

@@ -27,15 +27,14 @@ from torch.func import functional_call, grad, vmap
 from ..data.encoding import IGNORE_INDEX
 from ..errors import ForgetlessError
 from ..nn import without_input_grad_hooks
+from ..task_weights import TaskWeights
 from . import register_strategy
 from ._common import (
     ProtectionSource,
     batches,
-    lora_linear_layers,
     protection_examples,
     sample_examples,
     task_rows,
-    trained_parameters,
 )
 from .base import OptimizerStep, Strategy, StrategyParams, TaskContext
 
@@ -107,15 +106,6 @@ def add_quadratic_pull(
                 total += torch.dot(fd, d).to(torch.float64)
                 grads[start:stop].add_(fd, alpha=lam)
     return float(total)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# LoRA: the adapted weights and their updates Delta W = scaling * B A.
-
-
-def lora_delta(layer: torch.nn.Module, adapter: str) -> torch.Tensor:
-    """scaling * B A in the layout of the base weight (out, in), differentiable w.r.t. A and B."""
-    return layer.get_delta_weight(adapter)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -275,29 +265,15 @@ class EWC(Strategy):
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
         self.offset = 0.0
-        # LoRA: Omega per adapted module name.
+        # LoRA: Omega per adapted weight, named as under full fine-tuning.
         self.omega: dict[str, torch.Tensor] = {}
-        self._parameters: dict[str, torch.nn.Parameter] = {}
-        self._lora: dict[str, torch.nn.Module] = {}
-        self._adapter = ""
+        self._weights: TaskWeights | None = None
         self._penalty_total, self._penalty_steps = 0.0, 0  # per task, for the mean reported in results.json
-
-    def check(self, setup, stack, world_size: int = 1) -> None:
-        super().check(setup, stack, world_size)
-        if setup.adapter == "lora" and setup.lora_between_tasks != "merge":
-            raise ForgetlessError(
-                "strategy 'ewc' under LoRA needs lora.between_tasks: merge (EWC-LoRA penalises the update B A "
-                "of one adapter merged after each task); stacked adapters are not supported"
-            )
 
     # -- hooks ---------------------------------------------------------------------------------------------
 
     def on_task_start(self, ctx: TaskContext) -> None:
-        if self._is_lora(ctx):
-            self._adapter = ctx.adapter
-            self._lora = lora_linear_layers(ctx.model, self._adapter)
-        else:
-            self._parameters = trained_parameters(ctx.model)
+        self._weights = ctx.weights
         if self.fisher or self.omega:
             return  # already protecting something (an earlier task, or a loaded state)
         # The first task is protected too: the starting model, on general text (or earlier tasks on resume).
@@ -313,19 +289,20 @@ class EWC(Strategy):
 
     def extra_loss(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any):
         # Full fine-tuning adds the penalty's gradient in `after_backward` instead (fewer memory passes).
-        if self.lam == 0 or not self.omega or not self._lora:
+        if self.lam == 0 or not self.omega or self._weights.change_is_stored:
             return None
         return self.penalty()
 
     def after_backward(self, ctx: TaskContext, model: torch.nn.Module, step: OptimizerStep) -> None:
         """Full fine-tuning: .grad += lam * F * (theta - theta*), the penalty's gradient; its value is logged."""
-        if self._lora or self.lam == 0 or not self.fisher:
+        if not self._weights.change_is_stored or self.lam == 0 or not self.fisher:
             return
-        for name, parameter in self._parameters.items():  # a loaded state arrives on the CPU
+        parameters = self._weights.weights()
+        for name, parameter in parameters.items():  # a loaded state arrives on the CPU
             if name in self.fisher:
                 self._on(self.anchor, name, parameter)
                 self._on(self.fisher, name, parameter)
-        distance = add_quadratic_pull(self._parameters, self.anchor, self.fisher, self.lam)
+        distance = add_quadratic_pull(parameters, self.anchor, self.fisher, self.lam)
         self._penalty_total += self.lam / 2 * (distance + self.offset)
         self._penalty_steps += 1
 
@@ -345,16 +322,17 @@ class EWC(Strategy):
 
     def weighted_distance(self) -> torch.Tensor:
         """sum_i F_i (theta_i - theta*_i)^2 (+ the offline constant), or sum Omega (scaling B A)^2 under LoRA."""
-        if self._lora:
+        weights = self._weights
+        if not weights.change_is_stored:  # LoRA: the change is the adapter's update since the task's start
             terms = []
-            for name, layer in self._lora.items():
+            for name in weights.names():
                 if name in self.omega:
-                    delta = lora_delta(layer, self._adapter)
+                    delta = weights.change(name)
                     terms.append(squared_distance(delta, None, self._on(self.omega, name, delta)))
             return torch.stack(terms).sum()
         terms = [
             squared_distance(parameter, self._on(self.anchor, name, parameter), self._on(self.fisher, name, parameter))
-            for name, parameter in self._parameters.items()
+            for name, parameter in weights.weights().items()
             if name in self.fisher
         ]
         return torch.stack(terms).sum() + self.offset
@@ -373,21 +351,18 @@ class EWC(Strategy):
                 f"task {ctx.task.name!r}); raise train.max_length or choose another source"
             )
         started = time.perf_counter()
-        if self._lora:
-            # d loss / d W_merged = d loss / d base weight (the forward uses (W + scaling B A) x).
-            names = {f"{name}.base_layer.weight": name for name in self._lora}
-        else:
-            names = {name: name for name in self._parameters}
+        weights = self._weights
+        names = {parameter: name for name, parameter in weights.gradient_names().items()}  # gradient of W, by W's name
         fisher = per_sample_fisher(
             ctx.model, list(names), examples, ctx.tokenizer.pad_token_id, self.fisher_flavour, self.fisher_samples,
             self.batch_size, self.max_gradient_mb, seed=ctx.setup.seed + ctx.task_index,
         )
         fisher = {names[name]: value for name, value in fisher.items()}
-        if self._lora:
+        if not weights.change_is_stored:
             decay = self.gamma if self.online else 1.0
             self.omega = combine_online(self.omega, fisher, decay)
         else:
-            anchor = {name: parameter.detach().float().clone() for name, parameter in self._parameters.items()}
+            anchor = {name: parameter.detach().float().clone() for name, parameter in weights.weights().items()}
             if self.online:
                 self.fisher, self.anchor = combine_online(self.fisher, fisher, self.gamma), anchor
             else:
@@ -414,10 +389,6 @@ class EWC(Strategy):
             kind, _, name = key.partition(".")
             if kind in stores:
                 stores[kind][name] = value
-
-    @staticmethod
-    def _is_lora(ctx: TaskContext) -> bool:
-        return ctx.setup.adapter == "lora"
 
 
 def combine_online(previous: dict[str, torch.Tensor], new: dict[str, torch.Tensor], gamma: float) -> dict[str, torch.Tensor]:

@@ -7,14 +7,14 @@ A change is kept when it is large in absolute terms but small relative to the we
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 
 from ..errors import ForgetlessError
 from . import register_strategy
-from ._common import block_index, lora_linear_layers_by_weight, trained_parameters
+from ._common import block_index
 from .base import Strategy, StrategyParams, TaskContext
 
 TensorSelection = Literal["blocks", "matrices"]
@@ -58,21 +58,12 @@ class FAPM(Strategy):
             "blocks", description="blocks: the transformer blocks' matrices; matrices: every 2-D weight."
         )
 
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        self._pre: dict[str, torch.Tensor] = {}  # full fine-tuning: pre-task weights (CPU)
-
     def _selected(self, name: str, tensor: torch.Tensor) -> bool:
         """2-D weights; with tensors='blocks' only those inside transformer blocks (not embeddings/head)."""
         return tensor.dim() == 2 and (self.tensors == "matrices" or block_index(name) is not None)
 
     def on_task_start(self, ctx: TaskContext) -> None:
-        self._pre = {}
-        if ctx.setup.adapter == "lora":
-            return  # the adapter is the whole task vector; the base weights are W_pre
-        for name, parameter in trained_parameters(ctx.model).items():
-            if self._selected(name, parameter):
-                self._pre[name] = parameter.detach().to("cpu", copy=True)
+        ctx.weights.remember_start(self._selected)  # full fine-tuning: W_pre on the CPU; LoRA: the base is W_pre
 
     @torch.no_grad()
     def transform_weights(self, ctx: TaskContext) -> None:
@@ -91,32 +82,17 @@ class FAPM(Strategy):
         ctx.log["fapm_kept_fraction"] = kept / total
         ctx.log["fapm_kept_update_norm_fraction"] = (norm_kept / norm_total) ** 0.5 if norm_total > 0 else 1.0
         ctx.log["fapm_tensors"] = tensors
-        self._pre = {}
 
     def _task_vectors(self, ctx: TaskContext):
-        """(W_pre, tau, write(mask)) per selected tensor; `write` sets W = W_pre + mask * tau in the model."""
-        if ctx.setup.adapter == "lora":
-            adapter = ctx.adapter
-            for name, layer in lora_linear_layers_by_weight(ctx.model, adapter).items():
-                weight = layer.base_layer.weight
-                if not self._selected(name, weight):
-                    continue
-                tau = layer.get_delta_weight(adapter).to(weight.dtype)  # scaling * B @ A, shaped like W
+        """(W_pre, tau, write(mask)) per selected weight; `write` sets W = W_pre + mask * tau in the model."""
+        weights = ctx.weights
+        for name in weights.remembered():
+            if not self._selected(name, weights.weight(name)):
+                continue
+            pre = weights.start(name)
+            tau = weights.change(name).detach().to(pre.dtype)  # W - W_pre, or scaling * B A under LoRA
 
-                def write(mask, weight=weight, tau=tau, layer=layer):
-                    # Fold the pruned update into the base and zero the adapter: a sparse update has no rank-r form.
-                    weight.add_(torch.where(mask, tau, torch.zeros_like(tau)))
-                    layer.lora_B[adapter].weight.zero_()
+            def write(mask, name=name):
+                weights.keep_change_where(name, mask)
 
-                yield weight, tau, write
-            return
-        parameters = trained_parameters(ctx.model)
-        for name, pre_cpu in self._pre.items():
-            parameter = parameters[name]
-            pre = pre_cpu.to(parameter.device)
-
-            def write(mask, parameter=parameter, pre=pre):
-                # torch.where keeps both sides bit-exact: pruned entries are exactly W_pre, kept exactly W_ft.
-                parameter.copy_(torch.where(mask, parameter, pre))
-
-            yield pre, parameter.detach() - pre, write
+            yield pre, tau, write

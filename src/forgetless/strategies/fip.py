@@ -13,9 +13,10 @@ the training batch's tokens), and w0 a frozen reference:
 the model at task start (`reference: origin`) or the model `refresh_steps` steps ago (`previous`, a trust region along the path).
 D is the Bhattacharyya distance -log sum_k sqrt(p_k q_k) (default) or KL(q || p).
 
-Reference model: a frozen copy under full fine-tuning; under LoRA a copy of the few LoRA tensors swapped in
-with `torch.func.functional_call`, so no second model is held (at task start the fresh adapter is the
-identity, so `origin` is exactly the pre-task model, as with the adapter disabled).
+Reference model: a copy of the trained tensors (`TaskWeights.snapshot`: every weight under full fine-tuning,
+the few adapter tensors under LoRA) swapped in with `torch.func.functional_call` for the reference forward,
+so no second module tree is held (at task start a fresh adapter is the identity, so `origin` is exactly
+the pre-task model, in merge and stack mode alike).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from ..data.encoding import PaddingCollator
 from ..evaluation._scoring import model_device
 from . import register_strategy
-from ._common import ProtectionSource, frozen_copy, protection_examples, trained_parameters
+from ._common import ProtectionSource, protection_examples
 from .base import Strategy, StrategyParams, TaskContext
 
 Distance = Literal["bhattacharyya", "kl"]
@@ -129,8 +130,7 @@ class FunctionallyInvariantPaths(Strategy):
         super().__init__(**params)
         self._anchors: list[dict[str, Any]] = []
         self._rng = random.Random(0)
-        self._reference_model: torch.nn.Module | None = None  # full fine-tuning
-        self._reference_tensors: dict[str, torch.Tensor] = {}  # LoRA: the adapter's values at the reference
+        self._reference: dict[str, torch.Tensor] = {}  # the trained tensors' values at the reference point
         self._refreshed_at = 0  # global step of the last refresh (reference: previous)
         self._distance_total, self._distance_steps = 0.0, 0
 
@@ -139,12 +139,7 @@ class FunctionallyInvariantPaths(Strategy):
         seed = ctx.setup.seed + ctx.task_index
         self._anchors = protection_examples(ctx, self.anchor_examples, self.source, seed=seed)
         self._rng = random.Random(seed)
-        if ctx.setup.adapter == "lora":
-            self._reference_model = None
-            self._reference_tensors = {n: p.detach().clone() for n, p in trained_parameters(ctx.model).items()}
-        else:
-            self._reference_model = frozen_copy(ctx.model)
-            self._reference_tensors = {}
+        self._reference = ctx.weights.snapshot()  # every weight (full) or this task's adapter (LoRA)
         self._refreshed_at = ctx.global_step
         self._distance_total, self._distance_steps = 0.0, 0
         ctx.log["fip_anchor_examples"] = len(self._anchors)
@@ -152,27 +147,20 @@ class FunctionallyInvariantPaths(Strategy):
     @torch.no_grad()
     def refresh(self, ctx: TaskContext) -> None:
         """Move the reference to the current weights (the previous point of the path)."""
-        if self._reference_model is not None:
-            current = dict(ctx.model.named_parameters())
-            for name, parameter in self._reference_model.named_parameters():
-                parameter.copy_(current[name])
-        else:
-            current = trained_parameters(ctx.model)
-            for name, tensor in self._reference_tensors.items():
-                tensor.copy_(current[name])
+        current = dict(ctx.model.named_parameters())
+        for name, tensor in self._reference.items():
+            tensor.copy_(current[name])
         self._refreshed_at = ctx.global_step
 
     @torch.no_grad()
     def reference_logits(self, ctx: TaskContext, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T, V) logits of the reference point w0 on `batch`."""
-        if self._reference_model is not None:
-            return self._reference_model(**batch).logits
         model = ctx.model  # the PEFT model itself, not a DDP wrapper
         was_training = model.training
         model.eval()  # the reference is a fixed function: no dropout
         try:
-            # Swaps the adapter's tensors for the saved ones for this call only; the live ones are untouched.
-            return torch.func.functional_call(model, self._reference_tensors, args=(), kwargs=batch).logits
+            # Swaps the trained tensors for the saved ones for this call only; the live ones are untouched.
+            return torch.func.functional_call(model, self._reference, args=(), kwargs=batch).logits
         finally:
             model.train(was_training)
 
@@ -223,5 +211,4 @@ class FunctionallyInvariantPaths(Strategy):
         ctx.log["fip_mean_distance"] = self._distance_total / max(1, self._distance_steps)
         # Nothing crosses tasks: the next reference is the model at the next task's start, and anchors are
         # drawn again from the data. Free the copy before evaluation and checkpointing.
-        self._reference_model = None
-        self._reference_tensors = {}
+        self._reference = {}

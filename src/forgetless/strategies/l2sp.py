@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from ..task_weights import TaskWeights
 from . import register_strategy
-from ._common import lora_linear_layers, trained_parameters
 from .base import Strategy, StrategyParams, TaskContext
-from .ewc import lora_delta, squared_distance
+from .ewc import squared_distance
 
 
 @register_strategy
@@ -34,19 +34,13 @@ class L2SP(Strategy):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self.anchor: dict[str, torch.Tensor] = {}  # theta0 by parameter name (full fine-tuning only)
-        self._parameters: dict[str, torch.nn.Parameter] = {}
-        self._lora: dict[str, torch.nn.Module] = {}
-        self._adapter = ""
+        self.anchor: dict[str, torch.Tensor] = {}  # theta0 by weight name (full fine-tuning only)
+        self._weights: TaskWeights | None = None
 
     def on_task_start(self, ctx: TaskContext) -> None:
-        if ctx.setup.adapter == "lora":
-            self._adapter = ctx.adapter
-            self._lora = lora_linear_layers(ctx.model, self._adapter)
-            return
-        self._parameters = trained_parameters(ctx.model)
-        if not self.anchor:  # the run's starting weights (unless restored from a saved state)
-            self.anchor = {name: p.detach().float().clone() for name, p in self._parameters.items()}
+        self._weights = ctx.weights
+        if self._weights.change_is_stored and not self.anchor:  # the run's start (unless restored from a state)
+            self.anchor = {name: w.detach().float().clone() for name, w in self._weights.weights().items()}
 
     def extra_loss(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any):
         if self.lam == 0:
@@ -55,10 +49,12 @@ class L2SP(Strategy):
 
     def squared_distance(self) -> torch.Tensor:
         """sum (theta - theta0)^2 over the trained weights, or sum (scaling B A)^2 under LoRA."""
-        if self._lora:
-            terms = [squared_distance(lora_delta(layer, self._adapter)) for layer in self._lora.values()]
+        weights = self._weights
+        if weights.change_is_stored:  # (theta, theta0) rather than their difference: no temporary per weight
+            weights_now = weights.weights().items()
+            terms = [squared_distance(w, self._anchor_on(name, w)) for name, w in weights_now if name in self.anchor]
         else:
-            terms = [squared_distance(p, self._anchor_on(name, p)) for name, p in self._parameters.items() if name in self.anchor]
+            terms = [squared_distance(weights.change(name)) for name in weights.names()]
         return torch.stack(terms).sum()
 
     def _anchor_on(self, name: str, like: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from ..errors import ForgetlessError
 from ..evaluation._scoring import model_device
 from ..nn import token_cross_entropy, trained_tokens
 from . import register_strategy
-from ._common import batches, block_index, lora_linear_layers_by_weight, protection_examples, trained_parameters
+from ._common import batches, block_index, protection_examples
 from .base import OptimizerStep, Strategy, StrategyParams, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]
@@ -130,38 +130,28 @@ class Layerwise(Strategy):
 
     # ---- which weights are protected, and how far they have moved ----
 
-    def _protected(self, ctx: TaskContext) -> dict[str, torch.Tensor]:
-        """Weights that can move in this task, by full-fine-tuning name (under LoRA: the adapted base weights)."""
-        if ctx.setup.adapter == "lora":
-            layers = lora_linear_layers_by_weight(ctx.model, ctx.adapter)
-            return {name: layer.base_layer.weight for name, layer in layers.items()}
-        return trained_parameters(ctx.model)
-
     def _bind(self, ctx: TaskContext) -> None:
         """Anchor = the model now; set up the per-step drift readers and fp32 copies of Omega."""
         self._drift, self._omega, self._group = {}, {}, {}
-        lora = ctx.setup.adapter == "lora"
-        adapter = ctx.adapter
-        layers = lora_linear_layers_by_weight(ctx.model, adapter) if lora else {}
-        parameters = {} if lora else trained_parameters(ctx.model)
+        weights = ctx.weights
+        trained = set(weights.names())
         blocks: dict[int | None, int] = {}
         for name, index in self.index.items():
-            if name not in layers and name not in parameters:
+            if name not in trained:
                 continue  # protected earlier but not trainable now (e.g. other LoRA targets): it cannot drift
-            device = (layers[name].base_layer.weight if lora else parameters[name]).device
-            index = index.to(device)
-            if lora:
-                layer = layers[name]
-                self._drift[name] = lambda layer=layer, index=index: (
-                    layer.get_delta_weight(adapter).reshape(-1).index_select(0, index).float()
-                )  # scaling * B @ A at the kept entries: the drift from the task's start
-            else:
-                parameter = parameters[name]
-                anchor = parameter.detach().reshape(-1).index_select(0, index).float().clone()  # (k,)
-                self._drift[name] = lambda parameter=parameter, index=index, anchor=anchor: (
-                    parameter.reshape(-1).index_select(0, index).float() - anchor
+            weight = weights.weight(name)
+            index = index.to(weight.device)
+            if weights.change_is_stored:
+                # Only the kept entries' start is stored: (k,) values, not a copy of the weight.
+                anchor = weight.detach().reshape(-1).index_select(0, index).float().clone()  # (k,)
+                self._drift[name] = lambda weight=weight, index=index, anchor=anchor: (
+                    weight.reshape(-1).index_select(0, index).float() - anchor
                 )
-            self._omega[name] = self.importance[name].to(device, torch.float32)
+            else:
+                self._drift[name] = lambda name=name, index=index: (
+                    weights.change(name).reshape(-1).index_select(0, index).float()
+                )  # scaling * B @ A at the kept entries: the drift from the task's start
+            self._omega[name] = self.importance[name].to(weight.device, torch.float32)
             self._group[name] = blocks.setdefault(block_index(name), len(blocks))
         self._groups = len(blocks)
         if self._drift:
@@ -176,7 +166,7 @@ class Layerwise(Strategy):
         features = protection_examples(ctx, self.steps * self.batch_size, source=source, seed=ctx.task_index)
         if not features:
             raise ForgetlessError(f"layerwise: no {source} examples to record the importance on")
-        weights = self._protected(ctx)
+        weights = ctx.weights.weights()  # under LoRA the adapted base weights: what the adapter's update adds to
         dense = squared_gradient_importance(ctx.model, weights, features, self.batch_size, ctx.tokenizer.pad_token_id)
         self._absorb(ctx, dense, time.perf_counter() - started)
 
@@ -215,7 +205,7 @@ class Layerwise(Strategy):
 
     def _records_during_training(self, ctx: TaskContext) -> bool:
         # Under LoRA the protected base weights get no gradient, so the task needs its own pass.
-        return self.source == "auto" and self.task_importance == "training" and ctx.setup.adapter != "lora"
+        return self.source == "auto" and self.task_importance == "training" and ctx.weights.weights_receive_gradients
 
     def after_backward(self, ctx: TaskContext, model: torch.nn.Module, step: OptimizerStep) -> None:
         """In the task's last `steps` steps: add n_b * g_b^2 of the cross-entropy part of the gradient."""
@@ -228,7 +218,7 @@ class Layerwise(Strategy):
         tokens = step.trained_tokens
         own = self._own_gradient_at_kept_entries()
         with torch.no_grad():
-            for name, parameter in trained_parameters(model).items():
+            for name, parameter in ctx.weights.weights().items():
                 if parameter.grad is None:
                     continue
                 grad = parameter.grad.detach()

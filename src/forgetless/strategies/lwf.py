@@ -6,8 +6,9 @@ Each step adds
 
 over the batch's non-pad positions t (or only the trained ones), where the teacher is the model as it was
 before the task. The student's logits are the training forward's own (`outputs.logits`): no second
-student forward. Teacher: under LoRA (merge mode) the same model with its adapter disabled — the merged
-base *is* the pre-task model — so no copy is held; under full fine-tuning a frozen copy of the model.
+student forward. Teacher: the live model run with the trained tensors' values at the task's start swapped
+in (`TaskWeights.snapshot` and `torch.func.functional_call`): a copy of every weight under full fine-tuning,
+of this task's few adapter tensors under LoRA (merge and stack mode alike: earlier adapters stay on).
 The teacher's forward is most of the strategy's cost; where the hardware has bfloat16 matrix units it
 runs under bfloat16 autocast by default (`teacher_precision: auto`), about 2.7x faster on such a CPU, at a
 KL floor ~0.2 % of the KL being trained against.
@@ -19,17 +20,15 @@ gradient buffer the backward pass needs anyway.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
 from ..data.encoding import IGNORE_INDEX
-from ..errors import ForgetlessError
 from ..evaluation._scoring import logits_at, model_device, scoring_mode
 from . import register_strategy
-from ._common import frozen_copy, runs_bfloat16_natively
+from ._common import runs_bfloat16_natively
 from .base import Strategy, StrategyParams, TaskContext
 
 Positions = Literal["all", "trained"]
@@ -137,18 +136,11 @@ class LearningWithoutForgetting(Strategy):
     def __init__(self, **params: Any):
         super().__init__(**params)
         self._teacher_bfloat16 = False  # resolved at task start from teacher_precision and the device
-        self._teacher: torch.nn.Module | None = None  # full fine-tuning only
+        self._teacher: dict[str, torch.Tensor] = {}  # the trained tensors at the task's start
         self._kl_total, self._kl_steps = 0.0, 0  # for the per-task mean reported in results.json
 
-    def check(self, setup, stack, world_size: int = 1) -> None:
-        super().check(setup, stack, world_size)
-        if setup.adapter == "lora" and setup.lora_between_tasks == "stack":
-            # Disabling adapters in stack mode would also switch off earlier tasks' adapters: the teacher
-            # would be the original base, not the model before this task.
-            raise ForgetlessError("strategy 'lwf' needs lora.between_tasks: merge (its teacher is the base with adapters off)")
-
     def on_task_start(self, ctx: TaskContext) -> None:
-        self._teacher = None if ctx.setup.adapter == "lora" else frozen_copy(ctx.model)
+        self._teacher = ctx.weights.snapshot()  # every weight (full) or this task's fresh adapter (LoRA)
         auto = self.teacher_precision == "auto" and runs_bfloat16_natively(model_device(ctx.model))
         self._teacher_bfloat16 = self.teacher_precision == "bfloat16" or auto
         self._kl_total, self._kl_steps = 0.0, 0
@@ -161,12 +153,11 @@ class LearningWithoutForgetting(Strategy):
         """
         rows, columns = mask.nonzero(as_tuple=True)
         kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-        teacher = self._teacher if self._teacher is not None else ctx.model  # the PEFT model under LoRA
-        adapter_off = nullcontext() if self._teacher is not None else teacher.disable_adapter()
-        precision = torch.autocast(model_device(teacher).type, dtype=torch.bfloat16, enabled=self._teacher_bfloat16)
+        model = ctx.model  # the live model, run with the task's starting tensors swapped in
+        precision = torch.autocast(model_device(model).type, dtype=torch.bfloat16, enabled=self._teacher_bfloat16)
         # Eval mode (the teacher is a fixed function: no dropout), no autograd; flags restored after.
-        with scoring_mode(teacher), adapter_off, precision:
-            return logits_at(teacher, rows, columns, **kwargs)
+        with scoring_mode(model), precision:
+            return logits_at(model, rows, columns, parameters=self._teacher, **kwargs)
 
     def extra_loss(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any):
         if self.weight == 0:
@@ -181,4 +172,4 @@ class LearningWithoutForgetting(Strategy):
     def consolidate(self, ctx: TaskContext) -> None:
         ctx.log["lwf_mean_scaled_kl"] = self._kl_total / max(1, self._kl_steps)  # T^2 * KL, before the weight
         ctx.log["lwf_teacher_precision"] = "bfloat16" if self._teacher_bfloat16 else "float32"
-        self._teacher = None  # the next task's teacher is the model as it is then: nothing to keep
+        self._teacher = {}  # the next task's teacher is the model as it is then: nothing to keep

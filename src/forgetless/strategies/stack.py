@@ -133,8 +133,10 @@ class StrategyStack:
     def end_task(self, model=None) -> dict[str, Any]:
         """Post-hoc weight edits, then consolidation; returns the task's strategy log."""
         ctx = self._active()
-        if model is not None:
+        if model is not None and model is not ctx.model:
             ctx.model = model
+            if "weights" in vars(ctx):  # the task's view was built on the old object: keep its starts
+                ctx.weights.rebind(model)
         for strategy in self.strategies:
             strategy.transform_weights(ctx)
         for strategy in self.strategies:

@@ -140,7 +140,8 @@ class SelectiveTokenMasking(Strategy):
     # -- scoring ---------------------------------------------------------------------------------------
 
     def _cache_path(self, ctx: TaskContext, examples: list[dict[str, Any]]) -> Path:
-        skip_trainable = ctx.setup.adapter == "lora"  # the fresh adapter (B = 0) does not change the function
+        # A fresh LoRA adapter (B = 0) does not change the function: its random A must not change the key.
+        skip_trainable = not ctx.weights.change_is_stored
         key = hashlib.sha256((model_fingerprint(ctx.model, skip_trainable) + examples_fingerprint(examples)).encode())
         return stm_cache_dir() / f"{key.hexdigest()[:32]}.safetensors"
 

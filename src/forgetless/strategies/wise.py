@@ -9,14 +9,13 @@ English disjoint from every evaluation item), scored as 1 - log_V(perplexity) li
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Literal, Sequence
 
 import torch
 from pydantic import Field
 
 from ..errors import ForgetlessError
 from . import register_strategy
-from ._common import trained_parameters
 from .base import Strategy, StrategyParams, TaskContext
 
 ALPHA_GRID = tuple(round(1.0 - step / 10, 1) for step in range(11))  # 1.0, 0.9, ..., 0.0
@@ -47,35 +46,21 @@ class WiSE(Strategy):
         )
         validation_texts: int = Field(64, ge=1, description="alpha auto: held-out general texts the choice is scored on.")
 
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        self._start: dict[str, torch.Tensor] = {}  # full fine-tuning: theta_0 of the trained tensors (CPU)
-
     def check(self, setup, stack, world_size: int = 1) -> None:
         super().check(setup, stack, world_size)
         if self.alpha == "auto" and world_size > 1:
             raise ForgetlessError("strategy 'wise' with alpha 'auto' scores on one process; run it without DDP/FSDP")
 
     def on_task_start(self, ctx: TaskContext) -> None:
-        if ctx.setup.adapter == "lora":
-            # A fresh LoRA adapter starts at B = 0, so theta_ft - theta_0 = scaling * B @ A, linear in B.
-            self._start = {}
-            for name, parameter in self._lora_b(ctx).items():
-                if parameter.count_nonzero():
-                    raise ForgetlessError(f"wise: LoRA parameter {name} is not zero at the task's start; "
-                                          "WiSE-FT under LoRA needs freshly initialised adapters (B = 0)")
-            return
-        self._start = {name: p.detach().to("cpu", copy=True) for name, p in trained_parameters(ctx.model).items()}
-
-    @staticmethod
-    def _lora_b(ctx: TaskContext) -> dict[str, torch.nn.Parameter]:
-        adapter = ctx.adapter
-        return {name: p for name, p in trained_parameters(ctx.model).items()
-                if f".{adapter}." in name and (".lora_B." in name or ".lora_embedding_B." in name)}
+        # theta_0: a CPU copy under full fine-tuning; under LoRA the update scaling * B A is linear in B and
+        # starts at zero, so theta_0 + alpha (theta_ft - theta_0) is B <- alpha * B_ft.
+        ctx.weights.check_fresh_adapter("wise")
+        ctx.weights.remember_start()
 
     @torch.no_grad()
     def transform_weights(self, ctx: TaskContext) -> None:
-        set_alpha = self._interpolator(ctx)
+        # The search sets several alphas, so it holds theta_ft too (a second CPU copy, during the search only).
+        set_alpha = ctx.weights.interpolator(repeatable=self.alpha == "auto")
         if self.alpha == "auto":
             texts = ctx.general_texts[-self.validation_texts:]
             set_alpha(0.0)
@@ -94,34 +79,3 @@ class WiSE(Strategy):
             chosen = float(self.alpha)
         set_alpha(chosen)
         ctx.log["wise_alpha"] = chosen
-        self._start = {}
-
-    def _interpolator(self, ctx: TaskContext):
-        """A function alpha -> sets the model to theta_0 + alpha * (theta_ft - theta_0), callable repeatedly."""
-        if ctx.setup.adapter == "lora":
-            finetuned_b = {name: p.detach().clone() for name, p in self._lora_b(ctx).items()}
-            parameters = self._lora_b(ctx)
-
-            def set_lora(alpha: float) -> None:
-                for name, b in finetuned_b.items():
-                    parameters[name].copy_(b * alpha)
-
-            return set_lora
-        parameters = trained_parameters(ctx.model)
-        if self.alpha != "auto":
-
-            def set_once(alpha: float) -> None:  # one interpolation in place: no copy of theta_ft needed
-                for name, start in self._start.items():
-                    parameter = parameters[name]
-                    parameter.copy_(torch.lerp(start.to(parameter.device), parameter, alpha))
-
-            return set_once
-        # The search sets several alphas, so it holds theta_ft too (a second CPU copy, during the search only).
-        finetuned = {name: parameters[name].detach().to("cpu", copy=True) for name in self._start}
-
-        def set_full(alpha: float) -> None:
-            for name, start in self._start.items():
-                parameter = parameters[name]
-                parameter.copy_(torch.lerp(start.to(parameter.device), finetuned[name].to(parameter.device), alpha))
-
-        return set_full
