@@ -16,6 +16,14 @@ Peak memory: each strategy runs in its own fresh process. The process's resident
 read after two plain steps (model, AdamW state, activations: plain fine-tuning's peak) and again after
 the strategy's preparation and steps; their ratio is the strategy's peak memory against plain
 fine-tuning. A high-water mark only rises, so the plain peak cannot be hidden by what comes later.
+
+`--trainer` chooses what runs the steps: `step` (default; the loop above, the StrategyStack's hooks called
+in a plain PyTorch step), `runner` (`forgetless run`'s own trainer, `with_strategies(transformers.Trainer)`)
+and `sft` (`with_strategies(trl.SFTTrainer)`, as in a user's script; benchmarks/sft_run.py). Several may be
+given: one column each. Through a trainer, steps cannot alternate; the process trains plain steps, then
+the strategy's, then plain steps again on the same model, and divides the strategy's median step
+(callback-timed, on_step_begin to on_step_end, its first step left out) by the median of both plain phases.
+Preparation there is the time from `train()` to the first step, less the plain phase's.
 """
 
 from __future__ import annotations
@@ -26,9 +34,12 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from forgetless.adapters import adapter_name, prepare_for_task
 from forgetless.config import parse_config
@@ -38,10 +49,11 @@ from forgetless.errors import ForgetlessError
 from forgetless.models import load_model_and_tokenizer
 from forgetless.nn import token_cross_entropy, trained_tokens
 from forgetless.strategies import OptimizerStep, StrategyStack, TaskData, build_strategy, known_strategies
-from forgetless.strategies._common import protection_examples, trained_parameters
+from forgetless.strategies._common import protection_examples
 from forgetless.strategies.ewc import per_sample_fisher
 from forgetless.strategies.layerwise import squared_gradient_importance
-from forgetless.training import context_for
+from forgetless.task_weights import trained_parameters
+from forgetless.training import ContinualRun, context_for
 
 
 def peak_rss_bytes() -> int:
@@ -121,6 +133,74 @@ def measure(spec: str, args, model_and_tokenizer) -> dict:
     }
 
 
+class StepTimes(TrainerCallback):
+    """Wall time of each optimizer step (on_step_begin to on_step_end), and when the first one began."""
+
+    def __init__(self):
+        self.steps: list[float] = []
+        self.first_begin: float | None = None
+        self._begin = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._begin = time.perf_counter()
+        self.first_begin = self.first_begin or self._begin
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(time.perf_counter() - self._begin)
+
+
+def trained_through(kind: str, spec, args, model, tokenizer, out: Path) -> tuple[list[float], float]:
+    """Train one task of args.steps + 1 steps through the runner's or SFT's trainer; (step times, preparation s)."""
+    config = parse_config(
+        {
+            "adapter": args.adapter,
+            "tasks": [{"name": "support", "builtin": "support"}],
+            "strategies": [spec],
+            "eval": {"suites": []},
+            "checkpoints": "none",
+            "train": {
+                "batch_size": args.batch_size, "max_length": args.max_length, "steps": args.steps + 1, "lr": 1e-5,
+                "scheduler": "constant", "max_train_examples": args.batch_size * (args.steps + 1),
+            },
+        }
+    )
+    if kind == "sft":
+        from sft_run import SFTContinualRun as run_class  # benchmarks/ is on sys.path when run as a script
+    else:
+        run_class = ContinualRun
+    run = run_class(config, out, model=model, tokenizer=tokenizer, progress=False)
+    task = run.tasks[0]
+    trainer = run._trainer(0, task, encode_rows(tokenizer, task.train, args.max_length))
+    timer = StepTimes()
+    trainer.add_callback(timer)
+    started = time.perf_counter()
+    trainer.train()
+    return timer.steps[1:], timer.first_begin - started
+
+
+def measure_through_trainer(kind: str, spec, args, model_and_tokenizer) -> dict:
+    model, tokenizer = model_and_tokenizer
+    spec = json.loads(spec) if spec.lstrip().startswith("{") else spec
+    one_task = parse_config({"adapter": args.adapter, "tasks": [{"name": "support", "builtin": "support"}]})
+    model = prepare_for_task(model, one_task, 0)  # once: every phase trains the same adapter (or weights)
+    with tempfile.TemporaryDirectory() as out:
+        plain_first, plain_preparation = trained_through(kind, "naive", args, model, tokenizer, Path(out) / "plain")
+        plain_peak = peak_rss_bytes()
+        times, preparation = trained_through(kind, spec, args, model, tokenizer, Path(out) / "strategy")
+        peak = peak_rss_bytes()
+        plain_again, _ = trained_through(kind, "naive", args, model, tokenizer, Path(out) / "plain-again")
+    plain = statistics.median(plain_first + plain_again)
+    return {
+        "strategy": spec,
+        "trainer": kind,
+        "preparation_s": preparation - plain_preparation,
+        "plain_step_s": plain,
+        "step_ratio": statistics.median(times) / plain,
+        "peak_memory_ratio": peak / plain_peak,
+        "plain_peak_gb": plain_peak / 2**30,
+    }
+
+
 def load(tiny: bool):
     if not tiny:
         return load_model_and_tokenizer("default")
@@ -143,7 +223,10 @@ def load(tiny: bool):
 def worker(spec: str, args) -> None:
     """One strategy in this (fresh) process; prints its row as one JSON line."""
     try:
-        row = measure(spec, args, load(args.tiny))
+        if args.trainer[0] == "step":
+            row = measure(spec, args, load(args.tiny))
+        else:
+            row = measure_through_trainer(args.trainer[0], spec, args, load(args.tiny))
     except ForgetlessError as exc:  # e.g. stm on a random tiny model masks every token
         row = {"strategy": spec, "skipped": str(exc)}
     print("ROW " + json.dumps(row), flush=True)
@@ -197,6 +280,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of the default one")
+    parser.add_argument("--trainer", nargs="+", default=["step"], choices=["step", "runner", "sft"],
+                        help="what runs the steps (several: one column each)")
     parser.add_argument("--importance", action="store_true", help="only: layerwise importance against the Fisher")
     parser.add_argument("--importance-examples", type=int, default=32)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -206,34 +291,41 @@ def main() -> None:
     if args.importance:
         return importance_against_fisher(args)
     names = args.strategies or [n for n in known_strategies() if n != "naive" and not n.startswith("_")]
-    header = ("strategy", "prepare s", "plain step s", "step ratio", "peak mem ratio", "state MB")
-    print(f"{header[0]:10s} {header[1]:>10s} {header[2]:>12s} {header[3]:>10s} {header[4]:>14s} {header[5]:>9s}")
-    forwarded = [
-        "--adapter",
-        args.adapter,
-        "--steps",
-        str(args.steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--max-length",
-        str(args.max_length),
-        *(["--tiny"] if args.tiny else []),
-    ]
+    forwarded = ["--adapter", args.adapter, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                 "--max-length", str(args.max_length), *(["--tiny"] if args.tiny else [])]
+    if args.trainer == ["step"]:
+        header = ("strategy", "prepare s", "plain step s", "step ratio", "peak mem ratio", "state MB")
+        print(f"{header[0]:10s} {header[1]:>10s} {header[2]:>12s} {header[3]:>10s} {header[4]:>14s} {header[5]:>9s}")
+    else:
+        print("strategy   " + " ".join(f"{kind + ' step ratio':>17s} {kind + ' peak mem':>15s}" for kind in args.trainer))
     for name in names:
-        done = subprocess.run([sys.executable, __file__, *forwarded, "--worker", name], capture_output=True, text=True)
-        rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
-        if done.returncode or not rows:
-            print(f"{name:10s} failed (exit {done.returncode}):\n{done.stderr[-2000:]}", flush=True)
+        rows = [_worker_row(name, [*forwarded, "--trainer", kind]) for kind in args.trainer]
+        if any(row is None for row in rows):
             continue
-        row = json.loads(rows[-1])
-        if "skipped" in row:
-            print(f"{name:10s} skipped: {row['skipped']}", flush=True)
-            continue
-        print(
-            f"{name:10s} {row['preparation_s']:10.1f} {row['plain_step_s']:12.2f} {row['step_ratio']:10.2f}x "
-            f"{row['peak_memory_ratio']:13.2f}x {row['state_mb']:9.1f}",
-            flush=True,
-        )
+        if args.trainer == ["step"]:
+            row = rows[0]
+            print(
+                f"{name:10s} {row['preparation_s']:10.1f} {row['plain_step_s']:12.2f} {row['step_ratio']:10.2f}x "
+                f"{row['peak_memory_ratio']:13.2f}x {row['state_mb']:9.1f}",
+                flush=True,
+            )
+        else:
+            cells = " ".join(f"{r['step_ratio']:16.2f}x {r['peak_memory_ratio']:14.2f}x" for r in rows)
+            print(f"{name:10s} {cells}", flush=True)
+
+
+def _worker_row(name: str, forwarded: list[str]) -> dict | None:
+    """Run one strategy in a fresh process; its row, or None after printing why there is none."""
+    done = subprocess.run([sys.executable, __file__, *forwarded, "--worker", name], capture_output=True, text=True)
+    rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    if done.returncode or not rows:
+        print(f"{name:10s} failed (exit {done.returncode}):\n{done.stderr[-2000:]}", flush=True)
+        return None
+    row = json.loads(rows[-1])
+    if "skipped" in row:
+        print(f"{name:10s} skipped: {row['skipped']}", flush=True)
+        return None
+    return row
 
 
 if __name__ == "__main__":
