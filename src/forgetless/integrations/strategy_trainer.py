@@ -246,6 +246,12 @@ class StrategyTrainerMixin:
             loss = loss * self.accelerator.num_processes
         return loss, outputs
 
+    def _parent_fuses_lm_head(self, model) -> bool:
+        """`_fuses_lm_head(model)`, walked once per model object rather than on every step."""
+        if getattr(self, "_fused_checked", (None, False))[0] is not model:
+            self._fused_checked = (model, _fuses_lm_head(model))
+        return self._fused_checked[1]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         stack = self.strategy_stack
         if not self._in_training_step or stack.context is None:
@@ -256,7 +262,7 @@ class StrategyTrainerMixin:
             # logits, and asking it for outputs costs a second forward pass to recompute them.)
             result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
             loss, outputs = result if return_outputs else (result, None)
-        elif _fuses_lm_head(model):
+        elif self._parent_fuses_lm_head(model):
             # TRL's fused LM head builds no logits; asked for outputs it recomputes them in a second forward,
             # without gradient, so a strategy distilling through them would train nothing. Compute the same
             # loss with the logits in one forward instead.
