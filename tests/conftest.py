@@ -47,6 +47,17 @@ def tiny_lm(tokenizer):
     return model
 
 
+@pytest.fixture
+def tiny_model_folder(tmp_path, tokenizer):
+    """`tiny_lm` saved as a plain transformers model folder (for code that loads a model by path)."""
+    folder = tmp_path / "tiny-model"
+    model = make_tiny_lm(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(path)

@@ -4,18 +4,6 @@ import pytest
 
 from forgetless.cli import main
 
-from .conftest import make_tiny_lm
-
-
-@pytest.fixture
-def tiny_model_folder(tmp_path, tokenizer):
-    folder = tmp_path / "tiny-model"
-    model = make_tiny_lm(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
 
 def test_eval_writes_the_documented_json(tmp_path, tiny_model_folder):
     mc = tmp_path / "quiz.jsonl"

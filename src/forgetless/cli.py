@@ -1,4 +1,5 @@
-"""Command line: `forgetless run CONFIG --out DIR`, `forgetless eval ...`, `forgetless demo`, `forgetless strategies`."""
+"""Command line: `forgetless run CONFIG --out DIR`, `forgetless compare ...`, `forgetless eval ...`, `forgetless demo`,
+`forgetless strategies`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ def _cmd_run(args: argparse.Namespace) -> None:
             f"({metrics.general_delta_abs:+.4f} ± {metrics.general_delta_se:.4f} s.e.; "
             f"{'within noise' if metrics.general_within_noise else 'beyond noise'})"
         )
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    import shlex
+
+    from .compare import compare, parse_strategy
+    from .config import load_config
+
+    config = load_config(args.config)
+    specs = [parse_strategy(text) for text in args.strategies]
+    command = shlex.join(["forgetless", "compare", args.config, "--strategies", *args.strategies, "--out", args.out,
+                          *(["--baseline", args.baseline] if args.baseline != "naive" else [])])
+    compare(config, specs, args.out, baseline=args.baseline, command=command, progress=not args.quiet)
+    print(f"\nwrote {Path(args.out) / 'compare.md'}, compare.json and pareto.png")
+    print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -82,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output folder: results.json, report.md, plots, checkpoints")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
+
+    cmp = commands.add_parser("compare", help="run the config once per strategy (or stack) and write one table")
+    cmp.add_argument("config", help="YAML run config; its `strategies` is replaced by each entry of --strategies")
+    cmp.add_argument("--strategies", nargs="+", required=True,
+                     help="names, YAML mappings ('{name: ewc, lam: 1000}') or lists for a stack ('[replay, wise]')")
+    cmp.add_argument("--out", required=True, help="output folder: compare.md/.json, pareto.png, one run folder per row")
+    cmp.add_argument("--baseline", default="naive", help="the row the others are compared with (default: naive)")
+    cmp.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmp.set_defaults(func=_cmd_compare)
 
     ev = commands.add_parser("eval", help="score a model on multiple-choice / perplexity tasks")
     ev.add_argument("--model", default="default", help="'default', a Hugging Face id or a local folder")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..metrics import ScoreSamples
@@ -18,6 +18,26 @@ class EvaluationLog:
     general_samples: list[dict[str, ScoreSamples]] = field(default_factory=list)
     task_samples: list[dict[str, ScoreSamples]] = field(default_factory=list)
     seconds: float = 0.0
+
+    def first(self) -> "EvaluationLog":
+        """A log of the first evaluation only (the "before training" one another run can adopt)."""
+        return EvaluationLog(self.general[:1], self.task_evals[:1], self.general_samples[:1], self.task_samples[:1], 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (no pickle): the records and every per-item sample behind them."""
+        def samples(entries):
+            return [{name: asdict(s) for name, s in entry.items()} for entry in entries]
+
+        return {"general": self.general, "task_evals": self.task_evals, "general_samples": samples(self.general_samples),
+                "task_samples": samples(self.task_samples), "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EvaluationLog":
+        def samples(entries):
+            return [{name: ScoreSamples(**s) for name, s in entry.items()} for entry in entries]
+
+        return cls(data["general"], data["task_evals"], samples(data["general_samples"]), samples(data["task_samples"]),
+                   data.get("seconds", 0.0))
 
 
 class Evaluator:

@@ -1,0 +1,383 @@
+"""Several strategies (or stacks) on the same sequence, side by side: `forgetless compare CONFIG --strategies ...`.
+
+Every row trains the config's tasks from the same starting model with only `strategies` changed, so the
+"before training" evaluation is run once and shared (saved as `before.json` in the output folder, reused by a
+later invocation with the same config). One table (`compare.json`, `compare.md`) and a Pareto plot
+(`pareto.png`: share of the baseline's in-domain gain kept against share of its general drop cut) are written
+after every row, so a crash loses nothing already measured. Each row's own run folder (`<label>/`) holds its
+results.json and report.
+
+Columns beyond the run's own metrics:
+- in-domain gain per task with a paired bootstrap s.e. (the held-out score just after the task minus before);
+- seconds per optimizer step (the task's whole training time, including a strategy's work at the task's start
+  and end, over its steps) and its ratio to the baseline row's: one process, one machine, so noisy;
+- peak memory: on CUDA the allocator's peak during the row; on CPU the process's peak resident set size,
+  sampled every 20 ms (it includes whatever earlier rows left allocated: a coarse upper bound);
+- state size: the bytes of every strategy's `state_tensors()` at the end (what a checkpoint stores for it);
+- the strategies that store raw training rows (replay buffers), which matters where data may not be kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import RunConfig
+from .errors import ForgetlessError
+from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .metrics import paired_delta
+
+# What a row is run with: (config, out_dir, before=EvaluationLog | None) -> an object with execute(),
+# .evaluator.log and .strategies (ContinualRun, or the SFTTrainer variant in benchmarks/sft_run.py).
+RunFactory = Callable[..., Any]
+
+
+class ComparisonRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str  # the row's label
+    spec: Any  # the strategies entry as given: a name, a {name: ..., <params>} mapping or a list (a stack)
+    in_domain_gain: dict[str, float]
+    in_domain_gain_se: dict[str, float] = Field(default_factory=dict)
+    general_after_each_task: dict[str, float | None] = Field(default_factory=dict)
+    general_before: float | None = None
+    general_after: float | None = None
+    general_delta_abs: float | None = None
+    general_delta_rel: float | None = None
+    general_delta_se: float | None = None
+    general_within_noise: bool | None = None
+    bwt: float | None = None
+    forgetting: float | None = None
+    seconds_per_step: float | None = None
+    peak_memory_mb: float | None = None
+    memory_measure: str | None = None  # "cuda peak allocated" or "cpu peak rss"
+    state_mb: float = 0.0
+    stores_raw_data: list[str] = Field(default_factory=list)
+    wall_time_s: float = 0.0
+    training: list[dict[str, Any]] = Field(default_factory=list)
+    # Against the baseline row (None when there is none, or when it has no drop or gain to compare with).
+    general_drop_cut: float | None = None
+    in_domain_gain_kept: float | None = None
+    step_time_ratio: float | None = None
+
+
+def parse_strategy(text: str):
+    """A command-line strategy: `ewc`, `{name: ewc, lam: 1000}` or `[replay, wise]` (YAML, so JSON works too)."""
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ForgetlessError(f"--strategies {text!r}: not valid YAML ({exc})") from None
+    if not isinstance(spec, (str, dict, list)) or (isinstance(spec, dict) and "name" not in spec):
+        raise ForgetlessError(f"--strategies {text!r}: give a name, a mapping with `name`, or a list of those (a stack)")
+    return spec
+
+
+def label_of(spec) -> str:
+    if isinstance(spec, list):
+        return "+".join(map(label_of, spec))
+    if isinstance(spec, str):
+        return spec
+    params = ",".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+    return f"{spec['name']}({params})" if params else spec["name"]
+
+
+class _PeakMemory:
+    """Peak memory while the block runs: CUDA allocator peak, or sampled resident set size on CPU."""
+
+    def __enter__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.peak = 0
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, _resident_bytes())
+            if self._stop.wait(0.02):
+                return
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def measure(self) -> str:
+        return "cuda peak allocated" if self.cuda else "cpu peak rss"
+
+
+def _resident_bytes() -> int:
+    try:  # Linux: the second field of statm is resident pages
+        import os
+
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _state_bytes(strategies) -> int:
+    return sum(t.numel() * t.element_size() for s in strategies for t in (s.state_tensors() or {}).values())
+
+
+def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, steps_per_task: int) -> ComparisonRow:
+    log, tasks, m = run.evaluator.log, results.tasks, results.metrics
+    gain, gain_se = {}, {}
+    for column, task in enumerate(tasks):
+        after = next(i for i, r in enumerate(log.task_evals) if r["stage"] == "after_task" and r["task"] == task)
+        gain[task] = results.matrix[column + 1][column] - results.matrix[0][column]
+        gain_se[task] = paired_delta(log.task_samples[0][task], log.task_samples[after][task])[1]
+    trained = sum(entry.get("train_seconds", 0.0) for entry in results.training)
+    return ComparisonRow(
+        strategy=label, spec=spec, in_domain_gain=gain, in_domain_gain_se=gain_se,
+        general_after_each_task=results.general_after_each_task(),
+        general_before=m.general_before, general_after=m.general_after, general_delta_abs=m.general_delta_abs,
+        general_delta_rel=m.general_delta_rel, general_delta_se=m.general_delta_se,
+        general_within_noise=m.general_within_noise, bwt=m.bwt, forgetting=m.forgetting,
+        seconds_per_step=trained / (steps_per_task * len(tasks)),
+        peak_memory_mb=memory.peak / 2**20 if memory.peak else None, memory_measure=memory.measure,
+        state_mb=_state_bytes(run.strategies) / 2**20, stores_raw_data=getattr(results, "stores_raw_data", []),
+        wall_time_s=seconds, training=results.training,
+    )
+
+
+def against_baseline(rows: list[ComparisonRow], baseline: str = "naive") -> None:
+    """Fill each row's drop cut, gain kept and step-time ratio against the row labelled `baseline`, if present.
+
+    drop cut = 1 - (row's general drop) / (baseline's drop): 100 % ends where it started, above 100 % ends higher.
+    gain kept = the smallest, over tasks, of row's in-domain gain / baseline's gain (tasks the baseline did not
+    improve are skipped): a strategy must keep every task's gain, not the average.
+    """
+    base = next((row for row in rows if row.strategy == baseline), None)
+    for row in rows:
+        if base is None:
+            row.general_drop_cut = row.in_domain_gain_kept = row.step_time_ratio = None
+            continue
+        drop = None if base.general_delta_abs is None else -base.general_delta_abs
+        row.general_drop_cut = (
+            None if drop is None or drop <= 0 or row.general_delta_abs is None else 1 - (-row.general_delta_abs) / drop
+        )
+        kept = [row.in_domain_gain[t] / g for t, g in base.in_domain_gain.items() if g > 0 and t in row.in_domain_gain]
+        row.in_domain_gain_kept = min(kept) if kept else None
+        row.step_time_ratio = (
+            row.seconds_per_step / base.seconds_per_step if row.seconds_per_step and base.seconds_per_step else None
+        )
+
+
+def markdown(table: dict[str, Any]) -> str:
+    from .report import format_table
+
+    rows = [ComparisonRow(**row) for row in table["rows"]]
+    if not rows:
+        return "# Comparison\n\nNo rows yet.\n"
+    tasks = list(rows[0].in_domain_gain)
+    baseline = table.get("baseline", "naive")
+
+    def pct(value):
+        return "—" if value is None else f"{100 * value:.0f} %"
+
+    def signed(value, digits=4):  # BWT and forgetting need an earlier task: none in a one-task sequence
+        return "—" if value is None else f"{value:+.{digits}f}"
+
+    def general(row: ComparisonRow) -> str:
+        if row.general_delta_abs is None:
+            return "—"
+        return f"{row.general_delta_abs:+.4f} ± {row.general_delta_se:.4f}"
+
+    headers = [
+        "strategy", *[f"gain {t} ± s.e." for t in tasks], *[f"general after {t}" for t in tasks],
+        "general delta ± s.e.", "relative", "BWT", "forgetting", f"drop cut vs {baseline}", f"gain kept vs {baseline}",
+        "s / step", f"step time vs {baseline}", "peak memory", "state", "stores raw data", "wall time",
+    ]
+    body = [
+        [
+            row.strategy,
+            *[f"{row.in_domain_gain[t]:+.4f} ± {row.in_domain_gain_se.get(t, float('nan')):.4f}" for t in tasks],
+            *[_number(row.general_after_each_task.get(t)) for t in tasks],
+            general(row),
+            "—" if row.general_delta_rel is None else f"{100 * row.general_delta_rel:+.1f} %",
+            signed(row.bwt),
+            signed(row.forgetting),
+            pct(row.general_drop_cut),
+            pct(row.in_domain_gain_kept),
+            "—" if row.seconds_per_step is None else f"{row.seconds_per_step:.2f}",
+            "—" if row.step_time_ratio is None else f"{row.step_time_ratio:.2f}x",
+            "—" if row.peak_memory_mb is None else f"{row.peak_memory_mb:,.0f} MiB",
+            f"{row.state_mb:,.1f} MiB",
+            ", ".join(row.stores_raw_data) or "no",
+            f"{row.wall_time_s:.0f} s",
+        ]
+        for row in rows
+    ]
+    commands = "\n".join(f"    {c}" for c in table.get("commands", []))
+    before = rows[0].general_before
+    memory = rows[0].memory_measure or ""
+    lines = [
+        "# Comparison",
+        "",
+        *(["Commands:", "", commands, ""] if commands else []),
+        *([f"General score before training: {before:.4f}.", ""] if before is not None else []),
+        format_table(headers, body),
+        "",
+        f"s.e.: paired bootstrap over the same evaluation items. Peak memory: {memory} (see forgetless.compare).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _number(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def pareto_png(table: dict[str, Any]) -> bytes | None:
+    """The trade-off, one labelled point per row.
+
+    Left: mean in-domain gain against general change, with 1.96 s.e. bars (needs no baseline). Right, when the
+    baseline dropped and gained: share of its gain kept (worst task) against share of its drop cut.
+    """
+    from matplotlib.figure import Figure
+
+    from .report import _png
+
+    rows = [ComparisonRow(**row) for row in table["rows"]]
+    rows = [r for r in rows if r.general_delta_abs is not None]
+    if not rows:
+        return None
+    relative = [(r.strategy, r.general_drop_cut, r.in_domain_gain_kept) for r in rows]
+    relative = [(label, x, y) for label, x, y in relative if x is not None and y is not None]
+    figure = Figure(figsize=(13 if relative else 7, 5), layout="constrained")
+    panels = figure.subplots(1, 2 if relative else 1, squeeze=False)[0]
+    absolute = panels[0]
+    for r in rows:
+        gains = list(r.in_domain_gain.values())
+        gain = sum(gains) / len(gains)
+        gain_se = (sum(r.in_domain_gain_se.get(t, 0.0) ** 2 for t in r.in_domain_gain) ** 0.5) / len(gains)
+        absolute.errorbar(r.general_delta_abs, gain, xerr=1.96 * (r.general_delta_se or 0.0), yerr=1.96 * gain_se,
+                          fmt="o", capsize=3)
+        absolute.annotate(r.strategy, (r.general_delta_abs, gain), xytext=(4, 4), textcoords="offset points",
+                          fontsize="small")
+    absolute.axvline(0, color="grey", linewidth=0.8, linestyle="--")
+    absolute.set_xlabel("general change (after - before; bars 1.96 s.e.)")
+    absolute.set_ylabel("mean in-domain gain over tasks")
+    absolute.set_title("Trade-off: up and right is better")
+    absolute.grid(alpha=0.3)
+    if relative:
+        axes = panels[1]
+        for label, x, y in relative:
+            axes.scatter(100 * x, 100 * y, s=30)
+            axes.annotate(label, (100 * x, 100 * y), xytext=(4, 4), textcoords="offset points", fontsize="small")
+        # The better corner: the baseline's whole drop cut with its whole gain kept.
+        axes.axvline(100, color="grey", linewidth=0.8, linestyle="--")
+        axes.axhline(100, color="grey", linewidth=0.8, linestyle="--")
+        baseline = table.get("baseline", "naive")
+        axes.set_xlabel(f"share of {baseline}'s general drop cut (%)")
+        axes.set_ylabel(f"share of {baseline}'s in-domain gain kept (%, worst task)")
+        axes.set_title(f"Against {baseline}")
+        axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def before_key(config: RunConfig) -> dict[str, Any]:
+    """What the shared "before" evaluation depends on: everything in the config except the strategies."""
+    return config.model_dump(mode="json", exclude={"strategies"})
+
+
+def load_before(out: Path, config: RunConfig):
+    """The "before training" evaluation saved in `out` by a run of the same config, or None."""
+    import json
+
+    from .evaluation.evaluator import EvaluationLog
+
+    path = out / "before.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return EvaluationLog.from_json(saved["log"]) if saved.get("key") == before_key(config) else None
+
+
+def compare(
+    config: RunConfig,
+    specs: list,
+    out_dir: str | Path,
+    *,
+    baseline: str = "naive",
+    run_factory: RunFactory | None = None,
+    command: str | None = None,
+    progress: bool = True,
+    setting: dict[str, Any] | None = None,
+) -> list[ComparisonRow]:
+    """Run `config` once per strategies entry in `specs` (sharing the "before" evaluation) and write the table.
+
+    Rows already in `out_dir/compare.json` are kept (a row with the same label is replaced), so a table can
+    grow over several invocations; a folder holding rows for another config (or another `setting`, e.g. the
+    trainer a benchmark used) is refused.
+    """
+    import json
+
+    from .strategies import StrategyStack
+    from .training import ContinualRun
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run_factory = run_factory or (lambda cfg, folder, before: ContinualRun(cfg, folder, progress=progress, before=before))
+    path = out / "compare.json"
+    table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"commands": [], "rows": []}
+    setting = {**before_key(config), **(setting or {})}
+    if table.setdefault("setting", setting) != setting:
+        changed = sorted(k for k in set(setting) | set(table["setting"]) if setting.get(k) != table["setting"].get(k))
+        raise ForgetlessError(f"{path} holds rows for another config (differs in {changed}): choose another --out")
+    table["baseline"] = baseline
+    if command:
+        table["commands"] = [*table.get("commands", []), command]
+    labels = [label_of(spec) for spec in specs]
+    if len(set(labels)) != len(labels):
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        raise ForgetlessError(f"--strategies: the same entry appears twice ({repeated})")
+    before = load_before(out, config)
+    rows = [ComparisonRow(**row) for row in table["rows"]]
+    configs = [config.model_copy(update={"strategies": spec if isinstance(spec, list) else [spec]}) for spec in specs]
+    for row_config, label in zip(configs, labels):
+        # Every entry is checked before the first row trains: a typo in the last one should not cost hours.
+        try:
+            StrategyStack.from_specs(row_config.strategies).check(row_config.training_setup())
+        except ForgetlessError as exc:
+            raise ForgetlessError(f"--strategies {label}: {exc}") from None
+    for spec, label, row_config in zip(specs, labels, configs):
+        if progress:
+            print(f"\n=== {label} ===", flush=True)
+        started = time.perf_counter()
+        with _PeakMemory() as memory:
+            run = run_factory(row_config, out / label.replace("/", "_"), before)
+            results = run.execute()
+        if before is None:
+            before = run.evaluator.log.first()
+            atomic_write_json(out / "before.json", {"key": before_key(config), "log": before.to_json()})
+        row = _row(label, spec, run, results, time.perf_counter() - started, memory, config.train.steps)
+        rows = [r for r in rows if r.strategy != label] + [row]
+        against_baseline(rows, baseline)
+        table["rows"] = [r.model_dump(mode="json") for r in rows]
+        write_table(table, out)
+    return rows
+
+
+def write_table(table: dict[str, Any], out: Path) -> None:
+    atomic_write_json(out / "compare.json", table)
+    atomic_write_text(out / "compare.md", markdown(table))
+    image = pareto_png(table)
+    if image is not None:
+        atomic_write_bytes(out / "pareto.png", image)

@@ -1,0 +1,125 @@
+"""`forgetless compare`: one table over several strategies, sharing the "before" evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from forgetless.cli import main
+from forgetless.compare import ComparisonRow, against_baseline, parse_strategy
+from forgetless.errors import ForgetlessError
+from forgetless.evaluation.evaluator import Evaluator
+
+from .conftest import write_jsonl
+
+
+def test_parse_strategy_reads_names_mappings_and_stacks():
+    assert parse_strategy("ewc") == "ewc"
+    assert parse_strategy("{name: ewc, lam: 3}") == {"name": "ewc", "lam": 3}
+    assert parse_strategy('{"name": "ewc", "lam": 3}') == {"name": "ewc", "lam": 3}
+    assert parse_strategy("[replay, wise]") == ["replay", "wise"]
+    for bad in ("{lam: 3}", "3", "[replay, wise"):
+        with pytest.raises(ForgetlessError, match="--strategies"):
+            parse_strategy(bad)
+
+
+def _row(label, delta, gains, seconds):
+    return ComparisonRow(strategy=label, spec=label, in_domain_gain=gains, general_delta_abs=delta, seconds_per_step=seconds)
+
+
+def test_against_baseline_by_hand():
+    rows = [
+        _row("naive", -0.08, {"a": 0.20, "b": 0.04, "c": -0.01}, 2.0),
+        _row("x", -0.02, {"a": 0.18, "b": 0.01, "c": 0.05}, 3.0),
+        _row("y", +0.01, {"a": 0.30, "b": 0.06, "c": 0.00}, 1.0),
+    ]
+    against_baseline(rows, "naive")
+    naive, x, y = rows
+    assert naive.general_drop_cut == pytest.approx(0.0) and naive.in_domain_gain_kept == pytest.approx(1.0)
+    assert x.general_drop_cut == pytest.approx(0.75)  # 1 - 0.02 / 0.08
+    assert x.in_domain_gain_kept == pytest.approx(0.25)  # the worst task: b, 0.01 / 0.04 (c: naive did not gain)
+    assert x.step_time_ratio == pytest.approx(1.5)
+    assert y.general_drop_cut == pytest.approx(1.125) and y.in_domain_gain_kept == pytest.approx(1.5)
+    against_baseline(rows, "missing")
+    assert x.general_drop_cut is None and x.step_time_ratio is None
+
+
+@pytest.fixture
+def compare_config(tmp_path, task_files, tiny_model_folder):
+    text = [{"text": f"Plain text line number {i} about rivers and hills."} for i in range(12)]
+    config = {
+        "model": str(tiny_model_folder),
+        "tasks": [{"name": "chat", "file": task_files["chat"]}, {"name": "text", "file": task_files["text"]}],
+        "eval": {"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]},
+                                         {"name": "prose", "file": write_jsonl(tmp_path / "prose.jsonl", text)}]},
+        "train": {"steps": 3, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
+        "checkpoints": "none",
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_path, compare_config, monkeypatch, capsys):
+    stages = []
+    evaluate = Evaluator.evaluate
+
+    def counting(self, model, stage, task, step):
+        stages.append(stage)
+        return evaluate(self, model, stage, task, step)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(compare_config), "--strategies", "naive", "{name: l2sp, lam: 10}", "--out", str(out),
+                 "--quiet"]) == 0
+    # One "before" evaluation for both rows, then one per task per row.
+    assert stages == ["before", "after_task", "after_task", "after_task", "after_task"]
+    table = json.loads((out / "compare.json").read_text())
+    naive, l2sp = (ComparisonRow(**row) for row in table["rows"])
+    assert l2sp.strategy == "l2sp(lam=10)"
+    # Each row against its own results.json: gains from the matrix, drop cut and gain kept from naive's.
+    results = {r.strategy: json.loads((out / r.strategy / "results.json").read_text()) for r in (naive, l2sp)}
+    for row in (naive, l2sp):
+        matrix = results[row.strategy]["matrix"]
+        assert row.in_domain_gain == pytest.approx({"chat": matrix[1][0] - matrix[0][0], "text": matrix[2][1] - matrix[0][1]})
+        assert row.general_delta_abs == pytest.approx(results[row.strategy]["metrics"]["general_delta_abs"])
+    assert results["naive"]["general"][0] == results["l2sp(lam=10)"]["general"][0]  # the same "before" record
+    drop = -naive.general_delta_abs  # a random tiny model may gain on the general files: then no drop to cut
+    assert l2sp.general_drop_cut == (pytest.approx(1 + l2sp.general_delta_abs / drop) if drop > 0 else None)
+    assert l2sp.in_domain_gain_kept == pytest.approx(
+        min(l2sp.in_domain_gain[t] / g for t, g in naive.in_domain_gain.items() if g > 0))
+    # l2sp keeps one float32 anchor per trained weight: the tiny model's parameters, tied embedding once.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(yaml.safe_load(compare_config.read_text())["model"])
+    assert l2sp.state_mb == pytest.approx(4 * sum(p.numel() for p in model.parameters()) / 2**20)
+    assert naive.state_mb == 0 and naive.stores_raw_data == [] and naive.peak_memory_mb > 0
+    assert "l2sp(lam=10)" in (out / "compare.md").read_text() and (out / "pareto.png").stat().st_size > 1000
+
+    # A second invocation adds a row and reuses the saved "before" evaluation: no "before" scoring at all.
+    stages.clear()
+    assert main(["compare", str(compare_config), "--strategies", "[replay, l2sp]", "--out", str(out), "--quiet"]) == 0
+    assert stages == ["after_task", "after_task"]
+    table = json.loads((out / "compare.json").read_text())
+    assert [row["strategy"] for row in table["rows"]] == ["naive", "l2sp(lam=10)", "replay+l2sp"]
+    assert table["rows"][2]["stores_raw_data"] == ["replay"] and len(table["commands"]) == 2
+    assert table["rows"][2]["general_before"] == pytest.approx(naive.general_before)
+
+    # Another config into the same folder is refused, naming what differs.
+    changed = yaml.safe_load(compare_config.read_text())
+    changed["train"]["lr"] = 1e-3
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    capsys.readouterr()
+    assert main(["compare", str(other), "--strategies", "naive", "--out", str(out), "--quiet"]) == 2
+    assert "differs in ['train']" in capsys.readouterr().err
+
+
+def test_compare_checks_every_entry_before_training(tmp_path, compare_config, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", str(compare_config), "--strategies", "naive", "{name: ewc, lam: fast}", "--out", str(out)]) == 2
+    assert "ewc(lam=fast)" in capsys.readouterr().err
+    assert not (out / "naive").exists()  # nothing trained
+
