@@ -92,6 +92,19 @@ class TrainConfig(_Strict):
         return self
 
 
+class BudgetConfig(_Strict):
+    max_general_drop: float = Field(
+        gt=0, description="Largest general-score drop allowed (absolute, or a fraction of the starting score if relative)."
+    )
+    relative: bool = Field(False, description="max_general_drop is a fraction of the general score before training.")
+    on_exceed: Literal["stop", "rollback", "strengthen"] = Field(
+        "stop",
+        description="stop: end the task at the last state within budget; rollback: train on, then restore the best "
+        "state within budget if the task ends beyond it; strengthen: raise the strategies' strength and train on.",
+    )
+    factor: float = Field(2.0, gt=1, description="strengthen: each knob is multiplied (or divided) by this.")
+
+
 class RunConfig(_Strict):
     model: str = Field("default", description="'default', a Hugging Face id, or a local model folder.")
     adapter: Literal["full", "lora"] = Field("full", description="Train all weights, or a PEFT LoRA adapter.")
@@ -105,6 +118,7 @@ class RunConfig(_Strict):
     checkpoints: Literal["none", "last", "every_task"] = Field(
         "last", description="Which safetensors checkpoints to write (adapters only under LoRA)."
     )
+    budget: BudgetConfig | None = Field(None, description="A forgetting budget checked at every evaluation.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder (off: safe).")
     model_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype the weights load in.")
 
@@ -117,6 +131,20 @@ class RunConfig(_Strict):
             batch_size=self.train.batch_size, seed=self.train.seed, precision=self.train.precision,
             total_tasks=len(self.tasks),
         )
+
+    @model_validator(mode="after")
+    def _budget_can_be_checked(self) -> "RunConfig":
+        budget = self.budget
+        if budget is None:
+            return self
+        if not self.eval.suites and not self.eval.tasks:
+            raise ValueError("budget: needs a general evaluation to check (eval.suites or eval.tasks)")
+        if budget.on_exceed in ("stop", "rollback") and not self.eval.every_steps:
+            raise ValueError(
+                f"budget: on_exceed {budget.on_exceed} acts within a task, so it needs eval.every_steps > 0 "
+                "(only task-end evaluations leave nothing earlier to keep)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_task_names(self) -> "RunConfig":

@@ -103,8 +103,29 @@ def render_markdown(results: RunResults | dict) -> str:
         lines += ["", "## General ability, per task", "",
                   "Tasks never trained on, scored before training and at the end.", "",
                   _general_table(results.general, metrics.general_tasks)]
+    budget = getattr(results, "budget", None)
+    if budget is not None:
+        lines += ["", "## Forgetting budget", "", _budget_section(budget, results)]
     lines += ["", _READING_GUIDE]
     return "\n".join(lines) + "\n"
+
+
+def _budget_section(checks: list[dict], results: RunResults) -> str:
+    """Every check where the budget was exceeded or acted on, with the numbers that caused it."""
+    setting = (getattr(results, "config", None) or {}).get("budget") or {}
+    limit = setting.get("max_general_drop")
+    head = (f"Limit: a general drop of {limit:g}{' of the starting score' if setting.get('relative') else ''}, "
+            f"on exceeding: {setting.get('on_exceed')}. " if limit is not None else "")
+    head += (f"Checked {len(checks)} times; exceeded means the change's upper 95 % bound (change + 1.96 s.e.) "
+             "is below the limit.")
+    acted = [c for c in checks if c["action"] != "within"]
+    if not acted:
+        return head + " Never exceeded."
+    rows = [[c["step"], c["task"] or "", c["stage"], f"{c['general_change']:+.4f} ± {c['se']:.4f}",
+             f"{c['upper_bound']:+.4f}", f"{c['limit']:+.4f}", "—" if c.get("in_domain") is None else f"{c['in_domain']:.4f}",
+             c["action"] + (f": {c['detail']}" if c.get("detail") else "")] for c in acted]
+    return head + "\n\n" + format_table(
+        ["step", "task", "stage", "general change ± s.e.", "upper bound", "limit", "in-domain", "decision"], rows)
 
 
 def _general_headline(metrics: Metrics) -> str:

@@ -26,6 +26,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .adapters import adapter_name, finish_task, prepare_for_task, trainable_parameter_count
+from .budget import BudgetGuard
 from .config import RunConfig
 from .data.encoding import PaddingCollator, encode_rows
 from .data.tasks import TrainingTask, load_task
@@ -48,9 +49,14 @@ class _StepCallback(TrainerCallback):
         self.step_offset = step_offset
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        every = self.run.config.eval.every_steps
-        if every and state.global_step % every == 0 and state.global_step < state.max_steps:
-            self.run.evaluator.evaluate(model, "step", self.task_name, self.step_offset + state.global_step)
+        every, budget = self.run.config.eval.every_steps, self.run.budget
+        final = state.global_step >= state.max_steps
+        # stop and rollback decide on the task's final state before its weight edits: evaluate it too.
+        if every and (state.global_step % every == 0 and not final or final and budget and budget.acts_at_task_end):
+            step = self.step_offset + state.global_step
+            self.run.evaluator.evaluate(model, "step", self.task_name, step)
+            if budget is not None and budget.check(model, self.run.evaluator.log, self.task_name, step, final=final):
+                control.should_training_stop = True
             model.train()
         return control
 
@@ -113,6 +119,7 @@ class ContinualRun:
         self.stack = StrategyStack.from_specs(config.strategies)
         self.stack.check(config.training_setup(), world_size=int(os.environ.get("WORLD_SIZE", "1")))
         self.strategies = self.stack.strategies
+        self.budget = BudgetGuard(config.budget, self.stack) if config.budget else None
         self.tasks: list[TrainingTask] = [load_task(t, seed=config.train.seed) for t in config.tasks]
         for task in self.tasks:
             if config.train.max_train_examples:
@@ -185,6 +192,8 @@ class ContinualRun:
         if not examples and not self.stack.uses("prepare_examples"):  # a data-side strategy may still add some
             raise ForgetlessError(f"task {task.name!r}: no training example has a token to learn from")
         trainer = self._trainer(task_index, task, examples)
+        if self.budget is not None:
+            self.budget.start_task(self.model, self.stack.global_step)
         output = trainer.train()
         self.global_step = self.stack.global_step
         trainable, total = trainable_parameter_count(self.model)
@@ -224,6 +233,8 @@ class ContinualRun:
         for task_index, task in enumerate(self.tasks):
             self._train_task(task_index, task)
             self.evaluator.evaluate(self.model, "after_task", task.name, self.global_step)
+            if self.budget is not None:
+                self.budget.check(self.model, self.evaluator.log, task.name, self.global_step)
             self._checkpoint(task_index, task)
             self.model = finish_task(self.model, self.config)
         shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
@@ -241,6 +252,7 @@ class ContinualRun:
             model=self.config.model, adapter=self.config.adapter, strategies=self.stack.names,
             stores_raw_data=[s.name for s in self.strategies if s.stores_raw_data],
             training=self.task_logs, wall_time_s=wall_time, config=self.config.model_dump(mode="json"),
+            **({"budget": self.budget.checks} if self.budget is not None else {}),
         )
 
 

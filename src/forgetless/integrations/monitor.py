@@ -4,7 +4,10 @@ It scores the starting model at `on_train_begin` (once: successive `train()` cal
 tasks), every `every_steps` optimizer steps and at `on_train_end`, with the same evaluator and paired
 standard errors as `forgetless run`. Numbers go out through the trainer's own `log`, so they land in
 `trainer.state.log_history` and reach TensorBoard, MLflow or W&B through `report_to`. With `out_dir`
-it writes results.json (the runner's keys), report.md and the plots after every task.
+it writes results.json (the runner's keys), report.md and the plots after every task. With `budget` it
+checks the general change against a forgetting budget at every evaluation and acts on it as `forgetless run`
+does (forgetless.budget): `stop` ends the `train()` call, `rollback` restores at its end, `strengthen` moves the
+knobs of the trainer's strategies (a `with_strategies` trainer).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any, Iterable
 
 from transformers import TrainerCallback
 
+from ..budget import BudgetGuard
+from ..config import BudgetConfig
 from ..errors import ForgetlessError
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.suites import load_eval_file, load_suite
@@ -41,17 +46,38 @@ def _eval_tasks(tasks: Iterable[str | Path | dict[str, str]]) -> list:
     return loaded
 
 
+def _budget_config(budget, every_steps: int, has_general: bool) -> BudgetConfig | None:
+    if budget is None or isinstance(budget, BudgetConfig):
+        config = budget
+    else:
+        from pydantic import ValidationError
+
+        try:
+            config = BudgetConfig.model_validate(budget)
+        except ValidationError as exc:
+            fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ForgetlessError(f"ForgettingMonitor budget: {fields}") from None
+    if config is not None and not has_general:
+        raise ForgetlessError("ForgettingMonitor budget: needs a general suite to check (suites=['general'])")
+    if config is not None and config.on_exceed in ("stop", "rollback") and not every_steps:
+        raise ForgetlessError(f"ForgettingMonitor budget: on_exceed {config.on_exceed} acts within training, so it "
+                              "needs every_steps > 0")
+    return config
+
+
 class ForgettingMonitor(TrainerCallback):
     """Measures general ability (`suites`) and held-out tasks (`tasks`: JSONL files) over training.
 
     `tasks` are your own evaluation files (multiple choice or text), never trained on by the monitor:
     typically the held-out split of what you fine-tune on. `limit` scores at most that many items per task.
-    The tokenizer is the trainer's `processing_class` unless given.
+    The tokenizer is the trainer's `processing_class` unless given. `budget` is a run config's `budget`
+    mapping (`{max_general_drop: 0.01, on_exceed: stop}`); its in-domain score, which rollback prefers, is
+    the score of `budget_task` (default: the first of `tasks`).
     """
 
     def __init__(self, suites: Iterable[str] = ("general",), tasks: Iterable[str | Path | dict[str, str]] = (),
                  every_steps: int = 0, out_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
-                 tokenizer=None):
+                 tokenizer=None, budget: dict[str, Any] | BudgetConfig | None = None, budget_task: str | None = None):
         if every_steps < 0:
             raise ForgetlessError(f"ForgettingMonitor every_steps must be >= 0, got {every_steps}")
         if limit is not None and limit <= 0:
@@ -61,6 +87,9 @@ class ForgettingMonitor(TrainerCallback):
         if not self.general_tasks and not self.tasks:
             raise ForgetlessError("ForgettingMonitor has nothing to score: give suites or tasks")
         self.every_steps, self.limit, self.progress, self.tokenizer = every_steps, limit, progress, tokenizer
+        self.budget_config = _budget_config(budget, every_steps, bool(self.general_tasks))
+        self.budget_task = budget_task or (self.tasks[0].name if self.tasks else None)
+        self.budget: BudgetGuard | None = None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.evaluator: Evaluator | None = None
         self.trainer = None
@@ -96,20 +125,32 @@ class ForgettingMonitor(TrainerCallback):
         if tokenizer is None or not hasattr(tokenizer, "decode"):
             raise ForgetlessError("ForgettingMonitor needs the tokenizer: pass processing_class= to the trainer, "
                                   "or ForgettingMonitor(tokenizer=...)")
+        if self.budget_config is not None and self.budget is None:
+            self.budget = BudgetGuard(self.budget_config, getattr(self.trainer, "strategy_stack", None))
         if self.evaluator is None:
             self.evaluator = Evaluator(self.general_tasks, self.tasks, tokenizer, self.limit, self.progress)
             self._evaluate(model, "before", None, 0)
+        if self.budget is not None:
+            self.budget.start_task(model, self.step_offset)
         return control
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.every_steps and state.global_step % self.every_steps == 0 and state.global_step < state.max_steps:
-            self._evaluate(model, "step", self._task_name(), self.step_offset + state.global_step)
+        final = state.global_step >= state.max_steps
+        due = self.every_steps and state.global_step % self.every_steps == 0 and not final
+        # stop and rollback decide on the final state before the strategies' post-task edits (on_train_end).
+        if due or (self.every_steps and final and self.budget is not None and self.budget.acts_at_task_end):
+            step = self.step_offset + state.global_step
+            self._evaluate(model, "step", self._task_name(), step)
+            if self.budget is not None and self.budget.check(model, self.evaluator.log, self.budget_task, step, final):
+                control.should_training_stop = True
         return control
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         name = self._task_name()
         self.step_offset += state.global_step
         self._evaluate(model, "after_task", name, self.step_offset)
+        if self.budget is not None:
+            self.budget.check(model, self.evaluator.log, self.budget_task, self.step_offset)
         self.trained.append(name)
         if self.out_dir is not None and state.is_world_process_zero:
             self.write(self.out_dir)
@@ -153,6 +194,8 @@ class ForgettingMonitor(TrainerCallback):
             strategies=stack.names if stack is not None else [], trained_tasks=list(self.trained),
             training=list(getattr(self.trainer, "forgetless_task_logs", [])),
             wall_time_s=time.perf_counter() - self.started,
+            **({"budget": self.budget.checks,
+                "config": {"budget": self.budget_config.model_dump()}} if self.budget is not None else {}),
         )
 
     def write(self, out_dir: str | Path) -> None:

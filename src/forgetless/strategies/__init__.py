@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ForgetlessError
-from .base import Clock, OptimizerStep, Strategy, StrategyParams, TaskContext, TaskData, TrainingSetup
+from .base import Clock, OptimizerStep, Strategy, StrategyParams, Strength, TaskContext, TaskData, TrainingSetup
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -119,6 +119,6 @@ _import_strategy_modules()
 from .stack import MicroBatch, StrategyStack  # noqa: E402  (after the registry it imports from)
 
 __all__ = [
-    "Clock", "MicroBatch", "OptimizerStep", "Strategy", "StrategyParams", "StrategyStack", "TaskContext", "TaskData",
+    "Clock", "MicroBatch", "OptimizerStep", "Strategy", "StrategyParams", "StrategyStack", "Strength", "TaskContext", "TaskData",
     "TrainingSetup", "build_strategies", "build_strategy", "known_strategies", "parameter_table", "register_strategy",
 ]

@@ -116,6 +116,16 @@ class TaskContext:
         return self.setup.total_tasks is not None and self.task_index + 1 >= self.setup.total_tasks
 
 
+@dataclass(frozen=True)
+class Strength:
+    """The knob that sets how strongly a strategy protects, which a forgetting budget may raise (`strengthen`)."""
+
+    knob: str  # a parameter of the strategy's Params
+    stronger: Literal["up", "down"]  # which way protects more: a larger penalty weight, a smaller WiSE alpha
+    bound: float  # never moved past this (a mix ratio stays below 1, an alpha above 0)
+    applies: Literal["next_step", "task_end", "next_task"] = "next_step"  # when a change takes effect
+
+
 class StrategyParams(BaseModel):
     """A strategy's knobs: typed, validated, each with a default and a one-line `description`.
 
@@ -141,6 +151,7 @@ class Strategy:
     # per optimizer step. "batch": it does (distillation on the batch): every micro-batch, token-weighted.
     loss_scope: ClassVar[Literal["step", "batch"]] = "step"
     needs_logits: ClassVar[bool] = False  # extra_loss reads outputs.logits of the training forward
+    strength: ClassVar[Strength | None] = None  # the knob a forgetting budget's `strengthen` moves (None: none)
 
     def __init__(self, **params: Any):
         """Validate the knobs (pydantic.ValidationError, a ValueError, on a bad one) and expose each as an attribute."""
@@ -161,6 +172,19 @@ class Strategy:
                 f"strategy {self.name!r} reads or writes gradients after backward, which fp16's loss scaling makes "
                 "wrong; use precision bf16 (or fp32)"
             )
+
+    def strengthen(self, factor: float) -> tuple[float, float] | None:
+        """Move the strength knob `factor` times the protecting way (within its bound): (old, new), or None if it can't."""
+        strength = self.strength
+        old = getattr(self, strength.knob) if strength else None
+        if isinstance(old, bool) or not isinstance(old, (int, float)) or old == 0:  # no knob, "auto", or 0 (x factor = 0)
+            return None
+        new = min(old * factor, strength.bound) if strength.stronger == "up" else max(old / factor, strength.bound)
+        if new == old:
+            return None
+        setattr(self, strength.knob, new)
+        self.params = self.params.model_copy(update={strength.knob: new})
+        return float(old), float(new)
 
     def on_task_start(self, ctx: TaskContext) -> None:
         """Before a task's examples are prepared and training starts."""

@@ -36,7 +36,7 @@ from ._common import (
     sample_examples,
     task_rows,
 )
-from .base import OptimizerStep, Strategy, StrategyParams, TaskContext
+from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 FisherFlavour = Literal["empirical", "true"]
 
@@ -232,6 +232,7 @@ class EWC(Strategy):
     """Elastic Weight Consolidation (offline or online), and EWC-LoRA under `adapter: lora`."""
 
     name = "ewc"
+    strength = Strength("lam", "up", bound=1e12)
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
     supports_multiprocess = False
 

@@ -15,7 +15,7 @@ from pydantic import Field
 from ..errors import ForgetlessError
 from . import register_strategy
 from ._common import block_index
-from .base import Strategy, StrategyParams, TaskContext
+from .base import Strategy, StrategyParams, Strength, TaskContext
 
 TensorSelection = Literal["blocks", "matrices"]
 
@@ -47,6 +47,7 @@ class FAPM(Strategy):
     """Prune the task vector of each weight matrix to the `keep` fraction with the best forgetting-aware score."""
 
     name = "fapm"
+    strength = Strength("keep", "down", bound=0.01, applies="task_end")
     supports_multiprocess = False  # FSDP shards would be pruned per shard, not per tensor
     changes_base_weights = True  # under LoRA the pruned update is written into the base weights
 

@@ -33,7 +33,7 @@ from ..data.encoding import PaddingCollator
 from ..evaluation._scoring import model_device
 from . import register_strategy
 from ._common import ProtectionSource, protection_examples
-from .base import Strategy, StrategyParams, TaskContext
+from .base import Strategy, StrategyParams, Strength, TaskContext
 
 Distance = Literal["bhattacharyya", "kl"]
 Reference = Literal["origin", "previous"]
@@ -101,6 +101,7 @@ class FunctionallyInvariantPaths(Strategy):
     """FIP: penalise the functional distance to a frozen reference on anchor inputs of what to protect."""
 
     name = "fip"
+    strength = Strength("weight", "up", bound=1e6)
     stores_raw_data = True  # anchors are earlier tasks' training inputs
     supports_multiprocess = False  # a second student forward per step (anchors) before one backward
 

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ..task_weights import TaskWeights
 from . import register_strategy
-from .base import Strategy, StrategyParams, TaskContext
+from .base import Strategy, StrategyParams, Strength, TaskContext
 from .ewc import squared_distance
 
 
@@ -26,6 +26,7 @@ class L2SP(Strategy):
     """Quadratic distance to the starting weights (full) or size of the LoRA update (lora)."""
 
     name = "l2sp"
+    strength = Strength("lam", "up", bound=1e12)
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
     supports_multiprocess = False
 

@@ -32,7 +32,7 @@ from ..evaluation._scoring import model_device
 from ..nn import token_cross_entropy, trained_tokens
 from . import register_strategy
 from ._common import batches, block_index, protection_examples
-from .base import OptimizerStep, Strategy, StrategyParams, TaskContext
+from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]
 ImportanceSource = Literal["auto", "general"]
@@ -89,6 +89,7 @@ class Layerwise(Strategy):
     """Importance-weighted quadratic penalty to the task's starting weights, balanced across transformer blocks."""
 
     name = "layerwise"
+    strength = Strength("lam", "up", bound=1e12)
     supports_multiprocess = False  # flat indices into whole tensors: not valid for FSDP shards
 
     class Params(StrategyParams):

@@ -29,7 +29,7 @@ from ..data.encoding import IGNORE_INDEX
 from ..evaluation._scoring import logits_at, model_device, scoring_mode
 from . import register_strategy
 from ._common import runs_bfloat16_natively
-from .base import Strategy, StrategyParams, TaskContext
+from .base import Strategy, StrategyParams, Strength, TaskContext
 
 Positions = Literal["all", "trained"]
 TeacherPrecision = Literal["auto", "float32", "bfloat16"]
@@ -122,6 +122,7 @@ class LearningWithoutForgetting(Strategy):
     """LwF (Li & Hoiem 2017) for causal LMs: KL to the pre-task model's outputs on the new task's inputs."""
 
     name = "lwf"
+    strength = Strength("weight", "up", bound=1e6)
     loss_scope = "batch"  # distils on the training batch: weighted by each micro-batch's share of tokens
     needs_logits = True
 

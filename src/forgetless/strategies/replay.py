@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from ..data.encoding import IGNORE_INDEX
 from . import register_strategy
 from ._common import sample_examples
-from .base import Strategy, StrategyParams, TaskContext
+from .base import Strategy, StrategyParams, Strength, TaskContext
 
 
 def reservoir_sample(items: list[Any], k: int, rng: random.Random) -> list[Any]:
@@ -86,6 +86,7 @@ class Replay(Strategy):
     """Rehearsal buffer of earlier tasks' examples (reservoir sampled, `per_task` each) plus general text."""
 
     name = "replay"
+    strength = Strength("ratio", "up", bound=0.5, applies="next_task")
     stores_raw_data = True
 
     class Params(StrategyParams):

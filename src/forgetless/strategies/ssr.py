@@ -26,7 +26,7 @@ from ..data.encoding import chat_prompt_text, encode_chat, encode_text
 from ..errors import ForgetlessError
 from ..evaluation._scoring import left_pad, model_device, scoring_mode
 from . import register_strategy
-from .base import Strategy, StrategyParams, TaskContext
+from .base import Strategy, StrategyParams, Strength, TaskContext
 from .replay import draw, mix_counts, pack_examples, unpack_examples
 
 GENERAL_POOL = -1  # pool id of the general-English passages written before the first task
@@ -86,6 +86,7 @@ class SelfSynthesizedRehearsal(Strategy):
     """Rehearse model-written pseudo-examples of earlier tasks (and general text) instead of real data."""
 
     name = "ssr"
+    strength = Strength("ratio", "up", bound=0.5, applies="next_task")
     supports_multiprocess = False  # generation under FSDP/DeepSpeed sharding is not supported here
 
     class Params(StrategyParams):

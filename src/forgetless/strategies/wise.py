@@ -16,7 +16,7 @@ from pydantic import Field
 
 from ..errors import ForgetlessError
 from . import register_strategy
-from .base import Strategy, StrategyParams, TaskContext
+from .base import Strategy, StrategyParams, Strength, TaskContext
 
 ALPHA_GRID = tuple(round(1.0 - step / 10, 1) for step in range(11))  # 1.0, 0.9, ..., 0.0
 VALIDATION_MAX_LENGTH = 512  # as the general suite's perplexity tasks
@@ -35,6 +35,7 @@ class WiSE(Strategy):
     """Interpolate between the task's starting and fine-tuned weights; alpha fixed or chosen on held-out general text."""
 
     name = "wise"
+    strength = Strength("alpha", "down", bound=0.0, applies="task_end")
 
     class Params(StrategyParams):
         alpha: Annotated[float, Field(ge=0, le=1, strict=True)] | Literal["auto"] = Field(

@@ -1,0 +1,131 @@
+"""The forgetting budget: at every evaluation, the general change is checked against a limit, and acted on.
+
+A check counts as exceeded only when the whole 95 % band of the change lies below the limit: with d the change
+of the general mean since before training and se its paired bootstrap s.e., exceeded <=> d + 1.96 se < -limit.
+Noise alone then does not trigger it (a drop of the limit's size is not enough; it must be beyond it by the
+noise). `limit` is `max_general_drop`, or that fraction of the starting score when `relative`.
+
+What happens on exceeding (config `budget.on_exceed`):
+- stop: the task ends at once, and the trained weights go back to the last evaluation within budget of this task
+  (its start if none), before the task's weight edits and consolidation run on them.
+- rollback: training goes on to the task's end; the final state is then evaluated, and if it exceeds the budget
+  the weights go back to the evaluation within budget with the highest in-domain score (the task's own held-out
+  score, ties to the later one).
+- strengthen: every strategy of the stack that declares a strength knob moves it `factor` times the protecting
+  way (a penalty weight up, WiSE's alpha down, ...; `Strategy.strength` says which and from when it applies),
+  and training goes on. It may fire again at the next check while the weights are still moving back.
+
+Kept states are CPU copies of the trained tensors only (the adapter under LoRA); one is held at a time.
+Every check is recorded (`checks`) with the numbers behind it and the action taken; the report shows them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .config import BudgetConfig
+from .errors import ForgetlessError
+from .metrics import general_change
+
+_Z = 1.96
+
+
+class BudgetGuard:
+    def __init__(self, budget: BudgetConfig, stack=None):
+        self.budget = budget
+        self.stack = stack
+        if budget.on_exceed == "strengthen" and not any(s.strength for s in getattr(stack, "strategies", [])):
+            names = getattr(stack, "names", []) or ["naive"]
+            raise ForgetlessError(
+                f"budget: on_exceed strengthen needs a strategy with a strength knob; {names} have none "
+                "(use stop or rollback, or add e.g. ewc, l2sp, lwf, fip, replay or wise)"
+            )
+        self.checks: list[dict[str, Any]] = []
+        self._kept: dict[str, torch.Tensor] | None = None
+        self._kept_at: tuple[int, float] = (0, -math.inf)  # (step, in-domain score) of the kept state
+        self._exceeded_in_task = False
+
+    @property
+    def acts_at_task_end(self) -> bool:
+        """stop and rollback need the task's final state checked before the weight edits and consolidation."""
+        return self.budget.on_exceed in ("stop", "rollback")
+
+    def start_task(self, model: torch.nn.Module, step: int) -> None:
+        self._exceeded_in_task = False
+        if self.acts_at_task_end:
+            self._keep(model, step, -math.inf)
+
+    def assess(self, log) -> dict[str, Any]:
+        """The latest evaluation's general change against the budget (numbers only, no action)."""
+        change = general_change(log.general_samples[0], log.general_samples[-1])
+        limit = self.budget.max_general_drop * (change["before"] if self.budget.relative else 1.0)
+        upper = change["delta_abs"] + _Z * change["delta_se"]
+        return {"general_change": change["delta_abs"], "se": change["delta_se"], "upper_bound": upper,
+                "limit": -limit, "exceeded": bool(upper < -limit)}
+
+    def check(self, model: torch.nn.Module, log, task: str | None, step: int, final: bool = False) -> bool:
+        """Act on the latest evaluation (taken at `step` while training `task`); True: stop training this task.
+
+        `final`: the evaluation of the task's last step (stop and rollback restore here if it exceeds).
+        An evaluation after the task (its weight edits done) is only recorded under stop and rollback, and
+        under strengthen moves the knobs for the next task.
+        """
+        numbers = self.assess(log)
+        in_domain = _in_domain_score(log, task)
+        stage = log.general[-1]["stage"]
+        record = {"step": step, "task": task, "stage": stage, **numbers, "in_domain": in_domain, "action": "within"}
+        on_exceed = self.budget.on_exceed
+        if stage == "after_task" and self.acts_at_task_end:
+            if numbers["exceeded"]:
+                record["action"] = "exceeded after the task's weight edits (recorded)"
+        elif not numbers["exceeded"]:
+            score = -math.inf if in_domain is None else in_domain
+            if on_exceed == "stop" or (on_exceed == "rollback" and score >= self._kept_at[1]):
+                self._keep(model, step, score)
+        elif on_exceed == "strengthen":
+            moved = {s.name: s.strengthen(self.budget.factor) for s in self.stack.strategies if s.strength}
+            moved = {name: change for name, change in moved.items() if change is not None}
+            record["action"] = "strengthen"
+            record["detail"] = ", ".join(f"{name}.{_knob(self.stack, name)} {old:g} -> {new:g}"
+                                         for name, (old, new) in moved.items()) or "every knob at its bound"
+        elif on_exceed == "stop":
+            record.update(action="stop", detail=self._restore(model))
+        else:
+            self._exceeded_in_task = True
+            record["action"] = "continue (rollback at the task's end)"
+        if final and on_exceed == "rollback" and self._exceeded_in_task:
+            if numbers["exceeded"]:
+                record.update(action="rollback", detail=self._restore(model))
+            else:
+                record["action"] = "within at the end (kept)"
+        self.checks.append(record)
+        return record["action"] == "stop"
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """The checks that did something (or found the budget exceeded)."""
+        return [c for c in self.checks if c["action"] != "within"]
+
+    def _keep(self, model: torch.nn.Module, step: int, score: float) -> None:
+        self._kept = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        self._kept_at = (step, score)
+
+    def _restore(self, model: torch.nn.Module) -> str:
+        parameters = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self._kept.items():
+                parameters[name].copy_(value)
+        step, score = self._kept_at
+        shown = "" if score == -math.inf else f", in-domain {score:.4f}"
+        return f"weights restored to step {step}{shown}"
+
+
+def _in_domain_score(log, task: str | None) -> float | None:
+    scores = log.task_evals[-1]["scores"] if log.task_evals else {}
+    return scores[task]["score"] if task in scores else None
+
+
+def _knob(stack, name: str) -> str:
+    return next(s.strength.knob for s in stack.strategies if s.name == name)

@@ -1,0 +1,208 @@
+"""The forgetting budget: when a check counts as exceeded, and what stop, rollback and strengthen do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from forgetless.budget import BudgetGuard
+from forgetless.config import BudgetConfig
+from forgetless.errors import ForgetlessError
+from forgetless.evaluation.evaluator import EvaluationLog
+from forgetless.metrics import ScoreSamples
+from forgetless.strategies import StrategyStack, build_strategy
+from forgetless.training import run_continual
+
+from .conftest import make_tiny_lm, tiny_config
+
+
+def _log(after_wrong: int, items: int = 400, task_score: float = 0.5) -> EvaluationLog:
+    """A general task all right before training, `after_wrong` of its `items` wrong now."""
+    before = ScoreSamples(kind="mean", values=[1.0] * items)
+    after = ScoreSamples(kind="mean", values=[0.0] * after_wrong + [1.0] * (items - after_wrong))
+    records = [{"stage": "before", "task": None, "step": 0}, {"stage": "step", "task": "t", "step": 1}]
+    return EvaluationLog(
+        general=records,
+        task_evals=[{**r, "scores": {"t": {"score": task_score}}} for r in records],
+        general_samples=[{"g": before}, {"g": after}],
+        task_samples=[{}, {}],
+    )
+
+
+def test_noise_alone_does_not_exceed_the_budget():
+    guard = BudgetGuard(BudgetConfig(max_general_drop=0.01))
+    # 8 of 400 flipped: a drop of 0.02, twice the limit, but its s.e. is sqrt(0.02 * 0.98 / 400) = 0.0070,
+    # so the upper bound -0.02 + 1.96 * 0.0070 = -0.0063 is above -0.01: not exceeded.
+    within = guard.assess(_log(8))
+    assert within["general_change"] == pytest.approx(-0.02)
+    assert within["se"] == pytest.approx(0.0070, abs=0.0008)
+    assert not within["exceeded"]
+    # 30 of 400: -0.075 with s.e. 0.013, upper -0.049: beyond the limit whatever the noise.
+    assert guard.assess(_log(30))["exceeded"]
+    # Relative: 2 % of the starting score 1.0 is 0.02, so 30 flips (-0.075) exceed and 8 do not.
+    relative = BudgetGuard(BudgetConfig(max_general_drop=0.02, relative=True))
+    assert relative.assess(_log(30))["limit"] == pytest.approx(-0.02)
+    assert relative.assess(_log(30))["exceeded"] and not relative.assess(_log(8))["exceeded"]
+
+
+def test_strengthen_moves_each_knob_the_protecting_way_within_its_bound():
+    ewc, wise, replay = build_strategy({"name": "ewc", "lam": 3}), build_strategy("wise"), build_strategy(
+        {"name": "replay", "ratio": 0.3})
+    assert ewc.strengthen(2) == (3, 6) and ewc.lam == 6 and ewc.params.lam == 6
+    assert wise.strengthen(2) == (0.5, 0.25) and wise.alpha == 0.25
+    assert replay.strengthen(2) == (0.3, 0.5)  # capped at half the batch
+    assert replay.strengthen(2) is None  # already at its bound
+    assert build_strategy({"name": "wise", "alpha": "auto"}).strengthen(2) is None
+    assert build_strategy("naive").strengthen(2) is None
+    assert build_strategy({"name": "l2sp", "lam": 0}).strengthen(2) is None  # 0 x 2 is still 0
+
+
+def test_strengthen_without_a_knob_is_refused_before_training():
+    with pytest.raises(ForgetlessError, match="strength knob"):
+        BudgetGuard(BudgetConfig(max_general_drop=0.01, on_exceed="strengthen"), StrategyStack.from_specs(["naive"]))
+
+
+def test_stop_and_rollback_need_step_evaluations(task_files):
+    with pytest.raises(ForgetlessError, match="every_steps"):
+        tiny_config(task_files, eval={"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]}]},
+                    budget={"max_general_drop": 0.01, "on_exceed": "stop"})
+    with pytest.raises(ForgetlessError, match="general evaluation"):
+        tiny_config(task_files, budget={"max_general_drop": 0.01, "on_exceed": "strengthen"})
+
+
+def test_stop_restores_the_last_state_within_budget():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    guard = BudgetGuard(BudgetConfig(max_general_drop=0.01))
+    guard.start_task(model, step=0)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not guard.check(model, _log(0), "t", step=1)  # within: this state is kept
+    kept = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(5.0)
+    assert guard.check(model, _log(40), "t", step=2)  # exceeded: stop, back to step 1
+    assert torch.equal(model.weight, kept)
+    assert guard.decisions()[0]["detail"] == "weights restored to step 1, in-domain 0.5000"
+
+
+def _patched_assess(monkeypatch, exceeded_at: set[tuple[str, int]]):
+    """Exceed exactly at the given (stage, step) checks: the runner's wiring, not the statistics, is under test."""
+    real = BudgetGuard.assess
+
+    def assess(self, log):
+        numbers = real(self, log)
+        record = log.general[-1]
+        return {**numbers, "exceeded": (record["stage"], record["step"]) in exceeded_at}
+
+    monkeypatch.setattr(BudgetGuard, "assess", assess)
+
+
+def _one_task_config(task_files, steps, budget=None, strategies=("naive",)):
+    return tiny_config(
+        task_files, tasks=[{"name": "chat", "file": task_files["chat"]}],
+        eval={"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]}], "every_steps": 1},
+        train={"steps": steps, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
+        strategies=list(strategies), **({"budget": budget} if budget else {}),
+    )
+
+
+def _final_weights(config, tmp_path, tokenizer, name):
+    model = make_tiny_lm(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    results = run_continual(config, tmp_path / name, model=model, tokenizer=tokenizer, progress=False)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, results
+
+
+def test_runner_stop_ends_the_task_at_the_last_state_within_budget(task_files, tmp_path, tokenizer, monkeypatch):
+    _patched_assess(monkeypatch, {("step", 3)})
+    stopped, results = _final_weights(
+        _one_task_config(task_files, 5, {"max_general_drop": 0.01, "on_exceed": "stop"}), tmp_path, tokenizer, "stop")
+    [decision] = [c for c in results.budget if c["action"] != "within"]
+    assert decision["step"] == 3 and decision["action"] == "stop" and decision["detail"].startswith("weights restored to step 2")
+    assert max(r.step for r in results.general) == 3  # no evaluation after the stop but the task's end
+    two_steps, _ = _final_weights(_one_task_config(task_files, 2), tmp_path, tokenizer, "two")
+    for name, value in two_steps.items():
+        assert torch.equal(stopped[name], value), name
+    report = (tmp_path / "stop" / "report.md").read_text()
+    assert "## Forgetting budget" in report and "weights restored to step 2" in report
+
+
+def test_runner_rollback_restores_the_best_in_domain_state_within_budget(task_files, tmp_path, tokenizer, monkeypatch):
+    _patched_assess(monkeypatch, {("step", 2), ("step", 4)})
+    rolled, results = _final_weights(
+        _one_task_config(task_files, 4, {"max_general_drop": 0.01, "on_exceed": "rollback"}), tmp_path, tokenizer, "rb")
+    checks = {c["step"]: c for c in results.budget if c["stage"] == "step"}
+    assert checks[2]["action"] == "continue (rollback at the task's end)" and checks[4]["action"] == "rollback"
+    # The best within budget: steps 1 and 3 (and the start); the later one on a tie.
+    best = 3 if checks[3]["in_domain"] >= checks[1]["in_domain"] else 1
+    assert checks[4]["detail"].startswith(f"weights restored to step {best}")
+    reference, _ = _final_weights(_one_task_config(task_files, best), tmp_path, tokenizer, "ref")
+    for name, value in reference.items():
+        assert torch.equal(rolled[name], value), name
+
+
+def test_runner_strengthen_raises_the_knob_and_trains_on(task_files, tmp_path, tokenizer, monkeypatch):
+    _patched_assess(monkeypatch, {("step", 6)})
+    config = tiny_config(
+        task_files, eval={"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]}], "every_steps": 2},
+        strategies=[{"name": "ewc", "lam": 5, "samples": 4}],
+        budget={"max_general_drop": 0.01, "on_exceed": "strengthen", "factor": 3},
+    )
+    _, results = _final_weights(config, tmp_path, tokenizer, "str")
+    [decision] = [c for c in results.budget if c["action"] != "within"]
+    assert decision["task"] == "text" and decision["detail"] == "ewc.lam 5 -> 15"
+    assert max(r.step for r in results.general) == 8  # both tasks trained to the end
+    saved = json.loads((tmp_path / "str" / "results.json").read_text())
+    assert saved["budget"][0]["stage"] == "step" and len(saved["budget"]) == len(results.budget)
+
+
+def _monitored_trainer(tmp_path, tokenizer, task_files, steps, monitor, strategies=()):
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    import forgetless
+
+    model = make_tiny_lm(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    texts = [f"Ticket {i}: my router is broken. Please restart router {i}." for i in range(8)]
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=steps, per_device_train_batch_size=2, learning_rate=1e-2,
+                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant")
+    return forgetless.with_strategies(Trainer)(
+        model=model, args=args, train_dataset=Dataset.from_list([{"input_ids": tokenizer(t)["input_ids"]} for t in texts]),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), processing_class=tokenizer,
+        callbacks=[monitor] if monitor else [], strategies=list(strategies),
+    )
+
+
+def test_monitor_budget_stops_the_users_trainer(tmp_path, tokenizer, task_files, monkeypatch):
+    import forgetless
+
+    _patched_assess(monkeypatch, {("step", 2)})
+    monitor = forgetless.ForgettingMonitor(tasks=[task_files["mc"]], every_steps=1, limit=3, progress=False,
+                                           budget={"max_general_drop": 0.01, "on_exceed": "stop"})
+    trainer = _monitored_trainer(tmp_path, tokenizer, task_files, 4, monitor)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    reference = _monitored_trainer(tmp_path, tokenizer, task_files, 1, None)
+    reference.train()
+    for (name, value), (_, expected) in zip(trainer.model.named_parameters(), reference.model.named_parameters()):
+        assert torch.equal(value, expected), name
+    assert [c["action"] for c in monitor.results().budget if c["action"] != "within"] == ["stop"]
+
+
+def test_monitor_budget_strengthens_the_trainers_strategies(tmp_path, tokenizer, task_files, monkeypatch):
+    import forgetless
+
+    _patched_assess(monkeypatch, {("step", 1)})
+    monitor = forgetless.ForgettingMonitor(tasks=[task_files["mc"]], every_steps=1, limit=3, progress=False,
+                                           budget={"max_general_drop": 0.01, "on_exceed": "strengthen"})
+    trainer = _monitored_trainer(tmp_path, tokenizer, task_files, 2, monitor, strategies=[{"name": "l2sp", "lam": 0.5}])
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.strategy_stack.strategies[0].lam == 1.0
+    with pytest.raises(ForgetlessError, match="every_steps"):
+        forgetless.ForgettingMonitor(budget={"max_general_drop": 0.01, "on_exceed": "rollback"})
+    with pytest.raises(ForgetlessError, match="max_general_drop"):
+        forgetless.ForgettingMonitor(every_steps=1, budget={"max_general_drop": -1})
