@@ -123,3 +123,48 @@ def test_compare_checks_every_entry_before_training(tmp_path, compare_config, ca
     assert "ewc(lam=fast)" in capsys.readouterr().err
     assert not (out / "naive").exists()  # nothing trained
 
+
+
+@pytest.mark.parametrize("count", range(1, 10))
+def test_bisection_finds_what_the_full_grid_finds_in_log_runs(count):
+    import math
+
+    from forgetless.tune import bisect_weakest
+
+    for threshold in range(count + 1):  # indices >= threshold are within budget
+        calls = []
+        found, evaluated = bisect_weakest(count, lambda i: calls.append(i) or i >= threshold)
+        assert found == (threshold if threshold < count else None)
+        assert evaluated == calls and len(set(calls)) == len(calls)
+        assert len(calls) <= math.ceil(math.log2(count + 1))
+
+
+def test_tune_grids_and_specs():
+    from forgetless.config import parse_config
+    from forgetless.strategies import _REGISTRY
+    from forgetless.tune import _spec_with, default_grid
+
+    assert default_grid(_REGISTRY["ewc"], "lam") == [1.5625, 6.25, 25, 100, 400, 1600, 6400]  # around ewc's default, 100
+    assert default_grid(_REGISTRY["wise"], "alpha") == [1.0, 0.5, 0.25, 0.125, 0.0625]  # weakest (largest) first
+    base = {"tasks": [{"name": "s", "builtin": "support"}]}
+    assert _spec_with(parse_config(base), "ewc", "lam", 3.0) == [{"name": "ewc", "lam": 3.0}]
+    stacked = parse_config({**base, "strategies": ["replay", {"name": "ewc", "samples": 8}]})
+    assert _spec_with(stacked, "ewc", "lam", 3.0) == ["replay", {"name": "ewc", "samples": 8, "lam": 3.0}]
+
+
+def test_tune_bisects_through_compare_and_picks_the_best_gain_within_budget(tmp_path, compare_config, capsys):
+    out = tmp_path / "tune"
+    # A budget no change of this tiny run reaches: every point is within it, so bisection walks to the weakest.
+    assert main(["tune", str(compare_config), "--knob", "l2sp.lam", "--budget", "5", "--values", "100", "0.01", "1",
+                 "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "tune.json").read_text())
+    assert summary["grid"] == [0.01, 1.0, 100.0] and [e["value"] for e in summary["evaluated"]] == [1.0, 0.01]
+    assert summary["runs"] == 2 and summary["grid_runs"] == 3 and summary["weakest_within_budget"] == 0.01
+    rows = {row["strategy"]: row for row in json.loads((out / "compare.json").read_text())["rows"]}
+    assert sorted(rows) == ["l2sp(lam=0.01)", "l2sp(lam=1.0)"]
+    gains = {label: sum(r["in_domain_gain"].values()) / 2 for label, r in rows.items()}
+    assert summary["chosen"] == (0.01 if gains["l2sp(lam=0.01)"] >= gains["l2sp(lam=1.0)"] else 1.0)
+    assert all(r["training"][0]["train_seconds"] > 0 for r in rows.values())
+    assert "Cost: 2 runs" in (out / "tune.md").read_text()
+    assert main(["tune", str(compare_config), "--knob", "l2sp.weight", "--budget", "0.01", "--out", str(out)]) == 2
+    assert "has no parameter 'weight'" in capsys.readouterr().err

@@ -41,6 +41,25 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    import shlex
+
+    from .config import load_config, parse_config
+    from .tune import tune
+
+    config = load_config(args.config)
+    if args.steps is not None:
+        data = config.model_dump()
+        config = parse_config({**data, "train": {**data["train"], "steps": args.steps}}, f"{args.config} with --steps")
+    command = shlex.join(["forgetless", "tune", args.config, "--knob", args.knob, "--budget", str(args.budget),
+                          *(["--values", *map(str, args.values)] if args.values else []),
+                          *(["--steps", str(args.steps)] if args.steps else []), "--out", args.out])
+    summary = tune(config, args.knob, args.budget, args.out, values=args.values, command=command, progress=not args.quiet)
+    print((Path(args.out) / "tune.md").read_text(encoding="utf-8"))
+    if summary["chosen"] is None:
+        raise ForgetlessError(f"no value of {args.knob} kept the general drop within {args.budget:g}")
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.suites import load_eval_file, load_suite
     from .fileio import atomic_write_json
@@ -107,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--baseline", default="naive", help="the row the others are compared with (default: naive)")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
+
+    tn = commands.add_parser("tune", help="find the weakest strategy setting whose general drop is within a budget")
+    tn.add_argument("config", help="YAML run config (the strategy is added to its stack if absent)")
+    tn.add_argument("--knob", required=True, help="STRATEGY.PARAM, e.g. ewc.lam")
+    tn.add_argument("--budget", type=float, required=True, help="largest general-score drop allowed, e.g. 0.01")
+    tn.add_argument("--values", type=float, nargs="+", help="the grid (default: 7 points around the knob's default)")
+    tn.add_argument("--steps", type=int, help="steps per task for every point (default: the config's)")
+    tn.add_argument("--out", required=True, help="output folder: tune.md/.json and the compare table of every run")
+    tn.add_argument("--quiet", action="store_true", help="no progress bars")
+    tn.set_defaults(func=_cmd_tune)
 
     ev = commands.add_parser("eval", help="score a model on multiple-choice / perplexity tasks")
     ev.add_argument("--model", default="default", help="'default', a Hugging Face id or a local folder")
