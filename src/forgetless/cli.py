@@ -60,6 +60,30 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         raise ForgetlessError(f"no value of {args.knob} kept the general drop within {args.budget:g}")
 
 
+def _cmd_advise(args: argparse.Namespace) -> None:
+    from .advise import Constraints, advise, ask, compare_evidence, render, shipped_evidence, yes_no
+
+    interactive = sys.stdin.isatty() and not args.no_input
+    defaults = Constraints()
+
+    def value(given, prompt, default, cast=str):
+        if given is not None:
+            return given
+        return ask(prompt, default, cast) if interactive else default
+
+    raw = value(None if args.raw_data is None else yes_no(args.raw_data), "May earlier tasks' raw training rows be stored? (y/n)",
+                "n" if not defaults.raw_data_allowed else "y", yes_no)
+    constraints = Constraints(
+        raw_data_allowed=raw if isinstance(raw, bool) else yes_no(raw),
+        compute=value(args.compute, "Compute budget per step (low: <=1.10x, medium: <=1.50x, high)", defaults.compute),
+        tasks=value(args.tasks, "How many tasks in the sequence?", defaults.tasks, int),
+        adapter=value(args.adapter, "Adapter (full or lora)", defaults.adapter),
+        budget=value(args.budget, "Largest acceptable general-score drop", defaults.budget, float),
+    )
+    candidates, source = compare_evidence(args.from_dirs) if args.from_dirs else shipped_evidence(constraints.tasks)
+    print(render(advise(constraints, candidates, source), constraints))
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.suites import load_eval_file, load_suite
     from .fileio import atomic_write_json
@@ -136,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--out", required=True, help="output folder: tune.md/.json and the compare table of every run")
     tn.add_argument("--quiet", action="store_true", help="no progress bars")
     tn.set_defaults(func=_cmd_tune)
+
+    adv = commands.add_parser("advise", help="recommend a strategy or stack for your constraints, with its evidence")
+    adv.add_argument("--raw-data", choices=["yes", "no"], help="may earlier tasks' training rows be stored (default no)")
+    adv.add_argument("--compute", choices=["low", "medium", "high"], help="step-time budget: <=1.10x, <=1.50x, any")
+    adv.add_argument("--tasks", type=int, help="tasks in the sequence (default 2)")
+    adv.add_argument("--adapter", choices=["full", "lora"], help="full fine-tuning or LoRA (default full)")
+    adv.add_argument("--budget", type=float, help="largest acceptable general drop (default 0.01)")
+    adv.add_argument("--from", dest="from_dirs", nargs="+", help="your own compare/tune folders as the evidence")
+    adv.add_argument("--no-input", action="store_true", help="never ask; use the defaults for missing flags")
+    adv.set_defaults(func=_cmd_advise)
 
     ev = commands.add_parser("eval", help="score a model on multiple-choice / perplexity tasks")
     ev.add_argument("--model", default="default", help="'default', a Hugging Face id or a local folder")

@@ -1,0 +1,172 @@
+"""`forgetless advise`: which strategy (or stack) to use, from your constraints and measured evidence.
+
+The evidence is the user's own `forgetless compare` / `tune` folders when given (`--from DIR`), otherwise the
+shipped benchmark table (data/assets/advice/evidence.json, built from docs/results by
+scripts/build_advice_evidence.py); the answer says which. The decision is the small table below:
+
+| constraint                   | rule                                                                     |
+|------------------------------|--------------------------------------------------------------------------|
+| raw old data may not be kept | drop candidates that store training rows (replay, fip's anchors)          |
+| compute: low / medium / high | drop candidates whose step time exceeds 1.10x / 1.50x / no limit of naive |
+| budget (largest drop)        | keep candidates whose measured general change is >= -budget               |
+| ranking                      | the most in-domain gain kept (several tasks), else the smallest drop     |
+
+When no candidate meets the budget, the one with the smallest measured drop is recommended and the answer
+says the budget was not met in the evidence. `naive` is never recommended (it protects nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ForgetlessError
+
+STEP_RATIO_LIMIT = {"low": 1.10, "medium": 1.50, "high": float("inf")}
+
+
+@dataclass(frozen=True)
+class Constraints:
+    raw_data_allowed: bool = False  # may earlier tasks' training rows be stored?
+    compute: str = "medium"  # low | medium | high: how much slower than plain fine-tuning a step may be
+    tasks: int = 2  # tasks in the sequence
+    adapter: str = "full"  # full | lora
+    budget: float = 0.01  # largest acceptable drop of the general score
+
+    def __post_init__(self) -> None:
+        if self.compute not in STEP_RATIO_LIMIT:
+            raise ForgetlessError(f"--compute must be one of {sorted(STEP_RATIO_LIMIT)}, got {self.compute!r}")
+        if self.tasks < 1:
+            raise ForgetlessError(f"--tasks must be at least 1, got {self.tasks}")
+        if self.adapter not in ("full", "lora"):
+            raise ForgetlessError(f"--adapter must be full or lora, got {self.adapter!r}")
+        if not self.budget > 0:
+            raise ForgetlessError(f"--budget must be a positive drop such as 0.01, got {self.budget}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # a strategy or a stack ("replay+wise")
+    general_change: float
+    se: float
+    gain_kept: float | None
+    step_ratio: float | None
+    stores_raw_data: bool
+
+
+@dataclass(frozen=True)
+class Advice:
+    recommended: Candidate | None
+    alternatives: list[Candidate]
+    excluded: dict[str, str]  # candidate -> why it was left out
+    met_budget: bool
+    source: str
+
+
+def shipped_evidence(tasks: int) -> tuple[list[Candidate], str]:
+    data = json.loads(resources.files("forgetless").joinpath("data/assets/advice/evidence.json").read_text("utf-8"))
+    key = "several_tasks" if tasks > 1 else "one_task"
+    candidates = [
+        Candidate(name, row[key]["general_change"], row[key]["se"], row[key]["gain_kept"], row["step_ratio"],
+                  row["stores_raw_data"])
+        for name, row in data["strategies"].items() if row.get(key)
+    ]
+    return candidates, f"the shipped benchmark table ({data['provenance'][key]})"
+
+
+def compare_evidence(folders: list[str | Path]) -> tuple[list[Candidate], str]:
+    """Rows of the user's own compare / tune folders (compare.json), later folders overriding earlier labels."""
+    rows: dict[str, Candidate] = {}
+    for folder in folders:
+        path = Path(folder) / "compare.json"
+        if not path.is_file():
+            raise ForgetlessError(f"--from {folder}: no compare.json (run `forgetless compare` or `tune` into it first)")
+        for row in json.loads(path.read_text(encoding="utf-8"))["rows"]:
+            if row.get("general_delta_abs") is None:
+                continue
+            rows[row["strategy"]] = Candidate(
+                row["strategy"], row["general_delta_abs"], row["general_delta_se"], row.get("in_domain_gain_kept"),
+                row.get("step_time_ratio"), bool(row.get("stores_raw_data")),
+            )
+    return list(rows.values()), "your own comparison in " + ", ".join(map(str, folders))
+
+
+def advise(constraints: Constraints, candidates: list[Candidate], source: str) -> Advice:
+    excluded: dict[str, str] = {}
+    kept = []
+    limit = STEP_RATIO_LIMIT[constraints.compute]
+    for c in candidates:
+        if c.name == "naive":
+            excluded[c.name] = "protects nothing (the baseline)"
+        elif c.stores_raw_data and not constraints.raw_data_allowed:
+            excluded[c.name] = "stores earlier tasks' training rows"
+        elif c.step_ratio is not None and c.step_ratio > limit:
+            excluded[c.name] = f"step time {c.step_ratio:.2f}x over the {constraints.compute}-compute limit {limit:.2f}x"
+        else:
+            kept.append(c)
+    within = [c for c in kept if c.general_change >= -constraints.budget]
+    if within:
+        several = constraints.tasks > 1
+
+        def rank(c: Candidate):
+            gain = c.gain_kept if c.gain_kept is not None else float("-inf")
+            return (gain, c.general_change) if several else (c.general_change, gain)
+
+        ordered = sorted(within, key=rank, reverse=True)
+    else:
+        ordered = sorted(kept, key=lambda c: c.general_change, reverse=True)
+    return Advice(ordered[0] if ordered else None, ordered[1:3], excluded, bool(within), source)
+
+
+def render(advice: Advice, constraints: Constraints) -> str:
+    def evidence(c: Candidate) -> str:
+        parts = [f"general change {c.general_change:+.4f} ± {c.se:.4f}"]
+        if c.gain_kept is not None:
+            parts.append(f"{100 * c.gain_kept:.0f} % of naive's in-domain gain kept")
+        if c.step_ratio is not None:
+            parts.append(f"step time {c.step_ratio:.2f}x")
+        parts.append("stores training rows" if c.stores_raw_data else "stores no training rows")
+        return "; ".join(parts)
+
+    if advice.recommended is None:
+        return "No strategy fits these constraints:\n" + "\n".join(f"- {n}: {why}" for n, why in advice.excluded.items())
+    best = advice.recommended
+    stack = "[" + ", ".join(best.name.split("+")) + "]" if "+" in best.name else best.name
+    lines = [f"Recommended: strategies: {stack}", f"  evidence: {evidence(best)}"]
+    if not advice.met_budget:
+        lines.append(f"  No candidate kept the general drop within {constraints.budget:g} in the evidence; this one "
+                     "dropped least. Consider `forgetless tune` on its strength, or a lower learning rate.")
+    for alt in advice.alternatives:
+        lines.append(f"Also within your constraints: {alt.name} ({evidence(alt)})")
+    for name, why in advice.excluded.items():
+        lines.append(f"Left out: {name}: {why}")
+    lines.append(f"Source: {advice.source}.")
+    if advice.source.startswith("the shipped"):
+        lines.append("The shipped numbers come from one benchmark on one model; defaults that protect there did not "
+                     "always travel to new domains. Check on your own data: forgetless compare CONFIG --strategies "
+                     f"naive {repr(stack) if '+' in best.name else stack}")
+    if constraints.adapter == "lora" and advice.source.startswith("the shipped"):
+        lines.append("The shipped evidence is for full fine-tuning; every strategy also runs under LoRA.")
+    return "\n".join(lines)
+
+
+def ask(prompt: str, default: Any, cast=str) -> Any:
+    """One interactive question with a default (Enter keeps it)."""
+    answer = input(f"{prompt} [{default}]: ").strip()
+    if not answer:
+        return default
+    try:
+        return cast(answer)
+    except ValueError:
+        raise ForgetlessError(f"{prompt}: could not read {answer!r}") from None
+
+
+def yes_no(text: str) -> bool:
+    if text.lower() in ("y", "yes", "true", "1"):
+        return True
+    if text.lower() in ("n", "no", "false", "0"):
+        return False
+    raise ValueError(text)

@@ -1,0 +1,74 @@
+"""`forgetless advise`: the decision table, the evidence it reads, and the command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from forgetless.advise import Candidate, Constraints, advise, compare_evidence, shipped_evidence
+from forgetless.cli import main
+from forgetless.errors import ForgetlessError
+
+CANDIDATES = [
+    Candidate("naive", -0.08, 0.01, 1.00, 1.00, False),
+    Candidate("cheap", -0.009, 0.01, 0.90, 1.02, False),
+    Candidate("slow", -0.002, 0.01, 0.99, 1.40, False),
+    Candidate("rows", +0.004, 0.01, 0.97, 1.01, True),
+    Candidate("weak", -0.030, 0.01, 1.00, 1.00, False),
+]
+
+
+def _pick(**constraints):
+    return advise(Constraints(**constraints), CANDIDATES, "test")
+
+
+def test_the_decision_table():
+    # Several tasks rank by gain kept among those within budget: slow (0.99) > rows (0.97) > cheap (0.90).
+    assert _pick(raw_data_allowed=True, compute="high").recommended.name == "slow"
+    # No stored rows, at most 1.10x: slow and rows are out; weak is beyond the budget.
+    advice = _pick(raw_data_allowed=False, compute="low")
+    assert advice.recommended.name == "cheap" and advice.met_budget
+    assert set(advice.excluded) == {"naive", "rows", "slow"}
+    # One task ranks by the general change: rows (+0.004) first.
+    assert _pick(raw_data_allowed=True, compute="high", tasks=1).recommended.name == "rows"
+    # A budget nothing meets: the smallest drop among the allowed, flagged.
+    advice = _pick(raw_data_allowed=False, compute="low", budget=0.001)
+    assert advice.recommended.name == "cheap" and not advice.met_budget
+    with pytest.raises(ForgetlessError, match="--compute"):
+        Constraints(compute="lots")
+
+
+def test_shipped_evidence_matches_the_committed_result_tables():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_advice_evidence.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    several, source = shipped_evidence(tasks=2)
+    ewc = next(c for c in several if c.name == "ewc")
+    # docs/results/quality.md's ewc row: -0.0024 ± 0.0077, 100 % of naive's gain kept; overhead.md: 1.02x.
+    assert (ewc.general_change, ewc.se, ewc.gain_kept, ewc.step_ratio) == (-0.0024, 0.0077, 1.0, 1.02)
+    assert "quality.md" in source
+    replay = next(c for c in several if c.name == "replay")
+    assert replay.stores_raw_data
+
+
+def test_advise_reads_the_users_own_comparison(tmp_path, capsys):
+    rows = [{"strategy": "naive", "general_delta_abs": -0.05, "general_delta_se": 0.01, "in_domain_gain_kept": 1.0,
+             "step_time_ratio": 1.0, "stores_raw_data": []},
+            {"strategy": "ewc(lam=400)", "general_delta_abs": -0.004, "general_delta_se": 0.007, "in_domain_gain_kept": 0.9,
+             "step_time_ratio": 1.05, "stores_raw_data": []},
+            {"strategy": "replay+wise", "general_delta_abs": 0.002, "general_delta_se": 0.007, "in_domain_gain_kept": 0.95,
+             "step_time_ratio": 1.02, "stores_raw_data": ["replay"]}]
+    (tmp_path / "compare.json").write_text(json.dumps({"rows": rows}))
+    candidates, source = compare_evidence([tmp_path])
+    assert [c.stores_raw_data for c in candidates] == [False, False, True]
+    assert main(["advise", "--no-input", "--from", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Recommended: strategies: ewc(lam=400)" in out and f"your own comparison in {tmp_path}" in out
+    assert main(["advise", "--no-input", "--raw-data", "yes", "--from", str(tmp_path)]) == 0
+    assert "Recommended: strategies: [replay, wise]" in capsys.readouterr().out
+    assert main(["advise", "--no-input", "--from", str(tmp_path / "missing")]) == 2
+    assert "no compare.json" in capsys.readouterr().err
