@@ -8,6 +8,8 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 TORCH_PIN := torch==2.13.0
+CHROMIUM_STAMP := $(VENV)/.chromium
+APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
 
 .PHONY: setup demo test smoke bench-eval clean
 
@@ -25,12 +27,17 @@ $(TEST_STAMP): $(STAMP)
 	$(PIP) install -q $(TORCH_PIN) -e '.[test,bench,trl]'
 	touch $@
 
+# A test renders the HTML report in headless Chromium (Debian's package): installed when missing, as root.
+$(CHROMIUM_STAMP): $(STAMP)
+	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || $(APT_CHROMIUM) || { apt-get update -q >/dev/null && $(APT_CHROMIUM); }
+	touch $@
+
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/forgetless demo --out demo-out
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 	$(VENV)/bin/pytest -q
 

@@ -376,8 +376,11 @@ def compare(
 
 
 def write_table(table: dict[str, Any], out: Path) -> None:
+    from .html_report import render_comparison_html
+
     atomic_write_json(out / "compare.json", table)
     atomic_write_text(out / "compare.md", markdown(table))
+    atomic_write_text(out / "compare.html", render_comparison_html(table))
     image = pareto_png(table)
     if image is not None:
         atomic_write_bytes(out / "pareto.png", image)

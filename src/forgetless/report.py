@@ -66,9 +66,12 @@ def _is_number(value: Any) -> bool:
 
 
 def write_report(results: RunResults | dict, out_dir: str | Path) -> Path:
-    """Write report.md, general_over_steps.png and score_matrix.png into out_dir; return report.md's path."""
+    """Write report.md, report.html, general_over_steps.png and score_matrix.png into out_dir; return report.md's path."""
+    from .html_report import render_run_html
+
     results = _typed(results)
     out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "report.html", render_run_html(results))
     atomic_write_bytes(out_dir / "general_over_steps.png", _png(_general_figure(results)))
     atomic_write_bytes(out_dir / "score_matrix.png", _png(_matrix_figure(results)))
     report_path = out_dir / "report.md"

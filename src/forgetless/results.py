@@ -68,6 +68,16 @@ class Evaluation(BaseModel):
     scores: dict[str, dict[str, Any]] = Field(default_factory=dict)  # task -> {score, acc, acc_stderr, ...}
 
 
+class GeneralPoint(BaseModel):
+    """The general mean's change from before training at one evaluation, with its paired bootstrap s.e."""
+
+    stage: str
+    task: str | None = None
+    step: int = 0
+    delta: float
+    se: float
+
+
 class RunResults(BaseModel):
     """results.json: the score matrix over the trained tasks, its metrics, the general change, and what ran."""
 
@@ -85,6 +95,7 @@ class RunResults(BaseModel):
     general: list[Evaluation] = Field(default_factory=list)
     task_evals: list[Evaluation] = Field(default_factory=list)
     metrics: Metrics = Field(default_factory=Metrics)
+    general_curve: list[GeneralPoint] = Field(default_factory=list)  # every evaluation's change, for noise bands
     training: list[dict[str, Any]] = Field(default_factory=list)  # per task: loss, seconds, each strategy's log
     eval_seconds: float = 0.0
     wall_time_s: float | None = None
@@ -123,6 +134,12 @@ def build_results(log: EvaluationLog, task_names: list[str], task_metric: dict[s
             general_within_noise=change["within_noise"],
             general_tasks={name: GeneralTaskChange(**task) for name, task in change["tasks"].items()},
         ))
+    curve = []
+    if log.general and log.general[0]["scores"]:
+        for record, samples in zip(log.general, log.general_samples):
+            point = general_change(log.general_samples[0], samples)
+            curve.append(GeneralPoint(stage=record["stage"], task=record["task"], step=record["step"],
+                                      delta=point["delta_abs"], se=point["delta_se"]))
     trained = [r["task"] for r in matrix_records[1:]]
     return RunResults(
         **meta,
@@ -133,5 +150,6 @@ def build_results(log: EvaluationLog, task_names: list[str], task_metric: dict[s
         general=log.general,
         task_evals=log.task_evals,
         metrics=metrics,
+        general_curve=curve,
         eval_seconds=log.seconds,
     )
