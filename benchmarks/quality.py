@@ -18,7 +18,7 @@ import json
 import shlex
 from pathlib import Path
 
-from forgetless.compare import compare, parse_strategy, write_table
+from forgetless.compare import compare, frontier_settings, parse_strategy, write_table
 from forgetless.config import parse_config
 from forgetless.training import ContinualRun
 
@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 steps, 10 items per evaluation task")
     parser.add_argument("--trainer", default="runner", choices=["runner", "sft"],
                         help="sft: train each task through with_strategies(trl.SFTTrainer) (benchmarks/sft_run.py)")
+    parser.add_argument("--frontier-lr", type=float, nargs="+", help="also run naive at these learning rates")
+    parser.add_argument("--frontier-steps", type=int, nargs="+", help="also run naive at these steps per task")
     parser.add_argument("--rebuild", action="store_true", help="only rewrite DIR/compare.md and pareto.png from compare.json")
     args = parser.parse_args()
     out = Path(args.out)
@@ -64,7 +66,9 @@ def main() -> None:
     command = shlex.join(
         ["python", "benchmarks/quality.py", "--strategies", *args.strategies, "--adapter", args.adapter,
          "--tasks", *args.tasks, *(["--lr", str(args.lr)] if args.lr else []),
-         *(["--trainer", args.trainer] if args.trainer != "runner" else []), "--out", args.out,
+         *(["--trainer", args.trainer] if args.trainer != "runner" else []),
+         *(["--frontier-lr", *map(str, args.frontier_lr)] if args.frontier_lr else []),
+         *(["--frontier-steps", *map(str, args.frontier_steps)] if args.frontier_steps else []), "--out", args.out,
          *(["--quick"] if args.quick else [])]
     )
     run_class = ContinualRun
@@ -72,13 +76,15 @@ def main() -> None:
         from sft_run import SFTContinualRun  # benchmarks/, beside this script
 
         run_class = SFTContinualRun
+    config = base_config(args.adapter, args.quick, args.tasks, args.lr)
     compare(
-        base_config(args.adapter, args.quick, args.tasks, args.lr),
+        config,
         [parse_strategy(text) for text in args.strategies],
         out,
         run_factory=lambda config, folder, before: run_class(config, folder, before=before),
         command=command,
         setting={"trainer": args.trainer},
+        frontier=frontier_settings(config, args.frontier_lr, args.frontier_steps),
     )
     print("\n" + (out / "compare.md").read_text())
 

@@ -168,3 +168,45 @@ def test_tune_bisects_through_compare_and_picks_the_best_gain_within_budget(tmp_
     assert "Cost: 2 runs" in (out / "tune.md").read_text()
     assert main(["tune", str(compare_config), "--knob", "l2sp.weight", "--budget", "0.01", "--out", str(out)]) == 2
     assert "has no parameter 'weight'" in capsys.readouterr().err
+
+
+def test_frontier_by_hand():
+    from forgetless.frontier import change_at, distances, gain_at, pareto
+
+    # Naive at three schedules plus the untrained model; (0.10, -0.06) is dominated by (0.12, -0.05).
+    front = pareto([(0.0, 0.0), (0.05, -0.01), (0.10, -0.06), (0.12, -0.05), (0.20, -0.08)])
+    assert front == [(0.0, 0.0), (0.05, -0.01), (0.12, -0.05), (0.20, -0.08)]
+    assert change_at(front, 0.16) == pytest.approx(-0.065)  # halfway between (0.12, -0.05) and (0.20, -0.08)
+    assert gain_at(front, -0.03) == pytest.approx(0.085)  # halfway between (0.05, -0.01) and (0.12, -0.05)
+    assert change_at(front, 0.25) is None and gain_at(front, 0.01) is None  # beyond naive's reach
+    # A strategy at (0.16, -0.02): loses 0.045 less than naive at its gain, learns 0.16 - 0.0675 more at its change.
+    saved, added = distances(front, (0.16, -0.02))
+    assert saved == pytest.approx(0.045) and added == pytest.approx(0.16 - 0.0675)
+    # A point on the frontier is at distance 0 both ways.
+    assert distances(front, (0.12, -0.05)) == (pytest.approx(0.0), pytest.approx(0.0))
+
+
+def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, compare_config, monkeypatch):
+    from forgetless.compare import naive_frontier
+    from forgetless.frontier import distances
+
+    stages = []
+    evaluate = Evaluator.evaluate
+    monkeypatch.setattr(Evaluator, "evaluate",
+                        lambda self, model, stage, task, step: stages.append(stage) or evaluate(self, model, stage, task, step))
+    out = tmp_path / "front"
+    assert main(["compare", str(compare_config), "--strategies", "naive", "l2sp", "--frontier-steps", "1",
+                 "--frontier-lr", "0.001", "0.01", "--out", str(out), "--quiet"]) == 0
+    assert stages.count("before") == 1
+    rows = [ComparisonRow(**row) for row in json.loads((out / "compare.json").read_text())["rows"]]
+    labels = [r.strategy for r in rows]
+    assert labels == ["naive", "l2sp", "naive(lr=0.001,steps=1)", "naive(lr=0.01,steps=1)"]
+    assert rows[2].train_override == {"lr": 0.001, "steps": 1} and len(rows[2].training) == 2
+    l2sp = rows[1]
+    front = naive_frontier(rows)
+    naive_points = [(r.mean_gain, r.general_delta_abs) for r in rows if r.is_naive] + [(0.0, 0.0)]
+    for g, c in naive_points:  # every naive point is on the frontier or below-left of one of its points
+        assert any(fg >= g and fc >= c for fg, fc in front)
+    assert (l2sp.change_saved_vs_frontier, l2sp.gain_added_vs_frontier) == distances(
+        front, (l2sp.mean_gain, l2sp.general_delta_abs))
+    assert rows[0].change_saved_vs_frontier is None  # naive rows are the frontier, not measured against it

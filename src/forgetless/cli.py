@@ -29,14 +29,17 @@ def _cmd_run(args: argparse.Namespace) -> None:
 def _cmd_compare(args: argparse.Namespace) -> None:
     import shlex
 
-    from .compare import compare, parse_strategy
+    from .compare import compare, frontier_settings, parse_strategy
     from .config import load_config
 
     config = load_config(args.config)
     specs = [parse_strategy(text) for text in args.strategies]
     command = shlex.join(["forgetless", "compare", args.config, "--strategies", *args.strategies, "--out", args.out,
-                          *(["--baseline", args.baseline] if args.baseline != "naive" else [])])
-    compare(config, specs, args.out, baseline=args.baseline, command=command, progress=not args.quiet)
+                          *(["--baseline", args.baseline] if args.baseline != "naive" else []),
+                          *(["--frontier-lr", *map(str, args.frontier_lr)] if args.frontier_lr else []),
+                          *(["--frontier-steps", *map(str, args.frontier_steps)] if args.frontier_steps else [])])
+    compare(config, specs, args.out, baseline=args.baseline, command=command, progress=not args.quiet,
+            frontier=frontier_settings(config, args.frontier_lr, args.frontier_steps))
     print(f"\nwrote {Path(args.out) / 'compare.md'}, compare.json and pareto.png")
     print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
 
@@ -148,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="names, YAML mappings ('{name: ewc, lam: 1000}') or lists for a stack ('[replay, wise]')")
     cmp.add_argument("--out", required=True, help="output folder: compare.md/.json, pareto.png, one run folder per row")
     cmp.add_argument("--baseline", default="naive", help="the row the others are compared with (default: naive)")
+    cmp.add_argument("--frontier-lr", type=float, nargs="+", help="also run naive at these learning rates (its frontier)")
+    cmp.add_argument("--frontier-steps", type=int, nargs="+", help="also run naive at these steps per task (its frontier)")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import RunConfig
+from .config import RunConfig, parse_config
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .metrics import paired_delta
@@ -64,6 +64,18 @@ class ComparisonRow(BaseModel):
     general_drop_cut: float | None = None
     in_domain_gain_kept: float | None = None
     step_time_ratio: float | None = None
+    # Naive rows at other train settings ({"lr": ..., "steps": ...}) trace naive's frontier (forgetless.frontier).
+    train_override: dict[str, Any] = Field(default_factory=dict)
+    change_saved_vs_frontier: float | None = None
+    gain_added_vs_frontier: float | None = None
+
+    @property
+    def is_naive(self) -> bool:
+        return self.spec == "naive" or self.spec == ["naive"]
+
+    @property
+    def mean_gain(self) -> float:
+        return sum(self.in_domain_gain.values()) / len(self.in_domain_gain)
 
 
 def parse_strategy(text: str):
@@ -177,6 +189,27 @@ def against_baseline(rows: list[ComparisonRow], baseline: str = "naive") -> None
         row.step_time_ratio = (
             row.seconds_per_step / base.seconds_per_step if row.seconds_per_step and base.seconds_per_step else None
         )
+    against_frontier(rows)
+
+
+def naive_frontier(rows: list[ComparisonRow]) -> list[tuple[float, float]]:
+    """The Pareto frontier of the naive rows (every train setting) and the untrained model (0, 0)."""
+    from .frontier import pareto
+
+    points = [(r.mean_gain, r.general_delta_abs) for r in rows if r.is_naive and r.general_delta_abs is not None]
+    return pareto(points + [(0.0, 0.0)]) if points else []
+
+
+def against_frontier(rows: list[ComparisonRow]) -> None:
+    """Each non-naive row's distance from naive's frontier (None without naive rows to build one)."""
+    from .frontier import distances
+
+    front = naive_frontier(rows)
+    for row in rows:
+        saved = added = None
+        if front and not row.is_naive and row.general_delta_abs is not None:
+            saved, added = distances(front, (row.mean_gain, row.general_delta_abs))
+        row.change_saved_vs_frontier, row.gain_added_vs_frontier = saved, added
 
 
 def markdown(table: dict[str, Any]) -> str:
@@ -202,6 +235,7 @@ def markdown(table: dict[str, Any]) -> str:
     headers = [
         "strategy", *[f"gain {t} ± s.e." for t in tasks], *[f"general after {t}" for t in tasks],
         "general delta ± s.e.", "relative", "BWT", "forgetting", f"drop cut vs {baseline}", f"gain kept vs {baseline}",
+        "change saved vs frontier", "gain added vs frontier",
         "s / step", f"step time vs {baseline}", "peak memory", "state", "stores raw data", "wall time",
     ]
     body = [
@@ -215,6 +249,8 @@ def markdown(table: dict[str, Any]) -> str:
             signed(row.forgetting),
             pct(row.general_drop_cut),
             pct(row.in_domain_gain_kept),
+            signed(row.change_saved_vs_frontier),
+            signed(row.gain_added_vs_frontier),
             "—" if row.seconds_per_step is None else f"{row.seconds_per_step:.2f}",
             "—" if row.step_time_ratio is None else f"{row.step_time_ratio:.2f}x",
             "—" if row.peak_memory_mb is None else f"{row.peak_memory_mb:,.0f} MiB",
@@ -234,7 +270,9 @@ def markdown(table: dict[str, Any]) -> str:
         *([f"General score before training: {before:.4f}.", ""] if before is not None else []),
         format_table(headers, body),
         "",
-        f"s.e.: paired bootstrap over the same evaluation items. Peak memory: {memory} (see forgetless.compare).",
+        f"s.e.: paired bootstrap over the same evaluation items. Peak memory: {memory} (see forgetless.compare). "
+        "Frontier: naive's rows at every train setting and the untrained model; distances along it are explained in "
+        "forgetless.frontier (positive beats what naive reaches by training less).",
         "",
     ]
     return "\n".join(lines)
@@ -271,6 +309,11 @@ def pareto_png(table: dict[str, Any]) -> bytes | None:
                           fmt="o", capsize=3)
         absolute.annotate(r.strategy, (r.general_delta_abs, gain), xytext=(4, 4), textcoords="offset points",
                           fontsize="small")
+    front = naive_frontier(rows)
+    if len(front) > 1:
+        absolute.plot([c for _, c in front], [g for g, _ in front], color="black", linestyle="--", linewidth=1,
+                      label="naive's frontier (training less)")
+        absolute.legend(fontsize="small", loc="best")
     absolute.axvline(0, color="grey", linewidth=0.8, linestyle="--")
     absolute.set_xlabel("general change (after - before; bars 1.96 s.e.)")
     absolute.set_ylabel("mean in-domain gain over tasks")
@@ -293,8 +336,27 @@ def pareto_png(table: dict[str, Any]) -> bytes | None:
 
 
 def before_key(config: RunConfig) -> dict[str, Any]:
-    """What the shared "before" evaluation depends on: everything in the config except the strategies."""
+    """What the shared "before" evaluation depends on: the model, the tasks and their held-out split (its seed)
+    and the evaluation settings; not the strategies or how training runs."""
+    data = config.model_dump(mode="json", include={"model", "model_dtype", "trust_remote_code", "tasks", "eval"})
+    data["eval"].pop("every_steps")
+    data["seed"] = config.train.seed
+    return data
+
+
+def table_setting(config: RunConfig) -> dict[str, Any]:
+    """What rows of one table must share: the whole config but the strategies."""
     return config.model_dump(mode="json", exclude={"strategies"})
+
+
+def frontier_settings(config: RunConfig, lrs: list[float] | None, steps: list[int] | None) -> list[dict[str, Any]]:
+    """Every (lr, steps) pair of the given values (the config's own where one list is missing), minus the config's."""
+    pairs = [(lr, n) for lr in (lrs or [config.train.lr]) for n in (steps or [config.train.steps])]
+    return [{"lr": lr, "steps": n} for lr, n in pairs if (lr, n) != (config.train.lr, config.train.steps)]
+
+
+def frontier_label(override: dict[str, Any]) -> str:
+    return "naive(" + ",".join(f"{k}={v}" for k, v in sorted(override.items())) + ")"
 
 
 def load_before(out: Path, config: RunConfig):
@@ -320,8 +382,12 @@ def compare(
     command: str | None = None,
     progress: bool = True,
     setting: dict[str, Any] | None = None,
+    frontier: list[dict[str, Any]] = (),
 ) -> list[ComparisonRow]:
     """Run `config` once per strategies entry in `specs` (sharing the "before" evaluation) and write the table.
+
+    `frontier`: train settings (`{"lr": 2e-4, "steps": 10}`) at which naive also runs, to trace naive's
+    trade-off frontier (forgetless.frontier); every row is then reported by its distance from it.
 
     Rows already in `out_dir/compare.json` are kept (a row with the same label is replaced), so a table can
     grow over several invocations; a folder holding rows for another config (or another `setting`, e.g. the
@@ -337,27 +403,32 @@ def compare(
     run_factory = run_factory or (lambda cfg, folder, before: ContinualRun(cfg, folder, progress=progress, before=before))
     path = out / "compare.json"
     table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"commands": [], "rows": []}
-    setting = {**before_key(config), **(setting or {})}
+    setting = {**table_setting(config), **(setting or {})}
     if table.setdefault("setting", setting) != setting:
         changed = sorted(k for k in set(setting) | set(table["setting"]) if setting.get(k) != table["setting"].get(k))
         raise ForgetlessError(f"{path} holds rows for another config (differs in {changed}): choose another --out")
     table["baseline"] = baseline
     if command:
         table["commands"] = [*table.get("commands", []), command]
-    labels = [label_of(spec) for spec in specs]
+    entries = [(label_of(spec), spec, {}) for spec in specs] + [(frontier_label(o), "naive", o) for o in frontier]
+    labels = [label for label, _, _ in entries]
     if len(set(labels)) != len(labels):
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         raise ForgetlessError(f"--strategies: the same entry appears twice ({repeated})")
     before = load_before(out, config)
     rows = [ComparisonRow(**row) for row in table["rows"]]
-    configs = [config.model_copy(update={"strategies": spec if isinstance(spec, list) else [spec]}) for spec in specs]
-    for row_config, label in zip(configs, labels):
+    configs = []
+    for label, spec, override in entries:
         # Every entry is checked before the first row trains: a typo in the last one should not cost hours.
         try:
+            data = config.model_dump()
+            row_config = parse_config({**data, "strategies": spec if isinstance(spec, list) else [spec],
+                                       "train": {**data["train"], **override}}, label)
             StrategyStack.from_specs(row_config.strategies).check(row_config.training_setup())
         except ForgetlessError as exc:
             raise ForgetlessError(f"--strategies {label}: {exc}") from None
-    for spec, label, row_config in zip(specs, labels, configs):
+        configs.append(row_config)
+    for (label, spec, override), row_config in zip(entries, configs):
         if progress:
             print(f"\n=== {label} ===", flush=True)
         started = time.perf_counter()
@@ -367,7 +438,8 @@ def compare(
         if before is None:
             before = run.evaluator.log.first()
             atomic_write_json(out / "before.json", {"key": before_key(config), "log": before.to_json()})
-        row = _row(label, spec, run, results, time.perf_counter() - started, memory, config.train.steps)
+        row = _row(label, spec, run, results, time.perf_counter() - started, memory, row_config.train.steps)
+        row.train_override = override
         rows = [r for r in rows if r.strategy != label] + [row]
         against_baseline(rows, baseline)
         table["rows"] = [r.model_dump(mode="json") for r in rows]
