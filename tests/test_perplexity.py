@@ -44,6 +44,18 @@ def test_sequences_match_direct_forwards_and_ignore_masked_labels(tiny_lm, token
         assert nll == pytest.approx(expected_nll, rel=1e-4)
 
 
+def test_left_padded_rows_with_their_first_label_set_match_unpadded_forwards(tiny_lm, tokenizer):
+    # Every label set (plain language modelling), rows of different lengths in one batch: the first label of
+    # a padded row must not be scored from the pad position before it (the direct forward never scores it).
+    sequences = [(ids, list(ids)) for ids in (tokenizer(text)["input_ids"] for text in TEXTS)]
+    assert len({len(ids) for ids, _ in sequences}) == len(sequences)
+    result = score_sequences_nll(tiny_lm, sequences, pad_token_id=tokenizer.pad_token_id, max_batch_tokens=10_000)
+    for (input_ids, labels), nll, count in zip(sequences, result.doc_nll, result.doc_tokens):
+        expected_nll, expected_count = direct_nll(tiny_lm, input_ids, labels)
+        assert count == expected_count == len(input_ids) - 1
+        assert nll == pytest.approx(expected_nll, rel=1e-4)
+
+
 def test_masked_prompt_tokens_are_not_scored(tiny_lm, tokenizer):
     input_ids, labels = chat_like_sequences(tokenizer)[0]
     prompt_length = labels.count(-100)

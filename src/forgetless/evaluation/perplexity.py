@@ -60,7 +60,9 @@ def _has_scored_token(labels: Sequence[int]) -> bool:
 def _batch_nll(model, batch: list[tuple[list[int], list[int]]], pad_token_id: int, device):
     """Summed NLL and scored-token count of each sequence of one batch."""
     ids, mask, positions = left_pad([input_ids for input_ids, _ in batch], pad_token_id, device)
-    labels, _, _ = left_pad([labels for _, labels in batch], IGNORE_INDEX, device)  # pads with -100
+    # A sequence's first label is never scored (nothing predicts it): left padding would otherwise score
+    # it from a pad position's logits in every row shorter than the batch's longest.
+    labels, _, _ = left_pad([[IGNORE_INDEX, *labels[1:]] for _, labels in batch], IGNORE_INDEX, device)
     # The logits at column c predict the label at column c + 1; only scored labels need logits.
     rows, label_columns = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
     label_columns = label_columns + 1
