@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -89,9 +90,11 @@ def test_hand_built_item_where_acc_and_acc_norm_disagree(tiny_lm, tokenizer):
 
 def test_stderr_is_sample_std_over_sqrt_n(tiny_lm, tokenizer):
     # Hand-computed: values 1, 0, 0, 1 have sample variance 1/3, so stderr = sqrt(1/3) / 2.
+    assert accuracy_stderr([1, 0, 0, 1]) == pytest.approx(math.sqrt(1 / 3) / 2)
+    # For 0/1 scores the sample variance is n p (1 - p) / (n - 1), so stderr = sqrt(p (1 - p) / (n - 1)).
     result = score_multiple_choice(tiny_lm, tokenizer, random_items(10, seed=2))
-    assert result.acc_stderr == pytest.approx(accuracy_stderr([float(c) for c in result.correct]))
-    assert result.acc_norm_stderr == pytest.approx(accuracy_stderr([float(c) for c in result.correct_norm]))
+    for acc, stderr in ((result.acc, result.acc_stderr), (result.acc_norm, result.acc_norm_stderr)):
+        assert stderr == pytest.approx(math.sqrt(acc * (1 - acc) / 9))
 
 
 def test_batch_budget_does_not_change_scores(tiny_lm, tokenizer):

@@ -27,4 +27,8 @@ def test_default_model_scores_above_chance_and_a_short_run_completes(tmp_path):
     results = run_continual(config, tmp_path / "run", model=model, tokenizer=tokenizer, progress=False)
     assert len(results.matrix) == 2
     assert results.metrics.general_delta_se > 0  # two real steps move the paired scores
+    first, last = results.general[0], results.general[-1]
+    assert results.metrics.general_delta_abs == pytest.approx(last.mean - first.mean)
+    per_task = [last.scores[t]["score"] - first.scores[t]["score"] for t in first.scores]
+    assert results.metrics.general_delta_abs == pytest.approx(sum(per_task) / len(per_task))
     assert (tmp_path / "run" / "report.md").is_file()

@@ -209,7 +209,6 @@ def test_end_to_end_keeps_important_weights_closer_than_naive(tmp_path, tokenize
     assert protected_drift(protected_model) < 0.25 * protected_drift(naive_model)
     first = results.training[0]
     assert first["layerwise_importance_seconds"] > 0 and first["layerwise_state_bytes"] > 0
-    assert first["layerwise_alpha_max"] >= 1.0
     assert first["layerwise_importance_training_steps"] == 2  # the task's importance came from its last 2 steps
 
 
@@ -244,13 +243,10 @@ def test_task_importance_is_the_last_steps_cross_entropy_gradients(prepared, mon
         for name, p in weights.items():
             expected[name] += tokens * p.grad.square() / 2
     ctx.model.zero_grad()
-    penalty_moved_something = False
     for name, p in weights.items():
         recorded = strategy._recorded[name] / strategy._recorded_steps
         # (g - p)^2 is computed as g^2 + ((g - p)^2 - g^2): fp32 cancellation where the CE gradient is ~0.
         assert torch.allclose(recorded, expected[name], rtol=1e-3, atol=1e-6 * float(expected[name].abs().max())), name
-        penalty_moved_something |= name in strategy._drift
-    assert penalty_moved_something
 
     def no_pass(*args, **kwargs):
         raise AssertionError("full fine-tuning reads the task's importance off its training steps")

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from forgetless.strategies import Strategy, register_strategy
@@ -31,8 +32,14 @@ def test_full_run_learns_and_writes_everything(tmp_path, tokenizer, task_files):
     stages = [(g.stage, g.step) for g in results.general]
     assert stages == [("before", 0), ("step", 3), ("after_task", 6), ("step", 9), ("after_task", 12)]
     assert set(results.general[0].scores) == {"extra"}
-    for key in ("acc", "bwt", "fwt", "forgetting", "general_delta_abs", "general_delta_rel"):
-        assert getattr(results.metrics, key) is not None, key
+    # The metrics by hand from the 3 x 2 matrix and the general means.
+    (r00, r01), (r10, r11), (r20, r21) = results.matrix
+    m = results.metrics
+    assert m.acc == pytest.approx((r20 + r21) / 2)
+    assert m.bwt == pytest.approx(r20 - r10) and m.forgetting == pytest.approx(r10 - r20)
+    assert m.fwt == pytest.approx(r11 - r01)
+    first, last = results.general[0].mean, results.general[-1].mean
+    assert m.general_delta_abs == pytest.approx(last - first) and m.general_delta_rel == pytest.approx((last - first) / first)
 
     out = tmp_path / "out"
     on_disk = json.loads((out / "results.json").read_text())

@@ -11,8 +11,9 @@ Two kinds of numbers live here:
   bootstrap: one resample of item indices is applied to both evaluations, which cancels the item-to-item
   variance that the two evaluations share.
 
-All scores are higher-is-better. A perplexity task becomes a score in [0, 1] as 1 - log_V(perplexity)
-(V = vocabulary size): 0 is uniform guessing, 1 is certainty; see `ScoreSamples`.
+All scores are higher-is-better. A perplexity task becomes a score 1 - log_V(perplexity) (V = vocabulary
+size): 1 is certainty, 0 is uniform guessing (perplexity V), and it is negative for a model worse than
+uniform guessing (perplexity above V; a random model can be there); see `ScoreSamples`.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class ScoreSamples:
                        score = 1 - (sum(values) / sum(tokens)) / ln(vocab_size) = 1 - log_V(perplexity).
                        This is how a perplexity task becomes a higher-is-better score: 0 means no better
                        than guessing uniformly over the vocabulary (perplexity = V), 1 means certain of
-                       every token (perplexity = 1). Unlike 1/perplexity (about 0.01 for general text),
+                       every token (perplexity = 1), below 0 means worse than uniform guessing. Unlike 1/perplexity (about 0.01 for general text),
                        it moves on the same scale as an accuracy, so averaging it with accuracies in the
                        general mean does not silently drop the most sensitive measure of forgetting.
     """
