@@ -96,9 +96,10 @@ class ScoreSamples:
                        score = 1 - (sum(values) / sum(tokens)) / ln(vocab_size) = 1 - log_V(perplexity).
                        This is how a perplexity task becomes a higher-is-better score: 0 means no better
                        than guessing uniformly over the vocabulary (perplexity = V), 1 means certain of
-                       every token (perplexity = 1), below 0 means worse than uniform guessing. Unlike 1/perplexity (about 0.01 for general text),
-                       it moves on the same scale as an accuracy, so averaging it with accuracies in the
-                       general mean does not silently drop the most sensitive measure of forgetting.
+                       every token (perplexity = 1), below 0 means worse than uniform guessing. Unlike
+                       1/perplexity (about 0.01 for general text), it moves on the same scale as an
+                       accuracy, so averaging it with accuracies in the general mean does not silently drop
+                       the most sensitive measure of forgetting.
     """
 
     kind: Literal["mean", "perplexity"]

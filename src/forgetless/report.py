@@ -187,7 +187,8 @@ def _general_table(evaluations: list[Evaluation], general_tasks: dict) -> str:
 _READING_GUIDE = """## How to read this
 
 - **Score**: higher is better. An accuracy task scores the fraction answered right; a perplexity task
-  scores 1 - log_V(perplexity) with V the vocabulary size: 0 = uniform guessing, 1 = certain of every token.
+  scores 1 - log_V(perplexity) with V the vocabulary size: 1 = certain of every token, 0 = uniform guessing,
+  below 0 = worse than that.
 - **Score matrix** R[i][j]: score on task j after training through task i; row 0 is the untouched model.
 - **ACC**: mean of the last row, how good the final model is on all tasks.
 - **BWT** (backward transfer): mean of R[T][j] - R[j][j] over earlier tasks; BWT < 0 means forgetting.
