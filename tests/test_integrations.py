@@ -143,6 +143,11 @@ def test_monitor_logs_through_the_trainer_and_writes_results(tmp_path, tokenizer
     assert last["forgetless/general_change"] == pytest.approx(last["forgetless/general"] - logged[0]["forgetless/general"])
     assert last["forgetless/general_change"] == pytest.approx(results.metrics.general_delta_abs)
     assert last["forgetless/general_change_se"] == pytest.approx(results.metrics.general_delta_se)
+    worst = results.metrics.general_tasks[results.metrics.general_worst_task]
+    assert worst.delta == min(t.delta for t in results.metrics.general_tasks.values())
+    assert last["forgetless/general_worst_change"] == pytest.approx(worst.delta)
+    assert last["forgetless/general_tasks_fell"] == sum(
+        not t.within_noise and t.delta < 0 for t in results.metrics.general_tasks.values())
     assert (tmp_path / "mon" / "report.md").is_file()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from forgetless.metrics import continual_metrics
 from forgetless.report import format_table, write_report
 
@@ -67,7 +69,8 @@ def test_report_for_three_tasks(tmp_path):
     # Accuracy tasks show lm-eval's stderr; perplexity tasks do not have one.
     assert "0.031 / 0.031" in text
     # Atomic writes leave no temporary files behind.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["general_over_steps.png", "report.md", "score_matrix.png"]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["general_over_steps.png", "report.html", "report.md", "score_matrix.png"]
 
 
 def test_report_for_one_task_says_not_applicable_and_within_noise(tmp_path):
@@ -99,3 +102,30 @@ def test_format_table_aligns_and_formats():
     assert lines[3] == "| longer\\|name | 0.123 |     7 |"
     assert lines[4] == "| c            |   n/a |     3 |"
     assert len({len(line) for line in lines}) == 1
+
+
+def test_the_mean_does_not_hide_a_loss(tmp_path):
+    from forgetless.evaluation.evaluator import EvaluationLog
+    from forgetless.metrics import ScoreSamples
+    from forgetless.report import render_markdown
+    from forgetless.results import build_results
+
+    def samples(wrong: int):
+        return ScoreSamples(kind="mean", values=[0.0] * wrong + [1.0] * (400 - wrong))
+
+    # capitals loses 40 of 400 items (-0.10), definitions gains 40 (+0.10), elements is unchanged: the mean
+    # does not move, and the worst task is capitals, beyond noise (se about sqrt(0.1 * 0.9 / 400) = 0.015).
+    before = {"capitals": samples(40), "definitions": samples(80), "elements": samples(100)}
+    after = {"capitals": samples(80), "definitions": samples(40), "elements": samples(100)}
+    records = [{"stage": "before", "task": None, "step": 0}, {"stage": "after_task", "task": "t", "step": 5}]
+    for record, group in zip(records, (before, after)):
+        record["scores"] = {n: {"score": s.score()} for n, s in group.items()}
+        record["mean"] = sum(s.score() for s in group.values()) / 3
+    log = EvaluationLog(records, [dict(r, scores={}) for r in records], [before, after], [{}, {}])
+    results = build_results(log, [], {})
+    m = results.metrics
+    assert m.general_delta_abs == pytest.approx(0.0, abs=1e-12)
+    assert m.general_worst_task == "capitals" and m.general_worst_delta == pytest.approx(-0.1)
+    assert 0.010 < m.general_worst_se < 0.020 and (m.general_tasks_fell, m.general_tasks_rose) == (1, 1)
+    text = render_markdown(results)
+    assert "Worst general task: capitals -0.100 ±" in text and "1 of 3 general tasks fell beyond noise, 1 rose" in text

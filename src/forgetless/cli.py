@@ -24,6 +24,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
             f"({metrics.general_delta_abs:+.4f} ± {metrics.general_delta_se:.4f} s.e.; "
             f"{'within noise' if metrics.general_within_noise else 'beyond noise'})"
         )
+        from .report import worst_task_line
+
+        print(worst_task_line(metrics))
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:

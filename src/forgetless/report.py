@@ -142,7 +142,19 @@ def _general_headline(metrics: Metrics) -> str:
         verdict = "within noise (|delta| < 1.96 s.e.), do not read it as forgetting or as a cure"
     else:
         verdict = "beyond noise (|delta| > 1.96 s.e.)"
-    return f"**General score {before:.3f} -> {after:.3f} ({delta:+.3f}{relative_text}{se_text}): {verdict}.**"
+    headline = f"**General score {before:.3f} -> {after:.3f} ({delta:+.3f}{relative_text}{se_text}): {verdict}.**"
+    worst = worst_task_line(metrics)
+    return headline + (f"\n\n{worst}" if worst else "")
+
+
+def worst_task_line(metrics: Metrics) -> str:
+    """One sentence: the worst general task's change and how many tasks fell (or rose) beyond noise."""
+    if metrics.general_worst_task is None:
+        return ""
+    total = len(metrics.general_tasks)
+    return (f"Worst general task: {metrics.general_worst_task} {metrics.general_worst_delta:+.3f} ± "
+            f"{metrics.general_worst_se:.3f} s.e.; {metrics.general_tasks_fell} of {total} general tasks fell beyond noise, "
+            f"{metrics.general_tasks_rose} rose beyond noise (a mean can hide a loss).")
 
 
 def _continual_table(metrics: Metrics) -> str:
@@ -224,9 +236,15 @@ def _general_figure(results: RunResults):
     steps = [entry.step for entry in evaluations]
     means = [entry.mean for entry in evaluations]
     names = list(evaluations[0].scores)
+    changes = results.metrics.general_tasks
     for name in names:
         scores = [entry.scores.get(name, {}).get("score", math.nan) for entry in evaluations]
-        line, = score_axes.plot(steps, scores, linewidth=1, alpha=0.8, marker=".", label=name)
+        fell = name in changes and not changes[name].within_noise and changes[name].delta < 0
+        worst = name == results.metrics.general_worst_task
+        label = f"{name} (fell beyond noise)" if fell else name
+        line, = score_axes.plot(steps, scores, linewidth=2.2 if worst else 1, alpha=0.8, marker=".", label=label)
+        if fell:  # the loss a mean can hide: marked where the run ends
+            score_axes.scatter([steps[-1]], [scores[-1]], marker="v", s=70, color=line.get_color(), zorder=5)
         # Tasks live on different scales (accuracy ~0.5, perplexity score ~0.6): the change panel puts them on one.
         change_axes.plot(steps, [_percent_change(s, scores[0]) for s in scores], linewidth=1, alpha=0.8,
                          marker=".", color=line.get_color(), label=name)

@@ -50,6 +50,12 @@ class Metrics(BaseModel):
     general_delta_se: float | None = None
     general_within_noise: bool | None = None
     general_tasks: dict[str, GeneralTaskChange] = Field(default_factory=dict)
+    # The mean can hide a loss (one task down, another up): the worst task and how many moved beyond noise.
+    general_worst_task: str | None = None
+    general_worst_delta: float | None = None
+    general_worst_se: float | None = None
+    general_tasks_fell: int | None = None  # general tasks whose score fell beyond noise (delta < -1.96 se)
+    general_tasks_rose: int | None = None
 
     @property
     def has_general(self) -> bool:
@@ -112,6 +118,14 @@ class RunResults(BaseModel):
         return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
+def worst_task_fields(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The general task that changed most for the worse, and how many fell or rose beyond noise."""
+    worst = min(tasks, key=lambda name: tasks[name]["delta"])
+    moved = [t for t in tasks.values() if not t["within_noise"]]
+    return {"general_worst_task": worst, "general_worst_delta": tasks[worst]["delta"], "general_worst_se": tasks[worst]["se"],
+            "general_tasks_fell": sum(t["delta"] < 0 for t in moved), "general_tasks_rose": sum(t["delta"] > 0 for t in moved)}
+
+
 def build_results(log: EvaluationLog, task_names: list[str], task_metric: dict[str, str], **meta: Any) -> RunResults:
     """The results of an evaluation log: the score matrix over `task_names`, its metrics, the general change, `meta`.
 
@@ -133,6 +147,7 @@ def build_results(log: EvaluationLog, task_names: list[str], task_metric: dict[s
             general_delta_se=change["delta_se"],
             general_within_noise=change["within_noise"],
             general_tasks={name: GeneralTaskChange(**task) for name, task in change["tasks"].items()},
+            **worst_task_fields(change["tasks"]),
         ))
     curve = []
     if log.general and log.general[0]["scores"]:

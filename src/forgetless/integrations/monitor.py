@@ -26,7 +26,7 @@ from ..evaluation.evaluator import Evaluator
 from ..evaluation.suites import load_eval_file, load_suite
 from ..fileio import atomic_write_json
 from ..metrics import general_change
-from ..results import RunResults, build_results
+from ..results import RunResults, build_results, worst_task_fields
 
 PREFIX = "forgetless"
 
@@ -179,6 +179,10 @@ class ForgettingMonitor(TrainerCallback):
                 change = general_change(log.general_samples[0], log.general_samples[-1])
                 out[f"{PREFIX}/general_change"] = change["delta_abs"]
                 out[f"{PREFIX}/general_change_se"] = change["delta_se"]
+                worst = worst_task_fields(change["tasks"])
+                out[f"{PREFIX}/general_worst_change"] = worst["general_worst_delta"]
+                out[f"{PREFIX}/general_worst_change_se"] = worst["general_worst_se"]
+                out[f"{PREFIX}/general_tasks_fell"] = worst["general_tasks_fell"]
         for name, score in log.task_evals[-1]["scores"].items():
             out[f"{PREFIX}/task/{name}"] = score["score"]
         return out
