@@ -51,6 +51,10 @@ class ComparisonRow(BaseModel):
     general_delta_rel: float | None = None
     general_delta_se: float | None = None
     general_within_noise: bool | None = None
+    general_worst_task: str | None = None  # the mean can hide a loss: the task that fell most
+    general_worst_delta: float | None = None
+    general_worst_se: float | None = None
+    general_tasks_fell: int | None = None
     bwt: float | None = None
     forgetting: float | None = None
     seconds_per_step: float | None = None
@@ -161,6 +165,8 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
         general_before=m.general_before, general_after=m.general_after, general_delta_abs=m.general_delta_abs,
         general_delta_rel=m.general_delta_rel, general_delta_se=m.general_delta_se,
         general_within_noise=m.general_within_noise, bwt=m.bwt, forgetting=m.forgetting,
+        general_worst_task=m.general_worst_task, general_worst_delta=m.general_worst_delta,
+        general_worst_se=m.general_worst_se, general_tasks_fell=m.general_tasks_fell,
         seconds_per_step=trained / (steps_per_task * len(tasks)),
         peak_memory_mb=memory.peak / 2**20 if memory.peak else None, memory_measure=memory.measure,
         state_mb=_state_bytes(run.strategies) / 2**20, stores_raw_data=getattr(results, "stores_raw_data", []),
@@ -232,9 +238,16 @@ def markdown(table: dict[str, Any]) -> str:
             return "—"
         return f"{row.general_delta_abs:+.4f} ± {row.general_delta_se:.4f}"
 
+    def worst(row: ComparisonRow) -> str:
+        if row.general_worst_task is None:
+            return "—"
+        return (f"{row.general_worst_task} {row.general_worst_delta:+.4f} ± {row.general_worst_se:.4f} "
+                f"({row.general_tasks_fell})")
+
     headers = [
         "strategy", *[f"gain {t} ± s.e." for t in tasks], *[f"general after {t}" for t in tasks],
-        "general delta ± s.e.", "relative", "BWT", "forgetting", f"drop cut vs {baseline}", f"gain kept vs {baseline}",
+        "general delta ± s.e.", "worst general task ± s.e. (fell)", "relative", "BWT", "forgetting",
+        f"drop cut vs {baseline}", f"gain kept vs {baseline}",
         "change saved vs frontier", "gain added vs frontier",
         "s / step", f"step time vs {baseline}", "peak memory", "state", "stores raw data", "wall time",
     ]
@@ -244,6 +257,7 @@ def markdown(table: dict[str, Any]) -> str:
             *[f"{row.in_domain_gain[t]:+.4f} ± {row.in_domain_gain_se.get(t, float('nan')):.4f}" for t in tasks],
             *[_number(row.general_after_each_task.get(t)) for t in tasks],
             general(row),
+            worst(row),
             "—" if row.general_delta_rel is None else f"{100 * row.general_delta_rel:+.1f} %",
             signed(row.bwt),
             signed(row.forgetting),
