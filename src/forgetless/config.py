@@ -62,6 +62,10 @@ class EvalConfig(_Strict):
     task_choices: bool = Field(
         True, description="Also score a built-in task's multiple-choice questions (support's reply choice; slow-ish)."
     )
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list, description="lm-evaluation-harness tasks scored with the general suite (data must be local)."
+    )
+    lm_eval_include: str | None = Field(None, description="A folder of lm-eval task YAMLs (only these are indexed then).")
 
 
 class TrainConfig(_Strict):
@@ -137,8 +141,8 @@ class RunConfig(_Strict):
         budget = self.budget
         if budget is None:
             return self
-        if not self.eval.suites and not self.eval.tasks:
-            raise ValueError("budget: needs a general evaluation to check (eval.suites or eval.tasks)")
+        if not self.eval.suites and not self.eval.tasks and not self.eval.lm_eval_tasks:
+            raise ValueError("budget: needs a general evaluation to check (eval.suites, eval.tasks or eval.lm_eval_tasks)")
         if budget.on_exceed in ("stop", "rollback") and not self.eval.every_steps:
             raise ValueError(
                 f"budget: on_exceed {budget.on_exceed} acts within a task, so it needs eval.every_steps > 0 "
@@ -199,4 +203,5 @@ def _resolve_relative_files(config: RunConfig, base: Path) -> RunConfig:
 
     tasks = [t.model_copy(update={"file": resolve(t.file), "heldout_file": resolve(t.heldout_file)}) for t in config.tasks]
     eval_tasks = [t.model_copy(update={"file": resolve(t.file)}) for t in config.eval.tasks]
-    return config.model_copy(update={"tasks": tasks, "eval": config.eval.model_copy(update={"tasks": eval_tasks})})
+    evaluation = config.eval.model_copy(update={"tasks": eval_tasks, "lm_eval_include": resolve(config.eval.lm_eval_include)})
+    return config.model_copy(update={"tasks": tasks, "eval": evaluation})

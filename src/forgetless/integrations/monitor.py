@@ -23,6 +23,7 @@ from ..budget import BudgetGuard
 from ..config import BudgetConfig
 from ..errors import ForgetlessError
 from ..evaluation.evaluator import Evaluator
+from ..evaluation.lm_eval_tasks import load_lm_eval_tasks
 from ..evaluation.suites import load_eval_file, load_suite
 from ..fileio import atomic_write_json
 from ..metrics import general_change
@@ -72,17 +73,20 @@ class ForgettingMonitor(TrainerCallback):
     typically the held-out split of what you fine-tune on. `limit` scores at most that many items per task.
     The tokenizer is the trainer's `processing_class` unless given. `budget` is a run config's `budget`
     mapping (`{max_general_drop: 0.01, on_exceed: stop}`); its in-domain score, which rollback prefers, is
-    the score of `budget_task` (default: the first of `tasks`).
+    the score of `budget_task` (default: the first of `tasks`). `lm_eval_tasks` (found in `lm_eval_include`, a
+    folder of task YAMLs, or among lm-eval's own) are scored with the general suite (forgetless.evaluation.lm_eval_tasks).
     """
 
     def __init__(self, suites: Iterable[str] = ("general",), tasks: Iterable[str | Path | dict[str, str]] = (),
                  every_steps: int = 0, out_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
-                 tokenizer=None, budget: dict[str, Any] | BudgetConfig | None = None, budget_task: str | None = None):
+                 tokenizer=None, budget: dict[str, Any] | BudgetConfig | None = None, budget_task: str | None = None,
+                 lm_eval_tasks: Iterable[str] = (), lm_eval_include: str | Path | None = None):
         if every_steps < 0:
             raise ForgetlessError(f"ForgettingMonitor every_steps must be >= 0, got {every_steps}")
         if limit is not None and limit <= 0:
             raise ForgetlessError(f"ForgettingMonitor limit must be > 0, got {limit}")
         self.general_tasks = [t for suite in suites for t in load_suite(suite)]
+        self.general_tasks += load_lm_eval_tasks(list(lm_eval_tasks), None if lm_eval_include is None else str(lm_eval_include))
         self.tasks = _eval_tasks(tasks)
         if not self.general_tasks and not self.tasks:
             raise ForgetlessError("ForgettingMonitor has nothing to score: give suites or tasks")
