@@ -143,7 +143,14 @@ def general_suite() -> list:
         return [load_eval_file(p.name.removesuffix(".jsonl"), p) for p in files]
 
 
-SUITES = {"general": general_suite}
+def instructions_suite() -> list:
+    """Built-in instruction following: greedy answers to prompts with programmatic checks (IFEval-style)."""
+    from .instructions import instruction_suite
+
+    return instruction_suite()
+
+
+SUITES = {"general": general_suite, "instructions": instructions_suite}
 
 
 def load_suite(name: str) -> list:
