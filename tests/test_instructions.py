@@ -73,3 +73,24 @@ def test_generation_runs_greedily_in_batches(tiny_lm, tokenizer):
     assert len(first) == 2 and first == instructions.generate(tiny_lm, tokenizer, prompts, max_new_tokens=5)
     # Left padding does not change an answer: each prompt alone gives the same greedy tokens.
     assert [instructions.generate(tiny_lm, tokenizer, [p], max_new_tokens=5)[0] for p in prompts] == first
+
+
+def test_leakage_counts_answers_that_took_up_the_domains_phrasing(monkeypatch, tiny_lm, tokenizer):
+    from forgetless.evaluation.instructions import LeakageTask, with_leakage
+
+    [task] = load_suite("instructions")
+    domain = [{"prompt": f"Ticket {i}", "response": "Please restart the router and wait a minute."} for i in range(10)]
+    tasks = with_leakage([task], domain)
+    assert [t.name for t in tasks] == ["instructions", "leakage"] and isinstance(tasks[1], LeakageTask)
+    leakage = tasks[1]
+    answers = ["The sea is wide.", "Please restart the ocean.", "Waves and wind."]
+    monkeypatch.setattr(instructions, "generate", lambda model, tok, prompts, budget, progress=False: answers[: len(prompts)])
+    task.evaluate(tiny_lm, tokenizer, limit=3)
+    before = leakage.evaluate(tiny_lm, tokenizer, limit=3)
+    # "please restart the" is in every domain row and in a starting answer: never part of the signature.
+    assert ("please", "restart", "the") not in leakage.signature and ("restart", "the", "router") in leakage.signature
+    assert before.samples.values == [1.0, 1.0, 1.0]
+    answers[:] = ["You should restart the router and wait.", "Please restart the ocean.", "Waves and wind."]
+    task.evaluate(tiny_lm, tokenizer, limit=3)
+    after = leakage.evaluate(tiny_lm, tokenizer, limit=3)
+    assert after.samples.values == [0.0, 1.0, 1.0] and after.summary["leak_rate"] == pytest.approx(1 / 3)

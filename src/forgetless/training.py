@@ -32,6 +32,7 @@ from .data.encoding import PaddingCollator, encode_rows
 from .data.tasks import TrainingTask, load_task
 from .errors import ForgetlessError
 from .evaluation.evaluator import EvaluationLog, Evaluator
+from .evaluation.instructions import with_leakage
 from .evaluation.lm_eval_tasks import load_lm_eval_tasks
 from .evaluation.suites import heldout_task, load_eval_file, load_suite
 from .fileio import atomic_write_json
@@ -130,6 +131,7 @@ class ContinualRun:
         general = [t for suite in config.eval.suites for t in load_suite(suite)]
         general += [load_eval_file(t.name, t.file) for t in config.eval.tasks]
         general += load_lm_eval_tasks(config.eval.lm_eval_tasks, config.eval.lm_eval_include)
+        general = with_leakage(general, [row for task in self.tasks for row in task.train])
         if model is None:
             model, tokenizer = load_model_and_tokenizer(
                 config.model, trust_remote_code=config.trust_remote_code, dtype=getattr(torch, config.model_dtype)

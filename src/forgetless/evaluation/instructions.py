@@ -70,15 +70,67 @@ class InstructionTask:
     rows: list[dict[str, Any]]  # {id, prompt, checks}
     max_new_tokens: int = MAX_NEW_TOKENS
     metric = "mean"
+    last_answers: list[str] | None = None  # of the latest evaluation, for the leakage task that follows it
 
     def evaluate(self, model, tokenizer, limit: int | None = None, progress=False):
         from .suites import TaskScore
 
         rows = self.rows[:limit]
         responses = generate(model, tokenizer, [row["prompt"] for row in rows], self.max_new_tokens, progress)
+        self.last_answers = responses
         values = [float(passes(response, row["checks"])) for response, row in zip(responses, rows)]
         samples = ScoreSamples(kind="mean", values=values)
         return TaskScore({"score": samples.score(), "pass_rate": samples.score(), "n": len(values)}, samples)
+
+
+def _trigrams(text: str) -> set[tuple[str, str, str]]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return set(zip(words, words[1:], words[2:]))
+
+
+@dataclass
+class LeakageTask:
+    """Domain leakage on general prompts: score = share of the instruction answers free of the domains' signature.
+
+    The signature: word trigrams found in at least `min_rows` (and 1 %) of the trained domains' rows that
+    occur neither in forgetless's general English (general_train.jsonl) nor in the starting model's answers
+    to the same prompts, at most `size` of them, most frequent first. It is fixed at the first evaluation
+    (before training), so the starting model's rate is 0 by construction and a later drop of the score is
+    the share of general answers that took up the domain's phrasing (paired s.e. over prompts).
+    """
+
+    name: str
+    instructions: InstructionTask
+    domain_texts: list[str]
+    min_rows: int = 3
+    size: int = 500
+    metric = "mean"
+    signature: set | None = None
+
+    def evaluate(self, model, tokenizer, limit: int | None = None, progress=False):
+        from .suites import TaskScore
+
+        answers = self.instructions.last_answers
+        if answers is None or len(answers) != len(self.instructions.rows[:limit]):
+            answers = generate(model, tokenizer, [row["prompt"] for row in self.instructions.rows[:limit]],
+                               self.instructions.max_new_tokens, progress)
+        if self.signature is None:
+            self.signature = self._signature(answers)
+        values = [0.0 if _trigrams(answer) & self.signature else 1.0 for answer in answers]
+        samples = ScoreSamples(kind="mean", values=values)
+        return TaskScore({"score": samples.score(), "leak_rate": 1 - samples.score(), "n": len(values),
+                          "signature_size": len(self.signature)}, samples)
+
+    def _signature(self, start_answers: list[str]) -> set:
+        from collections import Counter
+
+        from ..data.tasks import general_train_texts
+
+        counts = Counter(gram for text in self.domain_texts for gram in _trigrams(text))
+        floor = max(self.min_rows, 0.01 * len(self.domain_texts))
+        excluded = set().union(*map(_trigrams, general_train_texts()), *map(_trigrams, start_answers))
+        frequent = [gram for gram, count in counts.most_common() if count >= floor and gram not in excluded]
+        return set(frequent[: self.size])
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, progress=False) -> list[str]:
@@ -112,3 +164,12 @@ def instruction_suite() -> list[InstructionTask]:
             raise ForgetlessError(f"{path}:{line}: unknown checks {unknown}")
         rows.append(row)
     return [InstructionTask("instructions", rows)]
+
+
+def with_leakage(general_tasks: list, domain_rows: list[dict[str, Any]]) -> list:
+    """`general_tasks` plus a `leakage` task right after the instruction task, when there is one."""
+    for index, task in enumerate(general_tasks):
+        if isinstance(task, InstructionTask):
+            texts = [row.get("text") or f"{row.get('prompt', '')} {row.get('response', '')}" for row in domain_rows]
+            return [*general_tasks[: index + 1], LeakageTask("leakage", task, texts), *general_tasks[index + 1:]]
+    return general_tasks
