@@ -62,3 +62,31 @@ def test_load_config_errors(tmp_path):
     listy.write_text("- a\n- b\n")
     with pytest.raises(ForgetlessError, match="mapping"):
         load_config(listy)
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"lr": float("inf")}, r"train\.lr: Input should be a finite number"),
+    ({"lr": float("nan")}, r"train\.lr: Input should be a finite number"),
+    ({"steps": True}, r"train\.steps: expected a number, got True"),
+    ({"steps": 2.5}, r"train\.steps: expected an integer \(a whole number\), got 2\.5"),
+    ({"steps": "3"}, r"train\.steps: expected an integer"),
+    ({"gradient_checkpointing": 1}, r"train\.gradient_checkpointing: expected true or false, got 1"),
+    ({"lr": True}, r"train\.lr: expected a number"),
+])
+def test_no_silent_coercion_or_non_finite_numbers(train, message):
+    with pytest.raises(ForgetlessError, match=message):
+        parse_config({**MINIMAL, "train": train})
+    # What YAML writers mean stays accepted: 1e-4 (a string to YAML 1.1), 2.0 steps.
+    config = parse_config({**MINIMAL, "train": {"lr": "1e-4", "steps": 2.0}})
+    assert (config.train.lr, config.train.steps) == (1e-4, 2)
+
+
+def test_a_key_given_twice_and_non_utf8_bytes_name_the_line(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("tasks:\n  - {name: s, builtin: support}\ntrain:\n  steps: 10\n  lr: 0.001\n  steps: 20\n")
+    with pytest.raises(ForgetlessError, match=r"twice\.yaml:6: key 'steps' appears twice"):
+        load_config(twice)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("tasks:\n  - {name: s, builtin: support}\nmodel: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ForgetlessError, match=r"latin\.yaml:3: not UTF-8"):
+        load_config(latin)

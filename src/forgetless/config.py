@@ -6,18 +6,43 @@ A YAML file maps one-to-one onto `RunConfig`. Validation errors name the bad fie
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ForgetlessError
 
 
 class _Strict(BaseModel):
-    # Unknown keys are errors: a misspelt option silently ignored is a wrong experiment.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors: a misspelt option silently ignored is a wrong experiment. Non-finite numbers
+    # (`lr: .inf`) are refused, and so is lax coercion (below): `steps: true` is not 1 step.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_lax_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+        if bool in kinds and not isinstance(value, bool) and value is not None and kinds <= {bool, type(None)}:
+            raise ValueError(f"expected true or false, got {value!r}")
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            raise ValueError(f"expected a number, got {value!r}")
+        if int in kinds and float not in kinds and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer() or isinstance(value, str) and str not in kinds:
+                raise ValueError(f"expected an integer (a whole number), got {value!r}")
+        return value
+
+
+def _scalar_kinds(annotation) -> set:
+    """The plain types an annotation admits (int | None -> {int, NoneType}); Literal and containers add none."""
+    import typing
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*map(_scalar_kinds, args))
+    return {annotation} if annotation in (int, float, bool, str, type(None)) else set()
 
 
 class LoraConfig(_Strict):
@@ -163,7 +188,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for error in exc.errors():
         path = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field"
         lines.append(f"  {path}: {message}")
@@ -186,11 +211,35 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise ForgetlessError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ForgetlessError(f"{path}: not valid YAML ({exc})") from None
+    except _DuplicateKey as exc:
+        raise ForgetlessError(f"{path}:{exc.line}: key {exc.key!r} appears twice in one mapping (the last would "
+                              "silently win)") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ForgetlessError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     config = parse_config(data, source=str(path))
     return _resolve_relative_files(config, path.parent)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int):
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _resolve_relative_files(config: RunConfig, base: Path) -> RunConfig:
