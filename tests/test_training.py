@@ -147,3 +147,23 @@ def test_strategy_hooks_run_in_order_and_their_loss_is_added(tmp_path, tokenizer
 
     saved = load_file(tmp_path / "out" / "checkpoints" / "after-2-text" / "strategy-_test_recorder.safetensors")
     assert saved["calls"].item() == 20  # 8 task hooks and 12 after_backward calls
+
+
+def test_a_finished_run_is_not_replaced_and_a_diverged_one_writes_nothing(tmp_path, tokenizer, task_files):
+    from forgetless.errors import ForgetlessError
+
+    config = training_config(task_files, eval={"suites": [], "every_steps": 0})
+    out = tmp_path / "out"
+    run_continual(config, out, model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    good = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ForgetlessError, match="already holds a run's results.*--overwrite"):
+        run_continual(config, out, model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    # lr 1e30 overflows the weights on the first step: refused before any evaluation or checkpoint is written.
+    diverging = training_config(task_files, eval={"suites": [], "every_steps": 0},
+                                train={"steps": 2, "batch_size": 4, "lr": 1e30, "max_length": 64, "seed": 0})
+    with pytest.raises(ForgetlessError, match="training diverged on task 'chat'"):
+        run_continual(diverging, out, model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False,
+                      overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == good
+    with pytest.raises(ForgetlessError, match="is a file"):
+        run_continual(config, out / "results.json", progress=False)

@@ -15,7 +15,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from .training import run_continual
 
     config = load_config(args.config)
-    results = run_continual(config, args.out, progress=not args.quiet)
+    results = run_continual(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     metrics = results.metrics
     print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
     if metrics.has_general:
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML run config (see configs/)")
     run.add_argument("--out", required=True, help="output folder: results.json, report.md, plots, checkpoints")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     run.set_defaults(func=_cmd_run)
 
     cmp = commands.add_parser("compare", help="run the config once per strategy (or stack) and write one table")

@@ -213,6 +213,15 @@ class ContinualRun:
             }
         )
 
+    def _check_finite(self, task: TrainingTask) -> None:
+        """A diverged model must never replace a good checkpoint or a finished run's files: stop here."""
+        diverged = [name for name, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if diverged:
+            raise ForgetlessError(
+                f"training diverged on task {task.name!r}: {len(diverged)} trained tensors hold NaN or inf "
+                f"(e.g. {diverged[0]}); nothing more was written (try a lower train.lr)"
+            )
+
     def _checkpoint(self, task_index: int, task: TrainingTask) -> None:
         if not _is_main_process():
             return
@@ -236,6 +245,7 @@ class ContinualRun:
             self.evaluator.evaluate(self.model, "before", None, 0)
         for task_index, task in enumerate(self.tasks):
             self._train_task(task_index, task)
+            self._check_finite(task)
             self.evaluator.evaluate(self.model, "after_task", task.name, self.global_step)
             if self.budget is not None:
                 self.budget.check(self.model, self.evaluator.log, task.name, self.global_step)
@@ -260,9 +270,20 @@ class ContinualRun:
         )
 
 
-def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=None, progress: bool = True) -> RunResults:
-    """Train `config.tasks` in order and write results.json, report.md and plots into `out_dir`."""
-    return ContinualRun(config, out_dir, model=model, tokenizer=tokenizer, progress=progress).execute()
+def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=None, progress: bool = True,
+                  overwrite: bool = False) -> RunResults:
+    """Train `config.tasks` in order and write results.json, report.md and plots into `out_dir`.
+
+    A folder that already holds a run's results is refused unless `overwrite` (a finished run is not
+    silently replaced by a new one's partial files).
+    """
+    out = Path(out_dir)
+    if out.is_file():
+        raise ForgetlessError(f"--out {out} is a file, not a folder")
+    if (out / "results.json").exists() and not overwrite:
+        raise ForgetlessError(f"{out} already holds a run's results (results.json); choose another --out, or pass "
+                              "--overwrite to replace it")
+    return ContinualRun(config, out, model=model, tokenizer=tokenizer, progress=progress).execute()
 
 
 def context_for(config: RunConfig, model, tokenizer, tasks: list[TrainingTask], task_index: int = 0):
