@@ -1,6 +1,7 @@
 """The runner end to end on a tiny random model: loss, schedule of evaluations, results, checkpoints."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,12 +159,38 @@ def test_a_finished_run_is_not_replaced_and_a_diverged_one_writes_nothing(tmp_pa
     good = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(ForgetlessError, match="already holds a run's results.*--overwrite"):
         run_continual(config, out, model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
-    # lr 1e30 overflows the weights on the first step: refused before any evaluation or checkpoint is written.
+    # lr 1e30 overflows the weights on the first step: stopped before any later evaluation or checkpoint.
     diverging = training_config(task_files, eval={"suites": [], "every_steps": 0},
                                 train={"steps": 2, "batch_size": 4, "lr": 1e30, "max_length": 64, "seed": 0})
     with pytest.raises(ForgetlessError, match="training diverged on task 'chat'"):
         run_continual(diverging, out, model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False,
                       overwrite=True)
-    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == good
+    # The good checkpoints survive; results.json now holds the failed run's evaluations so far, marked incomplete.
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {k: v for k, v in after.items() if "checkpoints" in k.parts} == {
+        k: v for k, v in good.items() if "checkpoints" in k.parts}
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["complete"] is False and [g["stage"] for g in partial["general"]] == ["before"]
+    assert json.loads(good[Path("results.json")])["complete"] is True
     with pytest.raises(ForgetlessError, match="is a file"):
         run_continual(config, out / "results.json", progress=False)
+
+
+def test_a_run_that_dies_keeps_its_evaluations(tmp_path, tokenizer, task_files, monkeypatch):
+    from forgetless.training import ContinualRun
+
+    real = ContinualRun._train_task
+
+    def dies_on_the_second_task(self, task_index, task):
+        if task_index == 1:
+            raise KeyboardInterrupt
+        return real(self, task_index, task)
+
+    monkeypatch.setattr(ContinualRun, "_train_task", dies_on_the_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        run_continual(training_config(task_files), tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer,
+                      progress=False)
+    partial = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert partial["complete"] is False
+    assert [(g["stage"], g["step"]) for g in partial["general"]] == [("before", 0), ("step", 3), ("after_task", 6)]
+    assert partial["matrix_rows"] == ["before training", "after chat"]

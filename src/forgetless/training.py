@@ -59,6 +59,7 @@ class _StepCallback(TrainerCallback):
             self.run.evaluator.evaluate(model, "step", self.task_name, step)
             if budget is not None and budget.check(model, self.run.evaluator.log, self.task_name, step, final=final):
                 control.should_training_stop = True
+            self.run.write_progress()
             model.train()
         return control
 
@@ -239,26 +240,35 @@ class ContinualRun:
         started = time.perf_counter()
         set_seed(self.config.train.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._started = started
         if self.before is not None:
             self.evaluator.adopt_before(self.before)
         else:
             self.evaluator.evaluate(self.model, "before", None, 0)
+        self.write_progress()
         for task_index, task in enumerate(self.tasks):
             self._train_task(task_index, task)
             self._check_finite(task)
             self.evaluator.evaluate(self.model, "after_task", task.name, self.global_step)
             if self.budget is not None:
                 self.budget.check(self.model, self.evaluator.log, task.name, self.global_step)
+            self.write_progress()
             self._checkpoint(task_index, task)
             self.model = finish_task(self.model, self.config)
         shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
         results = self._results(time.perf_counter() - started)
         if _is_main_process():  # under accelerate/torchrun every process trains; one writes
-            atomic_write_json(self.out_dir / "results.json", results.to_json())
+            atomic_write_json(self.out_dir / "results.json", {**results.to_json(), "complete": True})
             from .report import write_report
 
             write_report(results, self.out_dir)
         return results
+
+    def write_progress(self) -> None:
+        """results.json with every evaluation so far, marked `"complete": false`: a run that dies keeps them."""
+        if _is_main_process():
+            results = self._results(time.perf_counter() - self._started)
+            atomic_write_json(self.out_dir / "results.json", {**results.to_json(), "complete": False})
 
     def _results(self, wall_time: float) -> RunResults:
         return build_results(
