@@ -297,7 +297,8 @@ def main() -> None:
         header = ("strategy", "prepare s", "plain step s", "step ratio", "peak mem ratio", "state MB")
         print(f"{header[0]:10s} {header[1]:>10s} {header[2]:>12s} {header[3]:>10s} {header[4]:>14s} {header[5]:>9s}")
     else:
-        print("strategy   " + " ".join(f"{kind + ' step ratio':>17s} {kind + ' peak mem':>15s}" for kind in args.trainer))
+        print("strategy   " + " ".join(f"{kind + ' plain s':>14s} {kind + ' step ratio':>17s} {kind + ' peak mem':>15s} "
+                                         f"{kind + ' prepare s':>16s}" for kind in args.trainer))
     for name in names:
         rows = [_worker_row(name, [*forwarded, "--trainer", kind]) for kind in args.trainer]
         if any(row is None for row in rows):
@@ -310,7 +311,8 @@ def main() -> None:
                 flush=True,
             )
         else:
-            cells = " ".join(f"{r['step_ratio']:16.2f}x {r['peak_memory_ratio']:14.2f}x" for r in rows)
+            cells = " ".join(f"{r['plain_step_s']:14.2f} {r['step_ratio']:16.2f}x {r['peak_memory_ratio']:14.2f}x "
+                             f"{r['preparation_s']:16.1f}" for r in rows)
             print(f"{name:10s} {cells}", flush=True)
 
 
