@@ -12,11 +12,12 @@ Reads the committed result tables, keeps each registered strategy's row at its d
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 from pathlib import Path
+
+from _generated import write_or_check  # scripts/, beside this file
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src/forgetless/data/assets/advice/evidence.json"
@@ -58,6 +59,18 @@ def _name(label: str) -> str:
     return label if re.fullmatch(r"[a-z0-9]+", label) else ""
 
 
+def quality_rows(path: Path, with_gain: bool) -> dict[str, dict]:
+    """Each default row of a quality table: general change, its s.e., drop cut and (if asked) gain kept."""
+    rows = {}
+    for row in table_rows(path, "strategy"):
+        name = _name(row["strategy"])
+        if name and name not in rows:
+            delta, se = _change(row["general delta ± s.e."])
+            rows[name] = {"general_change": delta, "se": se, "drop_cut": _percent(row["drop cut vs naive"]),
+                          "gain_kept": _percent(row["gain kept vs naive"]) if with_gain else None}
+    return rows
+
+
 def build() -> dict:
     from forgetless.strategies import _REGISTRY
 
@@ -69,20 +82,9 @@ def build() -> dict:
     overhead["naive"] = 1.0
     overhead[STACK] = round(1 + sum(overhead[n] - 1 for n in STACK.split("+")), 2)
 
-    sequence = {}
-    for row in table_rows(ROOT / "docs/results/quality.md", "strategy"):
-        name = _name(row["strategy"])
-        if name and name not in sequence:
-            delta, se = _change(row["general delta ± s.e."])
-            sequence[name] = {"general_change": delta, "se": se, "drop_cut": _percent(row["drop cut vs naive"]),
-                              "gain_kept": _percent(row["gain kept vs naive"])}
-    single = {}
-    for row in table_rows(ROOT / "docs/results/quality-legal.md", "strategy"):
-        name = _name(row["strategy"])
-        if name and name not in single:
-            delta, se = _change(row["general delta ± s.e."])
-            single[name] = {"general_change": delta, "se": se, "drop_cut": _percent(row["drop cut vs naive"]),
-                            "gain_kept": None}  # naive's own gain on legal is within noise (the doc's reading)
+    sequence = quality_rows(ROOT / "docs/results/quality.md", with_gain=True)
+    # Naive's own gain on legal is within noise (the doc's reading): no gain kept there.
+    single = quality_rows(ROOT / "docs/results/quality-legal.md", with_gain=False)
     names = sorted(set(sequence) | set(single))
     strategies = {
         name: {
@@ -107,18 +109,7 @@ def build() -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the committed file is not what the docs give")
-    args = parser.parse_args()
-    text = json.dumps(build(), indent=1, sort_keys=True) + "\n"
-    if args.check:
-        same = OUT.exists() and OUT.read_text(encoding="utf-8") == text
-        print("evidence.json matches the docs" if same else f"{OUT} differs from the docs: rerun without --check")
-        return 0 if same else 1
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
-    return 0
+    return write_or_check(__doc__.splitlines()[0], OUT, lambda: json.dumps(build(), indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ paragraphs are written here, not taken from any evaluation or training file. Det
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from _generated import write_or_check  # scripts/, beside this file
 
 OUT = Path(__file__).resolve().parents[1] / "src/forgetless/data/assets/instructions/instructions.jsonl"
 
@@ -71,18 +72,10 @@ def prompts() -> list[dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the committed file is not what this builds")
-    args = parser.parse_args()
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prompts())
-    if args.check:
-        same = OUT.exists() and OUT.read_text(encoding="utf-8") == text
-        print("instructions.jsonl matches" if same else f"{OUT} differs: rerun without --check")
-        return 0 if same else 1
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT} ({len(prompts())} prompts)")
-    return 0
+    def text() -> str:
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prompts())
+
+    return write_or_check(__doc__.splitlines()[0], OUT, text)
 
 
 if __name__ == "__main__":

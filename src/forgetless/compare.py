@@ -25,36 +25,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .config import RunConfig, parse_config
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .metrics import paired_delta
+from .results import GeneralSummary
 
 # What a row is run with: (config, out_dir, before=EvaluationLog | None) -> an object with execute(),
 # .evaluator.log and .strategies (ContinualRun, or the SFTTrainer variant in benchmarks/sft_run.py).
 RunFactory = Callable[..., Any]
 
 
-class ComparisonRow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ComparisonRow(GeneralSummary):
     strategy: str  # the row's label
     spec: Any  # the strategies entry as given: a name, a {name: ..., <params>} mapping or a list (a stack)
     in_domain_gain: dict[str, float]
     in_domain_gain_se: dict[str, float] = Field(default_factory=dict)
     general_after_each_task: dict[str, float | None] = Field(default_factory=dict)
-    general_before: float | None = None
-    general_after: float | None = None
-    general_delta_abs: float | None = None
-    general_delta_rel: float | None = None
-    general_delta_se: float | None = None
-    general_within_noise: bool | None = None
-    general_worst_task: str | None = None  # the mean can hide a loss: the task that fell most
-    general_worst_delta: float | None = None
-    general_worst_se: float | None = None
-    general_tasks_fell: int | None = None
     bwt: float | None = None
     forgetting: float | None = None
     seconds_per_step: float | None = None
@@ -162,11 +151,7 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
     return ComparisonRow(
         strategy=label, spec=spec, in_domain_gain=gain, in_domain_gain_se=gain_se,
         general_after_each_task=results.general_after_each_task(),
-        general_before=m.general_before, general_after=m.general_after, general_delta_abs=m.general_delta_abs,
-        general_delta_rel=m.general_delta_rel, general_delta_se=m.general_delta_se,
-        general_within_noise=m.general_within_noise, bwt=m.bwt, forgetting=m.forgetting,
-        general_worst_task=m.general_worst_task, general_worst_delta=m.general_worst_delta,
-        general_worst_se=m.general_worst_se, general_tasks_fell=m.general_tasks_fell,
+        **m.model_dump(include=set(GeneralSummary.model_fields)), bwt=m.bwt, forgetting=m.forgetting,
         seconds_per_step=trained / (steps_per_task * len(tasks)),
         peak_memory_mb=memory.peak / 2**20 if memory.peak else None, memory_measure=memory.measure,
         state_mb=_state_bytes(run.strategies) / 2**20, stores_raw_data=getattr(results, "stores_raw_data", []),

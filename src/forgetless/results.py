@@ -32,16 +32,11 @@ class GeneralTaskChange(BaseModel):
     within_noise: bool  # not |delta| > 1.96 se
 
 
-class Metrics(BaseModel):
-    """Continual-learning metrics of the score matrix, and the general change with its standard error."""
+class GeneralSummary(BaseModel):
+    """The general mean's change from before training to the end, and the worst task behind it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # None where the matrix is not square (a monitor's own eval files) or has one task (BWT, FWT, forgetting).
-    acc: float | None = None
-    bwt: float | None = None
-    fwt: float | None = None
-    forgetting: float | None = None
     # None when no general suite was scored.
     general_before: float | None = None
     general_after: float | None = None
@@ -49,13 +44,23 @@ class Metrics(BaseModel):
     general_delta_rel: float | None = None
     general_delta_se: float | None = None
     general_within_noise: bool | None = None
-    general_tasks: dict[str, GeneralTaskChange] = Field(default_factory=dict)
     # The mean can hide a loss (one task down, another up): the worst task and how many moved beyond noise.
     general_worst_task: str | None = None
     general_worst_delta: float | None = None
     general_worst_se: float | None = None
     general_tasks_fell: int | None = None  # general tasks whose score fell beyond noise (delta < -1.96 se)
     general_tasks_rose: int | None = None
+
+
+class Metrics(GeneralSummary):
+    """Continual-learning metrics of the score matrix, and the general change with its standard error."""
+
+    # None where the matrix is not square (a monitor's own eval files) or has one task (BWT, FWT, forgetting).
+    acc: float | None = None
+    bwt: float | None = None
+    fwt: float | None = None
+    forgetting: float | None = None
+    general_tasks: dict[str, GeneralTaskChange] = Field(default_factory=dict)
 
     @property
     def has_general(self) -> bool:
