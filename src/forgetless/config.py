@@ -79,6 +79,12 @@ class EvalTaskConfig(_Strict):
     file: str = Field(description="JSONL: {question, choices, answer} rows (multiple choice) or {text} rows (perplexity).")
 
 
+class ProbeConfig(_Strict):
+    every_steps: int = Field(1, gt=0, description="Probe the general change every N optimizer steps.")
+    items_per_step: int = Field(2, gt=0, description="General-suite items scored at each probe.")
+    window: int = Field(20, gt=0, description="Steps whose probed items form the estimate.")
+
+
 class EvalConfig(_Strict):
     suites: list[str] = Field(default_factory=lambda: ["general"], description="Built-in suites to score.")
     tasks: list[EvalTaskConfig] = Field(default_factory=list, description="A user's own held-out tasks.")
@@ -91,6 +97,9 @@ class EvalConfig(_Strict):
         default_factory=list, description="lm-evaluation-harness tasks scored with the general suite (data must be local)."
     )
     lm_eval_include: str | None = Field(None, description="A folder of lm-eval task YAMLs (only these are indexed then).")
+    probe: ProbeConfig | None = Field(
+        None, description="A cheap per-step estimate of the general change from a few suite items (evaluation/probe.py)."
+    )
 
 
 class TrainConfig(_Strict):

@@ -71,7 +71,13 @@ def _change_band_png(results: RunResults) -> bytes | None:
     figure = Figure(figsize=(10, 4), layout="constrained")
     axes = figure.subplots()
     axes.fill_between(steps, low, high, alpha=0.25, color="tab:blue", label="95 % band (paired bootstrap)")
-    axes.plot(steps, delta, marker="o", color="tab:blue", label="general change")
+    axes.plot(steps, delta, marker="o", color="tab:blue", label="general change (full suite)")
+    probe = [p for p in getattr(results, "probe", None) or [] if p["delta"] is not None]
+    if probe:
+        axes.fill_between([p["step"] for p in probe], [p["delta"] - 1.96 * p["se"] for p in probe],
+                          [p["delta"] + 1.96 * p["se"] for p in probe], alpha=0.15, color="tab:orange",
+                          label="per-step probe, 95 % band")
+        axes.plot([p["step"] for p in probe], [p["delta"] for p in probe], color="tab:orange", linewidth=1)
     axes.axhline(0, color="grey", linewidth=0.8)
     budget = getattr(results, "budget", None) or []
     limits = {c["limit"] for c in budget}

@@ -109,6 +109,15 @@ def render_markdown(results: RunResults | dict) -> str:
     budget = getattr(results, "budget", None)
     if budget is not None:
         lines += ["", "## Forgetting budget", "", _budget_section(budget, results)]
+    probe = getattr(results, "probe", None)
+    if probe:
+        first = getattr(results, "probe_first_beyond_noise", None)
+        lines += ["", "## Per-step probe", "",
+                  f"{len(probe)} probes ({getattr(results, 'probe_seconds', 0.0):.1f} s in all). "
+                  + (f"The probed general change first left the 95 % noise band at step {first}."
+                     if first is not None else "The probed general change never left the 95 % noise band.")
+                  + " Its s.e. covers which items were sampled, not the model's change within the window "
+                  "(forgetless/evaluation/probe.py)."]
     lines += ["", _READING_GUIDE]
     return "\n".join(lines) + "\n"
 

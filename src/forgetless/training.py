@@ -34,6 +34,7 @@ from .errors import ForgetlessError
 from .evaluation.evaluator import EvaluationLog, Evaluator
 from .evaluation.instructions import with_leakage
 from .evaluation.lm_eval_tasks import load_lm_eval_tasks
+from .evaluation.probe import GeneralProbe
 from .evaluation.suites import heldout_task, load_eval_file, load_suite
 from .fileio import atomic_write_json
 from .integrations.strategy_trainer import ListDataset, with_strategies
@@ -53,6 +54,9 @@ class _StepCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         every, budget = self.run.config.eval.every_steps, self.run.budget
         final = state.global_step >= state.max_steps
+        probe = self.run.probe
+        if probe is not None and state.global_step % self.run.config.eval.probe.every_steps == 0:
+            probe.step(model, self.run.tokenizer, self.step_offset + state.global_step)
         # stop and rollback decide on the task's final state before its weight edits: evaluate it too.
         if every and (state.global_step % every == 0 and not final or final and budget and budget.acts_at_task_end):
             step = self.step_offset + state.global_step
@@ -123,6 +127,7 @@ class ContinualRun:
         self.stack.check(config.training_setup(), world_size=int(os.environ.get("WORLD_SIZE", "1")))
         self.strategies = self.stack.strategies
         self.budget = BudgetGuard(config.budget, self.stack) if config.budget else None
+        self.probe: GeneralProbe | None = None
         self.tasks: list[TrainingTask] = [load_task(t, seed=config.train.seed) for t in config.tasks]
         for task in self.tasks:
             if config.train.max_train_examples:
@@ -245,6 +250,7 @@ class ContinualRun:
             self.evaluator.adopt_before(self.before)
         else:
             self.evaluator.evaluate(self.model, "before", None, 0)
+        self.probe = self._probe()
         self.write_progress()
         for task_index, task in enumerate(self.tasks):
             self._train_task(task_index, task)
@@ -264,6 +270,13 @@ class ContinualRun:
             write_report(results, self.out_dir)
         return results
 
+    def _probe(self) -> GeneralProbe | None:
+        settings = self.config.eval.probe
+        if settings is None:
+            return None
+        return GeneralProbe(self.evaluator.general_tasks, self.evaluator.log.general_samples[0], settings.items_per_step,
+                            settings.window, seed=self.config.train.seed, limit=self.config.eval.limit)
+
     def write_progress(self) -> None:
         """results.json with every evaluation so far, marked `"complete": false`: a run that dies keeps them."""
         if _is_main_process():
@@ -277,6 +290,7 @@ class ContinualRun:
             stores_raw_data=[s.name for s in self.strategies if s.stores_raw_data],
             training=self.task_logs, wall_time_s=wall_time, config=self.config.model_dump(mode="json"),
             **({"budget": self.budget.checks} if self.budget is not None else {}),
+            **(self.probe.summary() if getattr(self, "probe", None) is not None else {}),
         )
 
 

@@ -60,6 +60,12 @@ class MultipleChoiceTask:
     items: list[MultipleChoiceItem]
     metric = "acc"
 
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, indices: list[int]) -> "MultipleChoiceTask":
+        return MultipleChoiceTask(self.name, [self.items[i] for i in indices])
+
     def evaluate(self, model, tokenizer, limit: int | None = None, progress=False) -> TaskScore:
         summary, correct = _multiple_choice_summary(self.items[:limit], model, tokenizer, " ", progress)
         summary = {"score": summary["acc"], **summary}
@@ -71,6 +77,12 @@ class TextPerplexityTask:
     name: str
     texts: list[str]
     metric = "perplexity"
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: list[int]) -> "TextPerplexityTask":
+        return TextPerplexityTask(self.name, [self.texts[i] for i in indices])
 
     def evaluate(self, model, tokenizer, limit: int | None = None, progress=False) -> TaskScore:
         result = score_text_perplexity(model, tokenizer, self.texts[:limit], max_length=EVAL_MAX_LENGTH, progress=progress)
