@@ -1,5 +1,4 @@
-"""Command line: `forgetless run CONFIG --out DIR`, `forgetless compare ...`, `forgetless eval ...`, `forgetless demo`,
-`forgetless strategies`."""
+"""Command line: `forgetless run CONFIG --out DIR`, `compare`, `tune`, `advise`, `eval`, `demo`, `strategies`."""
 
 from __future__ import annotations
 
