@@ -63,3 +63,9 @@ def test_unknown_strategy_in_a_run_lists_known_names(tmp_path, capsys):
 def test_strategies_command_lists_naive(capsys):
     assert main(["strategies"]) == 0
     assert "naive" in capsys.readouterr().out
+
+
+def test_a_limit_below_one_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--model", "default", "--suite", "general", "--limit", "-1"])
+    assert exit_info.value.code == 2 and "--limit: must be at least 1, got -1" in capsys.readouterr().err

@@ -150,3 +150,19 @@ def test_attention_without_custom_masks_is_refused(tiny_lm, tokenizer):
     tiny_lm.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ForgetlessError, match="sdpa"):
         score_multiple_choice(tiny_lm, tokenizer, random_items(1))
+
+
+@pytest.mark.parametrize("choices, message", [
+    (["Paris", " "], r"quiz\.jsonl:2: choice 1 is empty"),
+    (["Paris", "Rome", "Paris"], r"quiz\.jsonl:2: choices repeat \(\['Paris'\]\)"),
+])
+def test_an_eval_file_with_an_empty_or_repeated_choice_names_the_line(tmp_path, choices, message):
+    import json
+
+    from forgetless.evaluation.suites import load_eval_file
+
+    quiz = tmp_path / "quiz.jsonl"
+    good = {"question": "Capital of Italy?", "choices": ["Rome", "Paris"], "answer": 0}
+    quiz.write_text(json.dumps(good) + "\n" + json.dumps({**good, "choices": choices}) + "\n")
+    with pytest.raises(ForgetlessError, match=message):
+        load_eval_file("quiz", quiz)

@@ -86,3 +86,17 @@ def test_heldout_task_scores_choices_only_when_asked(tiny_lm, tokenizer):
     without = heldout_task(task, choices=False).evaluate(tiny_lm, tokenizer, None, progress=False).summary
     assert with_choices["mc_n"] == 2 and "mc_acc" not in without
     assert without["perplexity"] == with_choices["perplexity"] and without["n"] == 2
+
+
+def test_bad_bytes_and_mixed_rows_name_the_line(tmp_path):
+    from forgetless.data.tasks import read_task_rows
+    from forgetless.errors import ForgetlessError
+
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"text": "fine"}\n{"text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(ForgetlessError, match=r"latin\.jsonl:2: not UTF-8"):
+        read_task_rows(str(latin))
+    both = tmp_path / "both.jsonl"
+    both.write_text('{"text": "a"}\n{"text": "b", "prompt": "p", "response": "r"}\n')
+    with pytest.raises(ForgetlessError, match=r"both\.jsonl:2: a row has 'text' and 'prompt'"):
+        read_task_rows(str(both))

@@ -194,3 +194,13 @@ def test_a_run_that_dies_keeps_its_evaluations(tmp_path, tokenizer, task_files, 
     assert partial["complete"] is False
     assert [(g["stage"], g["step"]) for g in partial["general"]] == [("before", 0), ("step", 3), ("after_task", 6)]
     assert partial["matrix_rows"] == ["before training", "after chat"]
+
+
+def test_lora_targets_that_match_nothing_are_refused_before_any_evaluation(tmp_path, tokenizer, task_files, monkeypatch):
+    from forgetless.errors import ForgetlessError
+    from forgetless.evaluation.evaluator import Evaluator
+
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated before the refusal"))
+    config = training_config(task_files, adapter="lora", lora={"target_modules": ["q_proj", "qkv"]})
+    with pytest.raises(ForgetlessError, match=r"lora\.target_modules: \['qkv'\] match no linear layer.*'q_proj'"):
+        run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)

@@ -137,6 +137,16 @@ def _summary(cls) -> str:
     return next(iter((cls.__doc__ or "").strip().splitlines()), "")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:  # -1 would silently drop the last item (a Python slice), 0 would score nothing
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetless", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -183,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default="default", help="'default', a Hugging Face id or a local folder")
     ev.add_argument("--task-file", action="append", default=[], help="JSONL task file (repeatable)")
     ev.add_argument("--suite", action="append", default=[], help="built-in suite, e.g. general (repeatable)")
-    ev.add_argument("--limit", type=int, default=None, help="score at most N items per task")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="score at most N items per task")
     ev.add_argument("--json", help="write the scores to this JSON file")
     ev.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder")
     ev.set_defaults(func=_cmd_eval)

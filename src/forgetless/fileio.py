@@ -22,8 +22,14 @@ def read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, dict[str, An
     if not path.is_file():
         raise ForgetlessError(f"file not found: {path}")
     rows: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ForgetlessError(
+                    f"{path}:{line_number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
+                ) from None
             if not line.strip():
                 continue
             try:

@@ -101,6 +101,17 @@ def _write_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Stra
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _check_lora_targets(config: RunConfig, model) -> None:
+    """LoRA target modules that match no layer are refused before any evaluation (PEFT would fail later)."""
+    targets = config.lora.target_modules
+    if config.adapter != "lora" or isinstance(targets, str):
+        return
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)})
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise ForgetlessError(f"lora.target_modules: {missing} match no linear layer of this model; it has {linear}")
+
+
 def _is_main_process() -> bool:
     from accelerate import PartialState
 
@@ -143,6 +154,7 @@ class ContinualRun:
                 config.model, trust_remote_code=config.trust_remote_code, dtype=getattr(torch, config.model_dtype)
             )
         self.model, self.tokenizer = model, tokenizer
+        _check_lora_targets(config, model)
         held_out = [heldout_task(t, config.eval.task_choices) for t in self.tasks]
         self.evaluator = Evaluator(general, held_out, tokenizer, config.eval.limit, progress)
         self.before = before  # another run's evaluation of the same starting model, to skip a repeat

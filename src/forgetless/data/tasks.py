@@ -80,6 +80,9 @@ def read_task_rows(path: str) -> tuple[str, list[dict[str, Any]]]:
     task_format = "text" if "text" in first else "chat"
     rows = []
     for line, row in numbered:
+        if "text" in row and ("prompt" in row or "response" in row):
+            raise ForgetlessError(f"{path}:{line}: a row has 'text' and 'prompt'/'response'; give one format per row "
+                                  "(it would silently train as text)")
         if task_format == "text":
             if not isinstance(row.get("text"), str) or not row["text"].strip():
                 raise ForgetlessError(f"{path}:{line}: expected a non-empty string field 'text' (as on line {first_line})")

@@ -143,6 +143,11 @@ def load_eval_file(name: str, path) -> MultipleChoiceTask | TextPerplexityTask:
             raise ForgetlessError(f"{path}:{line}: expected 'choices', a list of at least 2 strings")
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
             raise ForgetlessError(f"{path}:{line}: expected 'answer', an index into choices (0..{len(choices) - 1})")
+        if any(not choice.strip() for choice in choices):
+            raise ForgetlessError(f"{path}:{line}: choice {[c.strip() for c in choices].index('')} is empty")
+        if len(set(choices)) != len(choices):
+            raise ForgetlessError(f"{path}:{line}: choices repeat ({sorted({c for c in choices if choices.count(c) > 1})}); "
+                                  "an item with two equal choices can never be scored right")
         items.append(MultipleChoiceItem(question, tuple(choices), answer))
     return MultipleChoiceTask(name, items)
 
