@@ -206,3 +206,25 @@ def test_monitor_budget_strengthens_the_trainers_strategies(tmp_path, tokenizer,
         forgetless.ForgettingMonitor(budget={"max_general_drop": 0.01, "on_exceed": "rollback"})
     with pytest.raises(ForgetlessError, match="max_general_drop"):
         forgetless.ForgettingMonitor(every_steps=1, budget={"max_general_drop": -1})
+
+
+def test_the_budget_acts_on_per_step_probe_points(task_files, tmp_path, tokenizer, monkeypatch):
+    from forgetless.evaluation.probe import GeneralProbe, ProbePoint
+
+    def estimate(self, step):  # the probe's numbers are scripted: a clear drop at step 3 only
+        return ProbePoint(step, -0.5 if step == 3 else 0.0, 0.01, 4, 1)
+
+    monkeypatch.setattr(GeneralProbe, "estimate", estimate)
+    config = tiny_config(
+        task_files, tasks=[{"name": "chat", "file": task_files["chat"]}],
+        eval={"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]}], "probe": {"items_per_step": 1}},
+        train={"steps": 5, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
+        budget={"max_general_drop": 0.01, "on_exceed": "stop"},
+    )
+    stopped, results = _final_weights(config, tmp_path, tokenizer, "probe-stop")
+    [decision] = [c for c in results.budget if c["action"] != "within"]
+    assert (decision["stage"], decision["step"], decision["action"]) == ("probe", 3, "stop")
+    assert decision["detail"] == "weights restored to step 2"
+    two_steps, _ = _final_weights(_one_task_config(task_files, 2), tmp_path, tokenizer, "two")
+    for name, value in two_steps.items():
+        assert torch.equal(stopped[name], value), name

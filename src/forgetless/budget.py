@@ -5,6 +5,10 @@ of the general mean since before training and se its paired bootstrap s.e., exce
 Noise alone then does not trigger it (a drop of the limit's size is not enough; it must be beyond it by the
 noise). `limit` is `max_general_drop`, or that fraction of the starting score when `relative`.
 
+Checks run at every full evaluation and, when the run has a per-step probe (`eval.probe`), at every probe
+point, on its estimate and s.e. (forgetless.evaluation.probe): the budget then needs no full evaluations
+inside a task.
+
 What happens on exceeding (config `budget.on_exceed`):
 - stop: the task ends at once, and the trained weights go back to the last evaluation within budget of this task
   (its start if none), before the task's weight edits and consolidation run on them.
@@ -61,10 +65,22 @@ class BudgetGuard:
     def assess(self, log) -> dict[str, Any]:
         """The latest evaluation's general change against the budget (numbers only, no action)."""
         change = general_change(log.general_samples[0], log.general_samples[-1])
-        limit = self.budget.max_general_drop * (change["before"] if self.budget.relative else 1.0)
-        upper = change["delta_abs"] + _Z * change["delta_se"]
-        return {"general_change": change["delta_abs"], "se": change["delta_se"], "upper_bound": upper,
-                "limit": -limit, "exceeded": bool(upper < -limit)}
+        return self._numbers(change["delta_abs"], change["delta_se"], change["before"])
+
+    def _numbers(self, delta: float, se: float, before: float) -> dict[str, Any]:
+        limit = self.budget.max_general_drop * (before if self.budget.relative else 1.0)
+        upper = delta + _Z * se
+        return {"general_change": delta, "se": se, "upper_bound": upper, "limit": -limit, "exceeded": bool(upper < -limit)}
+
+    def check_probe(self, model: torch.nn.Module, point, before: float, task: str | None, final: bool = False) -> bool:
+        """Act on a per-step probe point (evaluation/probe.py) as on a full evaluation; True: stop this task.
+
+        A probe scores no held-out task, so rollback ranks probe states by recency alone (the later wins).
+        """
+        if point.delta is None:
+            return False
+        numbers = self._numbers(point.delta, point.se, before)
+        return self._act(model, numbers, None, "probe", task, point.step, final)
 
     def check(self, model: torch.nn.Module, log, task: str | None, step: int, final: bool = False) -> bool:
         """Act on the latest evaluation (taken at `step` while training `task`); True: stop training this task.
@@ -73,9 +89,10 @@ class BudgetGuard:
         An evaluation after the task (its weight edits done) is only recorded under stop and rollback, and
         under strengthen moves the knobs for the next task.
         """
-        numbers = self.assess(log)
-        in_domain = _in_domain_score(log, task)
-        stage = log.general[-1]["stage"]
+        return self._act(model, self.assess(log), _in_domain_score(log, task), log.general[-1]["stage"], task, step, final)
+
+    def _act(self, model, numbers: dict[str, Any], in_domain: float | None, stage: str, task: str | None, step: int,
+             final: bool) -> bool:
         record = {"step": step, "task": task, "stage": stage, **numbers, "in_domain": in_domain, "action": "within"}
         on_exceed = self.budget.on_exceed
         if stage == "after_task" and self.acts_at_task_end:

@@ -177,10 +177,10 @@ class RunConfig(_Strict):
             return self
         if not self.eval.suites and not self.eval.tasks and not self.eval.lm_eval_tasks:
             raise ValueError("budget: needs a general evaluation to check (eval.suites, eval.tasks or eval.lm_eval_tasks)")
-        if budget.on_exceed in ("stop", "rollback") and not self.eval.every_steps:
+        if budget.on_exceed in ("stop", "rollback") and not self.eval.every_steps and self.eval.probe is None:
             raise ValueError(
-                f"budget: on_exceed {budget.on_exceed} acts within a task, so it needs eval.every_steps > 0 "
-                "(only task-end evaluations leave nothing earlier to keep)"
+                f"budget: on_exceed {budget.on_exceed} acts within a task, so it needs eval.every_steps > 0 or "
+                "eval.probe (only task-end evaluations leave nothing earlier to keep)"
             )
         return self
 

@@ -56,7 +56,11 @@ class _StepCallback(TrainerCallback):
         final = state.global_step >= state.max_steps
         probe = self.run.probe
         if probe is not None and state.global_step % self.run.config.eval.probe.every_steps == 0:
-            probe.step(model, self.run.tokenizer, self.step_offset + state.global_step)
+            point = probe.step(model, self.run.tokenizer, self.step_offset + state.global_step)
+            before = self.run.evaluator.log.general[0]["mean"]
+            if budget is not None and budget.check_probe(model, point, before, self.task_name, final=final):
+                control.should_training_stop = True
+                return control
         # stop and rollback decide on the task's final state before its weight edits: evaluate it too.
         if every and (state.global_step % every == 0 and not final or final and budget and budget.acts_at_task_end):
             step = self.step_offset + state.global_step
