@@ -210,3 +210,19 @@ def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, com
     assert (l2sp.change_saved_vs_frontier, l2sp.gain_added_vs_frontier) == distances(
         front, (l2sp.mean_gain, l2sp.general_delta_abs))
     assert rows[0].change_saved_vs_frontier is None  # naive rows are the frontier, not measured against it
+
+
+def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, compare_config):
+    data = yaml.safe_load(compare_config.read_text())
+    data["eval"] = {"suites": ["instructions"], "limit": 4}
+    data["train"]["steps"] = 1
+    config = tmp_path / "gen.yaml"
+    config.write_text(yaml.safe_dump(data))
+    out = tmp_path / "gen"
+    assert main(["compare", str(config), "--strategies", "naive", "--out", str(out), "--quiet"]) == 0
+    [row] = json.loads((out / "compare.json").read_text())["rows"]
+    results = json.loads((out / "naive" / "results.json").read_text())
+    for name in ("instructions", "leakage"):
+        task = results["metrics"]["general_tasks"][name]
+        assert row["generation"][name] == [pytest.approx(task["delta"]), pytest.approx(task["se"])]
+    assert "instructions ± s.e." in (out / "compare.md").read_text()

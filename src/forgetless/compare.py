@@ -33,6 +33,8 @@ from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .metrics import paired_delta
 from .results import GeneralSummary
 
+GENERATION_CHECKS = ("instructions", "leakage")
+
 # What a row is run with: (config, out_dir, before=EvaluationLog | None) -> an object with execute(),
 # .evaluator.log and .strategies (ContinualRun, or the SFTTrainer variant in benchmarks/sft_run.py).
 RunFactory = Callable[..., Any]
@@ -44,6 +46,8 @@ class ComparisonRow(GeneralSummary):
     in_domain_gain: dict[str, float]
     in_domain_gain_se: dict[str, float] = Field(default_factory=dict)
     general_after_each_task: dict[str, float | None] = Field(default_factory=dict)
+    # Generation-based checks when the run scored them (the instructions suite and its leakage task): change, s.e.
+    generation: dict[str, tuple[float, float]] = Field(default_factory=dict)
     bwt: float | None = None
     forgetting: float | None = None
     seconds_per_step: float | None = None
@@ -151,6 +155,7 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
     return ComparisonRow(
         strategy=label, spec=spec, in_domain_gain=gain, in_domain_gain_se=gain_se,
         general_after_each_task=results.general_after_each_task(),
+        generation={name: (t.delta, t.se) for name, t in m.general_tasks.items() if name in GENERATION_CHECKS},
         **m.model_dump(include=set(GeneralSummary.model_fields)), bwt=m.bwt, forgetting=m.forgetting,
         seconds_per_step=trained / (steps_per_task * len(tasks)),
         peak_memory_mb=memory.peak / 2**20 if memory.peak else None, memory_measure=memory.measure,
@@ -229,9 +234,18 @@ def markdown(table: dict[str, Any]) -> str:
         return (f"{row.general_worst_task} {row.general_worst_delta:+.4f} ± {row.general_worst_se:.4f} "
                 f"({row.general_tasks_fell})")
 
+    checks = [name for name in GENERATION_CHECKS if any(name in row.generation for row in rows)]
+
+    def generation(row: ComparisonRow, name: str) -> str:
+        if name not in row.generation:
+            return "—"
+        delta, se = row.generation[name]
+        return f"{delta:+.4f} ± {se:.4f}"
+
     headers = [
         "strategy", *[f"gain {t} ± s.e." for t in tasks], *[f"general after {t}" for t in tasks],
-        "general delta ± s.e.", "worst general task ± s.e. (fell)", "relative", "BWT", "forgetting",
+        "general delta ± s.e.", "worst general task ± s.e. (fell)", *[f"{name} ± s.e." for name in checks],
+        "relative", "BWT", "forgetting",
         f"drop cut vs {baseline}", f"gain kept vs {baseline}",
         "change saved vs frontier", "gain added vs frontier",
         "s / step", f"step time vs {baseline}", "peak memory", "state", "stores raw data", "wall time",
@@ -243,6 +257,7 @@ def markdown(table: dict[str, Any]) -> str:
             *[_number(row.general_after_each_task.get(t)) for t in tasks],
             general(row),
             worst(row),
+            *[generation(row, name) for name in checks],
             "—" if row.general_delta_rel is None else f"{100 * row.general_delta_rel:+.1f} %",
             signed(row.bwt),
             signed(row.forgetting),
