@@ -76,10 +76,10 @@ def _cmd_advise(args: argparse.Namespace) -> None:
             return given
         return ask(prompt, default, cast) if interactive else default
 
-    raw = value(None if args.raw_data is None else yes_no(args.raw_data), "May earlier tasks' raw training rows be stored? (y/n)",
-                "n" if not defaults.raw_data_allowed else "y", yes_no)
+    raw = None if args.raw_data is None else yes_no(args.raw_data)
     constraints = Constraints(
-        raw_data_allowed=raw if isinstance(raw, bool) else yes_no(raw),
+        raw_data_allowed=value(raw, "May earlier tasks' raw training rows be stored? (y/n)", defaults.raw_data_allowed,
+                               yes_no),
         compute=value(args.compute, "Compute budget per step (low: <=1.10x, medium: <=1.50x, high)", defaults.compute),
         tasks=value(args.tasks, "How many tasks in the sequence?", defaults.tasks, int),
         adapter=value(args.adapter, "Adapter (full or lora)", defaults.adapter),
