@@ -29,14 +29,14 @@ TASKS = ("support", "pydoc")
 QUICK_TRAIN = {"steps": 2, "batch_size": 2, "lr": 2.0e-4, "max_length": 64, "seed": 0}
 
 
-def base_config(adapter: str, quick: bool, tasks: list[str], lr: float | None = None):
+def base_config(adapter: str, quick: bool, tasks: list[str], lr: float | None = None, suites: list[str] = ("general",)):
     return parse_config(
         {
             "model": "default",
             "adapter": adapter,
             "tasks": [{"name": task, "builtin": task} for task in tasks],
             # In-domain gain is read from held-out perplexity; support's reply-choice questions add ~80 s a run.
-            "eval": {"suites": ["general"], "limit": 10 if quick else None, "task_choices": False},
+            "eval": {"suites": list(suites), "limit": 10 if quick else None, "task_choices": False},
             "train": {**(QUICK_TRAIN if quick else TRAIN), **({"lr": lr} if lr else {})},
             "checkpoints": "none",
         },
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="rows already in DIR/compare.json are kept (same label: replaced)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="built-in tasks, trained in this order")
     parser.add_argument("--lr", type=float, help=f"learning rate (default {TRAIN['lr']})")
+    parser.add_argument("--suites", nargs="+", default=["general"], help="built-in evaluation suites (e.g. general instructions)")
     parser.add_argument("--quick", action="store_true", help="2 steps, 10 items per evaluation task")
     parser.add_argument("--trainer", default="runner", choices=["runner", "sft"],
                         help="sft: train each task through with_strategies(trl.SFTTrainer) (benchmarks/sft_run.py)")
@@ -67,6 +68,7 @@ def main() -> None:
         ["python", "benchmarks/quality.py", "--strategies", *args.strategies, "--adapter", args.adapter,
          "--tasks", *args.tasks, *(["--lr", str(args.lr)] if args.lr else []),
          *(["--trainer", args.trainer] if args.trainer != "runner" else []),
+         *(["--suites", *args.suites] if args.suites != ["general"] else []),
          *(["--frontier-lr", *map(str, args.frontier_lr)] if args.frontier_lr else []),
          *(["--frontier-steps", *map(str, args.frontier_steps)] if args.frontier_steps else []), "--out", args.out,
          *(["--quick"] if args.quick else [])]
@@ -76,7 +78,7 @@ def main() -> None:
         from sft_run import SFTContinualRun  # benchmarks/, beside this script
 
         run_class = SFTContinualRun
-    config = base_config(args.adapter, args.quick, args.tasks, args.lr)
+    config = base_config(args.adapter, args.quick, args.tasks, args.lr, args.suites)
     compare(
         config,
         [parse_strategy(text) for text in args.strategies],

@@ -38,7 +38,7 @@ def test_estimate_and_se_by_hand():
     mc = _Scripted("mc", [0.0, 1.0, 0.0, 1.0, 1, 1, 1, 1])
     before = {"mc": ScoreSamples("mean", [1.0] * 8)}
     probe = GeneralProbe([mc], before, items_per_step=4, window=5, seed=0)
-    probe._pool = [("mc", i) for i in range(8)]  # a known order
+    probe._order = {"mc": list(range(8))}  # a known order
     point = probe.step(None, None, step=1)
     # d = [-1, 0, -1, 0]: mean -0.5, sample variance 1/3, se = sqrt(1/3 / 4 * (1 - 4/8)).
     assert point.delta == pytest.approx(-0.5) and point.se == pytest.approx(math.sqrt(1 / 3 / 4 * 0.5))
@@ -48,7 +48,7 @@ def test_estimate_and_se_by_hand():
     ppl = _Scripted("ppl", [12.0, 20.0, 36.0, 1.0], "perplexity", [10, 10, 20, 5])
     before = {"ppl": ScoreSamples("perplexity", [10.0, 20.0, 30.0, 40.0], [10, 10, 20, 5], 100)}
     probe = GeneralProbe([ppl], before, items_per_step=3, window=5)
-    probe._pool = [("ppl", i) for i in range(4)]
+    probe._order = {"ppl": list(range(4))}
     point = probe.step(None, None, step=1)
     delta = (60 - 68) / 40 / math.log(100)
     residuals = [(b - a) / math.log(100) - delta * n for b, a, n in zip([10, 20, 30], [12, 20, 36], [10, 10, 20])]
@@ -61,11 +61,29 @@ def test_estimate_and_se_by_hand():
 def test_items_leave_the_estimate_after_the_window_and_rotation_covers_every_item():
     mc = _Scripted("mc", [0.0] * 4 + [1.0] * 4)
     probe = GeneralProbe([mc], {"mc": ScoreSamples("mean", [1.0] * 8)}, items_per_step=2, window=2)
-    probe._pool = [("mc", i) for i in range(8)]
+    probe._order = {"mc": list(range(8))}
     deltas = [probe.step(None, None, step).delta for step in range(1, 5)]
     # Steps 1-2 see items 0-3 (all wrong now), steps 3-4 items 4-7 (all right): the window of 2 steps forgets.
     assert deltas == [-1.0, -1.0, -0.5, 0.0]
     assert sorted(index for _, index in probe._scored) == list(range(8))
+
+
+def test_tasks_take_turns_and_the_estimate_waits_for_every_task():
+    # Two tasks, 2 items a step: one from each. 'a' fell by 1 on every item, 'b' did not move.
+    a, b = _Scripted("a", [0.0] * 6), _Scripted("b", [1.0] * 6)
+    before = {"a": ScoreSamples("mean", [1.0] * 6), "b": ScoreSamples("mean", [1.0] * 6)}
+    probe = GeneralProbe([a, b], before, items_per_step=2, window=10)
+    first = probe.step(None, None, 1)
+    assert (first.delta, first.tasks, first.items) == (None, 0, 2)  # one item per task: no task has two yet
+    second = probe.step(None, None, 2)
+    # Both tasks covered with 2 items: the suite's mean over tasks, (-1 + 0) / 2, not the item mean.
+    assert (second.delta, second.tasks, second.items) == (-0.5, 2, 4)
+    assert sorted(i for name, i in probe._scored if name == "a") == sorted(probe._order["a"][:2])
+    # An uneven split (3 items a step) alternates which task gets the extra one.
+    probe = GeneralProbe([a, b], before, items_per_step=3, window=10)
+    probe.step(None, None, 1)
+    probe.step(None, None, 2)
+    assert sum(name == "a" for name, _ in probe._scored) == 3 and sum(name == "b" for name, _ in probe._scored) == 3
 
 
 def test_the_probe_over_every_item_equals_the_full_suite(tmp_path, task_files, tokenizer):

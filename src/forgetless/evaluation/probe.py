@@ -1,12 +1,13 @@
 """A per-step estimate of the general change: a few suite items scored after every step, paired with "before".
 
 The full general suite costs about twenty training steps, so it cannot run after every step. The probe scores
-`items_per_step` items of the suite after each optimizer step, taken in turn from one seeded shuffle of all
-items of the multiple-choice and perplexity tasks, and pairs each with the same item's score before training
-(the run's "before" evaluation, computed once).
+`items_per_step` items of the suite after each optimizer step and pairs each with the same item's score before
+training (the run's "before" evaluation, computed once). Items are taken task by task in turn (stratified:
+every multiple-choice and perplexity task gets the same share), each task's items in one seeded shuffle.
 
-Estimate at step s (`ProbePoint`): the items scored in the last `window` steps (each item's latest score). Per
-task t with at least two items there:
+Estimate at step s (`ProbePoint`): the items scored in the last `window` steps (each item's latest score). It
+exists once every probed task has at least two items there (the suite's mean is over all its tasks; a mean
+over the covered ones alone would be another quantity, a bias no s.e. covers). Per task t:
 - multiple choice: d_t = mean_i (a_i - b_i) (correctness now minus before);
 - perplexity: d_t = (sum_i b_i - sum_i a_i) / (sum_i n_i) / ln V (summed NLL before and now over the items'
   tokens: the change of 1 - log_V(perplexity) on those documents).
@@ -36,7 +37,7 @@ _Z = 1.96
 @dataclass
 class ProbePoint:
     step: int
-    delta: float | None  # None until every covered task has two items in the window
+    delta: float | None  # None until every probed task has two items in the window
     se: float | None
     items: int  # items in the window
     tasks: int  # tasks covered
@@ -60,19 +61,18 @@ class GeneralProbe:
     def __post_init__(self) -> None:
         self.tasks = [t for t in self.tasks if hasattr(t, "subset") and t.name in self.before]
         self._sizes = {t.name: min(len(t), len(self.before[t.name].values)) for t in self.tasks}
-        self._pool = [(t.name, i) for t in self.tasks for i in range(self._sizes[t.name])]
-        random.Random(self.seed).shuffle(self._pool)
-        self._next = 0
+        self._order = {}  # task -> its items in one seeded shuffle, probed in that order, round and round
+        for t in self.tasks:
+            self._order[t.name] = list(range(self._sizes[t.name]))
+            random.Random(f"{self.seed}:{t.name}").shuffle(self._order[t.name])
+        self._cursor = {name: 0 for name in self._order}
+        self._turn = 0  # the task whose turn is next
         self._scored: dict[tuple[str, int], tuple[int, float]] = {}  # (task, item) -> (step, value now)
 
     def step(self, model, tokenizer, step: int) -> ProbePoint:
         """Score the next items with `model` and return the estimate at `step`."""
         started = time.perf_counter()
-        chosen = [self._pool[(self._next + k) % len(self._pool)] for k in range(min(self.items_per_step, len(self._pool)))]
-        self._next = (self._next + len(chosen)) % max(1, len(self._pool))
-        by_task: dict[str, list[int]] = {}
-        for name, index in chosen:
-            by_task.setdefault(name, []).append(index)
+        by_task = self._next_items()
         tasks = {t.name: t for t in self.tasks}
         for name, indices in by_task.items():
             samples = tasks[name].subset(indices).evaluate(model, tokenizer).samples
@@ -82,6 +82,20 @@ class GeneralProbe:
         point = self.estimate(step)
         self.points.append(point)
         return point
+
+    def _next_items(self) -> dict[str, list[int]]:
+        """`items_per_step` items, one task after another (a task gives at most all its items in one step)."""
+        names = list(self._order)
+        want = min(self.items_per_step, sum(len(order) for order in self._order.values()))
+        by_task: dict[str, list[int]] = {}
+        while sum(len(v) for v in by_task.values()) < want:
+            name = names[self._turn % len(names)]
+            self._turn += 1
+            order = self._order[name]
+            if len(by_task.get(name, [])) < len(order):
+                by_task.setdefault(name, []).append(order[self._cursor[name] % len(order)])
+                self._cursor[name] += 1
+        return by_task
 
     def estimate(self, step: int) -> ProbePoint:
         recent: dict[str, list[tuple[int, float]]] = {}
@@ -96,8 +110,8 @@ class GeneralProbe:
             deltas.append(delta)
             variances.append(variance)
         count = sum(len(items) for items in recent.values())
-        if not deltas:
-            return ProbePoint(step, None, None, count, 0)
+        if not deltas or len(deltas) < sum(size >= 2 for size in self._sizes.values()):
+            return ProbePoint(step, None, None, count, len(deltas))
         return ProbePoint(step, float(np.mean(deltas)), math.sqrt(sum(variances)) / len(deltas), count, len(deltas))
 
     def _task_change(self, name: str, items: list[tuple[int, float]]) -> tuple[float, float]:
