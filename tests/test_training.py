@@ -181,10 +181,10 @@ def test_a_run_that_dies_keeps_its_evaluations(tmp_path, tokenizer, task_files, 
 
     real = ContinualRun._train_task
 
-    def dies_on_the_second_task(self, task_index, task):
+    def dies_on_the_second_task(self, task_index, task, mid_task=None):
         if task_index == 1:
             raise KeyboardInterrupt
-        return real(self, task_index, task)
+        return real(self, task_index, task, mid_task)
 
     monkeypatch.setattr(ContinualRun, "_train_task", dies_on_the_second_task)
     with pytest.raises(KeyboardInterrupt):

@@ -121,6 +121,20 @@ class BudgetGuard:
         self.checks.append(record)
         return record["action"] == "stop"
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(the kept weights, everything else as JSON), for a resumable checkpoint."""
+        step, score = self._kept_at
+        return dict(self._kept or {}), {"checks": self.checks, "kept": self._kept is not None, "kept_at": step,
+                                        "kept_score": None if score == -math.inf else score,
+                                        "exceeded_in_task": self._exceeded_in_task}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
+        self.checks = list(values["checks"])
+        self._kept = dict(tensors) if values["kept"] else None
+        score = values["kept_score"]
+        self._kept_at = (values["kept_at"], -math.inf if score is None else score)
+        self._exceeded_in_task = values["exceeded_in_task"]
+
     def decisions(self) -> list[dict[str, Any]]:
         """The checks that did something (or found the budget exceeded)."""
         return [c for c in self.checks if c["action"] != "within"]

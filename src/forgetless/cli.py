@@ -14,7 +14,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from .training import run_continual
 
     config = load_config(args.config)
-    results = run_continual(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
+    results = run_continual(config, args.out, progress=not args.quiet, overwrite=args.overwrite, resume=args.resume)
     metrics = results.metrics
     print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
     if metrics.has_general:
@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output folder: results.json, report.md, plots, checkpoints")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its latest resumable state")
     run.set_defaults(func=_cmd_run)
 
     cmp = commands.add_parser("compare", help="run the config once per strategy (or stack) and write one table")
@@ -211,8 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .resume import RunInterrupted
+
     try:
         args.func(args)
+    except RunInterrupted as exc:
+        print(f"forgetless: {exc}", file=sys.stderr)
+        return 130
     except ForgetlessError as exc:
         print(f"forgetless: error: {exc}", file=sys.stderr)
         return 2

@@ -156,6 +156,10 @@ class RunConfig(_Strict):
     checkpoints: Literal["none", "last", "every_task"] = Field(
         "last", description="Which safetensors checkpoints to write (adapters only under LoRA)."
     )
+    checkpoint_every_steps: int | None = Field(
+        None, gt=0, description="Keep a resumable state every N optimizer steps inside a task too, not only at each "
+        "task's start (run --resume)."
+    )
     budget: BudgetConfig | None = Field(None, description="A forgetting budget checked at every evaluation.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder (off: safe).")
     model_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype the weights load in.")

@@ -15,9 +15,12 @@ The Trainer gives accelerate, DDP/FSDP/DeepSpeed, mixed precision and logger int
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ from .fileio import atomic_write_json
 from .integrations.strategy_trainer import ListDataset, with_strategies
 from .models import load_model_and_tokenizer
 from .results import RunResults, build_results
+from .resume import ResumeStore, RunInterrupted, check_resumable, load_rng_state, rng_state
 from .strategies import Strategy, StrategyStack, TaskData
 
 
@@ -70,6 +74,44 @@ class _StepCallback(TrainerCallback):
             self.run.write_progress()
             model.train()
         return control
+
+
+class _ResumeCallback(TrainerCallback):
+    """Every `checkpoint_every_steps` steps, and at once on SIGINT: transformers' checkpoint plus the run's state."""
+
+    def __init__(self, run: "ContinualRun", task_index: int):
+        self.run = run
+        self.task_index = task_index
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = self.run.config.checkpoint_every_steps
+        final = state.global_step >= state.max_steps
+        due = bool(every) and state.global_step % every == 0 and not final
+        if (due or self.run.interrupted) and not control.should_training_stop:
+            control.should_save = True  # the Trainer writes its checkpoint, then calls on_save
+            control.should_log = True  # every loss so far into the saved log history (a resumed task's mean loss)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.run.write_resume_state(self.task_index, trainer_checkpoint=staged)
+        if self.run.interrupted:
+            raise RunInterrupted(self.run.interrupted_message(f"at step {state.global_step} of task "
+                                                              f"{self.run.tasks[self.task_index].name!r}"))
+        return control
+
+
+def _whole_task_loss(history: list[dict], resumed_at: int, steps: int, resumed_loss: float) -> float:
+    """The mean loss over all of a resumed task's steps (transformers reports the steps since the resume only).
+
+    Every checkpoint logs first, so the restored log history covers each step up to `resumed_at` exactly once.
+    """
+    before, last = 0.0, 0
+    for entry in history:
+        if "loss" in entry and last < entry["step"] <= resumed_at:
+            before += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return (before + resumed_loss * (steps - resumed_at)) / max(steps, 1)
 
 
 def _write_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Strategy], target: Path, adapter: str | None) -> None:
@@ -133,6 +175,7 @@ class ContinualRun:
         tokenizer=None,
         progress: bool = True,
         before: EvaluationLog | None = None,
+        resume_from: Path | None = None,
     ):
         self.config = config
         self.out_dir = Path(out_dir)
@@ -164,6 +207,9 @@ class ContinualRun:
         self.before = before  # another run's evaluation of the same starting model, to skip a repeat
         self.global_step = 0
         self.task_logs: list[dict[str, Any]] = []
+        self.resume_from = resume_from  # a state folder of OUT/resume to continue from (run --resume)
+        self.resume_store = ResumeStore(self.out_dir)
+        self.interrupted = False
 
     def _training_kwargs(self, task_index: int) -> dict[str, Any]:
         """The run config's train section as TrainingArguments keywords (a TRL config takes the same)."""
@@ -208,10 +254,11 @@ class ContinualRun:
         )
 
     def _callbacks(self, task: TrainingTask) -> list[TrainerCallback]:
-        """The run's own callbacks for a task's trainer (periodic evaluation)."""
-        return [_StepCallback(self, task.name, self.stack.global_step)]
+        """The run's own callbacks for a task's trainer: periodic evaluation, then resumable checkpoints."""
+        return [_StepCallback(self, task.name, self.stack.global_step), _ResumeCallback(self, self.tasks.index(task))]
 
-    def _train_task(self, task_index: int, task: TrainingTask) -> None:
+    def _train_task(self, task_index: int, task: TrainingTask, mid_task: tuple[Path, dict, dict] | None = None) -> None:
+        """Train one task; `mid_task` = (transformers checkpoint, state.json, tensors) continues one from a step."""
         started = time.perf_counter()
         self.model = prepare_for_task(self.model, self.config, task_index)
         examples = encode_rows(self.tokenizer, task.train, self.config.train.max_length)
@@ -220,7 +267,19 @@ class ContinualRun:
         trainer = self._trainer(task_index, task, examples)
         if self.budget is not None:
             self.budget.start_task(self.model, self.stack.global_step)
-        output = trainer.train()
+        if mid_task is None:
+            output = trainer.train()
+        else:
+            checkpoint, state, tensors = mid_task
+            if self.budget is not None:
+                self.budget.load_state(tensors["task"].get("budget", {}), state["budget"])
+            task_tensors = {name.removeprefix("strategy:"): group for name, group in tensors["task"].items()
+                            if name.startswith("strategy:")}
+            self.stack.resume_task({**state["task_state"], "tensors": task_tensors})
+            resumed_at = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+            output = trainer.train(resume_from_checkpoint=str(checkpoint))
+            output = output._replace(training_loss=_whole_task_loss(trainer.state.log_history, resumed_at,
+                                                                    trainer.state.global_step, output.training_loss))
         self.global_step = self.stack.global_step
         trainable, total = trainable_parameter_count(self.model)
         task_log = trainer.forgetless_task_logs[-1] if trainer.forgetless_task_logs else {}
@@ -262,21 +321,31 @@ class ContinualRun:
         set_seed(self.config.train.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._started = started
-        if self.before is not None:
-            self.evaluator.adopt_before(self.before)
-        else:
-            self.evaluator.evaluate(self.model, "before", None, 0)
-        self.probe = self._probe()
-        self.write_progress()
-        for task_index, task in enumerate(self.tasks):
-            self._train_task(task_index, task)
-            self._check_finite(task)
-            self.evaluator.evaluate(self.model, "after_task", task.name, self.global_step)
-            if self.budget is not None:
-                self.budget.check(self.model, self.evaluator.log, task.name, self.global_step)
+        # A killed run leaves transformers' working folder and maybe a half-written state folder: never reused.
+        shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
+        self.resume_store.clean()
+        restore_signal = self._catch_sigint()
+        try:
+            first_task, mid_task = self._start_or_resume()
+            self.probe = self._probe() if self.probe is None else self.probe
             self.write_progress()
-            self._checkpoint(task_index, task)
-            self.model = finish_task(self.model, self.config)
+            for task_index in range(first_task, len(self.tasks)):
+                task = self.tasks[task_index]
+                if mid_task is None:  # cheap at the first task (no weights); then one copy of the model
+                    self.write_resume_state(task_index, task_start=True)
+                if self.interrupted:
+                    raise RunInterrupted(self.interrupted_message(f"before task {task.name!r}"))
+                self._train_task(task_index, task, mid_task)
+                mid_task = None
+                self._check_finite(task)
+                self.evaluator.evaluate(self.model, "after_task", task.name, self.global_step)
+                if self.budget is not None:
+                    self.budget.check(self.model, self.evaluator.log, task.name, self.global_step)
+                self.write_progress()
+                self._checkpoint(task_index, task)
+                self.model = finish_task(self.model, self.config)
+        finally:
+            restore_signal()
         shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
         results = self._results(time.perf_counter() - started)
         if _is_main_process():  # under accelerate/torchrun every process trains; one writes
@@ -284,7 +353,85 @@ class ContinualRun:
             from .report import write_report
 
             write_report(results, self.out_dir)
+            self.resume_store.remove()  # the run is complete: its checkpoints are under checkpoints/
         return results
+
+    # -- resumable state -------------------------------------------------------------------------------
+
+    def _catch_sigint(self):
+        """The first Ctrl-C finishes the step, saves a resumable state and stops; a second one stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    def interrupted_message(self, where: str) -> str:
+        return (f"interrupted {where}; a resumable state is in {self.resume_store.root} (continue with "
+                "`forgetless run CONFIG --out DIR --resume`)")
+
+    def write_resume_state(self, task_index: int, task_start: bool = False, trainer_checkpoint: Path | None = None) -> None:
+        """A state folder under OUT/resume: at a task's start (`task_start`) or in the middle of it."""
+        if not _is_main_process():
+            return
+        rng_tensors, rng_values = rng_state()
+        tensors: dict[str, dict[str, dict[str, torch.Tensor]]] = {"rng": {"rng": rng_tensors}}
+        if task_start:  # in the middle of a task, the task start's copy is kept (ResumeStore.write)
+            tensors["strategies"] = self.stack.state_tensors()
+        state: dict[str, Any] = {
+            "config": self.config.model_dump(mode="json"), "task_index": task_index, "mid_task": not task_start,
+            "global_step": self.stack.global_step, "evaluations": self.evaluator.log.to_json(), "task_logs": self.task_logs,
+            "strengths": self.stack.strengths(), "rng": rng_values,
+            "probe": self.probe.state() if self.probe is not None else None,
+        }
+        task_tensors: dict[str, dict[str, torch.Tensor]] = {}
+        if self.budget is not None:
+            kept, state["budget"] = self.budget.state()
+            task_tensors["budget"] = kept
+        if not task_start:
+            task_state = self.stack.task_state()
+            task_tensors.update({f"strategy:{name}": group for name, group in task_state.pop("tensors").items()})
+            state["task_state"] = task_state
+        tensors["task"] = task_tensors
+        model = self.model if task_start and task_index > 0 else None
+        self.resume_store.write(state, model, tensors, trainer_checkpoint)
+
+    def _start_or_resume(self) -> tuple[int, tuple[Path, dict, dict] | None]:
+        """(first task to train, the mid-task checkpoint to continue it from or None); evaluates "before" if new."""
+        if self.resume_from is None:
+            if self.before is not None:
+                self.evaluator.adopt_before(self.before)
+            else:
+                self.evaluator.evaluate(self.model, "before", None, 0)
+            return 0, None
+        folder = self.resume_from
+        device = next(self.model.parameters()).device
+        state, tensors = ResumeStore.read(folder, device)
+        task_index = state["task_index"]
+        for earlier in range(task_index):  # the same module structure as the saved model (LoRA layouts)
+            self.model = finish_task(prepare_for_task(self.model, self.config, earlier), self.config)
+        ResumeStore.load_model(folder, self.model)
+        self.stack.load_state_tensors(tensors["strategies"])
+        self.stack.load_strengths(state["strengths"])
+        self.stack.global_step = self.global_step = state["global_step"]
+        max_length = self.config.train.max_length
+        self.stack.finished = [TaskData(t.name, t.format, t.train, encode_rows(self.tokenizer, t.train, max_length))
+                               for t in self.tasks[:task_index]]
+        self.evaluator.log = EvaluationLog.from_json(state["evaluations"])
+        self.task_logs = state["task_logs"]
+        if self.budget is not None and "budget" in state:
+            self.budget.load_state(tensors["task"].get("budget", {}), state["budget"])
+        if state["probe"] is not None:
+            self.probe = self._probe()
+            self.probe.load_state(state["probe"])
+        load_rng_state(tensors["rng"]["rng"], state["rng"])
+        return task_index, (folder / "trainer", state, tensors) if state["mid_task"] else None
 
     def _probe(self) -> GeneralProbe | None:
         settings = self.config.eval.probe
@@ -311,19 +458,25 @@ class ContinualRun:
 
 
 def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=None, progress: bool = True,
-                  overwrite: bool = False) -> RunResults:
+                  overwrite: bool = False, resume: bool = False) -> RunResults:
     """Train `config.tasks` in order and write results.json, report.md and plots into `out_dir`.
 
     A folder that already holds a run's results is refused unless `overwrite` (a finished run is not
-    silently replaced by a new one's partial files).
+    silently replaced by a new one's partial files) or `resume` (continue the run from its latest state in
+    OUT/resume, with the same config; see forgetless.resume).
     """
     out = Path(out_dir)
     if out.is_file():
         raise ForgetlessError(f"--out {out} is a file, not a folder")
-    if (out / "results.json").exists() and not overwrite:
-        raise ForgetlessError(f"{out} already holds a run's results (results.json); choose another --out, or pass "
-                              "--overwrite to replace it")
-    return ContinualRun(config, out, model=model, tokenizer=tokenizer, progress=progress).execute()
+    if resume and overwrite:
+        raise ForgetlessError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    resume_from = check_resumable(out, config.model_dump(mode="json")) if resume else None
+    if resume_from is None and (out / "results.json").exists() and not overwrite:
+        raise ForgetlessError(f"{out} already holds a run's results (results.json); choose another --out, pass "
+                              "--resume to continue it, or --overwrite to replace it")
+    if overwrite:
+        ResumeStore(out).remove()
+    return ContinualRun(config, out, model=model, tokenizer=tokenizer, progress=progress, resume_from=resume_from).execute()
 
 
 def context_for(config: RunConfig, model, tokenizer, tasks: list[TrainingTask], task_index: int = 0):

@@ -130,6 +130,17 @@ class GeneralProbe:
         residuals = (then - now) / log_v - delta * tokens  # linearised ratio estimator
         return delta, float(residuals.var(ddof=1)) / n / tokens.mean() ** 2 * correction
 
+    def state(self) -> dict:
+        """Everything scored so far and where the rotation stands (JSON), for a resumable checkpoint."""
+        return {"scored": [[name, index, when, value] for (name, index), (when, value) in self._scored.items()],
+                "cursor": self._cursor, "turn": self._turn, "seconds": self.seconds,
+                "points": [vars(p) for p in self.points]}
+
+    def load_state(self, state: dict) -> None:
+        self._scored = {(name, index): (when, value) for name, index, when, value in state["scored"]}
+        self._cursor, self._turn, self.seconds = dict(state["cursor"]), state["turn"], state["seconds"]
+        self.points = [ProbePoint(**p) for p in state["points"]]
+
     def first_beyond_noise(self) -> int | None:
         """The first step at which the estimate left the 95 % noise band (either way), or None."""
         return next((p.step for p in self.points if p.beyond_noise), None)

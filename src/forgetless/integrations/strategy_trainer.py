@@ -182,6 +182,10 @@ class StrategyTrainerMixin:
         if tokenizer is None or not hasattr(tokenizer, "pad_token_id"):
             raise ForgetlessError("with_strategies needs the tokenizer: pass processing_class=tokenizer to the trainer")
         stack.start_task(setup, model, tokenizer, task, adapter=adapter)
+        if kwargs.get("resume_from_checkpoint") or (args and args[0]):
+            # transformers reloads PEFT adapters on resume and activates only the first one (wrong for a stack of
+            # adapters, where the newest trains): the layout of now is put back before the optimizer is built.
+            self._forgetless_layout = _adapter_layout(model)
         original = (self.train_dataset, self.data_collator)
         self._task_in_flight = (task, adapter, setup)
         try:
@@ -210,6 +214,13 @@ class StrategyTrainerMixin:
         self.forgetless_task_logs.append({"task": task.name, "examples": self._trained_examples, **log})
         if setup.adapter == "lora":
             self._forgetless_trained_adapter = adapter
+
+    def create_optimizer(self, *args, **kwargs):
+        layout = getattr(self, "_forgetless_layout", None)
+        if layout is not None:
+            _restore_adapter_layout(self.model, layout)
+            self._forgetless_layout = None
+        return super().create_optimizer(*args, **kwargs)
 
     # -- every step ------------------------------------------------------------------------------------
 
@@ -291,6 +302,22 @@ class StrategyTrainerMixin:
         else:
             self._micro_index += 1
         return loss
+
+
+def _adapter_layout(model) -> tuple[list[str] | None, set[str]]:
+    """(the active PEFT adapters or None, the names of the trainable parameters)."""
+    from peft import PeftModel
+
+    active = list(model.active_adapters) if isinstance(model, PeftModel) else None  # transformers has a method of that name
+    return active, {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore_adapter_layout(model, layout: tuple[list[str] | None, set[str]]) -> None:
+    active, trainable = layout
+    if active:
+        model.base_model.set_adapter(active if len(active) > 1 else active[0])
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in trainable)
 
 
 class _EndTaskCallback(TrainerCallback):

@@ -23,6 +23,8 @@ What each hook may change:
 - `consolidate`: after `transform_weights`, record what later tasks must protect (Fisher, buffers).
 - `state_tensors` / `load_state_tensors`: the strategy's state as named tensors (safetensors), saved
   with every checkpoint; a loaded state continues protecting what the saved one protected.
+- `in_task_state`: the attributes that change during a task's steps (not recomputed by `on_task_start`);
+  a run resumed mid-task restores them after `on_task_start` (`task_state` / `load_task_state`).
 """
 
 from __future__ import annotations
@@ -152,6 +154,8 @@ class Strategy:
     loss_scope: ClassVar[Literal["step", "batch"]] = "step"
     needs_logits: ClassVar[bool] = False  # extra_loss reads outputs.logits of the training forward
     strength: ClassVar[Strength | None] = None  # the knob a forgetting budget's `strengthen` moves (None: none)
+    # Attributes that change during a task's steps: tensors, dicts of tensors, numbers, random.Random.
+    in_task_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any):
         """Validate the knobs (pydantic.ValidationError, a ValueError, on a bad one) and expose each as an attribute."""
@@ -216,6 +220,48 @@ class Strategy:
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what `state_tensors` returned."""
+
+    def task_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The `in_task_state` attributes as (tensors, JSON values), for a checkpoint in the middle of a task."""
+        import random
+
+        tensors, values = {}, {}
+        for name in self.in_task_state:
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                tensors[name] = value
+            elif isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values()):
+                tensors.update({f"{name}/{key}": tensor for key, tensor in value.items()})
+                values[name] = {"dict_of_tensors": sorted(value)}
+            elif isinstance(value, random.Random):
+                version, internal, gauss = value.getstate()
+                values[name] = {"random_state": [version, list(internal), gauss]}
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                values[name] = {"value": value}
+            else:
+                raise TypeError(f"{self.name}.{name}: {type(value).__name__} is not a resumable in-task state")
+        return tensors, values
+
+    def load_task_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
+        """Restore what `task_state` returned (after `on_task_start` has rebuilt everything else)."""
+        import random
+
+        for name in self.in_task_state:
+            saved = values.get(name)
+            if name in tensors:
+                current = getattr(self, name, None)
+                setattr(self, name, tensors[name].to(current.device) if isinstance(current, torch.Tensor) else tensors[name])
+            elif saved is None:
+                continue
+            elif "dict_of_tensors" in saved:
+                setattr(self, name, {key: tensors[f"{name}/{key}"] for key in saved["dict_of_tensors"]})
+            elif "random_state" in saved:
+                version, internal, gauss = saved["random_state"]
+                generator = random.Random()
+                generator.setstate((version, tuple(internal), gauss))
+                setattr(self, name, generator)
+            else:
+                setattr(self, name, saved["value"])
 
     def has_hook(self, hook: str) -> bool:
         """Whether this strategy overrides `hook` (so callers can skip work no strategy needs)."""

@@ -233,6 +233,7 @@ class EWC(Strategy):
 
     name = "ewc"
     strength = Strength("lam", "up", bound=1e12)
+    in_task_state = ("_penalty_total", "_penalty_steps")
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
     supports_multiprocess = False
 

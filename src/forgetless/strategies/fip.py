@@ -102,6 +102,8 @@ class FunctionallyInvariantPaths(Strategy):
 
     name = "fip"
     strength = Strength("weight", "up", bound=1e6)
+    # The reference moves during a task (reference "previous"), and the anchors are drawn with _rng each step.
+    in_task_state = ("_reference", "_refreshed_at", "_rng", "_distance_total", "_distance_steps")
     stores_raw_data = True  # anchors are earlier tasks' training inputs
     supports_multiprocess = False  # a second student forward per step (anchors) before one backward
 

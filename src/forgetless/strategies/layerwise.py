@@ -90,6 +90,8 @@ class Layerwise(Strategy):
 
     name = "layerwise"
     strength = Strength("lam", "up", bound=1e12)
+    # The task's own importance is recorded from its training gradients, step by step.
+    in_task_state = ("_recorded", "_recorded_steps", "_task_steps", "_recording_seconds", "last_alpha")
     supports_multiprocess = False  # flat indices into whole tensors: not valid for FSDP shards
 
     class Params(StrategyParams):
@@ -135,11 +137,12 @@ class Layerwise(Strategy):
         """Anchor = the model now; set up the per-step drift readers and fp32 copies of Omega."""
         self._drift, self._omega, self._group = {}, {}, {}
         weights = ctx.weights
-        trained = set(weights.names())
         blocks: dict[int | None, int] = {}
-        for name, index in self.index.items():
-            if name not in trained:
-                continue  # protected earlier but not trainable now (e.g. other LoRA targets): it cannot drift
+        # In the model's order, not the stored one (a loaded state comes back sorted by name): the per-layer sums
+        # then add up in one order, so a resumed run is bit-identical. Protected weights not trainable now (other
+        # LoRA targets) cannot drift and are left out.
+        for name in [n for n in weights.names() if n in self.index]:
+            index = self.index[name]
             weight = weights.weight(name)
             index = index.to(weight.device)
             if weights.change_is_stored:

@@ -123,6 +123,7 @@ class LearningWithoutForgetting(Strategy):
 
     name = "lwf"
     strength = Strength("weight", "up", bound=1e6)
+    in_task_state = ("_kl_total", "_kl_steps")
     loss_scope = "batch"  # distils on the training batch: weighted by each micro-batch's share of tokens
     needs_logits = True
 

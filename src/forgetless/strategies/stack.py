@@ -45,6 +45,7 @@ class StrategyStack:
         self.global_step = 0
         self.context: TaskContext | None = None
         self.loss_parts: dict[str, float] = {}  # the latest micro-batch's terms, for logging
+        self._pending_task_state: dict[str, Any] | None = None  # a mid-task resume's state, applied at start_task
 
     @classmethod
     def from_specs(cls, specs: Iterable[str | dict[str, Any]] | "StrategyStack") -> "StrategyStack":
@@ -86,6 +87,11 @@ class StrategyStack:
         self.context = ctx
         for strategy in self.strategies:
             strategy.on_task_start(ctx)
+        if self._pending_task_state is not None:  # resumed mid-task: what the steps so far changed
+            state, self._pending_task_state = self._pending_task_state, None
+            for strategy in self.strategies:
+                strategy.load_task_state(state["tensors"].get(strategy.name, {}), state["values"].get(strategy.name, {}))
+            ctx.log.update(state["log"])
         return ctx
 
     def _active(self) -> TaskContext:
@@ -155,6 +161,29 @@ class StrategyStack:
     def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """Each strategy's state by strategy name (strategies without state are left out)."""
         return {s.name: tensors for s in self.strategies if (tensors := s.state_tensors())}
+
+    def task_state(self) -> dict[str, Any]:
+        """What the steps of the task in flight changed: each strategy's `in_task_state` and the task's log."""
+        ctx = self._active()
+        tensors, values = {}, {}
+        for strategy in self.strategies:
+            tensors[strategy.name], values[strategy.name] = strategy.task_state()
+        return {"tensors": {k: v for k, v in tensors.items() if v}, "values": values, "log": dict(ctx.log)}
+
+    def resume_task(self, state: dict[str, Any]) -> None:
+        """The next `start_task` continues a task whose steps so far left `state` (from `task_state`)."""
+        self._pending_task_state = state
+
+    def strengths(self) -> dict[str, float]:
+        """Each strength knob's value now (a forgetting budget's `strengthen` may have moved it)."""
+        return {s.name: getattr(s, s.strength.knob) for s in self.strategies if s.strength}
+
+    def load_strengths(self, values: dict[str, float]) -> None:
+        for strategy in self.strategies:
+            knob = strategy.strength.knob if strategy.strength else None
+            if knob and strategy.name in values and values[strategy.name] != getattr(strategy, knob):
+                setattr(strategy, knob, values[strategy.name])
+                strategy.params = strategy.params.model_copy(update={knob: values[strategy.name]})
 
     def load_state_tensors(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
         unknown = sorted(set(states) - set(self.names))

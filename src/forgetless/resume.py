@@ -1,0 +1,188 @@
+"""A run's resumable state: written atomically at every task's start, every `checkpoint_every_steps` steps and on
+Ctrl-C; read by `run --resume`; removed when the run completes.
+
+Layout under OUT/resume/:
+    current.json               names the newest complete state folder; written last, atomically
+    <n>/state.json             where the run is (task, mid-task or not), its config, the evaluations so far,
+                               per-task logs, budget and probe state, strategy strengths and in-task values, RNG
+    <n>/model.safetensors      the model at the start of that task (after the previous task's merge); none for
+                               the first task, whose start is the loaded model itself
+    <n>/strategies.safetensors each strategy's consolidated state (`state_tensors`), keys "<strategy>/<key>"
+    <n>/task.safetensors       in the middle of a task: strategies' in-task tensors and the budget's kept weights
+    <n>/trainer/               in the middle of a task: transformers' own checkpoint (trained weights, optimizer,
+                               scheduler, RNG states, step), which `Trainer.train(resume_from_checkpoint=)` reads
+
+A kill at any moment leaves current.json naming a complete folder (or no current.json): a folder is filled
+before current.json names it. Folders it does not name are leftovers, removed when a run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ForgetlessError
+from .fileio import atomic_write_json
+
+TensorGroups = dict[str, dict[str, torch.Tensor]]  # group (a strategy, "budget", ...) -> name -> tensor
+
+
+class RunInterrupted(ForgetlessError):
+    """SIGINT: the run wrote a resumable state and stopped (the CLI exits 130)."""
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): value}
+
+
+def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted config keys whose values differ between two configs (model_dump(mode="json") of each)."""
+    a, b = _flatten(recorded), _flatten(current)
+    return sorted(key for key in set(a) | set(b) if a.get(key, "<absent>") != b.get(key, "<absent>"))
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch_cpu": torch.get_rng_state()}, {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
+    }
+
+
+def load_rng_state(tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
+    version, internal, gauss = values["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = values["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(tensors["torch_cpu"])
+
+
+def _save_tensors(path: Path, groups: dict[str, dict[str, torch.Tensor]]) -> None:
+    from safetensors.torch import save_file
+
+    flat = {f"{group}/{key}": t.detach().contiguous().cpu() for group, tensors in groups.items() for key, t in tensors.items()}
+    if flat:
+        save_file(flat, path)
+
+
+def _load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    if path.exists():
+        for key, tensor in load_file(path, device=str(device)).items():
+            group, _, name = key.partition("/")
+            groups.setdefault(group, {})[name] = tensor
+    return groups
+
+
+class ResumeStore:
+    """OUT/resume/: `write` a state folder, `latest` the one current.json names, `clean` the leftovers."""
+
+    def __init__(self, out_dir: str | Path):
+        self.root = Path(out_dir) / "resume"
+        self.pointer = self.root / "current.json"
+
+    def latest(self) -> Path | None:
+        if not self.pointer.exists():
+            return None
+        folder = self.root / json.loads(self.pointer.read_text(encoding="utf-8"))["folder"]
+        return folder if (folder / "state.json").exists() else None
+
+    def clean(self) -> None:
+        """Remove state folders current.json does not name (a kill while one was being written)."""
+        if not self.root.is_dir():
+            return
+        keep = self.latest()
+        for item in self.root.iterdir():
+            if item != self.pointer and item != keep:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def write(self, state: dict[str, Any], model: torch.nn.Module | None, tensor_files: dict[str, TensorGroups],
+              trainer_checkpoint: Path | None = None) -> Path:
+        """A new complete folder, then current.json naming it, then the older folder removed.
+
+        `model`: the task's starting model to save, or None to reuse the current folder's copy of it and of
+        the strategies' state at the task's start (hard links; in the middle of a task both must be as they
+        were when it started, since `on_task_start` runs again on them), or, at the first task, to have none.
+        """
+        from safetensors.torch import save_model
+
+        previous = self.latest()
+        number = 1 + max([int(p.name) for p in self.root.iterdir() if p.name.isdigit()], default=0) if self.root.is_dir() else 1
+        folder = self.root / str(number)
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        if model is not None:
+            save_model(model, str(folder / "model.safetensors"))  # handles tied weights (one tensor, two names)
+        elif previous is not None:
+            for name in ("model.safetensors", "strategies.safetensors"):
+                if (previous / name).exists():
+                    try:
+                        os.link(previous / name, folder / name)
+                    except OSError:  # a file system without hard links
+                        shutil.copy2(previous / name, folder / name)
+        for name, groups in tensor_files.items():
+            _save_tensors(folder / f"{name}.safetensors", groups)
+        if trainer_checkpoint is not None:
+            os.replace(trainer_checkpoint, folder / "trainer")
+        (folder / "state.json").write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
+        atomic_write_json(self.pointer, {"folder": folder.name})
+        if previous is not None and previous != folder:
+            shutil.rmtree(previous, ignore_errors=True)
+        return folder
+
+    @staticmethod
+    def read(folder: Path, device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, TensorGroups]]:
+        """(state.json, {file stem: tensor groups}) of a state folder."""
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        tensors = {name: _load_tensors(folder / f"{name}.safetensors", device) for name in ("strategies", "task", "rng")}
+        return state, tensors
+
+    @staticmethod
+    def load_model(folder: Path, model: torch.nn.Module) -> None:
+        from safetensors.torch import load_model
+
+        if (folder / "model.safetensors").exists():
+            load_model(model, str(folder / "model.safetensors"), strict=True)
+
+
+def check_resumable(out_dir: Path, config_json: dict[str, Any]) -> Path:
+    """The state folder `run --resume` continues from, or a ForgetlessError that says why there is none."""
+    results = out_dir / "results.json"
+    if results.exists():
+        try:
+            complete = json.loads(results.read_text(encoding="utf-8")).get("complete", True)
+        except (OSError, ValueError):
+            complete = False
+        if complete:
+            raise ForgetlessError(f"{out_dir} holds a complete run: nothing to resume (pass --overwrite to run it again)")
+    folder = ResumeStore(out_dir).latest()
+    if folder is None:
+        raise ForgetlessError(
+            f"{out_dir} holds no resumable state (a run writes its first one once the evaluation before training is "
+            "done); pass --overwrite to start again"
+        )
+    recorded = json.loads((folder / "state.json").read_text(encoding="utf-8"))["config"]
+    differences = config_differences(recorded, config_json)
+    if differences:
+        raise ForgetlessError(f"--resume: the config differs from the one this run started with, at {differences}; "
+                              "resume with the same config, or pass --overwrite to start again")
+    return folder

@@ -1,0 +1,164 @@
+"""Resume: a run that dies at any point and is continued with `--resume` ends exactly as the uninterrupted run.
+
+In process, "dies" is an exception raised right after a resumable state is written (at a task's start, or
+at a step inside a task); tests/test_resume_kill.py kills a real process with SIGKILL and SIGINT.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from forgetless.errors import ForgetlessError
+from forgetless.training import ContinualRun, run_continual
+
+from .conftest import make_tiny_lm, tiny_config
+from .test_strategy_contract import MODES, SPECS
+
+
+class _Killed(Exception):
+    pass
+
+
+def _die_after(monkeypatch, task_index: int, step: int | None):
+    """The run raises _Killed right after writing the state of (task_index, step); step None: the task's start."""
+    original = ContinualRun.write_resume_state
+
+    def dying(self, index, task_start=False, trainer_checkpoint=None):
+        original(self, index, task_start, trainer_checkpoint)
+        at = None if task_start else int(trainer_checkpoint.name.rsplit("-", 1)[1])
+        if index == task_index and at == step:
+            raise _Killed
+
+    monkeypatch.setattr(ContinualRun, "write_resume_state", dying)
+
+
+def _config(task_files, strategy="naive", mode="full", **overrides):
+    train = {"steps": 4, "batch_size": 2, "lr": 1e-2, "max_length": 48, "seed": 0}
+    evaluation = {"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]}], "every_steps": 2,
+                  "probe": {"items_per_step": 2, "window": 3}}
+    return tiny_config(task_files, strategies=[SPECS.get(strategy, strategy)], train=train, eval=evaluation,
+                       checkpoints="every_task", checkpoint_every_steps=1, **{**MODES[mode], **overrides})
+
+
+def _run(config, out, tokenizer, resume=False):
+    model = make_tiny_lm(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return run_continual(config, out, model=model, tokenizer=tokenizer, progress=False, resume=resume)
+
+
+def _scores(out) -> dict:
+    """results.json without seconds, and the mean training loss rounded to 12 digits (a resumed task's is
+    re-assembled from the logged windows, a different order of the same float sums)."""
+    results = json.loads((out / "results.json").read_text())
+    for key in ("wall_time_s", "eval_seconds", "probe_seconds"):
+        results.pop(key, None)
+    for entry in results["training"]:
+        for key in [k for k in entry if k.endswith("seconds")]:
+            entry.pop(key)
+        entry["train_loss"] = round(entry["train_loss"], 12)
+    return results
+
+
+def _final_tensors(out) -> dict[str, torch.Tensor]:
+    folders = sorted((out / "checkpoints").iterdir())
+    return {f"{folder.name}/{file.name}/{key}": tensor for folder in folders for file in sorted(folder.glob("*.safetensors"))
+            for key, tensor in load_file(file).items()}
+
+
+def _assert_same_run(a, b):
+    assert _scores(a) == _scores(b)
+    ta, tb = _final_tensors(a), _final_tensors(b)
+    assert sorted(ta) == sorted(tb)
+    different = [key for key in ta if not torch.equal(ta[key], tb[key])]
+    assert not different, different[:5]
+
+
+@pytest.mark.parametrize("strategy", sorted(SPECS))
+def test_every_strategy_resumes_mid_task_to_the_same_run(strategy, task_files, tmp_path, tokenizer, monkeypatch):
+    config = _config(task_files, strategy)
+    _run(config, tmp_path / "whole", tokenizer)
+    _die_after(monkeypatch, task_index=1, step=2)  # the second task, after 2 of its 4 steps
+    with pytest.raises(_Killed):
+        _run(config, tmp_path / "cut", tokenizer)
+    partial = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert partial["complete"] is False and (tmp_path / "cut" / "resume" / "current.json").exists()
+    monkeypatch.undo()
+    _run(config, tmp_path / "cut", tokenizer, resume=True)
+    _assert_same_run(tmp_path / "whole", tmp_path / "cut")
+    assert not (tmp_path / "cut" / "resume").exists() and not (tmp_path / "cut" / ".trainer").exists()
+
+
+@pytest.mark.parametrize(("strategy", "mode", "task_index", "step"), [
+    ("ewc", "full", 1, None),  # between tasks: at the second task's start
+    ("naive", "full", 0, 1),  # inside the first task (no saved model: the start is the loaded model)
+    ("ewc", "lora-merge", 1, 2),
+    ("replay", "lora-stack", 1, 1),
+    ("lwf", "lora-stack", 1, None),
+])
+def test_resume_at_task_starts_and_under_lora(strategy, mode, task_index, step, task_files, tmp_path, tokenizer, monkeypatch):
+    config = _config(task_files, strategy, mode)
+    _run(config, tmp_path / "whole", tokenizer)
+    _die_after(monkeypatch, task_index, step)
+    with pytest.raises(_Killed):
+        _run(config, tmp_path / "cut", tokenizer)
+    monkeypatch.undo()
+    _run(config, tmp_path / "cut", tokenizer, resume=True)
+    _assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_a_budget_that_strengthens_resumes_with_its_knob_and_decisions(task_files, tmp_path, tokenizer, monkeypatch):
+    from forgetless.budget import BudgetGuard
+
+    # Every check counts as exceeded (the tiny model does not forget on cue): l2sp's lambda doubles at each, and
+    # the moved value and the decisions so far must survive the kill.
+    numbers = BudgetGuard._numbers
+    monkeypatch.setattr(BudgetGuard, "_numbers", lambda self, *a: {**numbers(self, *a), "exceeded": True})
+    config = _config(task_files, "l2sp", budget={"max_general_drop": 0.01, "on_exceed": "strengthen", "factor": 2.0})
+    _run(config, tmp_path / "whole", tokenizer)
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert any(check["action"] == "strengthen" for check in whole["budget"])  # else the test shows nothing
+    with monkeypatch.context() as patch:
+        _die_after(patch, task_index=1, step=3)
+        with pytest.raises(_Killed):
+            _run(config, tmp_path / "cut", tokenizer)
+    _run(config, tmp_path / "cut", tokenizer, resume=True)
+    _assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_resume_refuses_a_changed_config_and_a_folder_without_state(task_files, tmp_path, tokenizer, monkeypatch):
+    config = _config(task_files)
+    _die_after(monkeypatch, task_index=1, step=None)
+    with pytest.raises(_Killed):
+        _run(config, tmp_path / "cut", tokenizer)
+    monkeypatch.undo()
+    changed = config.model_copy(update={"train": config.train.model_copy(update={"steps": 5, "lr": 2e-2})})
+    with pytest.raises(ForgetlessError, match=r"\['train.lr', 'train.steps'\]"):
+        _run(changed, tmp_path / "cut", tokenizer, resume=True)
+    with pytest.raises(ForgetlessError, match="--resume to continue it, or --overwrite"):
+        _run(config, tmp_path / "cut", tokenizer)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ForgetlessError, match="holds no resumable state"):
+        _run(config, tmp_path / "empty", tokenizer, resume=True)
+    _run(config, tmp_path / "cut", tokenizer, resume=True)
+    with pytest.raises(ForgetlessError, match="complete run: nothing to resume"):
+        _run(config, tmp_path / "cut", tokenizer, resume=True)
+
+
+def test_a_half_written_state_folder_is_ignored_and_removed(task_files, tmp_path, tokenizer, monkeypatch):
+    config = _config(task_files)
+    _run(config, tmp_path / "whole", tokenizer)
+    _die_after(monkeypatch, task_index=1, step=1)
+    with pytest.raises(_Killed):
+        _run(config, tmp_path / "cut", tokenizer)
+    monkeypatch.undo()
+    root = tmp_path / "cut" / "resume"
+    half = root / "99"  # a kill while the next folder was written: current.json does not name it
+    half.mkdir()
+    (half / "state.json").write_text("{")
+    (tmp_path / "cut" / ".trainer" / "checkpoint-3").mkdir(parents=True)
+    _run(config, tmp_path / "cut", tokenizer, resume=True)
+    _assert_same_run(tmp_path / "whole", tmp_path / "cut")
