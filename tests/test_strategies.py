@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from forgetless.config import parse_config
@@ -85,12 +87,7 @@ class _LoraOnly(Strategy):
         weight: float = 1.0
 
 
-class _SingleProcess(Strategy):
-    name = "_test_single"
-    supports_multiprocess = False
-
-
-for cls in (_LoraOnly, _SingleProcess):
+for cls in (_LoraOnly,):
     register_strategy(cls)
 
 
@@ -101,9 +98,13 @@ def test_parameters_reach_the_constructor():
 def test_runner_refuses_impossible_combinations_before_training():
     with pytest.raises(ForgetlessError, match="does not work with adapter 'full'"):
         build_strategies(["_test_lora_only"], CONFIG)
-    with pytest.raises(ForgetlessError, match="several processes"):
-        build_strategies(["_test_single"], CONFIG, world_size=2)
-    assert [s.name for s in build_strategies(["naive", "_test_single"], CONFIG)] == ["naive", "_test_single"]
+    sharded = dataclasses.replace(CONFIG.training_setup(), sharding="fsdp")
+    with pytest.raises(ForgetlessError, match=r"'ewc' does not work under FSDP: it reads or edits whole parameter tensors.*"
+                                              r"train with DDP instead"):
+        build_strategies(["replay", "ewc"], sharded)
+    with pytest.raises(ForgetlessError, match="'ssr' does not work under DEEPSPEED: it generates rehearsal text"):
+        build_strategies(["ssr"], dataclasses.replace(CONFIG.training_setup(), sharding="deepspeed"))
+    assert [s.name for s in build_strategies(["naive", "replay"], sharded, world_size=2)] == ["naive", "replay"]
 
 
 def test_auto_protection_data_is_general_first_then_half_earlier_tasks(tokenizer):

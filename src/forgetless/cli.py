@@ -11,10 +11,12 @@ from .errors import ForgetlessError
 
 def _cmd_run(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .training import run_continual
+    from .training import is_main_process, run_continual
 
     config = load_config(args.config)
     results = run_continual(config, args.out, progress=not args.quiet, overwrite=args.overwrite, resume=args.resume)
+    if not is_main_process():  # under accelerate launch every process runs this; one reports
+        return
     metrics = results.metrics
     print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
     if metrics.has_general:

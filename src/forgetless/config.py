@@ -143,6 +143,16 @@ class BudgetConfig(_Strict):
     factor: float = Field(2.0, gt=1, description="strengthen: each knob is multiplied (or divided) by this.")
 
 
+def launched_sharding() -> str:
+    """What `accelerate launch --use_fsdp / --use_deepspeed` asked for (through its environment), else "none"."""
+    import os
+
+    for engine in ("fsdp", "deepspeed"):
+        if os.environ.get(f"ACCELERATE_USE_{engine.upper()}", "false").lower() == "true":
+            return engine
+    return "none"
+
+
 class RunConfig(_Strict):
     model: str = Field("default", description="'default', a Hugging Face id, or a local model folder.")
     adapter: Literal["full", "lora"] = Field("full", description="Train all weights, or a PEFT LoRA adapter.")
@@ -171,7 +181,7 @@ class RunConfig(_Strict):
         return TrainingSetup(
             adapter=self.adapter, lora_between_tasks=self.lora.between_tasks, max_length=self.train.max_length,
             batch_size=self.train.batch_size, seed=self.train.seed, precision=self.train.precision,
-            total_tasks=len(self.tasks),
+            total_tasks=len(self.tasks), sharding=launched_sharding(),
         )
 
     @model_validator(mode="after")

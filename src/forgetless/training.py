@@ -158,7 +158,11 @@ def _check_lora_targets(config: RunConfig, model) -> None:
         raise ForgetlessError(f"lora.target_modules: {missing} match no linear layer of this model; it has {linear}")
 
 
-def _is_main_process() -> bool:
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
     from accelerate import PartialState
 
     return PartialState().is_main_process
@@ -182,7 +186,12 @@ class ContinualRun:
         self.progress = progress
         # Everything that can fail on bad input fails here, before any training.
         self.stack = StrategyStack.from_specs(config.strategies)
-        self.stack.check(config.training_setup(), world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        self.stack.check(config.training_setup(), world_size=_world_size())
+        if config.train.batch_size % (config.train.gradient_accumulation_steps * _world_size()):
+            raise ForgetlessError(
+                f"train.batch_size ({config.train.batch_size}) must be a multiple of gradient_accumulation_steps x processes "
+                f"({config.train.gradient_accumulation_steps} x {_world_size()}): it is the examples of one optimizer step"
+            )
         self.strategies = self.stack.strategies
         self.budget = BudgetGuard(config.budget, self.stack) if config.budget else None
         self.probe: GeneralProbe | None = None
@@ -217,7 +226,8 @@ class ContinualRun:
         return dict(
             output_dir=str(self.out_dir / ".trainer"),
             max_steps=train.steps,
-            per_device_train_batch_size=train.batch_size // train.gradient_accumulation_steps,
+            # batch_size is examples per optimizer step over all processes: the same config gives the same steps.
+            per_device_train_batch_size=train.batch_size // (train.gradient_accumulation_steps * _world_size()),
             gradient_accumulation_steps=train.gradient_accumulation_steps,
             # Passed only when on: transformers 5 warns on every explicit value of this renamed argument.
             **({"gradient_checkpointing": True} if train.gradient_checkpointing else {}),
@@ -304,7 +314,7 @@ class ContinualRun:
             )
 
     def _checkpoint(self, task_index: int, task: TrainingTask) -> None:
-        if not _is_main_process():
+        if not is_main_process():
             return
         last = task_index == len(self.tasks) - 1
         mode = self.config.checkpoints
@@ -321,9 +331,9 @@ class ContinualRun:
         set_seed(self.config.train.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._started = started
-        # A killed run leaves transformers' working folder and maybe a half-written state folder: never reused.
-        shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
-        self.resume_store.clean()
+        if is_main_process():  # a killed run leaves transformers' working folder, maybe half a state folder
+            shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
+            self.resume_store.clean()
         restore_signal = self._catch_sigint()
         try:
             first_task, mid_task = self._start_or_resume()
@@ -346,9 +356,9 @@ class ContinualRun:
                 self.model = finish_task(self.model, self.config)
         finally:
             restore_signal()
-        shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
         results = self._results(time.perf_counter() - started)
-        if _is_main_process():  # under accelerate/torchrun every process trains; one writes
+        if is_main_process():  # under accelerate/torchrun every process trains; one writes
+            shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
             atomic_write_json(self.out_dir / "results.json", {**results.to_json(), "complete": True})
             from .report import write_report
 
@@ -378,7 +388,7 @@ class ContinualRun:
 
     def write_resume_state(self, task_index: int, task_start: bool = False, trainer_checkpoint: Path | None = None) -> None:
         """A state folder under OUT/resume: at a task's start (`task_start`) or in the middle of it."""
-        if not _is_main_process():
+        if not is_main_process():
             return
         rng_tensors, rng_values = rng_state()
         tensors: dict[str, dict[str, dict[str, torch.Tensor]]] = {"rng": {"rng": rng_tensors}}
@@ -442,7 +452,7 @@ class ContinualRun:
 
     def write_progress(self) -> None:
         """results.json with every evaluation so far, marked `"complete": false`: a run that dies keeps them."""
-        if _is_main_process():
+        if is_main_process():
             results = self._results(time.perf_counter() - self._started)
             atomic_write_json(self.out_dir / "results.json", {**results.to_json(), "complete": False})
 

@@ -154,6 +154,7 @@ class StrategyTrainerMixin:
             adapter="lora" if isinstance(model, PeftModel) else "full", lora_between_tasks="merge", max_length=int(max_length),
             batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size),
             seed=args.seed, precision=precision, total_tasks=self._total_tasks,
+            sharding="fsdp" if self.is_fsdp_enabled else "deepspeed" if self.is_deepspeed_enabled else "none",
         )
 
     def _task_data(self) -> TaskData:
@@ -297,7 +298,10 @@ class StrategyTrainerMixin:
         finally:
             self._in_training_step = False
         if self.accelerator.sync_gradients:  # the window's last micro-batch: the step's gradient is complete
-            stack.after_backward(stack.context.model, OptimizerStep(trained_tokens=self._step_tokens))
+            tokens = self._step_tokens
+            if self.accelerator.num_processes > 1:  # .grad is then the average over processes: count all their tokens
+                tokens = int(self.accelerator.reduce(torch.tensor(tokens, device=self.accelerator.device), reduction="sum"))
+            stack.after_backward(stack.context.model, OptimizerStep(trained_tokens=tokens))
             self._micro_index, self._step_tokens = 0, 0
         else:
             self._micro_index += 1

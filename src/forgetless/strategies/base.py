@@ -54,6 +54,7 @@ class TrainingSetup:
     seed: int = 0
     precision: Precision = "fp32"  # autocast precision of the training forward
     total_tasks: int | None = None  # tasks in the whole sequence, when known (None in a user's script)
+    sharding: Literal["none", "fsdp", "deepspeed"] = "none"  # whether parameters/gradients are split across processes
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Clock:
 class OptimizerStep:
     """Facts about the optimizer step whose gradients `after_backward` sees."""
 
-    trained_tokens: int  # label tokens (targets) over all micro-batches of the step, on this process
+    trained_tokens: int  # label tokens (targets) over all micro-batches of the step and all processes
 
 
 @dataclass
@@ -145,7 +146,10 @@ class Strategy:
     name: ClassVar[str] = ""
     Params: ClassVar[type[StrategyParams]] = StrategyParams
     adapters: ClassVar[tuple[str, ...]] = ("full", "lora")  # adapters it works with
-    supports_multiprocess: ClassVar[bool] = True  # correct under DDP/FSDP (several processes); checked
+    # Several processes with whole parameters on each (DDP) work for every strategy (tests/test_multiprocess.py).
+    # Under FSDP or DeepSpeed ZeRO a process holds only shards of the parameters, gradients or optimizer state:
+    # a strategy that reads or edits whole tensors by name is refused there, with this reason (None: it works).
+    sharded_reason: ClassVar[str | None] = "it reads or edits whole parameter tensors by name"
     stores_raw_data: ClassVar[bool] = False  # keeps earlier tasks' examples (privacy-relevant); reported
     # Edits the base weights under LoRA (not only the adapter), so a checkpoint must hold full weights.
     changes_base_weights: ClassVar[bool] = False
@@ -167,8 +171,12 @@ class Strategy:
         """Refuse an impossible run before training starts."""
         if setup.adapter not in self.adapters:
             raise ForgetlessError(f"strategy {self.name!r} does not work with adapter {setup.adapter!r}")
-        if world_size > 1 and not self.supports_multiprocess:
-            raise ForgetlessError(f"strategy {self.name!r} does not support several processes (world size {world_size})")
+        if setup.sharding != "none" and self.sharded_reason:
+            raise ForgetlessError(
+                f"strategy {self.name!r} does not work under {setup.sharding.upper()}: {self.sharded_reason}, and "
+                f"{setup.sharding.upper()} splits them across processes; train with DDP instead (accelerate launch "
+                "--multi_gpu --num_processes N), where every strategy works"
+            )
         if setup.precision == "fp16" and type(self).after_backward is not Strategy.after_backward:
             # Under fp16 the gradients in .grad are multiplied by the GradScaler's loss scale until the
             # optimizer step: a hook that reads or adds to them would be off by that unknown factor.

@@ -235,7 +235,6 @@ class EWC(Strategy):
     strength = Strength("lam", "up", bound=1e12)
     in_task_state = ("_penalty_total", "_penalty_steps")
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
-    supports_multiprocess = False
 
     class Params(StrategyParams):
         lam: float = Field(

@@ -48,7 +48,6 @@ class FAPM(Strategy):
 
     name = "fapm"
     strength = Strength("keep", "down", bound=0.01, applies="task_end")
-    supports_multiprocess = False  # FSDP shards would be pruned per shard, not per tensor
     changes_base_weights = True  # under LoRA the pruned update is written into the base weights
 
     class Params(StrategyParams):

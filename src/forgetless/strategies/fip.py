@@ -105,7 +105,6 @@ class FunctionallyInvariantPaths(Strategy):
     # The reference moves during a task (reference "previous"), and the anchors are drawn with _rng each step.
     in_task_state = ("_reference", "_refreshed_at", "_rng", "_distance_total", "_distance_steps")
     stores_raw_data = True  # anchors are earlier tasks' training inputs
-    supports_multiprocess = False  # a second student forward per step (anchors) before one backward
 
     class Params(StrategyParams):
         weight: float = Field(1.0, ge=0, description="Weight of the functional distance added to the task loss.")

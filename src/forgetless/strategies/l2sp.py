@@ -28,7 +28,6 @@ class L2SP(Strategy):
     name = "l2sp"
     strength = Strength("lam", "up", bound=1e12)
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
-    supports_multiprocess = False
 
     class Params(StrategyParams):
         lam: float = Field(0.01, ge=0, description="Penalty weight on the squared distance to the starting weights.")

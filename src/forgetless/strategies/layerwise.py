@@ -92,7 +92,6 @@ class Layerwise(Strategy):
     strength = Strength("lam", "up", bound=1e12)
     # The task's own importance is recorded from its training gradients, step by step.
     in_task_state = ("_recorded", "_recorded_steps", "_task_steps", "_recording_seconds", "last_alpha")
-    supports_multiprocess = False  # flat indices into whole tensors: not valid for FSDP shards
 
     class Params(StrategyParams):
         lam: float = Field(50.0, ge=0, description="Weight of the layer-weighted importance penalty.")

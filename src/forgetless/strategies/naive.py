@@ -11,3 +11,4 @@ class Naive(Strategy):
     """Cross-entropy on the task only. Full fine-tuning or LoRA depending on the run's `adapter`."""
 
     name = "naive"
+    sharded_reason = None

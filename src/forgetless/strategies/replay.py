@@ -86,6 +86,7 @@ class Replay(Strategy):
     """Rehearsal buffer of earlier tasks' examples (reservoir sampled, `per_task` each) plus general text."""
 
     name = "replay"
+    sharded_reason = None  # data only: old examples mixed into the batches
     strength = Strength("ratio", "up", bound=0.5, applies="next_task")
     stores_raw_data = True
 

@@ -86,8 +86,8 @@ class SelfSynthesizedRehearsal(Strategy):
     """Rehearse model-written pseudo-examples of earlier tasks (and general text) instead of real data."""
 
     name = "ssr"
+    sharded_reason = "it generates rehearsal text with the whole model at each task's start"
     strength = Strength("ratio", "up", bound=0.5, applies="next_task")
-    supports_multiprocess = False  # generation under FSDP/DeepSpeed sharding is not supported here
 
     class Params(StrategyParams):
         per_task: int = Field(16, ge=1, description="Synthetic examples written per finished task.")
