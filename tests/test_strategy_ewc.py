@@ -88,6 +88,20 @@ def test_per_sample_fisher_equals_a_loop_of_single_backwards(tokenizer):
     _assert_close(vectorised, _loop_fisher(model, examples))
 
 
+def test_the_fisher_survives_input_grad_hooks_that_two_trainers_registered(tokenizer):
+    # Gradient checkpointing (TRL's default) makes each trainer call enable_input_require_grads; the second
+    # task's trainer registers a second hook that transformers' disable cannot reach, and its requires_grad_
+    # is illegal inside vmap: the Fisher at that task's end failed in a user's two-task SFT script.
+    model = make_tiny_lm(len(tokenizer), hidden_size=16)
+    model.enable_input_require_grads()
+    model.enable_input_require_grads()
+    examples = _examples(tokenizer, 3)
+    fisher = per_sample_fisher(model, [n for n, _ in model.named_parameters()], examples, tokenizer.pad_token_id)
+    _assert_close(fisher, _loop_fisher(model, examples))
+    hooks = [h for h in model.get_input_embeddings()._forward_hooks.values() if h.__name__ == "make_inputs_require_grads"]
+    assert len(hooks) == 1  # the trainer's behaviour is back after the estimate
+
+
 def test_true_fisher_with_a_fixed_seed_equals_the_loop_on_the_same_sampled_labels(tokenizer):
     model = make_tiny_lm(len(tokenizer), hidden_size=16)
     examples = _examples(tokenizer, 3)

@@ -37,6 +37,13 @@ def without_input_grad_hooks(model: torch.nn.Module):
     hooked = bool(getattr(base, "_require_grads_hooks", None) or getattr(base, "_require_grads_hook", None))
     if hooked:
         base.disable_input_require_grads()
+    # A second trainer on the same model (the next task) enables it again, and transformers then keeps only the
+    # newest handles: earlier hooks stay registered where disable_input_require_grads cannot reach them.
+    embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    for key, hook in list(getattr(embeddings, "_forward_hooks", {}).items()):
+        if getattr(hook, "__name__", "") == "make_inputs_require_grads":
+            del embeddings._forward_hooks[key]
+            hooked = True
     try:
         yield model
     finally:
