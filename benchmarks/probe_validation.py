@@ -21,6 +21,7 @@ from pathlib import Path
 from quality import base_config  # benchmarks/, beside this script
 
 from forgetless.config import parse_config
+from forgetless.probe_plot import probe_figure
 from forgetless.training import run_continual
 
 
@@ -49,30 +50,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, path: Path, title: str) -> None:
-    from matplotlib.figure import Figure
-
-    points = [p for p in results["probe"] if p["delta"] is not None]
-    steps = [p["step"] for p in points]
-    delta = [p["delta"] for p in points]
-    se = [p["se"] for p in points]
-    figure = Figure(figsize=(7, 4))
-    axes = figure.add_subplot()
-    axes.plot(steps, delta, color="tab:blue", label="probe estimate")
-    axes.fill_between(steps, [d - 1.96 * s for d, s in zip(delta, se)], [d + 1.96 * s for d, s in zip(delta, se)],
-                      color="tab:blue", alpha=0.2, label="probe 95 % band")
-    full = results["general_curve"]
-    axes.errorbar([p["step"] for p in full], [p["delta"] for p in full], yerr=[1.96 * p["se"] for p in full],
-                  fmt="o", color="black", capsize=3, label="full suite ± 1.96 s.e.")
-    axes.axhline(0, color="grey", linewidth=0.8)
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("general change since before training")
-    axes.set_title(title)
-    axes.legend(loc="lower left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["support", "pydoc"])
@@ -91,7 +68,8 @@ def main() -> None:
         run_continual(parse_config(config, "probe-validation"), out, progress=False, overwrite=True)
     results = json.loads((out / "results.json").read_text())
     rows = agreement(results)
-    plot(results, out / "probe-validation.png", " -> ".join(results["tasks"]) + f" (naive, every {args.every_steps} steps)")
+    figure = probe_figure(results, " -> ".join(results["tasks"]) + f" (naive, every {args.every_steps} steps)")
+    figure.savefig(out / "probe-validation.png", dpi=110)
     print(table(rows))
     held = sum(r["gap_in_se"] <= 2 for r in rows)
     print(f"\n{held} of {len(rows)} full evaluations within 2 probe s.e.; first step beyond noise "

@@ -113,4 +113,6 @@ def test_the_report_says_when_the_probe_left_the_noise_band(tmp_path, task_files
     assert results.probe_first_beyond_noise == first
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Per-step probe" in report and f"{len(results.probe)} probes" in report
+    assert "![per-step probe](general_probe.png)" in report
+    assert (tmp_path / "run" / "general_probe.png").read_bytes().startswith(b"\x89PNG")
     assert (f"first left the 95 % noise band at step {first}" if first else "never left") in report

@@ -66,7 +66,8 @@ def _is_number(value: Any) -> bool:
 
 
 def write_report(results: RunResults | dict, out_dir: str | Path) -> Path:
-    """Write report.md, report.html, general_over_steps.png and score_matrix.png into out_dir; return report.md's path."""
+    """Write report.md, report.html, general_over_steps.png, score_matrix.png (and general_probe.png when the run
+    has a per-step probe) into out_dir; return report.md's path."""
     from .html_report import render_run_html
 
     results = _typed(results)
@@ -74,6 +75,10 @@ def write_report(results: RunResults | dict, out_dir: str | Path) -> Path:
     atomic_write_text(out_dir / "report.html", render_run_html(results))
     atomic_write_bytes(out_dir / "general_over_steps.png", _png(_general_figure(results)))
     atomic_write_bytes(out_dir / "score_matrix.png", _png(_matrix_figure(results)))
+    if getattr(results, "probe", None):
+        from .probe_plot import probe_figure
+
+        atomic_write_bytes(out_dir / "general_probe.png", _png(probe_figure(results)))
     report_path = out_dir / "report.md"
     atomic_write_text(report_path, render_markdown(results))
     return report_path
@@ -117,7 +122,7 @@ def render_markdown(results: RunResults | dict) -> str:
                   + (f"The probed general change first left the 95 % noise band at step {first}."
                      if first is not None else "The probed general change never left the 95 % noise band.")
                   + " Its s.e. covers which items were sampled, not the model's change within the window "
-                  "(forgetless/evaluation/probe.py)."]
+                  "(forgetless/evaluation/probe.py).", "", "![per-step probe](general_probe.png)"]
     lines += ["", _READING_GUIDE]
     return "\n".join(lines) + "\n"
 
