@@ -101,7 +101,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     tasks = [load_eval_file(Path(f).stem, f) for f in args.task_file]
     for suite in args.suite:
         tasks += load_suite(suite)
-    model, tokenizer = load_model_and_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_model_and_tokenizer(args.model, trust_remote_code=args.trust_remote_code, field="--model")
     scores = {}
     for task in tasks:
         result = task.evaluate(model, tokenizer, args.limit, progress=task.name)
