@@ -93,11 +93,13 @@ def _cmd_advise(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.suites import load_eval_file, load_suite
-    from .fileio import atomic_write_json
+    from .fileio import atomic_write_json, check_output_path
     from .models import load_model_and_tokenizer
 
     if not args.task_file and not args.suite:
         raise ForgetlessError("give --task-file F.jsonl and/or --suite general")
+    if args.json:  # refused now, not after every task has been scored
+        check_output_path(args.json, "--json", folder=False)
     tasks = [load_eval_file(Path(f).stem, f) for f in args.task_file]
     for suite in args.suite:
         tasks += load_suite(suite)

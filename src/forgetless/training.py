@@ -39,7 +39,7 @@ from .evaluation.instructions import with_leakage
 from .evaluation.lm_eval_tasks import load_lm_eval_tasks
 from .evaluation.probe import GeneralProbe
 from .evaluation.suites import heldout_task, load_eval_file, load_suite
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, check_output_path
 from .integrations.strategy_trainer import ListDataset, with_strategies
 from .models import load_model_and_tokenizer
 from .results import RunResults, build_results
@@ -476,8 +476,7 @@ def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=
     OUT/resume, with the same config; see forgetless.resume).
     """
     out = Path(out_dir)
-    if out.is_file():
-        raise ForgetlessError(f"--out {out} is a file, not a folder")
+    check_output_path(out, "--out", folder=True)  # before the model loads, not when the first file is written
     if resume and overwrite:
         raise ForgetlessError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     resume_from = check_resumable(out, config.model_dump(mode="json")) if resume else None
