@@ -204,3 +204,24 @@ def test_lora_targets_that_match_nothing_are_refused_before_any_evaluation(tmp_p
     config = training_config(task_files, adapter="lora", lora={"target_modules": ["q_proj", "qkv"]})
     with pytest.raises(ForgetlessError, match=r"lora\.target_modules: \['qkv'\] match no linear layer.*'q_proj'"):
         run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
+
+
+def test_a_lora_pattern_that_matches_nothing_and_a_module_peft_rejects_are_one_line(tmp_path, tokenizer, task_files,
+                                                                                     monkeypatch):
+    from forgetless.adapters import prepare_for_task
+    from forgetless.errors import ForgetlessError
+    from forgetless.evaluation.evaluator import Evaluator
+
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated before the refusal"))
+    # One string is a regular expression over full module names for PEFT: `q_proj` alone matches nothing.
+    config = training_config(task_files, adapter="lora", lora={"target_modules": "q_proj"})
+    with pytest.raises(ForgetlessError, match=r"^lora\.target_modules: 'q_proj' matches no module of this model: a single "
+                       r"string is a regular expression over full module names such as 'model\.layers\.0\.self_attn\.q_proj'"):
+        run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    # A pattern that matches a layer PEFT cannot adapt: PEFT's own refusal, on one line, naming the field.
+    config = training_config(task_files, adapter="lora", lora={"target_modules": r".*\.norm"})
+    with pytest.raises(ForgetlessError) as info:
+        prepare_for_task(make_tiny_lm(len(tokenizer)), config, 0)
+    message = str(info.value)
+    assert message.startswith("lora.target_modules: PEFT refused this LoRA set-up: Target module LlamaRMSNorm")
+    assert "\n" not in message

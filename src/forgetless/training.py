@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from .adapters import adapter_name, finish_task, prepare_for_task, trainable_parameter_count
+from .adapters import adapter_name, finish_task, lora_config, prepare_for_task, trainable_parameter_count
 from .budget import BudgetGuard
 from .config import RunConfig
 from .data.encoding import PaddingCollator, encode_rows
@@ -150,12 +150,35 @@ def _write_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Stra
 def _check_lora_targets(config: RunConfig, model) -> None:
     """LoRA target modules that match no layer are refused before any evaluation (PEFT would fail later)."""
     targets = config.lora.target_modules
-    if config.adapter != "lora" or isinstance(targets, str):
+    if config.adapter != "lora" or targets == "all-linear":
+        return
+    if isinstance(targets, str):
+        _check_lora_pattern(config, model)
         return
     linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)})
     missing = [t for t in targets if t not in linear]
     if missing:
         raise ForgetlessError(f"lora.target_modules: {missing} match no linear layer of this model; it has {linear}")
+
+
+def _check_lora_pattern(config: RunConfig, model) -> None:
+    """A single string is a regular expression over full module names (PEFT's rule, checked with PEFT's own matcher):
+    `target_modules: q_proj` matches nothing, which PEFT would only say after the evaluation before training."""
+    import re
+
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    pattern, lora = config.lora.target_modules, lora_config(config)
+    try:
+        matched = [name for name, _ in model.named_modules() if name and check_target_module_exists(lora, name)]
+    except re.error as exc:
+        raise ForgetlessError(f"lora.target_modules: {pattern!r} is not a valid regular expression ({exc})") from None
+    if not matched:
+        example = next((name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)), "")
+        raise ForgetlessError(
+            f"lora.target_modules: {pattern!r} matches no module of this model: a single string is a regular expression "
+            f"over full module names such as {example!r}; give a list (e.g. [q_proj, v_proj]) to match modules by name"
+        )
 
 
 def _world_size() -> int:
