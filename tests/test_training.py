@@ -225,3 +225,45 @@ def test_a_lora_pattern_that_matches_nothing_and_a_module_peft_rejects_are_one_l
     message = str(info.value)
     assert message.startswith("lora.target_modules: PEFT refused this LoRA set-up: Target module LlamaRMSNorm")
     assert "\n" not in message
+
+
+def test_chat_rows_cut_or_emptied_by_max_length_are_refused_warned_and_counted(tmp_path, tokenizer, task_files, monkeypatch,
+                                                                               caplog, tiny_model_folder):
+    import forgetless.training
+    from forgetless.errors import ForgetlessError
+    from forgetless.evaluation.evaluator import Evaluator
+
+    from .conftest import write_jsonl
+
+    # Every prompt (with SmolLM2's chat template, about 40 tokens) fills max_length 24: refused before the model loads.
+    monkeypatch.setattr(forgetless.training, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated before the refusal"))
+    emptied = tiny_config(task_files, model=str(tiny_model_folder), train={"steps": 2, "batch_size": 2, "max_length": 24})
+    with pytest.raises(ForgetlessError) as info:
+        run_continual(emptied, tmp_path / "out", progress=False)
+    assert str(info.value) == (
+        f"task 'chat' ({task_files['chat']}): all 22 training rows have a prompt (with the chat template) of "
+        "train.max_length (24) tokens or more, so no response token is left to learn from; raise train.max_length or "
+        "shorten the prompts")
+    monkeypatch.undo()
+
+    # Some rows emptied, some cut: both warned with their counts when the run starts, and counted in results.json.
+    short = {"prompt": "My router is broken", "response": "Please restart the router and wait."}
+    rows = [short] * 6 + [{**short, "prompt": "word " * 80}] * 2 + [{**short, "response": "wait " * 80}] * 3
+    train = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    heldout = write_jsonl(tmp_path / "mixed-heldout.jsonl", [short])
+    config = tiny_config(task_files, tasks=[{"name": "mixed", "file": train, "heldout_file": heldout}],
+                         train={"steps": 2, "batch_size": 2, "max_length": 64})
+    with caplog.at_level("WARNING", logger="forgetless"):
+        results = run_continual(config, tmp_path / "run", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer,
+                                progress=False)
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("forgetless")]
+    assert warnings == [
+        f"task 'mixed' ({train}): 2 of 11 training rows have a prompt of train.max_length (64) tokens or more and are "
+        "left out (no response token to learn from)",
+        f"task 'mixed' ({train}): 3 of 11 training rows are longer than train.max_length (64 tokens) and are cut there "
+        "(the end of their response is not trained)",
+    ]
+    logged = json.loads((tmp_path / "run" / "results.json").read_text())["training"][0]
+    assert (logged["emptied_rows"], logged["truncated_rows"]) == (2, 3) == (results.training[0]["emptied_rows"],
+                                                                            results.training[0]["truncated_rows"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -214,8 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WarningLine(logging.Handler):
+    """forgetless's own warnings (rows cut by max_length, questions cut to fit) as `forgetless: warning: ...` lines.
+
+    It looks up sys.stderr at each line, not once, so a replaced stderr (a test's capture) gets them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"forgetless: warning: {record.getMessage()}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logger = logging.getLogger("forgetless")
+    if not any(isinstance(handler, _WarningLine) for handler in logger.handlers):
+        logger.addHandler(_WarningLine(logging.WARNING))
     from .resume import RunInterrupted
 
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import signal
@@ -31,7 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from .adapters import adapter_name, finish_task, lora_config, prepare_for_task, trainable_parameter_count
 from .budget import BudgetGuard
 from .config import RunConfig
-from .data.encoding import PaddingCollator, encode_rows
+from .data.encoding import EncodingCounts, PaddingCollator, encode_rows, encode_rows_counted
 from .data.tasks import TrainingTask, load_task
 from .errors import ForgetlessError
 from .evaluation.evaluator import EvaluationLog, Evaluator
@@ -41,10 +42,12 @@ from .evaluation.probe import GeneralProbe
 from .evaluation.suites import heldout_task, load_eval_file, load_suite
 from .fileio import atomic_write_json, check_output_path
 from .integrations.strategy_trainer import ListDataset, with_strategies
-from .models import load_model_and_tokenizer
+from .models import load_model, load_tokenizer, match_pad_token
 from .results import RunResults, build_results
 from .resume import ResumeStore, RunInterrupted, check_resumable, load_rng_state, rng_state
 from .strategies import Strategy, StrategyStack, TaskData
+
+log = logging.getLogger(__name__)
 
 
 class _StepCallback(TrainerCallback):
@@ -228,10 +231,12 @@ class ContinualRun:
         general += [load_eval_file(t.name, t.file) for t in config.eval.tasks]
         general += load_lm_eval_tasks(config.eval.lm_eval_tasks, config.eval.lm_eval_include)
         general = with_leakage(general, [row for task in self.tasks for row in task.train])
+        if model is None:  # the tokenizer first: the training rows are checked before the (larger) model loads
+            tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+        self.encoding = [self._check_encoding(config.tasks[i], task, tokenizer) for i, task in enumerate(self.tasks)]
         if model is None:
-            model, tokenizer = load_model_and_tokenizer(
-                config.model, trust_remote_code=config.trust_remote_code, dtype=getattr(torch, config.model_dtype)
-            )
+            model = load_model(config.model, dtype=getattr(torch, config.model_dtype), trust_remote_code=config.trust_remote_code)
+            match_pad_token(model, tokenizer)
         self.model, self.tokenizer = model, tokenizer
         _check_lora_targets(config, model)
         held_out = [heldout_task(t, config.eval.task_choices) for t in self.tasks]
@@ -242,6 +247,27 @@ class ContinualRun:
         self.resume_from = resume_from  # a state folder of OUT/resume to continue from (run --resume)
         self.resume_store = ResumeStore(self.out_dir)
         self.interrupted = False
+
+    def _check_encoding(self, task_config, task: TrainingTask, tokenizer) -> EncodingCounts:
+        """What train.max_length does to a task's chat rows: nothing left of any row is refused, drops and cuts warned."""
+        max_length = self.config.train.max_length
+        _, counts = encode_rows_counted(tokenizer, task.train, max_length)
+        where = f"task {task.name!r} ({task_config.file or f'builtin {task_config.builtin}'})"
+        if counts.emptied == counts.rows:
+            raise ForgetlessError(
+                f"{where}: all {counts.rows} training rows have a prompt (with the chat template) of train.max_length "
+                f"({max_length}) tokens or more, so no response token is left to learn from; raise train.max_length or "
+                "shorten the prompts"
+            )
+        if not is_main_process():  # every process checks; one warns
+            return counts
+        if counts.emptied:
+            log.warning(f"{where}: {counts.emptied} of {counts.rows} training rows have a prompt of train.max_length "
+                        f"({max_length}) tokens or more and are left out (no response token to learn from)")
+        if counts.truncated:
+            log.warning(f"{where}: {counts.truncated} of {counts.rows} training rows are longer than train.max_length "
+                        f"({max_length} tokens) and are cut there (the end of their response is not trained)")
+        return counts
 
     def _training_kwargs(self, task_index: int) -> dict[str, Any]:
         """The run config's train section as TrainingArguments keywords (a TRL config takes the same)."""
@@ -323,6 +349,9 @@ class ContinualRun:
                 "trainable_parameters": trainable,
                 "total_parameters": total,
                 "task": task.name,
+                # chat rows train.max_length left out or cut short (also warned when the run starts)
+                "emptied_rows": self.encoding[task_index].emptied,
+                "truncated_rows": self.encoding[task_index].truncated,
                 **{k: v for k, v in task_log.items() if k != "task"},
             }
         )
