@@ -166,3 +166,17 @@ def test_an_eval_file_with_an_empty_or_repeated_choice_names_the_line(tmp_path, 
     quiz.write_text(json.dumps(good) + "\n" + json.dumps({**good, "choices": choices}) + "\n")
     with pytest.raises(ForgetlessError, match=message):
         load_eval_file("quiz", quiz)
+
+
+@pytest.mark.parametrize("answer", [5, 2, -1, 1.5, "0", True, None])
+def test_an_eval_file_with_an_out_of_range_answer_names_the_line(tmp_path, answer):
+    import json
+
+    from forgetless.evaluation.suites import load_eval_file
+
+    quiz = tmp_path / "quiz.jsonl"
+    good = {"question": "Capital of Italy?", "choices": ["Rome", "Paris"], "answer": 0}
+    quiz.write_text(json.dumps(good) + "\n" + json.dumps({**good, "answer": answer}) + "\n")
+    with pytest.raises(ForgetlessError) as info:
+        load_eval_file("quiz", quiz)
+    assert str(info.value) == f"{quiz}:2: expected 'answer', an index into choices (0..1), got {json.dumps(answer)}"

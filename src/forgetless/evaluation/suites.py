@@ -10,6 +10,7 @@ perplexity -> `1 - log_V(perplexity)` (V = vocabulary size; 0 = uniform guessing
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -142,7 +143,8 @@ def load_eval_file(name: str, path) -> MultipleChoiceTask | TextPerplexityTask:
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise ForgetlessError(f"{path}:{line}: expected 'choices', a list of at least 2 strings")
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-            raise ForgetlessError(f"{path}:{line}: expected 'answer', an index into choices (0..{len(choices) - 1})")
+            raise ForgetlessError(f"{path}:{line}: expected 'answer', an index into choices (0..{len(choices) - 1}), "
+                                  f"got {json.dumps(answer)}")
         if any(not choice.strip() for choice in choices):
             raise ForgetlessError(f"{path}:{line}: choice {[c.strip() for c in choices].index('')} is empty")
         if len(set(choices)) != len(choices):
