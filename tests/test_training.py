@@ -267,3 +267,29 @@ def test_chat_rows_cut_or_emptied_by_max_length_are_refused_warned_and_counted(t
     logged = json.loads((tmp_path / "run" / "results.json").read_text())["training"][0]
     assert (logged["emptied_rows"], logged["truncated_rows"]) == (2, 3) == (results.training[0]["emptied_rows"],
                                                                             results.training[0]["truncated_rows"])
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_earlier_one(tmp_path, tokenizer, task_files, monkeypatch):
+    import errno
+
+    from forgetless.errors import ForgetlessError
+    from forgetless.training import _write_checkpoint
+
+    config = training_config(task_files)
+    target = tmp_path / "out" / "checkpoints" / "after-1-chat"
+    _write_checkpoint(make_tiny_lm(len(tokenizer), seed=1), tokenizer, config, [], target, adapter=None)
+    earlier = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    model = make_tiny_lm(len(tokenizer), seed=2)
+
+    def save_half_then_fill_the_disk(folder, **kwargs):
+        (folder / "model.safetensors").write_bytes(b"\0" * 1000)  # half a file, as a full disk leaves it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model, "save_pretrained", save_half_then_fill_the_disk)
+    with pytest.raises(ForgetlessError) as info:
+        _write_checkpoint(model, tokenizer, config, [], target, adapter=None)
+    assert str(info.value) == (
+        f"could not write checkpoint {target}: no space left on device; the earlier checkpoint there is unchanged and the "
+        "partial copy was removed (free some space, or write fewer: `checkpoints: last` or `none`)")
+    assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == earlier
+    assert [p.name for p in target.parent.iterdir()] == ["after-1-chat"]  # no staging folder left

@@ -15,6 +15,7 @@ The Trainer gives accelerate, DDP/FSDP/DeepSpeed, mixed precision and logger int
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import os
@@ -118,36 +119,65 @@ def _whole_task_loss(history: list[dict], resumed_at: int, steps: int, resumed_l
 
 
 def _write_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Strategy], target: Path, adapter: str | None) -> None:
-    """Safetensors only; written into a temporary folder and renamed, so no half checkpoint is ever visible."""
+    """Safetensors only; written into a temporary folder and renamed, so no half checkpoint is ever visible.
+
+    A write that fails (a full disk) leaves the earlier checkpoint at `target` as it was and removes the partial copy.
+    """
+    staging = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        _save_checkpoint(model, tokenizer, config, strategies, staging, adapter)
+        _swap_in(staging, target)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # ENOSPC: "No space left on device"
+        kept = "the earlier checkpoint there is unchanged" if target.exists() else "no checkpoint was written there"
+        hint = " (free some space, or write fewer: `checkpoints: last` or `none`)" if exc.errno == errno.ENOSPC else ""
+        raise ForgetlessError(f"could not write checkpoint {target}: {reason[:1].lower() + reason[1:]}; {kept} and the "
+                              f"partial copy was removed{hint}") from exc
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Strategy], staging: Path, adapter: str | None) -> None:
     from safetensors.torch import save_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        if config.adapter == "lora" and any(s.changes_base_weights for s in strategies):
-            # A strategy moved the update into the base weights: an adapter alone would not reproduce the model.
-            copy.deepcopy(model).merge_and_unload().save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-        elif config.adapter == "lora":
-            model.save_pretrained(staging, selected_adapters=[adapter] if adapter else None)  # adapter weights only
-            # PEFT puts a non-"default" adapter in a sub-folder named after it; one adapter per checkpoint here.
-            for sub in [p for p in staging.iterdir() if p.is_dir()]:
-                for item in sub.iterdir():
-                    os.replace(item, staging / item.name)
-                sub.rmdir()
-        else:
-            model.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-        for strategy in strategies:
-            tensors = strategy.state_tensors()
-            if tensors:
-                tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
-                save_file(tensors, staging / f"strategy-{strategy.name}.safetensors")
-        if target.exists():
-            shutil.rmtree(target)
+    if config.adapter == "lora" and any(s.changes_base_weights for s in strategies):
+        # A strategy moved the update into the base weights: an adapter alone would not reproduce the model.
+        copy.deepcopy(model).merge_and_unload().save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    elif config.adapter == "lora":
+        model.save_pretrained(staging, selected_adapters=[adapter] if adapter else None)  # adapter weights only
+        # PEFT puts a non-"default" adapter in a sub-folder named after it; one adapter per checkpoint here.
+        for sub in [p for p in staging.iterdir() if p.is_dir()]:
+            for item in sub.iterdir():
+                os.replace(item, staging / item.name)
+            sub.rmdir()
+    else:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    for strategy in strategies:
+        tensors = strategy.state_tensors()
+        if tensors:
+            tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+            save_file(tensors, staging / f"strategy-{strategy.name}.safetensors")
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace `target` by `staging` with renames only: the target path never holds half of either checkpoint
+    (deleting the old one in place first would show a half-deleted folder to a kill in between)."""
+    if not target.exists():
         os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return
+    old = staging.with_name(staging.name + "-old")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_lora_targets(config: RunConfig, model) -> None:
