@@ -69,3 +69,34 @@ def test_a_limit_below_one_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--model", "default", "--suite", "general", "--limit", "-1"])
     assert exit_info.value.code == 2 and "--limit: must be at least 1, got -1" in capsys.readouterr().err
+
+
+def test_an_unwritable_out_or_json_is_refused_before_the_model_loads(tmp_path, task_files, monkeypatch, capsys):
+    import forgetless.models
+    import forgetless.training
+
+    # Tests run as root, whom chmod does not stop: a path under a file cannot be written by anyone.
+    blocker = tmp_path / "somefile"
+    blocker.write_text("not a folder\n")
+    for module in (forgetless.models, forgetless.training):
+        for name in ("load_model", "load_tokenizer", "load_model_and_tokenizer"):
+            monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("the model loaded before the refusal"), raising=False)
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"model": "tiny", "tasks": [{"name": "chat", "file": task_files["chat"]}],
+                                  "eval": {"suites": []}}))
+    cases = [
+        (["run", str(config), "--out", str(blocker / "out")], f"--out {blocker / 'out'} cannot be written: {blocker} is a file"),
+        (["compare", str(config), "--strategies", "naive", "--out", str(blocker / "out")], f"--out {blocker / 'out'} cannot"),
+        (["eval", "--model", "tiny", "--task-file", task_files["mc"], "--json", str(blocker / "scores.json")],
+         f"--json {blocker / 'scores.json'} cannot be written: {blocker} is a file, not a folder"),
+        (["eval", "--model", "tiny", "--task-file", task_files["mc"], "--json", str(tmp_path)],
+         f"--json {tmp_path} is a folder, not a file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"forgetless: error: {message}" in err and len(err.strip().splitlines()) == 1, err
+    # A folder that is there but not writable (a read-only mount; as root, simulated).
+    monkeypatch.setattr("forgetless.fileio.os.access", lambda *a: False)
+    assert main(["run", str(config), "--out", str(tmp_path / "new" / "out")]) == 2
+    assert f"--out {tmp_path / 'new' / 'out'} cannot be written: {tmp_path} is not writable" in capsys.readouterr().err

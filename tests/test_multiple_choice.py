@@ -166,3 +166,35 @@ def test_an_eval_file_with_an_empty_or_repeated_choice_names_the_line(tmp_path, 
     quiz.write_text(json.dumps(good) + "\n" + json.dumps({**good, "choices": choices}) + "\n")
     with pytest.raises(ForgetlessError, match=message):
         load_eval_file("quiz", quiz)
+
+
+@pytest.mark.parametrize("answer", [5, 2, -1, 1.5, "0", True, None])
+def test_an_eval_file_with_an_out_of_range_answer_names_the_line(tmp_path, answer):
+    import json
+
+    from forgetless.evaluation.suites import load_eval_file
+
+    quiz = tmp_path / "quiz.jsonl"
+    good = {"question": "Capital of Italy?", "choices": ["Rome", "Paris"], "answer": 0}
+    quiz.write_text(json.dumps(good) + "\n" + json.dumps({**good, "answer": answer}) + "\n")
+    with pytest.raises(ForgetlessError) as info:
+        load_eval_file("quiz", quiz)
+    assert str(info.value) == f"{quiz}:2: expected 'answer', an index into choices (0..1), got {json.dumps(answer)}"
+
+
+def test_questions_cut_to_fit_the_model_are_warned_once_per_task_with_their_count(tiny_lm, tokenizer, caplog):
+    from forgetless.evaluation.suites import MultipleChoiceTask
+
+    tiny_lm.config.max_position_embeddings = 48  # the length the scorer fits items into (model_max_length)
+    long_question = "Question: " + "the capital of France is Paris and " * 12 + "?\nAnswer:"
+    items = [MultipleChoiceItem(long_question, ("yes", "no"), 0)] * 2 + [MultipleChoiceItem("Q: 2 + 2 =", ("4", "5"), 0)]
+    task = MultipleChoiceTask("long", items)
+    with caplog.at_level("WARNING", logger="forgetless"):
+        task.evaluate(tiny_lm, tokenizer)
+        task.evaluate(tiny_lm, tokenizer)  # a run scores the same task many times: still one warning
+        task.subset([0, 2]).evaluate(tiny_lm, tokenizer)  # and the probe's subsets of it
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("forgetless")] == [
+        "task 'long': 2 of 3 multiple-choice items do not fit the model's 48 tokens (question and choice); their questions "
+        "are cut from the left to fit, which can change their scores"
+    ]
+    assert score_multiple_choice(tiny_lm, tokenizer, items[2:]).truncated == 0

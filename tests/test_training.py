@@ -204,3 +204,92 @@ def test_lora_targets_that_match_nothing_are_refused_before_any_evaluation(tmp_p
     config = training_config(task_files, adapter="lora", lora={"target_modules": ["q_proj", "qkv"]})
     with pytest.raises(ForgetlessError, match=r"lora\.target_modules: \['qkv'\] match no linear layer.*'q_proj'"):
         run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
+
+
+def test_a_lora_pattern_that_matches_nothing_and_a_module_peft_rejects_are_one_line(tmp_path, tokenizer, task_files,
+                                                                                     monkeypatch):
+    from forgetless.adapters import prepare_for_task
+    from forgetless.errors import ForgetlessError
+    from forgetless.evaluation.evaluator import Evaluator
+
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated before the refusal"))
+    # One string is a regular expression over full module names for PEFT: `q_proj` alone matches nothing.
+    config = training_config(task_files, adapter="lora", lora={"target_modules": "q_proj"})
+    with pytest.raises(ForgetlessError, match=r"^lora\.target_modules: 'q_proj' matches no module of this model: a single "
+                       r"string is a regular expression over full module names such as 'model\.layers\.0\.self_attn\.q_proj'"):
+        run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    # A pattern that matches a layer PEFT cannot adapt: PEFT's own refusal, on one line, naming the field.
+    config = training_config(task_files, adapter="lora", lora={"target_modules": r".*\.norm"})
+    with pytest.raises(ForgetlessError) as info:
+        prepare_for_task(make_tiny_lm(len(tokenizer)), config, 0)
+    message = str(info.value)
+    assert message.startswith("lora.target_modules: PEFT refused this LoRA set-up: Target module LlamaRMSNorm")
+    assert "\n" not in message
+
+
+def test_chat_rows_cut_or_emptied_by_max_length_are_refused_warned_and_counted(tmp_path, tokenizer, task_files, monkeypatch,
+                                                                               caplog, tiny_model_folder):
+    import forgetless.training
+    from forgetless.errors import ForgetlessError
+    from forgetless.evaluation.evaluator import Evaluator
+
+    from .conftest import write_jsonl
+
+    # Every prompt (with SmolLM2's chat template, about 40 tokens) fills max_length 24: refused before the model loads.
+    monkeypatch.setattr(forgetless.training, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated before the refusal"))
+    emptied = tiny_config(task_files, model=str(tiny_model_folder), train={"steps": 2, "batch_size": 2, "max_length": 24})
+    with pytest.raises(ForgetlessError) as info:
+        run_continual(emptied, tmp_path / "out", progress=False)
+    assert str(info.value) == (
+        f"task 'chat' ({task_files['chat']}): all 22 training rows have a prompt (with the chat template) of "
+        "train.max_length (24) tokens or more, so no response token is left to learn from; raise train.max_length or "
+        "shorten the prompts")
+    monkeypatch.undo()
+
+    # Some rows emptied, some cut: both warned with their counts when the run starts, and counted in results.json.
+    short = {"prompt": "My router is broken", "response": "Please restart the router and wait."}
+    rows = [short] * 6 + [{**short, "prompt": "word " * 80}] * 2 + [{**short, "response": "wait " * 80}] * 3
+    train = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    heldout = write_jsonl(tmp_path / "mixed-heldout.jsonl", [short])
+    config = tiny_config(task_files, tasks=[{"name": "mixed", "file": train, "heldout_file": heldout}],
+                         train={"steps": 2, "batch_size": 2, "max_length": 64})
+    with caplog.at_level("WARNING", logger="forgetless"):
+        results = run_continual(config, tmp_path / "run", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer,
+                                progress=False)
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("forgetless")]
+    assert warnings == [
+        f"task 'mixed' ({train}): 2 of 11 training rows have a prompt of train.max_length (64) tokens or more and are "
+        "left out (no response token to learn from)",
+        f"task 'mixed' ({train}): 3 of 11 training rows are longer than train.max_length (64 tokens) and are cut there "
+        "(the end of their response is not trained)",
+    ]
+    logged = json.loads((tmp_path / "run" / "results.json").read_text())["training"][0]
+    assert (logged["emptied_rows"], logged["truncated_rows"]) == (2, 3) == (results.training[0]["emptied_rows"],
+                                                                            results.training[0]["truncated_rows"])
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_earlier_one(tmp_path, tokenizer, task_files, monkeypatch):
+    import errno
+
+    from forgetless.errors import ForgetlessError
+    from forgetless.training import _write_checkpoint
+
+    config = training_config(task_files)
+    target = tmp_path / "out" / "checkpoints" / "after-1-chat"
+    _write_checkpoint(make_tiny_lm(len(tokenizer), seed=1), tokenizer, config, [], target, adapter=None)
+    earlier = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    model = make_tiny_lm(len(tokenizer), seed=2)
+
+    def save_half_then_fill_the_disk(folder, **kwargs):
+        (folder / "model.safetensors").write_bytes(b"\0" * 1000)  # half a file, as a full disk leaves it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model, "save_pretrained", save_half_then_fill_the_disk)
+    with pytest.raises(ForgetlessError) as info:
+        _write_checkpoint(model, tokenizer, config, [], target, adapter=None)
+    assert str(info.value) == (
+        f"could not write checkpoint {target}: no space left on device; the earlier checkpoint there is unchanged and the "
+        "partial copy was removed (free some space, or write fewer: `checkpoints: last` or `none`)")
+    assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == earlier
+    assert [p.name for p in target.parent.iterdir()] == ["after-1-chat"]  # no staging folder left

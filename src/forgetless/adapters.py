@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .config import RunConfig
+from .errors import ForgetlessError
 
 
 def adapter_name(task_index: int) -> str:
@@ -22,25 +23,52 @@ def prepare_for_task(model: torch.nn.Module, config: RunConfig, task_index: int)
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
 
-    lora = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(config)
     name = adapter_name(task_index)
-    if not isinstance(model, PeftModel):
-        return get_peft_model(model, lora, adapter_name=name)
-    # Stack mode: add a fresh adapter, keep all active, train only the new one.
-    model.add_adapter(name, lora)
+    try:
+        if not isinstance(model, PeftModel):
+            return get_peft_model(model, lora, adapter_name=name)
+        # Stack mode: add a fresh adapter, keep all active, train only the new one.
+        model.add_adapter(name, lora)
+    except PEFT_REFUSALS as exc:
+        raise peft_error(exc) from exc
     names = [adapter_name(i) for i in range(task_index + 1)]
     model.base_model.set_adapter(names)
     for parameter_name, parameter in model.named_parameters():
         parameter.requires_grad_(f".{name}." in parameter_name)
     return model
+
+
+# What PEFT raises for a LoRA set-up it rejects (a target module it cannot adapt, a bad value), not for a bug.
+PEFT_REFUSALS = (ValueError, TypeError, NotImplementedError)
+
+
+def lora_config(config: RunConfig):
+    """The run's `lora` section as PEFT's LoraConfig (a value PEFT rejects is a one-line error naming the field)."""
+    from peft import LoraConfig
+
+    try:
+        return LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+    except PEFT_REFUSALS as exc:
+        raise peft_error(exc) from exc
+
+
+def peft_error(exc: Exception) -> ForgetlessError:
+    """PEFT's refusal on one line, naming the `lora.*` field it is about when its words say which."""
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    words = reason.lower()
+    field = next((f"lora.{name}" for key, name in (("target", "target_modules"), ("dropout", "dropout"),
+                                                    ("alpha", "alpha"), ("rank", "r")) if key in words),
+                 "lora (r, alpha, dropout, target_modules)")
+    return ForgetlessError(f"{field}: PEFT refused this LoRA set-up: {reason}")
 
 
 def finish_task(model: torch.nn.Module, config: RunConfig) -> torch.nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -93,15 +94,17 @@ def _cmd_advise(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.suites import load_eval_file, load_suite
-    from .fileio import atomic_write_json
+    from .fileio import atomic_write_json, check_output_path
     from .models import load_model_and_tokenizer
 
     if not args.task_file and not args.suite:
         raise ForgetlessError("give --task-file F.jsonl and/or --suite general")
+    if args.json:  # refused now, not after every task has been scored
+        check_output_path(args.json, "--json", folder=False)
     tasks = [load_eval_file(Path(f).stem, f) for f in args.task_file]
     for suite in args.suite:
         tasks += load_suite(suite)
-    model, tokenizer = load_model_and_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_model_and_tokenizer(args.model, trust_remote_code=args.trust_remote_code, field="--model")
     scores = {}
     for task in tasks:
         result = task.evaluate(model, tokenizer, args.limit, progress=task.name)
@@ -212,8 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WarningLine(logging.Handler):
+    """forgetless's own warnings (rows cut by max_length, questions cut to fit) as `forgetless: warning: ...` lines.
+
+    It looks up sys.stderr at each line, not once, so a replaced stderr (a test's capture) gets them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"forgetless: warning: {record.getMessage()}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logger = logging.getLogger("forgetless")
+    if not any(isinstance(handler, _WarningLine) for handler in logger.handlers):
+        logger.addHandler(_WarningLine(logging.WARNING))
     from .resume import RunInterrupted
 
     try:

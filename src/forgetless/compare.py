@@ -29,7 +29,7 @@ from pydantic import Field
 
 from .config import RunConfig, parse_config
 from .errors import ForgetlessError
-from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
 from .metrics import paired_delta
 from .results import GeneralSummary
 
@@ -413,6 +413,7 @@ def compare(
     from .training import ContinualRun
 
     out = Path(out_dir)
+    check_output_path(out, "--out", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     run_factory = run_factory or (lambda cfg, folder, before: ContinualRun(cfg, folder, progress=progress, before=before))
     path = out / "compare.json"

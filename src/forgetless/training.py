@@ -15,7 +15,9 @@ The Trainer gives accelerate, DDP/FSDP/DeepSpeed, mixed precision and logger int
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -28,10 +30,10 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from .adapters import adapter_name, finish_task, prepare_for_task, trainable_parameter_count
+from .adapters import adapter_name, finish_task, lora_config, prepare_for_task, trainable_parameter_count
 from .budget import BudgetGuard
 from .config import RunConfig
-from .data.encoding import PaddingCollator, encode_rows
+from .data.encoding import EncodingCounts, PaddingCollator, encode_rows, encode_rows_counted
 from .data.tasks import TrainingTask, load_task
 from .errors import ForgetlessError
 from .evaluation.evaluator import EvaluationLog, Evaluator
@@ -39,12 +41,14 @@ from .evaluation.instructions import with_leakage
 from .evaluation.lm_eval_tasks import load_lm_eval_tasks
 from .evaluation.probe import GeneralProbe
 from .evaluation.suites import heldout_task, load_eval_file, load_suite
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, check_output_path
 from .integrations.strategy_trainer import ListDataset, with_strategies
-from .models import load_model_and_tokenizer
+from .models import load_model, load_tokenizer, match_pad_token
 from .results import RunResults, build_results
 from .resume import ResumeStore, RunInterrupted, check_resumable, load_rng_state, rng_state
 from .strategies import Strategy, StrategyStack, TaskData
+
+log = logging.getLogger(__name__)
 
 
 class _StepCallback(TrainerCallback):
@@ -115,47 +119,99 @@ def _whole_task_loss(history: list[dict], resumed_at: int, steps: int, resumed_l
 
 
 def _write_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Strategy], target: Path, adapter: str | None) -> None:
-    """Safetensors only; written into a temporary folder and renamed, so no half checkpoint is ever visible."""
+    """Safetensors only; written into a temporary folder and renamed, so no half checkpoint is ever visible.
+
+    A write that fails (a full disk) leaves the earlier checkpoint at `target` as it was and removes the partial copy.
+    """
+    staging = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        _save_checkpoint(model, tokenizer, config, strategies, staging, adapter)
+        _swap_in(staging, target)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # ENOSPC: "No space left on device"
+        kept = "the earlier checkpoint there is unchanged" if target.exists() else "no checkpoint was written there"
+        hint = " (free some space, or write fewer: `checkpoints: last` or `none`)" if exc.errno == errno.ENOSPC else ""
+        raise ForgetlessError(f"could not write checkpoint {target}: {reason[:1].lower() + reason[1:]}; {kept} and the "
+                              f"partial copy was removed{hint}") from exc
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_checkpoint(model, tokenizer, config: RunConfig, strategies: list[Strategy], staging: Path, adapter: str | None) -> None:
     from safetensors.torch import save_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        if config.adapter == "lora" and any(s.changes_base_weights for s in strategies):
-            # A strategy moved the update into the base weights: an adapter alone would not reproduce the model.
-            copy.deepcopy(model).merge_and_unload().save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-        elif config.adapter == "lora":
-            model.save_pretrained(staging, selected_adapters=[adapter] if adapter else None)  # adapter weights only
-            # PEFT puts a non-"default" adapter in a sub-folder named after it; one adapter per checkpoint here.
-            for sub in [p for p in staging.iterdir() if p.is_dir()]:
-                for item in sub.iterdir():
-                    os.replace(item, staging / item.name)
-                sub.rmdir()
-        else:
-            model.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-        for strategy in strategies:
-            tensors = strategy.state_tensors()
-            if tensors:
-                tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
-                save_file(tensors, staging / f"strategy-{strategy.name}.safetensors")
-        if target.exists():
-            shutil.rmtree(target)
+    if config.adapter == "lora" and any(s.changes_base_weights for s in strategies):
+        # A strategy moved the update into the base weights: an adapter alone would not reproduce the model.
+        copy.deepcopy(model).merge_and_unload().save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    elif config.adapter == "lora":
+        model.save_pretrained(staging, selected_adapters=[adapter] if adapter else None)  # adapter weights only
+        # PEFT puts a non-"default" adapter in a sub-folder named after it; one adapter per checkpoint here.
+        for sub in [p for p in staging.iterdir() if p.is_dir()]:
+            for item in sub.iterdir():
+                os.replace(item, staging / item.name)
+            sub.rmdir()
+    else:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    for strategy in strategies:
+        tensors = strategy.state_tensors()
+        if tensors:
+            tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+            save_file(tensors, staging / f"strategy-{strategy.name}.safetensors")
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace `target` by `staging` with renames only: the target path never holds half of either checkpoint
+    (deleting the old one in place first would show a half-deleted folder to a kill in between)."""
+    if not target.exists():
         os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return
+    old = staging.with_name(staging.name + "-old")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_lora_targets(config: RunConfig, model) -> None:
     """LoRA target modules that match no layer are refused before any evaluation (PEFT would fail later)."""
     targets = config.lora.target_modules
-    if config.adapter != "lora" or isinstance(targets, str):
+    if config.adapter != "lora" or targets == "all-linear":
+        return
+    if isinstance(targets, str):
+        _check_lora_pattern(config, model)
         return
     linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)})
     missing = [t for t in targets if t not in linear]
     if missing:
         raise ForgetlessError(f"lora.target_modules: {missing} match no linear layer of this model; it has {linear}")
+
+
+def _check_lora_pattern(config: RunConfig, model) -> None:
+    """A single string is a regular expression over full module names (PEFT's rule, checked with PEFT's own matcher):
+    `target_modules: q_proj` matches nothing, which PEFT would only say after the evaluation before training."""
+    import re
+
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    pattern, lora = config.lora.target_modules, lora_config(config)
+    try:
+        matched = [name for name, _ in model.named_modules() if name and check_target_module_exists(lora, name)]
+    except re.error as exc:
+        raise ForgetlessError(f"lora.target_modules: {pattern!r} is not a valid regular expression ({exc})") from None
+    if not matched:
+        example = next((name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)), "")
+        raise ForgetlessError(
+            f"lora.target_modules: {pattern!r} matches no module of this model: a single string is a regular expression "
+            f"over full module names such as {example!r}; give a list (e.g. [q_proj, v_proj]) to match modules by name"
+        )
 
 
 def _world_size() -> int:
@@ -205,10 +261,12 @@ class ContinualRun:
         general += [load_eval_file(t.name, t.file) for t in config.eval.tasks]
         general += load_lm_eval_tasks(config.eval.lm_eval_tasks, config.eval.lm_eval_include)
         general = with_leakage(general, [row for task in self.tasks for row in task.train])
+        if model is None:  # the tokenizer first: the training rows are checked before the (larger) model loads
+            tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+        self.encoding = [self._check_encoding(config.tasks[i], task, tokenizer) for i, task in enumerate(self.tasks)]
         if model is None:
-            model, tokenizer = load_model_and_tokenizer(
-                config.model, trust_remote_code=config.trust_remote_code, dtype=getattr(torch, config.model_dtype)
-            )
+            model = load_model(config.model, dtype=getattr(torch, config.model_dtype), trust_remote_code=config.trust_remote_code)
+            match_pad_token(model, tokenizer)
         self.model, self.tokenizer = model, tokenizer
         _check_lora_targets(config, model)
         held_out = [heldout_task(t, config.eval.task_choices) for t in self.tasks]
@@ -219,6 +277,27 @@ class ContinualRun:
         self.resume_from = resume_from  # a state folder of OUT/resume to continue from (run --resume)
         self.resume_store = ResumeStore(self.out_dir)
         self.interrupted = False
+
+    def _check_encoding(self, task_config, task: TrainingTask, tokenizer) -> EncodingCounts:
+        """What train.max_length does to a task's chat rows: nothing left of any row is refused, drops and cuts warned."""
+        max_length = self.config.train.max_length
+        _, counts = encode_rows_counted(tokenizer, task.train, max_length)
+        where = f"task {task.name!r} ({task_config.file or f'builtin {task_config.builtin}'})"
+        if counts.emptied == counts.rows:
+            raise ForgetlessError(
+                f"{where}: all {counts.rows} training rows have a prompt (with the chat template) of train.max_length "
+                f"({max_length}) tokens or more, so no response token is left to learn from; raise train.max_length or "
+                "shorten the prompts"
+            )
+        if not is_main_process():  # every process checks; one warns
+            return counts
+        if counts.emptied:
+            log.warning(f"{where}: {counts.emptied} of {counts.rows} training rows have a prompt of train.max_length "
+                        f"({max_length}) tokens or more and are left out (no response token to learn from)")
+        if counts.truncated:
+            log.warning(f"{where}: {counts.truncated} of {counts.rows} training rows are longer than train.max_length "
+                        f"({max_length} tokens) and are cut there (the end of their response is not trained)")
+        return counts
 
     def _training_kwargs(self, task_index: int) -> dict[str, Any]:
         """The run config's train section as TrainingArguments keywords (a TRL config takes the same)."""
@@ -300,6 +379,9 @@ class ContinualRun:
                 "trainable_parameters": trainable,
                 "total_parameters": total,
                 "task": task.name,
+                # chat rows train.max_length left out or cut short (also warned when the run starts)
+                "emptied_rows": self.encoding[task_index].emptied,
+                "truncated_rows": self.encoding[task_index].truncated,
                 **{k: v for k, v in task_log.items() if k != "task"},
             }
         )
@@ -476,8 +558,7 @@ def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=
     OUT/resume, with the same config; see forgetless.resume).
     """
     out = Path(out_dir)
-    if out.is_file():
-        raise ForgetlessError(f"--out {out} is a file, not a folder")
+    check_output_path(out, "--out", folder=True)  # before the model loads, not when the first file is written
     if resume and overwrite:
         raise ForgetlessError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     resume_from = check_resumable(out, config.model_dump(mode="json")) if resume else None

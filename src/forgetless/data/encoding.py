@@ -7,6 +7,7 @@ STM masks tokens that way). Chat rows
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,8 +27,8 @@ def chat_prompt_text(tokenizer, prompt: str) -> str:
     return _FALLBACK_PROMPT.format(prompt=prompt)
 
 
-def encode_chat(tokenizer, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:
-    """Prompt + response in the model's chat format; labels cover the response (and its end marker)."""
+def chat_token_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of a chat row in the model's chat format, untruncated."""
     prompt_text = chat_prompt_text(tokenizer, prompt)
     if getattr(tokenizer, "chat_template", None):
         full_text = tokenizer.apply_chat_template(
@@ -39,6 +40,15 @@ def encode_chat(tokenizer, prompt: str, response: str, max_length: int) -> dict[
         raise ValueError("the chat template does not render the prompt as a prefix of the full conversation")
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    return prompt_ids, response_ids
+
+
+def encode_chat(tokenizer, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:
+    """Prompt + response in the model's chat format; labels cover the response (and its end marker)."""
+    return _chat_feature(*chat_token_ids(tokenizer, prompt, response), max_length)
+
+
+def _chat_feature(prompt_ids: list[int], response_ids: list[int], max_length: int) -> dict[str, list[int]]:
     input_ids = (prompt_ids + response_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
     return {"input_ids": input_ids, "labels": labels}
@@ -56,17 +66,37 @@ def encode_text(tokenizer, text: str, max_length: int) -> list[dict[str, list[in
     ]
 
 
-def encode_rows(tokenizer, rows: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
-    """Encode validated task rows; examples left with no trained token (prompt too long) are dropped."""
+@dataclass
+class EncodingCounts:
+    """What max_length did to a task's chat rows (text rows are split into windows instead: nothing is lost)."""
+
+    rows: int = 0
+    emptied: int = 0  # the prompt fills max_length: no response token is left, the row is dropped
+    truncated: int = 0  # cut at max_length: trained, but the end of the response is not
+
+
+def encode_rows_counted(
+    tokenizer, rows: list[dict[str, Any]], max_length: int
+) -> tuple[list[dict[str, list[int]]], EncodingCounts]:
+    """Encode validated task rows, counting the chat rows max_length emptied (dropped) or truncated."""
     features: list[dict[str, list[int]]] = []
+    counts = EncodingCounts(rows=len(rows))
     for row in rows:
         if "text" in row:
             features.extend(encode_text(tokenizer, row["text"], max_length))
-        else:
-            feature = encode_chat(tokenizer, row["prompt"], row["response"], max_length)
-            if any(label != IGNORE_INDEX for label in feature["labels"]):
-                features.append(feature)
-    return features
+            continue
+        prompt_ids, response_ids = chat_token_ids(tokenizer, row["prompt"], row["response"])
+        if len(prompt_ids) >= max_length or not response_ids:
+            counts.emptied += 1
+            continue
+        features.append(_chat_feature(prompt_ids, response_ids, max_length))
+        counts.truncated += len(prompt_ids) + len(response_ids) > max_length
+    return features, counts
+
+
+def encode_rows(tokenizer, rows: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
+    """Encode validated task rows; examples left with no trained token (prompt too long) are dropped."""
+    return encode_rows_counted(tokenizer, rows, max_length)[0]
 
 
 class PaddingCollator:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ForgetlessError
 from ..metrics import ScoreSamples
-from .multiple_choice import MultipleChoiceItem, score_multiple_choice
+from .multiple_choice import MultipleChoiceItem, score_multiple_choice, warn_if_truncated
 
 
 def _offline_lm_eval():
@@ -61,6 +61,7 @@ class LmEvalTask:
     name: str
     task: Any  # lm_eval.api.task.ConfigurableTask
     manager: Any = field(repr=False)
+    warned: set[str] = field(default_factory=set, repr=False, compare=False)  # truncation warned once per task
     metric = "mean"
 
     def evaluate(self, model, tokenizer, limit: int | None = None, progress=False):
@@ -95,6 +96,7 @@ class LmEvalTask:
             answer = choices.index(target) if isinstance(target, str) else int(target)
             items.append(MultipleChoiceItem(contexts.pop(), tuple(choices), answer))
         result = score_multiple_choice(model, tokenizer, items, delimiter=delimiter, progress=progress)
+        warn_if_truncated(result, f"lm-eval task {self.name!r}", self.warned)
         summary = {"acc": result.acc, "acc_norm": result.acc_norm, "acc_stderr": result.acc_stderr}
         return [float(c) for c in result.correct], summary
 

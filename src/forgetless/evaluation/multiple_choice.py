@@ -17,6 +17,7 @@ tokens, longest first. The custom 4D mask needs the `sdpa` or `eager` attention 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,6 +34,8 @@ from ._scoring import (
     token_budget_batches,
     unwrap_model,
 )
+
+log = logging.getLogger(__name__)
 
 # Attention implementations that apply a custom 4D additive mask as given (flash attention ignores it).
 MASKABLE_ATTENTION = ("sdpa", "eager")
@@ -59,6 +62,8 @@ class MultipleChoiceResult:
     correct: list[bool]
     correct_norm: list[bool]
     loglikelihoods: list[list[float]]  # [item][choice]
+    truncated: int = 0  # items whose question was cut from the left to fit the model (lm-eval does the same, silently)
+    max_length: int = 0  # the model's maximum input length those items were cut to
 
 
 @dataclass
@@ -206,6 +211,15 @@ def _score_batch(model, items: list[_EncodedItem], pad_id: int, device: torch.de
     return scores
 
 
+def warn_if_truncated(result: MultipleChoiceResult, task: str, warned: set[str]) -> None:
+    """Say how many questions were cut to fit the model, once per task (a run scores the same items many times)."""
+    if result.truncated and task not in warned:
+        warned.add(task)
+        log.warning(f"{task}: {result.truncated} of {result.n} multiple-choice items do not fit the model's "
+                    f"{result.max_length} tokens (question and choice); their questions are cut from the left to fit, "
+                    "which can change their scores")
+
+
 def score_multiple_choice(
     model,
     tokenizer,
@@ -231,10 +245,9 @@ def score_multiple_choice(
             f"attn_implementation 'sdpa' or 'eager'; this model uses {attention!r}"
         )
     max_length = model_max_length(model, tokenizer)
-    encoded = [
-        _truncate_context(_encode_item(tokenizer, item.question, [delimiter + c for c in item.choices]), max_length, n)
-        for n, item in enumerate(items, start=1)
-    ]
+    whole = [_encode_item(tokenizer, item.question, [delimiter + c for c in item.choices]) for item in items]
+    encoded = [_truncate_context(item, max_length, n) for n, item in enumerate(whole, start=1)]
+    truncated = sum(len(cut.context) < len(item.context) for cut, item in zip(encoded, whole))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix_token_id(tokenizer)
     device = model_device(model)
     loglikelihoods: list[list[float]] = [[] for _ in items]
@@ -264,4 +277,6 @@ def score_multiple_choice(
         correct=correct,
         correct_norm=correct_norm,
         loglikelihoods=loglikelihoods,
+        truncated=truncated,
+        max_length=max_length,
     )

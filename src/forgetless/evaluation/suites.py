@@ -10,6 +10,7 @@ perplexity -> `1 - log_V(perplexity)` (V = vocabulary size; 0 = uniform guessing
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -19,7 +20,7 @@ from ..data.tasks import TrainingTask, asset_path
 from ..errors import ForgetlessError
 from ..fileio import read_jsonl_numbered
 from ..metrics import ScoreSamples
-from .multiple_choice import MultipleChoiceItem, score_multiple_choice
+from .multiple_choice import MultipleChoiceItem, score_multiple_choice, warn_if_truncated
 from .perplexity import PerplexityResult, score_sequences_nll, score_text_perplexity
 
 # Evaluation sees longer sequences than training (128 by default) so held-out replies are scored whole.
@@ -40,8 +41,10 @@ def _perplexity_score(result: PerplexityResult, vocab_size: int) -> TaskScore:
     return TaskScore(summary, samples)
 
 
-def _multiple_choice_summary(items, model, tokenizer, delimiter: str, progress) -> tuple[dict[str, Any], list[bool]]:
+def _multiple_choice_summary(items, model, tokenizer, delimiter: str, progress, task: str,
+                             warned: set[str]) -> tuple[dict[str, Any], list[bool]]:
     result = score_multiple_choice(model, tokenizer, items, delimiter=delimiter, progress=progress)
+    warn_if_truncated(result, task, warned)
     summary = {
         "acc": result.acc,
         "acc_norm": result.acc_norm,
@@ -58,16 +61,19 @@ class MultipleChoiceTask:
 
     name: str
     items: list[MultipleChoiceItem]
+    # Tasks whose truncation was already warned about; a subset (the probe's) shares its task's.
+    warned: set[str] = field(default_factory=set, repr=False, compare=False)
     metric = "acc"
 
     def __len__(self) -> int:
         return len(self.items)
 
     def subset(self, indices: list[int]) -> "MultipleChoiceTask":
-        return MultipleChoiceTask(self.name, [self.items[i] for i in indices])
+        return MultipleChoiceTask(self.name, [self.items[i] for i in indices], self.warned)
 
     def evaluate(self, model, tokenizer, limit: int | None = None, progress=False) -> TaskScore:
-        summary, correct = _multiple_choice_summary(self.items[:limit], model, tokenizer, " ", progress)
+        summary, correct = _multiple_choice_summary(self.items[:limit], model, tokenizer, " ", progress,
+                                                    f"task {self.name!r}", self.warned)
         summary = {"score": summary["acc"], **summary}
         return TaskScore(summary, ScoreSamples(kind="mean", values=[float(c) for c in correct]))
 
@@ -96,6 +102,7 @@ class ChatHeldoutTask:
     name: str
     rows: list[dict[str, Any]]
     multiple_choice: list[dict[str, Any]] = field(default_factory=list)
+    warned: set[str] = field(default_factory=set, repr=False, compare=False)  # as MultipleChoiceTask's
     metric = "perplexity"
 
     def evaluate(self, model, tokenizer, limit: int | None = None, progress=False) -> TaskScore:
@@ -112,7 +119,8 @@ class ChatHeldoutTask:
                 MultipleChoiceItem(chat_prompt_text(tokenizer, q["prompt"]), tuple(q["choices"]), q["answer"])
                 for q in self.multiple_choice[:limit]
             ]
-            mc_summary, _ = _multiple_choice_summary(items, model, tokenizer, "", progress)
+            mc_summary, _ = _multiple_choice_summary(items, model, tokenizer, "", progress,
+                                                     f"task {self.name!r} (reply choices)", self.warned)
             score.summary.update({f"mc_{key}": value for key, value in mc_summary.items()})
         return score
 
@@ -142,7 +150,8 @@ def load_eval_file(name: str, path) -> MultipleChoiceTask | TextPerplexityTask:
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise ForgetlessError(f"{path}:{line}: expected 'choices', a list of at least 2 strings")
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-            raise ForgetlessError(f"{path}:{line}: expected 'answer', an index into choices (0..{len(choices) - 1})")
+            raise ForgetlessError(f"{path}:{line}: expected 'answer', an index into choices (0..{len(choices) - 1}), "
+                                  f"got {json.dumps(answer)}")
         if any(not choice.strip() for choice in choices):
             raise ForgetlessError(f"{path}:{line}: choice {[c.strip() for c in choices].index('')} is empty")
         if len(set(choices)) != len(choices):
