@@ -39,7 +39,7 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts examples
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=12   # the slowest tests and their seconds, in every CI log
 
 smoke: $(TEST_STAMP)
 	$(VENV)/bin/pytest -q -m smoke
