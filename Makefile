@@ -11,7 +11,7 @@ TORCH_PIN := torch==2.13.0
 CHROMIUM_STAMP := $(VENV)/.chromium
 APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
 
-.PHONY: setup demo test smoke bench-eval clean
+.PHONY: setup demo test test-multiprocess smoke bench-eval clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,10 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts examples
-	$(VENV)/bin/pytest -q --durations=12   # the slowest tests and their seconds, in every CI log
+	$(VENV)/bin/pytest -q --durations=12 -m "not multiprocess"   # the slowest tests and their seconds, in every CI log
+
+test-multiprocess: $(TEST_STAMP)
+	$(VENV)/bin/pytest -q -m multiprocess
 
 smoke: $(TEST_STAMP)
 	$(VENV)/bin/pytest -q -m smoke

@@ -32,7 +32,9 @@ from forgetless.training import run_continual
 
 from .test_strategy_contract import SPECS
 
-pytestmark = pytest.mark.slow
+# Not in `make test` yet (`make test-multiprocess` runs them): in fresh-clone runs of 2026-12-01 one launch in
+# about fifteen failed at start-up (a worker's connection closed; once both ranks wrote resume/, fixed since).
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 SCORE_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 5e-3
 

@@ -219,9 +219,10 @@ def _world_size() -> int:
 
 
 def is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    # The launcher's RANK (torchrun and accelerate launch set it for every process), not accelerate's PartialState:
+    # built before the first Trainer, that state came up single-process on a CPU, every rank thought it was rank 0
+    # and two wrote resume/ at once (seen in a full test run); transformers rebuilds it later for the Trainer.
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class ContinualRun:
