@@ -33,7 +33,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from .adapters import adapter_name, finish_task, lora_config, prepare_for_task, trainable_parameter_count
 from .budget import BudgetGuard
 from .config import RunConfig
-from .data.encoding import EncodingCounts, PaddingCollator, encode_rows, encode_rows_counted
+from .data.encoding import EncodingCounts, PaddingCollator, encode_rows_counted
 from .data.tasks import TrainingTask, load_task
 from .errors import ForgetlessError
 from .evaluation.evaluator import EvaluationLog, Evaluator
@@ -264,7 +264,10 @@ class ContinualRun:
         general = with_leakage(general, [row for task in self.tasks for row in task.train])
         if model is None:  # the tokenizer first: the training rows are checked before the (larger) model loads
             tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-        self.encoding = [self._check_encoding(config.tasks[i], task, tokenizer) for i, task in enumerate(self.tasks)]
+        # encoded once: the check's examples are the ones trained on (and a resumed run's finished tasks)
+        encoded = [self._check_encoding(config.tasks[i], task, tokenizer) for i, task in enumerate(self.tasks)]
+        self.examples = [examples for examples, _ in encoded]
+        self.encoding = [counts for _, counts in encoded]
         if model is None:
             model = load_model(config.model, dtype=getattr(torch, config.model_dtype), trust_remote_code=config.trust_remote_code)
             match_pad_token(model, tokenizer)
@@ -279,10 +282,11 @@ class ContinualRun:
         self.resume_store = ResumeStore(self.out_dir)
         self.interrupted = False
 
-    def _check_encoding(self, task_config, task: TrainingTask, tokenizer) -> EncodingCounts:
-        """What train.max_length does to a task's chat rows: nothing left of any row is refused, drops and cuts warned."""
+    def _check_encoding(self, task_config, task: TrainingTask, tokenizer) -> tuple[list[dict[str, list[int]]], EncodingCounts]:
+        """A task's training examples, and what train.max_length did to its chat rows: nothing left of any row is
+        refused, drops and cuts warned."""
         max_length = self.config.train.max_length
-        _, counts = encode_rows_counted(tokenizer, task.train, max_length)
+        examples, counts = encode_rows_counted(tokenizer, task.train, max_length)
         where = f"task {task.name!r} ({task_config.file or f'builtin {task_config.builtin}'})"
         if counts.emptied == counts.rows:
             raise ForgetlessError(
@@ -291,14 +295,14 @@ class ContinualRun:
                 "shorten the prompts"
             )
         if not is_main_process():  # every process checks; one warns
-            return counts
+            return examples, counts
         if counts.emptied:
             log.warning(f"{where}: {counts.emptied} of {counts.rows} training rows have a prompt of train.max_length "
                         f"({max_length}) tokens or more and are left out (no response token to learn from)")
         if counts.truncated:
             log.warning(f"{where}: {counts.truncated} of {counts.rows} training rows are longer than train.max_length "
                         f"({max_length} tokens) and are cut there (the end of their response is not trained)")
-        return counts
+        return examples, counts
 
     def _training_kwargs(self, task_index: int) -> dict[str, Any]:
         """The run config's train section as TrainingArguments keywords (a TRL config takes the same)."""
@@ -351,7 +355,7 @@ class ContinualRun:
         """Train one task; `mid_task` = (transformers checkpoint, state.json, tensors) continues one from a step."""
         started = time.perf_counter()
         self.model = prepare_for_task(self.model, self.config, task_index)
-        examples = encode_rows(self.tokenizer, task.train, self.config.train.max_length)
+        examples = self.examples[task_index]
         if not examples and not self.stack.uses("prepare_examples"):  # a data-side strategy may still add some
             raise ForgetlessError(f"task {task.name!r}: no training example has a token to learn from")
         trainer = self._trainer(task_index, task, examples)
@@ -513,9 +517,8 @@ class ContinualRun:
         self.stack.load_state_tensors(tensors["strategies"])
         self.stack.load_strengths(state["strengths"])
         self.stack.global_step = self.global_step = state["global_step"]
-        max_length = self.config.train.max_length
-        self.stack.finished = [TaskData(t.name, t.format, t.train, encode_rows(self.tokenizer, t.train, max_length))
-                               for t in self.tasks[:task_index]]
+        finished = self.tasks[:task_index]
+        self.stack.finished = [TaskData(t.name, t.format, t.train, self.examples[i]) for i, t in enumerate(finished)]
         self.evaluator.log = EvaluationLog.from_json(state["evaluations"])
         self.task_logs = state["task_logs"]
         if self.budget is not None and "budget" in state:
