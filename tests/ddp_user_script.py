@@ -23,6 +23,7 @@ for name in ("model", "chat", "text", "mc", "out"):
     parser.add_argument(name)
 parser.add_argument("--per-device", type=int, default=2)
 parser.add_argument("--trainer", default="trainer", choices=["trainer", "sft"])
+parser.add_argument("--fp32", action="store_true", help="SFTConfig(bf16=False): TRL's SFTConfig defaults to bf16")
 parser.add_argument("--strategies", default='[{"name": "ewc", "samples": 8}, "replay"]', help="JSON list of specs")
 args = parser.parse_args()
 
@@ -48,7 +49,8 @@ for index, dataset in enumerate(tasks):
     common = dict(model=model, train_dataset=dataset, processing_class=tokenizer, strategies=stack, total_tasks=2,
                   task_name=["chat", "text"][index], callbacks=[monitor])
     if args.trainer == "sft":
-        trainer = forgetless.with_strategies(SFTTrainer)(args=SFTConfig(max_length=48, **settings), **common)
+        precision = {"bf16": False} if args.fp32 else {}  # SFTConfig's own default is bf16
+        trainer = forgetless.with_strategies(SFTTrainer)(args=SFTConfig(max_length=48, **settings, **precision), **common)
     else:
         trainer = forgetless.with_strategies(Trainer)(args=TrainingArguments(**settings), **common,
                                                       data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))
