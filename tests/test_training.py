@@ -293,3 +293,15 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_earlier_one(tmp_path, 
         "partial copy was removed (free some space, or write fewer: `checkpoints: last` or `none`)")
     assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == earlier
     assert [p.name for p in target.parent.iterdir()] == ["after-1-chat"]  # no staging folder left
+
+
+def test_another_process_of_a_launch_does_not_refuse_the_folder_rank_0_is_writing(tmp_path, tokenizer, task_files, monkeypatch):
+    """On several processes rank 1 can start after rank 0 wrote its first results.json; only rank 0 checks the
+    folder (before this, 1 launch in 3 under load failed: rank 1 refused the run as an existing one)."""
+    config = training_config(task_files, eval={"suites": [], "every_steps": 0})
+    out = tmp_path / "out"
+    run_continual(config, out, model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    written = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    monkeypatch.setenv("RANK", "1")  # what the launcher sets for the second process
+    run_continual(config, out, model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == written  # rank 1 writes nothing

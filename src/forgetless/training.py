@@ -566,10 +566,13 @@ def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=
     if resume and overwrite:
         raise ForgetlessError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     resume_from = check_resumable(out, config.model_dump(mode="json")) if resume else None
-    if resume_from is None and (out / "results.json").exists() and not overwrite:
+    # Only the process that writes checks and cleans the folder: on several processes another rank can get here
+    # after rank 0 has written its first results.json (seen: 1 launch in 3 under load refused its own run).
+    writer = is_main_process()
+    if writer and resume_from is None and (out / "results.json").exists() and not overwrite:
         raise ForgetlessError(f"{out} already holds a run's results (results.json); choose another --out, pass "
                               "--resume to continue it, or --overwrite to replace it")
-    if overwrite:
+    if writer and overwrite:
         ResumeStore(out).remove()
     return ContinualRun(config, out, model=model, tokenizer=tokenizer, progress=progress, resume_from=resume_from).execute()
 
