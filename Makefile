@@ -39,7 +39,7 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts examples
-	$(VENV)/bin/pytest -q --durations=12 -m "not multiprocess"   # the slowest tests and their seconds, in every CI log
+	$(VENV)/bin/pytest -q --durations=12   # the slowest tests and their seconds, in every CI log
 
 test-multiprocess: $(TEST_STAMP)
 	$(VENV)/bin/pytest -q -m multiprocess

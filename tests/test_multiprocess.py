@@ -32,8 +32,8 @@ from forgetless.training import run_continual
 
 from .test_strategy_contract import SPECS
 
-# Not in `make test` yet (`make test-multiprocess` runs them): in fresh-clone runs of 2026-12-01 one launch in
-# about fifteen failed at start-up (a worker's connection closed; once both ranks wrote resume/, fixed since).
+# Start-up failures seen before (both ranks writing resume/; rank 1 refusing the folder rank 0 had begun to fill)
+# are fixed: is_main_process and run_continual's folder check.
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 SCORE_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 5e-3
