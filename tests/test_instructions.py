@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,35 @@ def test_leakage_counts_answers_that_took_up_the_domains_phrasing(monkeypatch, t
     task.evaluate(tiny_lm, tokenizer, limit=3)
     after = leakage.evaluate(tiny_lm, tokenizer, limit=3)
     assert after.samples.values == [0.0, 1.0, 1.0] and after.summary["leak_rate"] == pytest.approx(1 / 3)
+
+
+def test_a_shared_or_resumed_before_evaluation_keeps_the_starting_models_leakage_signature(monkeypatch, tokenizer):
+    """compare shares one "before" evaluation across rows and --resume restores it: a row that did not generate the
+    starting model's answers must still fix its signature from them, not from its first (trained) answers, which
+    would exclude the very phrases that leaked and report no leakage."""
+    from forgetless.errors import ForgetlessError
+    from forgetless.evaluation.evaluator import EvaluationLog, Evaluator
+    from forgetless.evaluation.instructions import with_leakage
+
+    domain = [{"prompt": f"Ticket {i}", "response": "Please restart the router and wait a minute."} for i in range(10)]
+    answers = {"start": ["The sea is wide.", "A poem.", "Waves and wind."],
+               "trained": ["You should restart the router and wait.", "A poem.", "Restart the router and wait."]}
+    monkeypatch.setattr(instructions, "generate",
+                        lambda model, tok, prompts, budget, progress=False: answers[model][: len(prompts)])
+
+    def evaluator():
+        return Evaluator(with_leakage(load_suite("instructions"), domain), [], tokenizer, limit=3, progress=False)
+
+    first = evaluator()
+    first.evaluate("start", "before", None, 0)
+    first.evaluate("trained", "after_task", "support", 10)
+    shared = EvaluationLog.from_json(json.loads(json.dumps(first.log.to_json())))  # as before.json or a resume state
+    for adopt in ("adopt_before", "restore"):
+        second = evaluator()
+        getattr(second, adopt)(EvaluationLog.from_json(shared.to_json()) if adopt == "restore" else shared)
+        second.evaluate("trained", "after_task", "support", 10)
+        assert second.log.general[-1]["scores"]["leakage"] == first.log.general[1]["scores"]["leakage"]
+        assert second.log.general_samples[-1]["leakage"].values == [0.0, 1.0, 0.0]  # two answers took up the phrasing
+    shared.general_samples[0]["instructions"].texts = None  # a "before" written before answers were kept
+    with pytest.raises(ForgetlessError, match="needs the starting model's answers"):
+        evaluator().adopt_before(shared)

@@ -355,6 +355,7 @@ def before_key(config: RunConfig) -> dict[str, Any]:
     data = config.model_dump(mode="json", include={"model", "model_dtype", "trust_remote_code", "tasks", "eval"})
     data["eval"].pop("every_steps")
     data["seed"] = config.train.seed
+    data["format"] = 2  # 2: generation tasks keep their answers (older files lack the start's, needed by leakage)
     return data
 
 

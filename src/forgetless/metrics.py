@@ -106,6 +106,7 @@ class ScoreSamples:
     values: list[float]
     tokens: list[int] | None = None
     vocab_size: int | None = None
+    texts: list[str] | None = None  # a generation task's answers behind `values` (the leakage signature needs the start's)
 
     def __post_init__(self) -> None:
         if self.kind not in ("mean", "perplexity"):

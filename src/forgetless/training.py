@@ -519,7 +519,7 @@ class ContinualRun:
         self.stack.global_step = self.global_step = state["global_step"]
         finished = self.tasks[:task_index]
         self.stack.finished = [TaskData(t.name, t.format, t.train, self.examples[i]) for i, t in enumerate(finished)]
-        self.evaluator.log = EvaluationLog.from_json(state["evaluations"])
+        self.evaluator.restore(EvaluationLog.from_json(state["evaluations"]))
         self.task_logs = state["task_logs"]
         if self.budget is not None and "budget" in state:
             self.budget.load_state(tensors["task"].get("budget", {}), state["budget"])

@@ -57,6 +57,18 @@ class Evaluator:
         self.log.task_evals.append(other.task_evals[0])
         self.log.general_samples.append(other.general_samples[0])
         self.log.task_samples.append(other.task_samples[0])
+        self._start_from(other.general_samples[0])
+
+    def restore(self, log: EvaluationLog) -> None:
+        """Continue a resumed run's evaluation log (it starts with the run's own "before" evaluation)."""
+        self.log = log
+        self._start_from(log.general_samples[0])
+
+    def _start_from(self, before: dict[str, ScoreSamples]) -> None:
+        # Tasks fixed by the starting model (the leakage signature) take it from the adopted evaluation.
+        for task in self.general_tasks:
+            if hasattr(task, "start_from"):
+                task.start_from(before)
 
     def _score_all(self, model, tasks, label: str):
         summaries, samples = {}, {}

@@ -79,7 +79,7 @@ class InstructionTask:
         responses = generate(model, tokenizer, [row["prompt"] for row in rows], self.max_new_tokens, progress)
         self.last_answers = responses
         values = [float(passes(response, row["checks"])) for response, row in zip(responses, rows)]
-        samples = ScoreSamples(kind="mean", values=values)
+        samples = ScoreSamples(kind="mean", values=values, texts=responses)
         return TaskScore({"score": samples.score(), "pass_rate": samples.score(), "n": len(values)}, samples)
 
 
@@ -114,12 +114,22 @@ class LeakageTask:
         if answers is None or len(answers) != len(self.instructions.rows[:limit]):
             answers = generate(model, tokenizer, [row["prompt"] for row in self.instructions.rows[:limit]],
                                self.instructions.max_new_tokens, progress)
-        if self.signature is None:
+        if self.signature is None:  # the first evaluation of this run is "before": the starting model's answers
             self.signature = self._signature(answers)
         values = [0.0 if _trigrams(answer) & self.signature else 1.0 for answer in answers]
         samples = ScoreSamples(kind="mean", values=values)
         return TaskScore({"score": samples.score(), "leak_rate": 1 - samples.score(), "n": len(values),
                           "signature_size": len(self.signature)}, samples)
+
+    def start_from(self, before: dict[str, ScoreSamples]) -> None:
+        """Fix the signature from an adopted "before" evaluation (a shared or resumed one): the starting model's
+        answers, not the first ones this run generates, which come from a trained model."""
+        start = before.get(self.instructions.name)
+        if start is None or start.texts is None:
+            raise ForgetlessError(f"the {self.name!r} task needs the starting model's answers to "
+                                  f"{self.instructions.name!r}, which this 'before' evaluation does not hold "
+                                  "(written by an older forgetless): evaluate 'before' again")
+        self.signature = self._signature(start.texts)
 
     def _signature(self, start_answers: list[str]) -> set:
         from collections import Counter
