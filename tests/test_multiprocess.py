@@ -114,10 +114,15 @@ def test_a_users_trainer_script_on_two_processes_trains_as_on_one(trainer, task_
     assert len(ra["general"]) == len(rb["general"]) > 2
 
 
-def test_sharded_training_refuses_strategies_that_need_whole_tensors(task_files, tiny_model_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_the_runner_refuses_sharded_launches_before_loading_anything(engine, task_files, tiny_model_folder, tmp_path,
+                                                                     monkeypatch):
+    """Strategies that need whole tensors are refused one by one (tests/test_strategies.py); the runner itself is
+    refused under FSDP and DeepSpeed until a sharded run is verified (docs/scale.md), even with naive."""
     from forgetless.errors import ForgetlessError
 
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
-    with pytest.raises(ForgetlessError, match="'ewc' does not work under FSDP.*train with DDP instead"):
-        run_continual(load_config(_config_file(tmp_path, task_files, tiny_model_folder, "ewc")), tmp_path / "ewc", progress=False)
-    assert not (tmp_path / "ewc").exists()  # refused before anything was loaded or written
+    monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")  # what `accelerate launch --use_fsdp / --use_deepspeed` set
+    with pytest.raises(ForgetlessError, match=f"does not support {engine} yet.*train with DDP instead"):
+        config = load_config(_config_file(tmp_path, task_files, tiny_model_folder, "naive"))
+        run_continual(config, tmp_path / "naive", progress=False)
+    assert not (tmp_path / "naive").exists()  # refused before anything was loaded or written

@@ -242,6 +242,13 @@ class ContinualRun:
         self.out_dir = Path(out_dir)
         self.progress = progress
         # Everything that can fail on bad input fails here, before any training.
+        sharding = config.training_setup().sharding
+        if sharding != "none":  # its checkpoints, resumable state and evaluations read whole tensors
+            raise ForgetlessError(
+                f"forgetless run does not support {sharding.upper()} yet: no sharded run has been verified (its checkpoints, "
+                "resumable state and evaluations read whole parameter tensors, which a sharded model splits across "
+                "processes); train with DDP instead (accelerate launch --multi_gpu --num_processes N), see docs/scale.md"
+            )
         self.stack = StrategyStack.from_specs(config.strategies)
         self.stack.check(config.training_setup(), world_size=_world_size())
         if config.train.batch_size % (config.train.gradient_accumulation_steps * _world_size()):
