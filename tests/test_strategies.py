@@ -101,10 +101,13 @@ def test_runner_refuses_impossible_combinations_before_training():
     sharded = dataclasses.replace(CONFIG.training_setup(), sharding="fsdp")
     with pytest.raises(ForgetlessError, match=r"'ewc' does not work under FSDP: it reads or edits whole parameter tensors.*"
                                               r"train with DDP instead"):
-        build_strategies(["replay", "ewc"], sharded)
+        build_strategies(["ewc"], sharded)
     with pytest.raises(ForgetlessError, match="'ssr' does not work under DEEPSPEED: it generates rehearsal text"):
         build_strategies(["ssr"], dataclasses.replace(CONFIG.training_setup(), sharding="deepspeed"))
-    assert [s.name for s in build_strategies(["naive", "replay"], sharded, world_size=2)] == ["naive", "replay"]
+    for name in ("naive", "replay"):  # refused until a sharded run is verified (docs/scale.md)
+        with pytest.raises(ForgetlessError, match=f"'{name}' does not work under FSDP: no run under FSDP has been verified yet"):
+            build_strategies([name], sharded, world_size=2)
+    assert [s.name for s in build_strategies(["naive", "replay"], CONFIG.training_setup(), world_size=2)] == ["naive", "replay"]
 
 
 def test_auto_protection_data_is_general_first_then_half_earlier_tasks(tokenizer):

@@ -148,8 +148,10 @@ class Strategy:
     adapters: ClassVar[tuple[str, ...]] = ("full", "lora")  # adapters it works with
     # Several processes with whole parameters on each (DDP) work for every strategy (tests/test_multiprocess.py).
     # Under FSDP or DeepSpeed ZeRO a process holds only shards of the parameters, gradients or optimizer state:
-    # a strategy that reads or edits whole tensors by name is refused there, with this reason (None: it works).
-    sharded_reason: ClassVar[str | None] = "it reads or edits whole parameter tensors by name"
+    # a strategy is refused there with this reason ({engine}: FSDP or DEEPSPEED) unless a sharded run shows it
+    # works (None). No strategy has such a run yet (docs/scale.md).
+    sharded_reason: ClassVar[str | None] = ("it reads or edits whole parameter tensors by name, and {engine} splits them "
+                                            "across processes")
     stores_raw_data: ClassVar[bool] = False  # keeps earlier tasks' examples (privacy-relevant); reported
     # Edits the base weights under LoRA (not only the adapter), so a checkpoint must hold full weights.
     changes_base_weights: ClassVar[bool] = False
@@ -173,8 +175,8 @@ class Strategy:
             raise ForgetlessError(f"strategy {self.name!r} does not work with adapter {setup.adapter!r}")
         if setup.sharding != "none" and self.sharded_reason:
             raise ForgetlessError(
-                f"strategy {self.name!r} does not work under {setup.sharding.upper()}: {self.sharded_reason}, and "
-                f"{setup.sharding.upper()} splits them across processes; train with DDP instead (accelerate launch "
+                f"strategy {self.name!r} does not work under {setup.sharding.upper()}: "
+                f"{self.sharded_reason.format(engine=setup.sharding.upper())}; train with DDP instead (accelerate launch "
                 "--multi_gpu --num_processes N), where every strategy works"
             )
         if setup.precision == "fp16" and type(self).after_backward is not Strategy.after_backward:

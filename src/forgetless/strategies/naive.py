@@ -11,4 +11,4 @@ class Naive(Strategy):
     """Cross-entropy on the task only. Full fine-tuning or LoRA depending on the run's `adapter`."""
 
     name = "naive"
-    sharded_reason = None
+    sharded_reason = "no run under {engine} has been verified yet"

@@ -86,7 +86,8 @@ class Replay(Strategy):
     """Rehearsal buffer of earlier tasks' examples (reservoir sampled, `per_task` each) plus general text."""
 
     name = "replay"
-    sharded_reason = None  # data only: old examples mixed into the batches
+    # data only (old examples mixed into the batches), likely to work sharded, but no such run is verified yet
+    sharded_reason = "no run under {engine} has been verified yet"
     strength = Strength("ratio", "up", bound=0.5, applies="next_task")
     stores_raw_data = True
 

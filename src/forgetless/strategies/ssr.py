@@ -86,7 +86,8 @@ class SelfSynthesizedRehearsal(Strategy):
     """Rehearse model-written pseudo-examples of earlier tasks (and general text) instead of real data."""
 
     name = "ssr"
-    sharded_reason = "it generates rehearsal text with the whole model at each task's start"
+    sharded_reason = ("it generates rehearsal text with the whole model at each task's start, and {engine} splits its "
+                      "parameters across processes")
     strength = Strength("ratio", "up", bound=0.5, applies="next_task")
 
     class Params(StrategyParams):
