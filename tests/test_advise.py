@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from forgetless.advise import Candidate, Constraints, advise, compare_evidence, shipped_evidence
+from forgetless.advise import Candidate, Constraints, advise, compare_evidence, render, shipped_evidence
 from forgetless.cli import main
 from forgetless.errors import ForgetlessError
 
@@ -72,3 +72,30 @@ def test_advise_reads_the_users_own_comparison(tmp_path, capsys):
     assert "Recommended: strategies: [replay, wise]" in capsys.readouterr().out
     assert main(["advise", "--no-input", "--from", str(tmp_path / "missing")]) == 2
     assert "no compare.json" in capsys.readouterr().err
+
+
+def test_a_chat_model_is_not_advised_a_strategy_that_lost_instruction_following(capsys):
+    # The shipped case: "keeps" wins on the general suite but lost instruction following far beyond noise.
+    keeps = Candidate("keeps", -0.002, 0.008, 1.00, 1.02, False, {"instructions": (-0.236, 0.049), "leakage": (-1.0, 0.0)})
+    noisy = Candidate("noisy", -0.005, 0.008, 0.99, 1.02, False, {"instructions": (-0.04, 0.02)})  # -0.04+0.039 > -0.01
+    unmeasured = Candidate("unmeasured", -0.006, 0.008, 0.98, 1.02, False)
+    candidates = [keeps, noisy, unmeasured]
+    chat = advise(Constraints(), candidates, "test")
+    assert chat.recommended.name == "noisy" and list(chat.excluded) == ["keeps"]
+    assert "instructions -0.236 ± 0.049" in chat.excluded["keeps"] and "leakage -1.000" in chat.excluded["keeps"]
+    assert advise(Constraints(chat=False), candidates, "test").recommended.name == "keeps"
+    # Only the unmeasured one left: recommended, and the answer says its instruction following is unknown.
+    constraints = Constraints()
+    text = render(advise(constraints, [keeps, unmeasured], "test"), constraints)
+    assert "Recommended: strategies: unmeasured" in text
+    assert "not measured in this evidence (where measured, keeps lost it)" in text
+
+
+def test_the_shipped_generation_checks_reach_the_advice(capsys):
+    # docs/results/generation-checks.md: ewc kept the general suite but not instruction following.
+    assert main(["advise", "--no-input"]) == 0
+    chat = capsys.readouterr().out
+    assert "Left out: ewc: lost instruction following beyond noise (instructions -0.236 ± 0.049" in chat
+    assert "Recommended: strategies: ewc" not in chat
+    assert main(["advise", "--no-input", "--chat", "no"]) == 0
+    assert "Recommended: strategies: ewc" in capsys.readouterr().out

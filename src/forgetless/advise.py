@@ -9,7 +9,14 @@ scripts/build_advice_evidence.py); the answer says which. The decision is the sm
 | raw old data may not be kept | drop candidates that store training rows (replay, fip's anchors)          |
 | compute: low / medium / high | drop candidates whose step time exceeds 1.10x / 1.50x / no limit of naive |
 | budget (largest drop)        | keep candidates whose measured general change is >= -budget               |
+| chat model (the default)     | drop candidates whose instruction pass rate or leakage-free share fell   |
+|                              | beyond the budget by more than noise (change + 1.96 s.e. < -budget);     |
+|                              | candidates without those measurements stay, and the answer says so       |
 | ranking                      | the most in-domain gain kept (several tasks), else the smallest drop     |
+
+The chat rule exists because the multiple-choice suite alone misleads: on the shipped benchmark `ewc` kept the
+general suite (-0.022 against naive's -0.095 on `support`) while its instruction pass rate fell as far as
+naive's and every answer took up the domain's phrasing (docs/results/generation-checks.md).
 
 When no candidate meets the budget, the one with the smallest measured drop is recommended and the answer
 says the budget was not met in the evidence. `naive` is never recommended (it protects nothing).
@@ -18,7 +25,7 @@ says the budget was not met in the evidence. `naive` is never recommended (it pr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,7 @@ from typing import Any
 from .errors import ForgetlessError
 
 STEP_RATIO_LIMIT = {"low": 1.10, "medium": 1.50, "high": float("inf")}
+_Z = 1.96  # as the run-time budget (forgetless.budget): a drop counts only when beyond the limit by the noise
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class Constraints:
     tasks: int = 2  # tasks in the sequence
     adapter: str = "full"  # full | lora
     budget: float = 0.01  # largest acceptable drop of the general score
+    chat: bool = True  # must the model keep following instructions (a chat / instruct model)?
 
     def __post_init__(self) -> None:
         if self.compute not in STEP_RATIO_LIMIT:
@@ -55,6 +64,12 @@ class Candidate:
     gain_kept: float | None
     step_ratio: float | None
     stores_raw_data: bool
+    # Generation checks where measured: {"instructions": (change, se), "leakage": (change, se)}.
+    generation: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def lost_generation(self, budget: float) -> list[str]:
+        """The generation checks this candidate fell on beyond the budget by more than noise."""
+        return [name for name, (change, se) in sorted(self.generation.items()) if change + _Z * se < -budget]
 
 
 @dataclass(frozen=True)
@@ -71,10 +86,11 @@ def shipped_evidence(tasks: int) -> tuple[list[Candidate], str]:
     key = "several_tasks" if tasks > 1 else "one_task"
     candidates = [
         Candidate(name, row[key]["general_change"], row[key]["se"], row[key]["gain_kept"], row["step_ratio"],
-                  row["stores_raw_data"])
+                  row["stores_raw_data"], {check: tuple(v) for check, v in (row.get("generation") or {}).items()})
         for name, row in data["strategies"].items() if row.get(key)
     ]
-    return candidates, f"the shipped benchmark table ({data['provenance'][key]})"
+    return candidates, (f"the shipped benchmark table ({data['provenance'][key]}; generation checks: "
+                        f"{data['provenance']['generation']})")
 
 
 def compare_evidence(folders: list[str | Path]) -> tuple[list[Candidate], str]:
@@ -90,6 +106,7 @@ def compare_evidence(folders: list[str | Path]) -> tuple[list[Candidate], str]:
             rows[row["strategy"]] = Candidate(
                 row["strategy"], row["general_delta_abs"], row["general_delta_se"], row.get("in_domain_gain_kept"),
                 row.get("step_time_ratio"), bool(row.get("stores_raw_data")),
+                {check: tuple(v) for check, v in (row.get("generation") or {}).items()},
             )
     return list(rows.values()), "your own comparison in " + ", ".join(map(str, folders))
 
@@ -105,6 +122,10 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
             excluded[c.name] = "stores earlier tasks' training rows"
         elif c.step_ratio is not None and c.step_ratio > limit:
             excluded[c.name] = f"step time {c.step_ratio:.2f}x over the {constraints.compute}-compute limit {limit:.2f}x"
+        elif constraints.chat and c.lost_generation(constraints.budget):
+            lost = ", ".join(f"{name} {c.generation[name][0]:+.3f} ± {c.generation[name][1]:.3f}"
+                             for name in c.lost_generation(constraints.budget))
+            excluded[c.name] = f"lost instruction following beyond noise ({lost})"
         else:
             kept.append(c)
     within = [c for c in kept if c.general_change >= -constraints.budget]
@@ -129,6 +150,7 @@ def render(advice: Advice, constraints: Constraints) -> str:
         if c.step_ratio is not None:
             parts.append(f"step time {c.step_ratio:.2f}x")
         parts.append("stores training rows" if c.stores_raw_data else "stores no training rows")
+        parts += [f"{name} {change:+.3f} ± {se:.3f}" for name, (change, se) in sorted(c.generation.items())]
         return "; ".join(parts)
 
     if advice.recommended is None:
@@ -139,6 +161,11 @@ def render(advice: Advice, constraints: Constraints) -> str:
     if not advice.met_budget:
         lines.append(f"  No candidate kept the general drop within {constraints.budget:g} in the evidence; this one "
                      "dropped least. Consider `forgetless tune` on its strength, or a lower learning rate.")
+    if constraints.chat and not best.generation:
+        lost = sorted(n for n, why in advice.excluded.items() if why.startswith("lost instruction"))
+        lines.append("  Its instruction following was not measured in this evidence"
+                     + (f" (where measured, {', '.join(lost)} lost it)" if lost else "")
+                     + ": check it with `eval: {suites: [general, instructions]}` in a compare run.")
     for alt in advice.alternatives:
         lines.append(f"Also within your constraints: {alt.name} ({evidence(alt)})")
     for name, why in advice.excluded.items():

@@ -80,6 +80,7 @@ def _cmd_advise(args: argparse.Namespace) -> None:
         return ask(prompt, default, cast) if interactive else default
 
     raw = None if args.raw_data is None else yes_no(args.raw_data)
+    chat = None if args.chat is None else yes_no(args.chat)
     constraints = Constraints(
         raw_data_allowed=value(raw, "May earlier tasks' raw training rows be stored? (y/n)", defaults.raw_data_allowed,
                                yes_no),
@@ -87,6 +88,7 @@ def _cmd_advise(args: argparse.Namespace) -> None:
         tasks=value(args.tasks, "How many tasks in the sequence?", defaults.tasks, int),
         adapter=value(args.adapter, "Adapter (full or lora)", defaults.adapter),
         budget=value(args.budget, "Largest acceptable general-score drop", defaults.budget, float),
+        chat=value(chat, "Must the model keep following instructions (a chat model)? (y/n)", defaults.chat, yes_no),
     )
     candidates, source = compare_evidence(args.from_dirs) if args.from_dirs else shipped_evidence(constraints.tasks)
     print(render(advise(constraints, candidates, source), constraints))
@@ -191,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--tasks", type=int, help="tasks in the sequence (default 2)")
     adv.add_argument("--adapter", choices=["full", "lora"], help="full fine-tuning or LoRA (default full)")
     adv.add_argument("--budget", type=float, help="largest acceptable general drop (default 0.01)")
+    adv.add_argument("--chat", choices=["yes", "no"],
+                     help="must the model keep following instructions: weigh the generation checks (default yes)")
     adv.add_argument("--from", dest="from_dirs", nargs="+", help="your own compare/tune folders as the evidence")
     adv.add_argument("--no-input", action="store_true", help="never ask; use the defaults for missing flags")
     adv.set_defaults(func=_cmd_advise)
