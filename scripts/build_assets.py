@@ -2,7 +2,7 @@
 
 Users never run this: the derived files are shipped. Maintainers rebuild them with
 
-    sudo apt-get install -y --no-install-recommends wordnet-base fortunes fortunes-min miscfiles dict-elements
+    sudo apt-get install -y --no-install-recommends wordnet-base fortunes fortunes-min miscfiles dict-elements jargon-text
     .venv/bin/python scripts/build_assets.py [--out FOLDER]
 
 Everything is deterministic (sorted inputs, fixed seeds), so two runs write byte-identical files.
@@ -16,6 +16,8 @@ Outputs (relative to --out, default src/forgetless/data/assets):
   general/general_train.jsonl                general text strategies may train on or replay, disjoint
                                              from every evaluation file and free of answer leaks.
   domains/legal_train.jsonl, legal_heldout.jsonl   US Constitution + Declaration passages.
+  domains/jargon_train.jsonl, jargon_heldout.jsonl The Jargon File's lexicon entries (hacker slang), packed
+                                             into passages: a plain-text domain used for no choice of setting.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ CURRENCIES = Path("/usr/share/misc/currency.gz")
 ELEMENTS = Path("/usr/share/dictd/elements.dict.dz")
 CONSTITUTION = Path("/usr/share/state/us-constitution.gz")
 DECLARATION = Path("/usr/share/state/us-declaration.gz")
+JARGON = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
 
 # General-interest files only: no ascii-art, IRC logs (linux, debian, knghtbrd), ethnic or
 # political jokes, drugs, or the nonsense of zippy and translate-me.
@@ -64,12 +67,17 @@ SOURCE_PACKAGES = {
     CONSTITUTION: "miscfiles",
     DECLARATION: "miscfiles",
     ELEMENTS: "dict-elements",
+    JARGON: "jargon-text",
 }
 
 MC_ITEMS_MAX = 250
 PERPLEXITY_TEXTS = 250
 TRAIN_FORTUNES = 1500
 TRAIN_GLOSSES = 1500
+# Enough passages for 30 steps x batch 4 without repeats, and 60 held out: the size of support's held-out set
+# (about a minute of scoring on 2 cores).
+JARGON_TRAIN = 240
+JARGON_HELDOUT = 60
 
 # ---------------------------------------------------------------------------------------------
 # Reading the Debian files
@@ -506,6 +514,40 @@ def legal_passages() -> list[str]:
     return passages
 
 
+def jargon_entries() -> list[str]:
+    """The lexicon's entries as one line each: "term (n.): text", cross-reference braces and pronunciations dropped.
+
+    The lexicon runs from the first entry header (`   :term: /pron/, n.`) to Appendix A; each entry is its header
+    and the indented paragraphs under it.
+    """
+    text = read_gzip_text(JARGON)
+    end = re.search(r"\nAppendix\s+A\.\s+Hacker Folklore", text).start()  # the title has no-break spaces
+    lexicon = text[text.index("\n   :(TM):"):end]
+    entries = []
+    for block in re.split(r"\n(?=   :[^\n]+:)", lexicon):
+        header, _, body = block.strip("\n").partition("\n")
+        found = re.fullmatch(r"\s*:(.+?):\s*(.*)", header)
+        if found is None:
+            continue
+        term, rest = found.groups()
+        # "/dev·nuhl/, n." -> "n."; "pl., frobnitzem, /frob´nit·zm/, frobni" -> "pl., frobnitzem, frobni"
+        kind = ", ".join(part.strip() for part in re.sub(r"/[^/]*/", "", rest).split(",") if part.strip())
+        body = re.sub(r"\{([^}]*)\}", r"\1", re.sub(r"\s+", " ", body)).strip()
+        if body:
+            entries.append(f"{term} ({kind}): {body}" if kind else f"{term}: {body}")
+    return entries
+
+
+def jargon_passages() -> tuple[list[str], list[str]]:
+    """(train, held out): entries in a seeded order packed into 400-800 characters, every 5th passage held out."""
+    entries = jargon_entries()
+    random.Random(108).shuffle(entries)
+    passages = split_into_passages("\n\n".join(entries), max_chars=800, min_chars=400)
+    heldout = passages[4::5][:JARGON_HELDOUT]
+    train = [t for i, t in enumerate(passages) if i % 5 != 4][:JARGON_TRAIN]
+    return train, heldout
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -557,6 +599,7 @@ def build(out: Path) -> dict[str, int]:
     random.Random(107).shuffle(general_train)
 
     legal = legal_passages()
+    jargon_train, jargon_heldout = jargon_passages()
     outputs = {
         "general/capitals.jsonl": capitals,
         "general/elements.jsonl": element_items,
@@ -567,6 +610,8 @@ def build(out: Path) -> dict[str, int]:
         "general/general_train.jsonl": [{"text": t} for t in general_train],
         "domains/legal_train.jsonl": [{"text": t} for i, t in enumerate(legal) if i % 5 != 4],
         "domains/legal_heldout.jsonl": [{"text": t} for i, t in enumerate(legal) if i % 5 == 4],
+        "domains/jargon_train.jsonl": [{"text": t} for t in jargon_train],
+        "domains/jargon_heldout.jsonl": [{"text": t} for t in jargon_heldout],
     }
     for relative, rows in outputs.items():
         write_jsonl(out / relative, rows)

@@ -162,6 +162,40 @@ def test_legal_domain_splits():
     assert any("unalienable Rights" in text for text in train + heldout)
 
 
+def test_jargon_domain_splits_and_cleaning():
+    train, heldout = texts("domains/jargon_train.jsonl"), texts("domains/jargon_heldout.jsonl")
+    assert (len(train), len(heldout)) == (240, 60) and not set(train) & set(heldout)
+    assert all(len(text) <= 800 for text in train + heldout)
+    assert sum(400 <= len(text) for text in train + heldout) >= 0.9 * len(train + heldout)
+    everything = "\n".join(train + heldout)
+    # Cross-reference braces and pronunciation fields are dropped; entries read "term (part of speech): text".
+    assert "{" not in everything and "}" not in everything
+    headers = re.findall(r"(?:^|\n\n)([^\n:]{1,40}) \(([^)]*)\): ", everything)
+    assert len(headers) > 100 and not [kind for _, kind in headers if "/" in kind or "·" in kind]
+    # No passage of this domain is in the general evaluation or the general training text.
+    general = {row["text"] for task in ("fortunes", "glosses") for row in rows(f"general/{task}.jsonl")}
+    assert not general & set(train + heldout)
+
+
+def test_jargon_entries_on_a_hand_written_lexicon(monkeypatch):
+    build = load_build_script()
+    text = (
+        "Glossary\n\n   :(TM): //\n\n   [Usenet] ASCII rendition of the trademark sign.\n\n"
+        "   :/dev/null: /dev\u00b7nuhl/, n.\n\n   [from the Unix null device] A notional black hole; see\n"
+        "   {bit bucket}.\n\n   Second paragraph.\n\n"
+        "   :frobnitz: pl. frobnitzem, /frob\u00b4nit\u00b7zm/\n\n   An unspecified physical object.\n\n"
+        "   :Dilbert:\n\n   n. Name of a comic strip.\n\n"
+        "Appendix\u00a0A.\u00a0Hacker Folklore\n\n   :not an entry: n.\n\n   Folklore text.\n"
+    )
+    monkeypatch.setattr(build, "read_gzip_text", lambda path: text)
+    assert build.jargon_entries() == [
+        "(TM): [Usenet] ASCII rendition of the trademark sign.",
+        "/dev/null (n.): [from the Unix null device] A notional black hole; see bit bucket. Second paragraph.",
+        "frobnitz (pl. frobnitzem): An unspecified physical object.",
+        "Dilbert: n. Name of a comic strip.",
+    ]
+
+
 def test_shipped_assets_are_small():
     total = sum(path.stat().st_size for path in ASSETS.rglob("*") if path.is_file())
     assert total < 2_000_000
@@ -185,10 +219,12 @@ def test_mc_item_rejects_duplicate_choices():
 def test_rebuild_gives_identical_files(tmp_path):
     build = load_build_script()
     if any(not path.is_file() for path in build.SOURCE_PACKAGES):
-        pytest.skip("Debian source packages not installed (wordnet-base fortunes fortunes-min miscfiles dict-elements)")
+        pytest.skip("Debian source packages not installed (wordnet-base fortunes fortunes-min miscfiles dict-elements "
+                    "jargon-text)")
     assert build.main(["--out", str(tmp_path)]) == 0
     rebuilt = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*.jsonl"))
-    shipped = sorted(path.relative_to(ASSETS) for path in ASSETS.rglob("*.jsonl"))
+    # instructions/ is written by scripts/build_instructions.py (checked in test_instructions.py).
+    shipped = sorted(path.relative_to(ASSETS) for path in ASSETS.rglob("*.jsonl") if path.parent.name != "instructions")
     assert rebuilt == shipped
     for relative in rebuilt:
         assert (tmp_path / relative).read_bytes() == (ASSETS / relative).read_bytes(), relative

@@ -62,7 +62,7 @@ class LoraConfig(_Strict):
 
 class TaskConfig(_Strict):
     name: str = Field(description="Name used in tables and results.")
-    builtin: str | None = Field(None, description="A built-in task (e.g. support, legal, pydoc).")
+    builtin: str | None = Field(None, description="A built-in task (support, legal, pydoc or jargon).")
     file: str | None = Field(None, description="A JSONL file of {prompt, response} or {text} rows.")
     heldout_file: str | None = Field(None, description="Held-out rows for scoring; default: a split of `file`.")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction held out when no heldout_file.")

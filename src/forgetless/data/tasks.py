@@ -2,7 +2,8 @@
 
 Rows are either chat (`{"prompt", "response"}`, loss on the response) or plain text (`{"text"}`).
 Built-in tasks: `support` (generated customer-support tickets and replies), `legal` (US Constitution
-and Declaration of Independence), `pydoc` (Python's own documentation). A user's task is a JSONL file.
+and Declaration of Independence), `pydoc` (Python's own documentation), `jargon` (the Jargon File's hacker
+slang lexicon). A user's task is a JSONL file.
 """
 
 from __future__ import annotations
@@ -42,13 +43,18 @@ def _support_task(name: str) -> TrainingTask:
     return TrainingTask(name, "chat", as_rows(train), as_rows(heldout), support_multiple_choice(heldout[:40]))
 
 
-def _legal_task(name: str) -> TrainingTask:
-    return TrainingTask(
-        name,
-        "text",
-        read_jsonl(asset_path("domains", "legal_train.jsonl")),
-        read_jsonl(asset_path("domains", "legal_heldout.jsonl")),
-    )
+def _shipped_text_task(domain: str) -> Callable[[str], TrainingTask]:
+    """A plain-text domain shipped as domains/<domain>_train.jsonl and <domain>_heldout.jsonl."""
+
+    def load(name: str) -> TrainingTask:
+        return TrainingTask(
+            name,
+            "text",
+            read_jsonl(asset_path("domains", f"{domain}_train.jsonl")),
+            read_jsonl(asset_path("domains", f"{domain}_heldout.jsonl")),
+        )
+
+    return load
 
 
 def _pydoc_task(name: str) -> TrainingTask:
@@ -62,8 +68,10 @@ def _pydoc_task(name: str) -> TrainingTask:
 
 BUILTIN_TASKS: dict[str, Callable[[str], TrainingTask]] = {
     "support": _support_task,
-    "legal": _legal_task,
+    "legal": _shipped_text_task("legal"),
     "pydoc": _pydoc_task,
+    # Built from another Debian text package for issue 11's "defaults that travel": no setting was chosen on it.
+    "jargon": _shipped_text_task("jargon"),
 }
 
 
