@@ -1,0 +1,119 @@
+"""The forgetting budget on the bundled set-up: stop, rollback and strengthen against fixed settings.
+
+    .venv/bin/python benchmarks/budget_table.py --out bench-out/budget --fixed bench-out/frontier bench-out/tune
+
+Runs the first task of the bundled benchmark (`support`, the set-up of benchmarks/quality.py) once per budget
+entry, with the general suite every `--every` steps and `budget: {max_general_drop: 0.01, on_exceed: ...}`;
+the entries share one "before" evaluation (DIR/before.json). Then it reads fixed settings from `--fixed`
+compare folders (naive at other learning rates and step counts from `quality.py --frontier-...`, a strategy's
+knob from `forgetless tune`), each taken after its first task, and prints one table: in-domain gain, general
+change ± s.e., whether each run ends within budget by the run's own rule (change + 1.96 s.e. >= -limit) and
+by the point estimate (change >= -limit), and the decisions the budget took. The strongest fixed setting is
+the one with the largest gain among those within budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from quality import base_config  # benchmarks/, beside this script
+
+from forgetless.compare import before_key, load_before
+from forgetless.config import parse_config
+from forgetless.fileio import atomic_write_json, atomic_write_text
+from forgetless.report import format_table
+from forgetless.training import ContinualRun
+
+# (label, strategies, on_exceed). ewc starts at 1/16 of its default lam so that strengthen has room to act.
+ENTRIES = (
+    ("naive+stop", ["naive"], "stop"),
+    ("naive+rollback", ["naive"], "rollback"),
+    ("ewc(lam=6.25)+strengthen", [{"name": "ewc", "lam": 6.25}], "strengthen"),
+)
+_Z = 1.96
+
+
+def budget_config(tasks: list[str], every: int, strategies: list, on_exceed: str, limit: float):
+    data = base_config("full", False, tasks).model_dump()
+    data["eval"]["every_steps"] = every
+    return parse_config({**data, "strategies": strategies,
+                         "budget": {"max_general_drop": limit, "on_exceed": on_exceed}}, "budget_table")
+
+
+def first_task(results: dict) -> dict:
+    """In-domain gain on the first task, and the general change ± s.e. after it (before its next task)."""
+    task = results["tasks"][0]
+    after = next(p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] == task)
+    return {"gain": results["matrix"][1][0] - results["matrix"][0][0], "change": after["delta"], "se": after["se"]}
+
+
+def decisions(results: dict) -> str:
+    acted = [c for c in results.get("budget", []) if c["action"] != "within"]
+    return "; ".join(f"step {c['step']}: {c['action']}" + (f" ({c['detail']})" if c.get("detail") else "")
+                     + f" at {c['general_change']:+.4f} ± {c['se']:.4f}" for c in acted) or "none"
+
+
+def fixed_rows(folders: list[Path]) -> list[dict]:
+    rows = []
+    for folder in folders:
+        for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]:
+            results = json.loads((folder / row["strategy"].replace("/", "_") / "results.json").read_text(encoding="utf-8"))
+            rows.append({"label": row["strategy"], "source": str(folder), **first_task(results)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--fixed", type=Path, nargs="*", default=[], help="compare folders holding fixed settings")
+    parser.add_argument("--tasks", nargs="+", default=["support"])
+    parser.add_argument("--every", type=int, default=5, help="full evaluation (and budget check) every N steps")
+    parser.add_argument("--limit", type=float, default=0.01, help="max_general_drop")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for label, strategies, on_exceed in ENTRIES:
+        config = budget_config(args.tasks, args.every, strategies, on_exceed, args.limit)
+        folder = args.out / label
+        if not (folder / "results.json").exists():  # a finished entry is not run again
+            before = load_before(args.out, config)
+            run = ContinualRun(config, folder, before=before)
+            run.execute()
+            if before is None:
+                atomic_write_json(args.out / "before.json",
+                                  {"key": before_key(config), "log": run.evaluator.log.first().to_json()})
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        runs.append({"label": label, "decisions": decisions(results), **first_task(results)})
+    fixed = fixed_rows(args.fixed)
+
+    def within(row: dict) -> tuple[bool, bool]:
+        return row["change"] + _Z * row["se"] >= -args.limit, row["change"] >= -args.limit
+
+    def line(row: dict, kind: str) -> list[str]:
+        rule, point = within(row)
+        return [row["label"], kind, f"{row['gain']:+.4f}", f"{row['change']:+.4f} ± {row['se']:.4f}",
+                "yes" if rule else "no", "yes" if point else "no", row.get("decisions", "")]
+
+    text = [format_table(
+        ["setting", "kind", "in-domain gain", "general change ± s.e.", "within (rule)", "within (point)", "decisions"],
+        [line(r, "budget") for r in runs] + [line(r, f"fixed ({r['source']})") for r in sorted(fixed, key=lambda r: r["gain"])],
+    ), ""]
+    for index, name in ((0, "the run's rule"), (1, "the point estimate")):
+        inside = [r for r in fixed if within(r)[index]]
+        best = max(inside, key=lambda r: r["gain"]) if inside else None
+        text.append(f"Strongest fixed setting within budget by {name}: "
+                    + (f"{best['label']} (gain {best['gain']:+.4f}, change {best['change']:+.4f})" if best else "none"))
+        for run in runs:
+            if within(run)[index] and best is not None:
+                text.append(f"- {run['label']}: gain {run['gain'] - best['gain']:+.4f} against it")
+            else:
+                why = "ends beyond budget" if not within(run)[index] else "no fixed setting to compare"
+                text.append(f"- {run['label']}: {why}")
+    atomic_write_text(args.out / "budget.md", "\n".join(text) + "\n")
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
