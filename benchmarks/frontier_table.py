@@ -103,9 +103,13 @@ def main() -> None:
     points = pareto([(p["gain"], p["change"]) for p in naive] + [(0.0, 0.0)])
     front = [next(p for p in naive + [{"gain": 0.0, "change": 0.0, "se": 0.0, "label": "untrained"}]
                   if (p["gain"], p["change"]) == point) for point in points]
-    print(format_table(
-        ["naive setting", "mean gain", "general change ± s.e.", "on the frontier"],
-        [[p["label"], f"{p['gain']:+.4f}", f"{p['change']:+.4f} ± {p['se']:.4f}",
+    base = next(p for p in naive if p["label"] == "naive")
+    tasks = list(base["gains"])
+    print(format_table(  # scripts/build_advice_evidence.py reads this table (first header "naive setting")
+        ["naive setting", *(f"gain {t}" for t in tasks), "mean gain", "general delta ± s.e.", "gain kept vs naive",
+         "on the frontier"],
+        [[p["label"], *(f"{p['gains'][t]:+.4f}" for t in tasks), f"{p['gain']:+.4f}", f"{p['change']:+.4f} ± {p['se']:.4f}",
+          f"{100 * min(p['gains'][t] / base['gains'][t] for t in tasks if base['gains'][t] > 0):.0f} %",
           "yes" if (p["gain"], p["change"]) in points else "no"] for p in sorted(naive, key=lambda p: p["gain"])],
     ) + "\n")
     table = []

@@ -5,7 +5,8 @@ Reads the committed result tables, keeps each registered strategy's row at its d
 
     .venv/bin/python scripts/build_advice_evidence.py        # --check: fail if the committed file differs
 
-- docs/results/quality.md: `support` then `pydoc` (two tasks): general change ± s.e., drop cut, gain kept.
+- docs/results/quality.md: `support` then `pydoc` (two tasks): general change ± s.e., drop cut, gain kept; and
+  its table of naive at other learning rates and step counts (naive's frontier): training less is a candidate.
 - docs/results/quality-legal.md: `legal` alone (one task): general change ± s.e., drop cut.
 - docs/results/overhead.md: the full fine-tuning table's step ratio (a stack's: the sum of its members' extra).
 - docs/results/generation-checks.md: instruction pass rate and leakage-free share, change ± s.e., after `support`
@@ -85,6 +86,18 @@ def generation_rows(path: Path) -> dict[str, dict[str, list[float]]]:
     return rows
 
 
+def frontier_rows(path: Path) -> dict[str, dict]:
+    """Naive at other train settings ("naive(lr=0.0002,steps=15)"), from the table whose first header is "naive
+    setting"; the row at the table's own setting ("naive") is left out: it is the baseline."""
+    rows = {}
+    for row in table_rows(path, "naive setting"):
+        if row["naive setting"] != "naive":
+            delta, se = _change(row["general delta ± s.e."])
+            rows[row["naive setting"]] = {"general_change": delta, "se": se, "drop_cut": None,
+                                          "gain_kept": _percent(row["gain kept vs naive"])}
+    return rows
+
+
 def build() -> dict:
     from forgetless.strategies import _REGISTRY
 
@@ -97,14 +110,17 @@ def build() -> dict:
     overhead[STACK] = round(1 + sum(overhead[n] - 1 for n in STACK.split("+")), 2)
 
     sequence = quality_rows(ROOT / "docs/results/quality.md", with_gain=True)
+    training_less = frontier_rows(ROOT / "docs/results/quality.md")
+    sequence.update(training_less)
+    overhead.update({name: 1.0 for name in training_less})
     # Naive's own gain on legal is within noise (the doc's reading): no gain kept there.
     single = quality_rows(ROOT / "docs/results/quality-legal.md", with_gain=False)
     generation = generation_rows(ROOT / "docs/results/generation-checks.md")
     names = sorted(set(sequence) | set(single))
     strategies = {
         name: {
-            "members": name.split("+"),
-            "stores_raw_data": any(_REGISTRY[m].stores_raw_data for m in name.split("+")),
+            "members": ["naive"] if name in training_less else name.split("+"),
+            "stores_raw_data": name not in training_less and any(_REGISTRY[m].stores_raw_data for m in name.split("+")),
             "step_ratio": overhead.get(name),
             "several_tasks": sequence.get(name),
             "one_task": single.get(name),

@@ -99,3 +99,24 @@ def test_the_shipped_generation_checks_reach_the_advice(capsys):
     assert "Recommended: strategies: ewc" not in chat
     assert main(["advise", "--no-input", "--chat", "no"]) == 0
     assert "Recommended: strategies: ewc" in capsys.readouterr().out
+
+
+def test_training_less_is_a_candidate_and_is_named_beside_a_strategy():
+    less = Candidate("naive(lr=0.0002,steps=15)", -0.005, 0.007, 0.97, 1.00, False)
+    strategy = Candidate("keeps", -0.002, 0.008, 0.99, 1.02, False)
+    naive = Candidate("naive", -0.08, 0.01, 1.00, 1.00, False)
+    constraints = Constraints(chat=False)
+    advice = advise(constraints, [naive, less, strategy], "test")
+    assert advice.recommended.name == "keeps" and advice.training_less is less and "naive" in advice.excluded
+    text = render(advice, constraints)
+    assert "Recommended: strategies: keeps" in text
+    assert "trained less also stayed within budget in this evidence (no strategy; plain fine-tuning trained less: " \
+           "train: {lr: 0.0002, steps: 15}: general change -0.0050" in text
+    # When training less keeps the most gain it is the recommendation itself.
+    advice = advise(constraints, [naive, Candidate("naive(lr=0.0003,steps=30)", -0.006, 0.007, 1.00, 1.00, False), strategy],
+                    "test")
+    assert render(advice, constraints).startswith("Recommended: no strategy; plain fine-tuning trained less: "
+                                                  "train: {lr: 0.0003, steps: 30}")
+    # Beyond the budget it is not offered as the alternative.
+    assert advise(constraints, [Candidate("naive(lr=0.0005,steps=15)", -0.05, 0.01, 0.9, 1.0, False), strategy],
+                  "test").training_less is None

@@ -19,7 +19,10 @@ general suite (-0.022 against naive's -0.095 on `support`) while its instruction
 naive's and every answer took up the domain's phrasing (docs/results/generation-checks.md).
 
 When no candidate meets the budget, the one with the smallest measured drop is recommended and the answer
-says the budget was not met in the evidence. `naive` is never recommended (it protects nothing).
+says the budget was not met in the evidence. `naive` at the evidence's own setting is never recommended (it
+protects nothing), but naive at another learning rate or step count (`naive(lr=...,steps=...)`, the rows that
+trace naive's frontier in `compare --frontier-lr/--frontier-steps`) is a candidate like any other: training
+less is the first thing to try, and when it stays within budget the answer says so beside any strategy.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class Advice:
     excluded: dict[str, str]  # candidate -> why it was left out
     met_budget: bool
     source: str
+    # The best plain fine-tuning at another train setting within budget, when the evidence has one.
+    training_less: Candidate | None = None
 
 
 def shipped_evidence(tasks: int) -> tuple[list[Candidate], str]:
@@ -139,7 +144,23 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
         ordered = sorted(within, key=rank, reverse=True)
     else:
         ordered = sorted(kept, key=lambda c: c.general_change, reverse=True)
-    return Advice(ordered[0] if ordered else None, ordered[1:3], excluded, bool(within), source)
+    less = [c for c in ordered if train_override(c.name)] if within else []
+    return Advice(ordered[0] if ordered else None, ordered[1:3], excluded, bool(within), source, less[0] if less else None)
+
+
+def train_override(name: str) -> dict[str, str] | None:
+    """{"lr": "0.0002", "steps": "15"} for a naive row at another train setting ("naive(lr=0.0002,steps=15)")."""
+    if not (name.startswith("naive(") and name.endswith(")")):
+        return None
+    return dict(part.split("=", 1) for part in name[len("naive("):-1].split(",") if "=" in part)
+
+
+def _as_config(name: str) -> str:
+    """How a candidate goes into a config: `strategies: [...]`, or `train: {...}` for training less."""
+    override = train_override(name)
+    if override is not None:
+        return "no strategy; plain fine-tuning trained less: train: {" + ", ".join(f"{k}: {v}" for k, v in override.items()) + "}"
+    return "strategies: " + ("[" + ", ".join(name.split("+")) + "]" if "+" in name else name)
 
 
 def render(advice: Advice, constraints: Constraints) -> str:
@@ -157,7 +178,11 @@ def render(advice: Advice, constraints: Constraints) -> str:
         return "No strategy fits these constraints:\n" + "\n".join(f"- {n}: {why}" for n, why in advice.excluded.items())
     best = advice.recommended
     stack = "[" + ", ".join(best.name.split("+")) + "]" if "+" in best.name else best.name
-    lines = [f"Recommended: strategies: {stack}", f"  evidence: {evidence(best)}"]
+    lines = [f"Recommended: {_as_config(best.name)}", f"  evidence: {evidence(best)}"]
+    less = advice.training_less
+    if less is not None and less is not best:
+        lines.append(f"  Plain fine-tuning trained less also stayed within budget in this evidence ({_as_config(less.name)}: "
+                     f"{evidence(less)}); what the recommendation adds is its margin over that.")
     if not advice.met_budget:
         lines.append(f"  No candidate kept the general drop within {constraints.budget:g} in the evidence; this one "
                      "dropped least. Consider `forgetless tune` on its strength, or a lower learning rate.")
@@ -172,9 +197,11 @@ def render(advice: Advice, constraints: Constraints) -> str:
         lines.append(f"Left out: {name}: {why}")
     lines.append(f"Source: {advice.source}.")
     if advice.source.startswith("the shipped"):
+        override = train_override(best.name)
+        check = (f"naive --frontier-lr {override.get('lr', 'LR')} --frontier-steps {override.get('steps', 'STEPS')}"
+                 if override is not None else f"naive {repr(stack) if '+' in best.name else stack}")
         lines.append("The shipped numbers come from one benchmark on one model; defaults that protect there did not "
-                     "always travel to new domains. Check on your own data: forgetless compare CONFIG --strategies "
-                     f"naive {repr(stack) if '+' in best.name else stack}")
+                     f"always travel to new domains. Check on your own data: forgetless compare CONFIG --strategies {check}")
     if constraints.adapter == "lora" and advice.source.startswith("the shipped"):
         lines.append("The shipped evidence is for full fine-tuning; every strategy also runs under LoRA.")
     return "\n".join(lines)
