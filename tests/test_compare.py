@@ -184,6 +184,13 @@ def test_frontier_by_hand():
     assert saved == pytest.approx(0.045) and added == pytest.approx(0.16 - 0.0675)
     # A point on the frontier is at distance 0 both ways.
     assert distances(front, (0.12, -0.05)) == (pytest.approx(0.0), pytest.approx(0.0))
+    # Below the frontier's range: a drop bigger than naive's largest is measured against naive's largest gain.
+    assert gain_at(front, -0.10) == pytest.approx(0.20)
+    # Training less cost nothing here: (0.14, +0.001) dominates the untrained model, so the frontier starts there and a
+    # strategy with less gain and a drop, (0.12, -0.01), saved -0.011 at equal gain and added -0.02 at equal change.
+    front = pareto([(0.0, 0.0), (0.14, 0.001), (0.155, -0.016), (0.145, -0.08)])
+    assert front == [(0.14, 0.001), (0.155, -0.016)]
+    assert distances(front, (0.12, -0.01)) == (pytest.approx(-0.011), pytest.approx(0.12 - (0.14 + 0.015 * 11 / 17)))
 
 
 def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, compare_config, monkeypatch):

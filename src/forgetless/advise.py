@@ -144,8 +144,9 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
         ordered = sorted(within, key=rank, reverse=True)
     else:
         ordered = sorted(kept, key=lambda c: c.general_change, reverse=True)
-    less = [c for c in ordered if train_override(c.name)] if within else []
-    return Advice(ordered[0] if ordered else None, ordered[1:3], excluded, bool(within), source, less[0] if less else None)
+    less = next((c for c in ordered if train_override(c.name)), None) if within else None
+    alternatives = [c for c in ordered[1:] if c is not less][:2]
+    return Advice(ordered[0] if ordered else None, alternatives, excluded, bool(within), source, less)
 
 
 def train_override(name: str) -> dict[str, str] | None:
@@ -159,8 +160,12 @@ def _as_config(name: str) -> str:
     """How a candidate goes into a config: `strategies: [...]`, or `train: {...}` for training less."""
     override = train_override(name)
     if override is not None:
-        return "no strategy; plain fine-tuning trained less: train: {" + ", ".join(f"{k}: {v}" for k, v in override.items()) + "}"
+        return "no strategy; plain fine-tuning trained less: " + _train_setting(override)
     return "strategies: " + ("[" + ", ".join(name.split("+")) + "]" if "+" in name else name)
+
+
+def _train_setting(override: dict[str, str]) -> str:
+    return "train: {" + ", ".join(f"{k}: {v}" for k, v in override.items()) + "}"
 
 
 def render(advice: Advice, constraints: Constraints) -> str:
@@ -181,8 +186,8 @@ def render(advice: Advice, constraints: Constraints) -> str:
     lines = [f"Recommended: {_as_config(best.name)}", f"  evidence: {evidence(best)}"]
     less = advice.training_less
     if less is not None and less is not best:
-        lines.append(f"  Plain fine-tuning trained less also stayed within budget in this evidence ({_as_config(less.name)}: "
-                     f"{evidence(less)}); what the recommendation adds is its margin over that.")
+        lines.append(f"  Plain fine-tuning trained less ({_train_setting(train_override(less.name))}, no strategy) also stayed "
+                     f"within budget in this evidence: {evidence(less)}. What the recommendation adds is its margin over that.")
     if not advice.met_budget:
         lines.append(f"  No candidate kept the general drop within {constraints.budget:g} in the evidence; this one "
                      "dropped least. Consider `forgetless tune` on its strength, or a lower learning rate.")

@@ -7,9 +7,14 @@ The frontier is the Pareto set of those points (none has both more gain and a hi
 straight lines; along it the general change falls as the gain rises. A strategy at (g, c) is reported by:
 
 - change saved at equal gain = c - c_frontier(g): how much less general score it lost than naive did for the
-  same in-domain gain (None when g is beyond every naive point's gain, or below 0);
+  same in-domain gain (None when g is beyond every naive point's gain);
 - gain added at equal change = g - g_frontier(c): how much more it learned than naive did for the same general
-  change (None when c is outside the frontier's range of changes, e.g. above 0).
+  change (None when c is above every naive point's change, e.g. above 0).
+
+Below the frontier's smallest gain, c_frontier is that first point's change (naive reaches at least the gain
+with it); below its lowest change, g_frontier is its largest gain. This matters when training less does not
+cost general score at all (the untrained model itself is then dominated: a naive point has more gain and a
+change >= 0), and a strategy with less gain and a drop must be measured against that point, not ignored.
 
 Positive numbers beat the frontier; a strategy within the noise of 0 did nothing naive's schedule could not.
 """
@@ -27,9 +32,11 @@ def pareto(points: list[Point]) -> list[Point]:
 
 
 def change_at(front: list[Point], gain: float) -> float | None:
-    """The frontier's general change at `gain` (linear between its points), or None outside its gains."""
-    if not front or gain < front[0][0] or gain > front[-1][0]:
+    """The frontier's general change at `gain` (linear between its points), or None beyond its largest gain."""
+    if not front or gain > front[-1][0]:
         return None
+    if gain <= front[0][0]:
+        return front[0][1]
     for (g0, c0), (g1, c1) in zip(front, front[1:]):
         if g0 <= gain <= g1:
             return c0 if g1 == g0 else c0 + (c1 - c0) * (gain - g0) / (g1 - g0)
@@ -37,12 +44,14 @@ def change_at(front: list[Point], gain: float) -> float | None:
 
 
 def gain_at(front: list[Point], change: float) -> float | None:
-    """The frontier's gain at general change `change`, or None outside its changes."""
+    """The frontier's gain at general change `change`, or None above its highest change."""
     if not front:
         return None
     changes = [c for _, c in front]
-    if change > max(changes) or change < min(changes):
+    if change > max(changes):
         return None
+    if change <= min(changes):
+        return front[-1][0]
     for (g0, c0), (g1, c1) in zip(front, front[1:]):
         if c1 <= change <= c0:
             return g0 if c0 == c1 else g0 + (g1 - g0) * (c0 - change) / (c0 - c1)
