@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from forgetless.html_report import render_run_html
+from forgetless.html_report import render_comparison_html, render_run_html
 from forgetless.training import run_continual
 
 from .conftest import tiny_config
@@ -78,3 +78,46 @@ def test_run_html_renders_from_results_json_alone(run_folder):
     assert [p.step for p in results.general_curve] == [r.step for r in results.general]
     assert results.general_curve[0].delta == 0 and results.general_curve[-1].delta == pytest.approx(
         results.metrics.general_delta_abs)
+
+
+def _comparison_table() -> dict:
+    """Three hand-made rows: naive at two settings (its frontier) and a strategy with generation checks."""
+    def row(label, spec, gains, change, **extra):
+        return {"strategy": label, "spec": spec, "in_domain_gain": gains, "in_domain_gain_se": {t: 0.003 for t in gains},
+                "general_delta_abs": change, "general_delta_se": 0.007, "peak_memory_mb": 4488.07, "state_mb": 0.0,
+                "seconds_per_step": 7.0, **extra}
+
+    rows = [row("naive", "naive", {"a": 0.26, "b": 0.03}, -0.08),
+            row("naive(lr=0.0002,steps=15)", "naive", {"a": 0.25, "b": 0.04}, -0.005, train_override={"lr": 2e-4, "steps": 15}),
+            row("ewc", "ewc", {"a": 0.26, "b": 0.035}, -0.002, generation={"instructions": (-0.236, 0.049)})]
+    return {"commands": ["forgetless compare c.yaml --strategies naive ewc --frontier-lr 2e-4 --frontier-steps 15"],
+            "baseline": "naive", "rows": rows}
+
+
+def test_comparison_html_is_self_contained_and_carries_the_frontier_and_generation_checks():
+    from forgetless.compare import ComparisonRow, against_baseline
+
+    table = _comparison_table()
+    rows = [ComparisonRow(**r) for r in table["rows"]]
+    against_baseline(rows)  # fills drop cut, gain kept and the distances from naive's frontier, as compare does
+    table["rows"] = [r.model_dump(mode="json") for r in rows]
+    ewc = rows[2]
+    page = render_comparison_html(table)
+    assert not re.search(r"""(src|href)=["'](https?:)?//""", page) and "<script" not in page
+    assert page.count("data:image/png;base64,") == 1  # the Pareto plot
+    # Naive's frontier: (0, 0) and (0.145, -0.005) (which dominates naive's own (0.145, -0.08)). ewc's mean gain
+    # 0.1475 is beyond it: no change saved; at its change -0.002 naive gains 0.145 * 0.002 / 0.005 = 0.058, so ewc
+    # adds 0.0895. Its instruction check and the memory are shown formatted.
+    assert ewc.change_saved_vs_frontier is None and ewc.gain_added_vs_frontier == pytest.approx(0.0895)
+    assert "+0.0895" in page
+    assert "-0.236 ± 0.049" in page and "4,488 MiB" in page and "change saved vs naive" in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_chromium_renders_the_comparison_without_console_errors(tmp_path):
+    from forgetless.compare import write_table
+
+    write_table(_comparison_table(), tmp_path)
+    console, png = _render(tmp_path / "compare.html", tmp_path / "compare.png")
+    assert console == []
+    assert _ink(png) > 0.01  # a table and the Pareto plot on a page shorter than the window (blank: < 0.001)

@@ -153,13 +153,21 @@ def render_comparison_html(table: dict[str, Any]) -> str:
         def pct(value):
             return "—" if value is None else f"{100 * value:.0f} %"
 
+        def signed(value):
+            return "—" if value is None else f"{value:+.4f}"
+
+        checks = sorted({name for r in rows for name in r.generation})  # instructions / leakage, when scored
         body.append(_table(
-            ["strategy", *[f"gain {t}" for t in tasks], "general change ± s.e.", "BWT", f"drop cut vs {baseline}",
-             f"gain kept vs {baseline}", "step time", "peak memory (MiB)", "state (MiB)", "stores raw data"],
+            ["strategy", *[f"gain {t}" for t in tasks], "general change ± s.e.", *checks, "BWT", f"drop cut vs {baseline}",
+             f"gain kept vs {baseline}", "change saved vs naive's frontier", "gain added vs naive's frontier", "step time",
+             "peak memory", "state", "stores raw data"],
             [[r.strategy, *[f"{r.in_domain_gain[t]:+.4f} ± {r.in_domain_gain_se.get(t, float('nan')):.4f}" for t in tasks],
               "—" if r.general_delta_abs is None else f"{r.general_delta_abs:+.4f} ± {r.general_delta_se:.4f}",
-              r.bwt, pct(r.general_drop_cut), pct(r.in_domain_gain_kept),
-              "—" if r.step_time_ratio is None else f"{r.step_time_ratio:.2f}x", r.peak_memory_mb, r.state_mb,
+              *["—" if c not in r.generation else "{:+.3f} ± {:.3f}".format(*r.generation[c]) for c in checks],
+              signed(r.bwt), pct(r.general_drop_cut), pct(r.in_domain_gain_kept),
+              signed(r.change_saved_vs_frontier), signed(r.gain_added_vs_frontier),
+              "—" if r.step_time_ratio is None else f"{r.step_time_ratio:.2f}x",
+              "—" if r.peak_memory_mb is None else f"{r.peak_memory_mb:,.0f} MiB", f"{r.state_mb:.1f} MiB",
               ", ".join(r.stores_raw_data) or "no"] for r in rows],
         ))
         body.append(_image(pareto_png(table), "trade-off between in-domain gain and general change"))
