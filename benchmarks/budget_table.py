@@ -71,10 +71,13 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["support"])
     parser.add_argument("--every", type=int, default=5, help="full evaluation (and budget check) every N steps")
     parser.add_argument("--limit", type=float, default=0.01, help="max_general_drop")
+    parser.add_argument("--only", nargs="+", choices=[label for label, _, _ in ENTRIES], help="run only these entries")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for label, strategies, on_exceed in ENTRIES:
+        if args.only and label not in args.only:
+            continue
         config = budget_config(args.tasks, args.every, strategies, on_exceed, args.limit)
         folder = args.out / label
         if not (folder / "results.json").exists():  # a finished entry is not run again
