@@ -86,12 +86,17 @@ class Advice:
     training_less: Candidate | None = None
 
 
+def _generation(row: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """A row's generation checks (shipped evidence or compare.json) as {name: (change, se)}."""
+    return {check: tuple(v) for check, v in (row.get("generation") or {}).items()}
+
+
 def shipped_evidence(tasks: int) -> tuple[list[Candidate], str]:
     data = json.loads(resources.files("forgetless").joinpath("data/assets/advice/evidence.json").read_text("utf-8"))
     key = "several_tasks" if tasks > 1 else "one_task"
     candidates = [
         Candidate(name, row[key]["general_change"], row[key]["se"], row[key]["gain_kept"], row["step_ratio"],
-                  row["stores_raw_data"], {check: tuple(v) for check, v in (row.get("generation") or {}).items()})
+                  row["stores_raw_data"], _generation(row))
         for name, row in data["strategies"].items() if row.get(key)
     ]
     return candidates, (f"the shipped benchmark table ({data['provenance'][key]}; generation checks: "
@@ -111,7 +116,7 @@ def compare_evidence(folders: list[str | Path]) -> tuple[list[Candidate], str]:
             rows[row["strategy"]] = Candidate(
                 row["strategy"], row["general_delta_abs"], row["general_delta_se"], row.get("in_domain_gain_kept"),
                 row.get("step_time_ratio"), bool(row.get("stores_raw_data")),
-                {check: tuple(v) for check, v in (row.get("generation") or {}).items()},
+                _generation(row),
             )
     return list(rows.values()), "your own comparison in " + ", ".join(map(str, folders))
 
@@ -127,10 +132,9 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
             excluded[c.name] = "stores earlier tasks' training rows"
         elif c.step_ratio is not None and c.step_ratio > limit:
             excluded[c.name] = f"step time {c.step_ratio:.2f}x over the {constraints.compute}-compute limit {limit:.2f}x"
-        elif constraints.chat and c.lost_generation(constraints.budget):
-            lost = ", ".join(f"{name} {c.generation[name][0]:+.3f} ± {c.generation[name][1]:.3f}"
-                             for name in c.lost_generation(constraints.budget))
-            excluded[c.name] = f"lost instruction following beyond noise ({lost})"
+        elif constraints.chat and (lost := c.lost_generation(constraints.budget)):
+            shown = ", ".join(f"{name} {c.generation[name][0]:+.3f} ± {c.generation[name][1]:.3f}" for name in lost)
+            excluded[c.name] = f"lost instruction following beyond noise ({shown})"
         else:
             kept.append(c)
     within = [c for c in kept if c.general_change >= -constraints.budget]
