@@ -30,6 +30,7 @@ from forgetless.training import ContinualRun
 ENTRIES = (
     ("naive+stop", ["naive"], "stop"),
     ("naive+rollback", ["naive"], "rollback"),
+    ("naive+backoff", ["naive"], "backoff"),
     ("ewc(lam=6.25)+strengthen", [{"name": "ewc", "lam": 6.25}], "strengthen"),
 )
 _Z = 1.96

@@ -88,6 +88,39 @@ def test_stop_restores_the_last_state_within_budget():
     assert guard.decisions()[0]["detail"] == "weights restored to step 1, in-domain 0.5000"
 
 
+def test_backoff_restores_the_last_state_within_budget_and_divides_the_learning_rate():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / 10)
+    guard = BudgetGuard(BudgetConfig(max_general_drop=0.01, on_exceed="backoff", factor=4))
+    guard.start_task(model, step=0)
+
+    def train_step():
+        optimizer.zero_grad()
+        model(torch.ones(1, 3)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+
+    train_step()
+    assert not guard.check(model, _log(0), "t", step=1, optimizer=optimizer, scheduler=scheduler)
+    kept = model.weight.detach().clone()
+    train_step()
+    assert not guard.check(model, _log(40), "t", step=2, optimizer=optimizer, scheduler=scheduler)  # trains on
+    assert torch.equal(model.weight, kept) and optimizer.state == {}
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * (1 - 2 / 10) / 4)
+    train_step()  # the schedule goes on from the divided rate, not back to the old one
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * (1 - 3 / 10) / 4)
+    assert guard.decisions()[0]["action"] == "backoff"
+    assert guard.decisions()[0]["detail"] == ("weights restored to step 1, in-domain 0.5000, lr now 0.025 (/4), "
+                                              "optimizer moments reset")
+    with pytest.raises(ForgetlessError, match="optimizer and scheduler"):
+        guard.check(model, _log(40), "t", step=3)
+    # At the task's end there is nothing left to train at a lower rate: the last state within budget is kept.
+    guard.check(model, _log(40), "t", step=10, final=True, optimizer=optimizer, scheduler=scheduler)
+    assert torch.equal(model.weight, kept) and guard.decisions()[-1]["action"] == "restore at the task's end"
+
+
 def _patched_assess(monkeypatch, exceeded_at: set[tuple[str, int]]):
     """Exceed exactly at the given (stage, step) checks: the runner's wiring, not the statistics, is under test."""
     real = BudgetGuard.assess
@@ -159,6 +192,38 @@ def test_runner_strengthen_raises_the_knob_and_trains_on(task_files, tmp_path, t
     assert saved["budget"][0]["stage"] == "step" and len(saved["budget"]) == len(results.budget)
 
 
+def test_runner_backoff_goes_back_and_trains_on_at_a_lower_rate(task_files, tmp_path, tokenizer, monkeypatch):
+    import forgetless.budget as budget
+
+    _patched_assess(monkeypatch, {("step", 3)})
+    seen = {}
+    real_restore, real_slow_down = BudgetGuard._restore, budget._slow_down
+
+    def restore(self, model):
+        detail = real_restore(self, model)
+        seen["restored"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return detail
+
+    def slow_down(optimizer, scheduler, factor):
+        before = optimizer.param_groups[0]["lr"]
+        detail = real_slow_down(optimizer, scheduler, factor)
+        seen["lr"] = (before, optimizer.param_groups[0]["lr"])
+        return detail
+
+    monkeypatch.setattr(BudgetGuard, "_restore", restore)
+    monkeypatch.setattr(budget, "_slow_down", slow_down)
+    _, results = _final_weights(
+        _one_task_config(task_files, 5, {"max_general_drop": 0.01, "on_exceed": "backoff"}), tmp_path, tokenizer, "bo")
+    [decision] = [c for c in results.budget if c["action"] != "within"]
+    assert decision["step"] == 3 and decision["action"] == "backoff"
+    assert decision["detail"].startswith("weights restored to step 2") and "(/2)" in decision["detail"]
+    assert max(r.step for r in results.general) == 5  # trained on to the task's end
+    assert seen["lr"][1] == pytest.approx(seen["lr"][0] / 2)
+    two_steps, _ = _final_weights(_one_task_config(task_files, 2), tmp_path, tokenizer, "two")
+    for name, value in two_steps.items():
+        assert torch.equal(seen["restored"][name], value), name
+
+
 def _monitored_trainer(tmp_path, tokenizer, task_files, steps, monitor, strategies=()):
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
@@ -206,6 +271,21 @@ def test_monitor_budget_strengthens_the_trainers_strategies(tmp_path, tokenizer,
         forgetless.ForgettingMonitor(budget={"max_general_drop": 0.01, "on_exceed": "rollback"})
     with pytest.raises(ForgetlessError, match="max_general_drop"):
         forgetless.ForgettingMonitor(every_steps=1, budget={"max_general_drop": -1})
+
+
+def test_monitor_budget_backs_off_the_users_trainer(tmp_path, tokenizer, task_files, monkeypatch):
+    import forgetless
+
+    _patched_assess(monkeypatch, {("step", 2)})
+    monitor = forgetless.ForgettingMonitor(tasks=[task_files["mc"]], every_steps=1, limit=3, progress=False,
+                                           budget={"max_general_drop": 0.01, "on_exceed": "backoff"})
+    trainer = _monitored_trainer(tmp_path, tokenizer, task_files, 4, monitor)
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 / 2)  # constant schedule, halved at step 2
+    # The moments restarted after step 2: AdamW has counted steps 3 and 4 only.
+    assert {int(s["step"]) for s in trainer.optimizer.state.values()} == {2}
+    assert [c["action"] for c in monitor.results().budget if c["action"] != "within"] == ["backoff"]
 
 
 def test_the_budget_acts_on_per_step_probe_points(task_files, tmp_path, tokenizer, monkeypatch):

@@ -15,6 +15,11 @@ What happens on exceeding (config `budget.on_exceed`):
 - rollback: training goes on to the task's end; the final state is then evaluated, and if it exceeds the budget
   the weights go back to the evaluation within budget with the highest in-domain score (the task's own held-out
   score, ties to the later one).
+- backoff: the weights go back to the last evaluation within budget of this task (as under stop), the learning
+  rate is divided by `factor` from there on, and training goes on to the task's end with fresh optimizer moments
+  (the old ones point along the path that overshot). A run whose step is too large for the budget (every state
+  it passes through already beyond it) thus converges on a smaller one instead of keeping only its start. The
+  task's final state, if beyond the budget, goes back as under stop.
 - strengthen: every strategy of the stack that declares a strength knob moves it `factor` times the protecting
   way (a penalty weight up, WiSE's alpha down, ...; `Strategy.strength` says which and from when it applies),
   and training goes on. It may fire again at the next check while the weights are still moving back.
@@ -54,8 +59,8 @@ class BudgetGuard:
 
     @property
     def acts_at_task_end(self) -> bool:
-        """stop and rollback need the task's final state checked before the weight edits and consolidation."""
-        return self.budget.on_exceed in ("stop", "rollback")
+        """stop, rollback and backoff need the task's final state checked before the weight edits and consolidation."""
+        return self.budget.on_exceed in ("stop", "rollback", "backoff")
 
     def start_task(self, model: torch.nn.Module, step: int) -> None:
         self._exceeded_in_task = False
@@ -72,7 +77,8 @@ class BudgetGuard:
         upper = delta + _Z * se
         return {"general_change": delta, "se": se, "upper_bound": upper, "limit": -limit, "exceeded": bool(upper < -limit)}
 
-    def check_probe(self, model: torch.nn.Module, point, before: float, task: str | None, final: bool = False) -> bool:
+    def check_probe(self, model: torch.nn.Module, point, before: float, task: str | None, final: bool = False,
+                    optimizer=None, scheduler=None) -> bool:
         """Act on a per-step probe point (evaluation/probe.py) as on a full evaluation; True: stop this task.
 
         A probe scores no held-out task, so rollback ranks probe states by recency alone (the later wins).
@@ -80,19 +86,21 @@ class BudgetGuard:
         if point.delta is None:
             return False
         numbers = self._numbers(point.delta, point.se, before)
-        return self._act(model, numbers, None, "probe", task, point.step, final)
+        return self._act(model, numbers, None, "probe", task, point.step, final, optimizer, scheduler)
 
-    def check(self, model: torch.nn.Module, log, task: str | None, step: int, final: bool = False) -> bool:
+    def check(self, model: torch.nn.Module, log, task: str | None, step: int, final: bool = False,
+              optimizer=None, scheduler=None) -> bool:
         """Act on the latest evaluation (taken at `step` while training `task`); True: stop training this task.
 
-        `final`: the evaluation of the task's last step (stop and rollback restore here if it exceeds).
-        An evaluation after the task (its weight edits done) is only recorded under stop and rollback, and
-        under strengthen moves the knobs for the next task.
+        `final`: the evaluation of the task's last step (stop, rollback and backoff restore here if it exceeds).
+        An evaluation after the task (its weight edits done) is only recorded under stop, rollback and backoff, and
+        under strengthen moves the knobs for the next task. backoff needs the training's `optimizer` and `scheduler`.
         """
-        return self._act(model, self.assess(log), _in_domain_score(log, task), log.general[-1]["stage"], task, step, final)
+        return self._act(model, self.assess(log), _in_domain_score(log, task), log.general[-1]["stage"], task, step, final,
+                         optimizer, scheduler)
 
     def _act(self, model, numbers: dict[str, Any], in_domain: float | None, stage: str, task: str | None, step: int,
-             final: bool) -> bool:
+             final: bool, optimizer=None, scheduler=None) -> bool:
         record = {"step": step, "task": task, "stage": stage, **numbers, "in_domain": in_domain, "action": "within"}
         on_exceed = self.budget.on_exceed
         if stage == "after_task" and self.acts_at_task_end:
@@ -100,7 +108,7 @@ class BudgetGuard:
                 record["action"] = "exceeded after the task's weight edits (recorded)"
         elif not numbers["exceeded"]:
             score = -math.inf if in_domain is None else in_domain
-            if on_exceed == "stop" or (on_exceed == "rollback" and score >= self._kept_at[1]):
+            if on_exceed in ("stop", "backoff") or (on_exceed == "rollback" and score >= self._kept_at[1]):
                 self._keep(model, step, score)
         elif on_exceed == "strengthen":
             moved = {s.name: s.strengthen(self.budget.factor) for s in self.stack.strategies if s.strength}
@@ -110,6 +118,11 @@ class BudgetGuard:
                                          for name, (old, new) in moved.items()) or "every knob at its bound"
         elif on_exceed == "stop":
             record.update(action="stop", detail=self._restore(model))
+        elif on_exceed == "backoff" and final:
+            record.update(action="restore at the task's end", detail=self._restore(model))
+        elif on_exceed == "backoff":
+            restored = self._restore(model)
+            record.update(action="backoff", detail=f"{restored}, {_slow_down(optimizer, scheduler, self.budget.factor)}")
         else:
             self._exceeded_in_task = True
             record["action"] = "continue (rollback at the task's end)"
@@ -151,6 +164,22 @@ class BudgetGuard:
         step, score = self._kept_at
         shown = "" if score == -math.inf else f", in-domain {score:.4f}"
         return f"weights restored to step {step}{shown}"
+
+
+def _slow_down(optimizer, scheduler, factor: float) -> str:
+    """Divide the learning rate by `factor` for the rest of training and start the optimizer's moments afresh."""
+    if optimizer is None or scheduler is None:
+        raise ForgetlessError("budget: on_exceed backoff needs the training's optimizer and scheduler")
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the torch scheduler
+    # torch schedulers derive every step's lr from base_lrs, so scaling the groups' lr alone would last one step.
+    inner.base_lrs = [lr / factor for lr in inner.base_lrs]
+    torch_optimizer = getattr(optimizer, "optimizer", optimizer)
+    for group in torch_optimizer.param_groups:
+        group["lr"] /= factor
+        if "initial_lr" in group:
+            group["initial_lr"] /= factor
+    torch_optimizer.state.clear()
+    return f"lr now {inner.base_lrs[0]:.3g} (/{factor:g}), optimizer moments reset"
 
 
 def _in_domain_score(log, task: str | None) -> float | None:

@@ -135,12 +135,14 @@ class BudgetConfig(_Strict):
         gt=0, description="Largest general-score drop allowed (absolute, or a fraction of the starting score if relative)."
     )
     relative: bool = Field(False, description="max_general_drop is a fraction of the general score before training.")
-    on_exceed: Literal["stop", "rollback", "strengthen"] = Field(
+    on_exceed: Literal["stop", "rollback", "backoff", "strengthen"] = Field(
         "stop",
         description="stop: end the task at the last state within budget; rollback: train on, then restore the best "
-        "state within budget if the task ends beyond it; strengthen: raise the strategies' strength and train on.",
+        "state within budget if the task ends beyond it; backoff: go back to the last state within budget and train on at a "
+        "lower learning rate; strengthen: raise the strategies' strength and train on.",
     )
-    factor: float = Field(2.0, gt=1, description="strengthen: each knob is multiplied (or divided) by this.")
+    factor: float = Field(2.0, gt=1, description="strengthen: each knob is multiplied (or divided) by this; backoff: the "
+                          "learning rate is divided by this.")
 
 
 def launched_sharding() -> str:
@@ -191,7 +193,7 @@ class RunConfig(_Strict):
             return self
         if not self.eval.suites and not self.eval.tasks and not self.eval.lm_eval_tasks:
             raise ValueError("budget: needs a general evaluation to check (eval.suites, eval.tasks or eval.lm_eval_tasks)")
-        if budget.on_exceed in ("stop", "rollback") and not self.eval.every_steps and self.eval.probe is None:
+        if budget.on_exceed != "strengthen" and not self.eval.every_steps and self.eval.probe is None:
             raise ValueError(
                 f"budget: on_exceed {budget.on_exceed} acts within a task, so it needs eval.every_steps > 0 or "
                 "eval.probe (only task-end evaluations leave nothing earlier to keep)"

@@ -66,18 +66,24 @@ class _StepCallback(TrainerCallback):
         if probe is not None and state.global_step % self.run.config.eval.probe.every_steps == 0:
             point = probe.step(model, self.run.tokenizer, self.step_offset + state.global_step)
             before = self.run.evaluator.log.general[0]["mean"]
-            if budget is not None and budget.check_probe(model, point, before, self.task_name, final=final):
+            if budget is not None and budget.check_probe(model, point, before, self.task_name, final, *_training(kwargs)):
                 control.should_training_stop = True
                 return control
-        # stop and rollback decide on the task's final state before its weight edits: evaluate it too.
+        # stop, rollback and backoff decide on the task's final state before its weight edits: evaluate it too.
         if every and (state.global_step % every == 0 and not final or final and budget and budget.acts_at_task_end):
             step = self.step_offset + state.global_step
             self.run.evaluator.evaluate(model, "step", self.task_name, step)
-            if budget is not None and budget.check(model, self.run.evaluator.log, self.task_name, step, final=final):
+            if budget is not None and budget.check(model, self.run.evaluator.log, self.task_name, step, final,
+                                                   *_training(kwargs)):
                 control.should_training_stop = True
             self.run.write_progress()
             model.train()
         return control
+
+
+def _training(callback_kwargs: dict) -> tuple:
+    """The Trainer's optimizer and scheduler, which the budget's backoff slows down."""
+    return callback_kwargs.get("optimizer"), callback_kwargs.get("lr_scheduler")
 
 
 class _ResumeCallback(TrainerCallback):

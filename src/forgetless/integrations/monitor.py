@@ -60,7 +60,7 @@ def _budget_config(budget, every_steps: int, has_general: bool) -> BudgetConfig 
             raise ForgetlessError(f"ForgettingMonitor budget: {fields}") from None
     if config is not None and not has_general:
         raise ForgetlessError("ForgettingMonitor budget: needs a general suite to check (suites=['general'])")
-    if config is not None and config.on_exceed in ("stop", "rollback") and not every_steps:
+    if config is not None and config.on_exceed != "strengthen" and not every_steps:
         raise ForgetlessError(f"ForgettingMonitor budget: on_exceed {config.on_exceed} acts within training, so it "
                               "needs every_steps > 0")
     return config
@@ -141,11 +141,12 @@ class ForgettingMonitor(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         final = state.global_step >= state.max_steps
         due = self.every_steps and state.global_step % self.every_steps == 0 and not final
-        # stop and rollback decide on the final state before the strategies' post-task edits (on_train_end).
+        # stop, rollback and backoff decide on the final state before the strategies' post-task edits (on_train_end).
         if due or (self.every_steps and final and self.budget is not None and self.budget.acts_at_task_end):
             step = self.step_offset + state.global_step
             self._evaluate(model, "step", self._task_name(), step)
-            if self.budget is not None and self.budget.check(model, self.evaluator.log, self.budget_task, step, final):
+            if self.budget is not None and self.budget.check(model, self.evaluator.log, self.budget_task, step, final,
+                                                             kwargs.get("optimizer"), kwargs.get("lr_scheduler")):
                 control.should_training_stop = True
         return control
 
