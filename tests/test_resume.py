@@ -129,6 +129,30 @@ def test_a_budget_that_strengthens_resumes_with_its_knob_and_decisions(task_file
     _assert_same_run(tmp_path / "whole", tmp_path / "cut")
 
 
+def test_a_budget_that_backs_off_resumes_at_the_lower_rate(task_files, tmp_path, tokenizer, monkeypatch):
+    from forgetless.budget import BudgetGuard
+
+    # Exceeded at one check only, the full evaluation at step 6 (the second task's second step): the weights go
+    # back to step 5 and the rate halves. The kill comes a step later, so the lowered rate, the fresh moments and
+    # the kept state must all come back from the checkpoint for the run to end the same.
+    act = BudgetGuard._act
+
+    def scripted(self, model, numbers, in_domain, stage, task, step, *rest):
+        return act(self, model, {**numbers, "exceeded": (stage, step) == ("step", 6)}, in_domain, stage, task, step, *rest)
+
+    monkeypatch.setattr(BudgetGuard, "_act", scripted)
+    config = _config(task_files, "naive", budget={"max_general_drop": 0.01, "on_exceed": "backoff"})
+    _run(config, tmp_path / "whole", tokenizer)
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert [c["action"] for c in whole["budget"] if c["action"] != "within"] == ["backoff"]
+    with monkeypatch.context() as patch:
+        _die_after(patch, task_index=1, step=3)
+        with pytest.raises(_Killed):
+            _run(config, tmp_path / "cut", tokenizer)
+    _run(config, tmp_path / "cut", tokenizer, resume=True)
+    _assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
 def test_resume_refuses_a_changed_config_and_a_folder_without_state(task_files, tmp_path, tokenizer, monkeypatch):
     config = _config(task_files)
     _die_after(monkeypatch, task_index=1, step=None)
