@@ -32,15 +32,17 @@ ENTRIES = (
     ("naive+rollback", ["naive"], "rollback"),
     ("naive+backoff", ["naive"], "backoff"),
     ("ewc(lam=6.25)+strengthen", [{"name": "ewc", "lam": 6.25}], "strengthen"),
+    ("ewc(lam=6.25)+strengthen+restore", [{"name": "ewc", "lam": 6.25}], {"on_exceed": "strengthen", "restore": True}),
 )
 _Z = 1.96
 
 
-def budget_config(tasks: list[str], every: int, strategies: list, on_exceed: str, limit: float):
+def budget_config(tasks: list[str], every: int, strategies: list, on_exceed: str | dict, limit: float):
+    """`on_exceed`: the mode's name, or the budget's fields beside its limit."""
     data = base_config("full", False, tasks).model_dump()
     data["eval"]["every_steps"] = every
-    return parse_config({**data, "strategies": strategies,
-                         "budget": {"max_general_drop": limit, "on_exceed": on_exceed}}, "budget_table")
+    fields = on_exceed if isinstance(on_exceed, dict) else {"on_exceed": on_exceed}
+    return parse_config({**data, "strategies": strategies, "budget": {"max_general_drop": limit, **fields}}, "budget_table")
 
 
 def first_task(results: dict) -> dict:

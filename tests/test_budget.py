@@ -192,17 +192,44 @@ def test_runner_strengthen_raises_the_knob_and_trains_on(task_files, tmp_path, t
     assert saved["budget"][0]["stage"] == "step" and len(saved["budget"]) == len(results.budget)
 
 
-def test_runner_backoff_goes_back_and_trains_on_at_a_lower_rate(task_files, tmp_path, tokenizer, monkeypatch):
-    import forgetless.budget as budget
-
-    _patched_assess(monkeypatch, {("step", 3)})
-    seen = {}
-    real_restore, real_slow_down = BudgetGuard._restore, budget._slow_down
+def _record_restores(monkeypatch) -> dict:
+    """The weights right after the budget restores a kept state, in the returned dict under "restored"."""
+    seen, real_restore = {}, BudgetGuard._restore
 
     def restore(self, model):
         detail = real_restore(self, model)
         seen["restored"] = {n: p.detach().clone() for n, p in model.named_parameters()}
         return detail
+
+    monkeypatch.setattr(BudgetGuard, "_restore", restore)
+    return seen
+
+
+def test_runner_strengthen_with_restore_goes_back_and_trains_on_stronger(task_files, tmp_path, tokenizer, monkeypatch):
+    _patched_assess(monkeypatch, {("step", 3)})
+    seen = _record_restores(monkeypatch)
+    budget = {"max_general_drop": 0.01, "on_exceed": "strengthen", "restore": True}
+    _, results = _final_weights(_one_task_config(task_files, 5, budget, [{"name": "l2sp", "lam": 0.5}]),
+                                tmp_path, tokenizer, "sr")
+    [decision] = [c for c in results.budget if c["action"] != "within"]
+    assert decision["step"] == 3 and decision["action"] == "strengthen"
+    assert decision["detail"].startswith("l2sp.lam 0.5 -> 1; weights restored to step 2, in-domain ")
+    assert decision["detail"].endswith(", optimizer moments reset")
+    assert max(r.step for r in results.general) == 5  # trained on to the task's end
+    two_steps, _ = _final_weights(_one_task_config(task_files, 2, strategies=[{"name": "l2sp", "lam": 0.5}]),
+                                  tmp_path, tokenizer, "two")
+    for name, value in two_steps.items():
+        assert torch.equal(seen["restored"][name], value), name
+    with pytest.raises(ForgetlessError, match="strengthen with restore acts within a task"):
+        tiny_config(task_files, eval={"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]}]}, budget=budget)
+
+
+def test_runner_backoff_goes_back_and_trains_on_at_a_lower_rate(task_files, tmp_path, tokenizer, monkeypatch):
+    import forgetless.budget as budget
+
+    _patched_assess(monkeypatch, {("step", 3)})
+    seen = _record_restores(monkeypatch)
+    real_slow_down = budget._slow_down
 
     def slow_down(optimizer, scheduler, factor):
         before = optimizer.param_groups[0]["lr"]
@@ -210,7 +237,6 @@ def test_runner_backoff_goes_back_and_trains_on_at_a_lower_rate(task_files, tmp_
         seen["lr"] = (before, optimizer.param_groups[0]["lr"])
         return detail
 
-    monkeypatch.setattr(BudgetGuard, "_restore", restore)
     monkeypatch.setattr(budget, "_slow_down", slow_down)
     _, results = _final_weights(
         _one_task_config(task_files, 5, {"max_general_drop": 0.01, "on_exceed": "backoff"}), tmp_path, tokenizer, "bo")

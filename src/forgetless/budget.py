@@ -22,7 +22,10 @@ What happens on exceeding (config `budget.on_exceed`):
   task's final state, if beyond the budget, goes back as under stop.
 - strengthen: every strategy of the stack that declares a strength knob moves it `factor` times the protecting
   way (a penalty weight up, WiSE's alpha down, ...; `Strategy.strength` says which and from when it applies),
-  and training goes on. It may fire again at the next check while the weights are still moving back.
+  and training goes on. It may fire again at the next check while the weights are still moving back. With
+  `restore: true` the weights also go back to the last evaluation within budget (fresh optimizer moments), as
+  under backoff, so they need not find their way back under the stronger penalty; the task's final state, if
+  beyond the budget, goes back as under stop.
 
 Kept states are CPU copies of the trained tensors only (the adapter under LoRA); one is held at a time.
 Every check is recorded (`checks`) with the numbers behind it and the action taken; the report shows them.
@@ -58,9 +61,14 @@ class BudgetGuard:
         self._exceeded_in_task = False
 
     @property
+    def restores(self) -> bool:
+        """Whether an exceeded check sends the weights back to the last state within budget."""
+        return self.budget.on_exceed in ("stop", "backoff") or self.budget.on_exceed == "strengthen" and self.budget.restore
+
+    @property
     def acts_at_task_end(self) -> bool:
-        """stop, rollback and backoff need the task's final state checked before the weight edits and consolidation."""
-        return self.budget.on_exceed in ("stop", "rollback", "backoff")
+        """Modes that restore need the task's final state checked before the weight edits and consolidation."""
+        return self.restores or self.budget.on_exceed == "rollback"
 
     def start_task(self, model: torch.nn.Module, step: int) -> None:
         self._exceeded_in_task = False
@@ -108,21 +116,23 @@ class BudgetGuard:
                 record["action"] = "exceeded after the task's weight edits (recorded)"
         elif not numbers["exceeded"]:
             score = -math.inf if in_domain is None else in_domain
-            if on_exceed in ("stop", "backoff") or (on_exceed == "rollback" and score >= self._kept_at[1]):
+            if self.restores or (on_exceed == "rollback" and score >= self._kept_at[1]):
                 self._keep(model, step, score)
+        elif on_exceed == "stop":
+            record.update(action="stop", detail=self._restore(model))
+        elif self.restores and final:
+            record.update(action="restore at the task's end", detail=self._restore(model))
+        elif on_exceed == "backoff":
+            restored = self._restore(model)
+            record.update(action="backoff", detail=f"{restored}, {_slow_down(optimizer, scheduler, self.budget.factor)}")
         elif on_exceed == "strengthen":
             moved = {s.name: s.strengthen(self.budget.factor) for s in self.stack.strategies if s.strength}
             moved = {name: change for name, change in moved.items() if change is not None}
             record["action"] = "strengthen"
             record["detail"] = ", ".join(f"{name}.{_knob(self.stack, name)} {old:g} -> {new:g}"
                                          for name, (old, new) in moved.items()) or "every knob at its bound"
-        elif on_exceed == "stop":
-            record.update(action="stop", detail=self._restore(model))
-        elif on_exceed == "backoff" and final:
-            record.update(action="restore at the task's end", detail=self._restore(model))
-        elif on_exceed == "backoff":
-            restored = self._restore(model)
-            record.update(action="backoff", detail=f"{restored}, {_slow_down(optimizer, scheduler, self.budget.factor)}")
+            if self.restores:
+                record["detail"] += f"; {self._restore(model)}, {_fresh_moments(optimizer)}"
         else:
             self._exceeded_in_task = True
             record["action"] = "continue (rollback at the task's end)"
@@ -173,13 +183,19 @@ def _slow_down(optimizer, scheduler, factor: float) -> str:
     inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the torch scheduler
     # torch schedulers derive every step's lr from base_lrs, so scaling the groups' lr alone would last one step.
     inner.base_lrs = [lr / factor for lr in inner.base_lrs]
-    torch_optimizer = getattr(optimizer, "optimizer", optimizer)
-    for group in torch_optimizer.param_groups:
+    for group in getattr(optimizer, "optimizer", optimizer).param_groups:
         group["lr"] /= factor
         if "initial_lr" in group:
             group["initial_lr"] /= factor
-    torch_optimizer.state.clear()
-    return f"lr now {inner.base_lrs[0]:.3g} (/{factor:g}), optimizer moments reset"
+    return f"lr now {inner.base_lrs[0]:.3g} (/{factor:g}), {_fresh_moments(optimizer)}"
+
+
+def _fresh_moments(optimizer) -> str:
+    """Forget the optimizer's moments: after the weights go back they point along the path that overshot."""
+    if optimizer is None:
+        raise ForgetlessError("budget: going back to a kept state needs the training's optimizer")
+    getattr(optimizer, "optimizer", optimizer).state.clear()  # accelerate wraps the torch optimizer
+    return "optimizer moments reset"
 
 
 def _in_domain_score(log, task: str | None) -> float | None:

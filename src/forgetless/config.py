@@ -143,6 +143,7 @@ class BudgetConfig(_Strict):
     )
     factor: float = Field(2.0, gt=1, description="strengthen: each knob is multiplied (or divided) by this; backoff: the "
                           "learning rate is divided by this.")
+    restore: bool = Field(False, description="strengthen: also go back to the last state within budget, as backoff does.")
 
 
 def launched_sharding() -> str:
@@ -193,9 +194,10 @@ class RunConfig(_Strict):
             return self
         if not self.eval.suites and not self.eval.tasks and not self.eval.lm_eval_tasks:
             raise ValueError("budget: needs a general evaluation to check (eval.suites, eval.tasks or eval.lm_eval_tasks)")
-        if budget.on_exceed != "strengthen" and not self.eval.every_steps and self.eval.probe is None:
+        if (budget.on_exceed != "strengthen" or budget.restore) and not self.eval.every_steps and self.eval.probe is None:
             raise ValueError(
-                f"budget: on_exceed {budget.on_exceed} acts within a task, so it needs eval.every_steps > 0 or "
+                f"budget: on_exceed {budget.on_exceed}{' with restore' if budget.restore else ''} acts within a task, "
+                "so it needs eval.every_steps > 0 or "
                 "eval.probe (only task-end evaluations leave nothing earlier to keep)"
             )
         return self

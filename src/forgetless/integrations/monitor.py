@@ -60,7 +60,7 @@ def _budget_config(budget, every_steps: int, has_general: bool) -> BudgetConfig 
             raise ForgetlessError(f"ForgettingMonitor budget: {fields}") from None
     if config is not None and not has_general:
         raise ForgetlessError("ForgettingMonitor budget: needs a general suite to check (suites=['general'])")
-    if config is not None and config.on_exceed != "strengthen" and not every_steps:
+    if config is not None and (config.on_exceed != "strengthen" or config.restore) and not every_steps:
         raise ForgetlessError(f"ForgettingMonitor budget: on_exceed {config.on_exceed} acts within training, so it "
                               "needs every_steps > 0")
     return config
