@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5, help="full evaluation (and budget check) every N steps")
     parser.add_argument("--limit", type=float, default=0.01, help="max_general_drop")
     parser.add_argument("--only", nargs="+", choices=[label for label, _, _ in ENTRIES], help="run only these entries")
+    parser.add_argument("--table-only", action="store_true", help="run nothing: the table of the entries already finished")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -83,6 +84,8 @@ def main() -> None:
             continue
         config = budget_config(args.tasks, args.every, strategies, on_exceed, args.limit)
         folder = args.out / label
+        if args.table_only and not (folder / "results.json").exists():
+            continue
         if not (folder / "results.json").exists():  # a finished entry is not run again
             before = load_before(args.out, config)
             run = ContinualRun(config, folder, before=before)
