@@ -52,6 +52,12 @@ def first_task(results: dict) -> dict:
     return {"gain": results["matrix"][1][0] - results["matrix"][0][0], "change": after["delta"], "se": after["se"]}
 
 
+def finished(folder: Path) -> bool:
+    """A run folder whose results are complete (a run in progress writes results.json with complete: false)."""
+    path = folder / "results.json"
+    return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("complete", False)
+
+
 def decisions(results: dict) -> str:
     acted = [c for c in results.get("budget", []) if c["action"] != "within"]
     return "; ".join(f"step {c['step']}: {c['action']}" + (f" ({c['detail']})" if c.get("detail") else "")
@@ -84,9 +90,9 @@ def main() -> None:
             continue
         config = budget_config(args.tasks, args.every, strategies, on_exceed, args.limit)
         folder = args.out / label
-        if args.table_only and not (folder / "results.json").exists():
+        if args.table_only and not finished(folder):
             continue
-        if not (folder / "results.json").exists():  # a finished entry is not run again
+        if not finished(folder):  # a finished entry is not run again
             before = load_before(args.out, config)
             run = ContinualRun(config, folder, before=before)
             run.execute()
