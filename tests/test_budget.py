@@ -114,8 +114,10 @@ def test_backoff_restores_the_last_state_within_budget_and_divides_the_learning_
     assert guard.decisions()[0]["action"] == "backoff"
     assert guard.decisions()[0]["detail"] == ("weights restored to step 1, in-domain 0.5000, lr now 0.025 (/4), "
                                               "optimizer moments reset")
-    with pytest.raises(ForgetlessError, match="optimizer and scheduler"):
-        guard.check(model, _log(40), "t", step=3)
+    moved = model.weight.detach().clone()
+    with pytest.raises(ForgetlessError, match="LambdaLR"):  # refused before any weight moves
+        guard.check(model, _log(40), "t", step=3, optimizer=optimizer, scheduler=None)
+    assert torch.equal(model.weight, moved) and not torch.equal(moved, kept)
     # At the task's end there is nothing left to train at a lower rate: the last state within budget is kept.
     guard.check(model, _log(40), "t", step=10, final=True, optimizer=optimizer, scheduler=scheduler)
     assert torch.equal(model.weight, kept) and guard.decisions()[-1]["action"] == "restore at the task's end"
@@ -312,6 +314,14 @@ def test_monitor_budget_backs_off_the_users_trainer(tmp_path, tokenizer, task_fi
     # The moments restarted after step 2: AdamW has counted steps 3 and 4 only.
     assert {int(s["step"]) for s in trainer.optimizer.state.values()} == {2}
     assert [c["action"] for c in monitor.results().budget if c["action"] != "within"] == ["backoff"]
+    # Under FSDP or DeepSpeed the weights a restore would copy into are shards or not the optimizer's master copy.
+    from types import SimpleNamespace
+
+    sharded = forgetless.ForgettingMonitor(tasks=[task_files["mc"]], every_steps=1, progress=False,
+                                           budget={"max_general_drop": 0.01, "on_exceed": "backoff"})
+    sharded.bind(SimpleNamespace(is_fsdp_enabled=True, is_deepspeed_enabled=False))
+    with pytest.raises(ForgetlessError, match="DeepSpeed and FSDP"):
+        sharded.on_train_begin(None, None, None, model=None, processing_class=tokenizer)
 
 
 def test_the_budget_acts_on_per_step_probe_points(task_files, tmp_path, tokenizer, monkeypatch):
@@ -334,3 +344,8 @@ def test_the_budget_acts_on_per_step_probe_points(task_files, tmp_path, tokenize
     two_steps, _ = _final_weights(_one_task_config(task_files, 2), tmp_path, tokenizer, "two")
     for name, value in two_steps.items():
         assert torch.equal(stopped[name], value), name
+    # With a full evaluation at step 3 as well, it decides (it is within budget) and the probe's drop is ignored.
+    config = config.model_copy(update={"eval": config.eval.model_copy(update={"every_steps": 3})})
+    _, results = _final_weights(config, tmp_path, tokenizer, "probe-and-full")
+    assert [c for c in results.budget if c["action"] != "within"] == []
+    assert {(c["stage"], c["step"]) for c in results.budget} >= {("probe", 2), ("step", 3), ("probe", 4)}

@@ -68,6 +68,21 @@ def test_items_leave_the_estimate_after_the_window_and_rotation_covers_every_ite
     assert sorted(index for _, index in probe._scored) == list(range(8))
 
 
+def test_a_restore_forgets_the_scores_taken_on_the_discarded_weights():
+    mc = _Scripted("mc", [1.0] * 8)
+    probe = GeneralProbe([mc], {"mc": ScoreSamples("mean", [1.0] * 8)}, items_per_step=2, window=10)
+    probe._order = {"mc": list(range(8))}
+    probe.step(None, None, 1)  # items 0-1 right
+    mc.now = [0.0] * 8  # the weights overshoot: items 2-5 come out wrong at steps 2-3
+    probe.step(None, None, 2)
+    assert probe.step(None, None, 3).delta == pytest.approx(-4 / 6)
+    probe.forget_after(1)  # the budget went back to step 1's weights
+    mc.now = [1.0] * 8
+    # Step 4 sees items 6-7 (right) beside steps 1's 0-1: steps 2-3 no longer weigh on the estimate.
+    assert probe.step(None, None, 4).delta == 0.0
+    assert sorted(index for _, index in probe._scored) == [0, 1, 6, 7]
+
+
 def test_tasks_take_turns_and_the_estimate_waits_for_every_task():
     # Two tasks, 2 items a step: one from each. 'a' fell by 1 on every item, 'b' did not move.
     a, b = _Scripted("a", [0.0] * 6), _Scripted("b", [1.0] * 6)

@@ -132,19 +132,22 @@ def test_a_budget_that_strengthens_resumes_with_its_knob_and_decisions(task_file
 def test_a_budget_that_backs_off_resumes_at_the_lower_rate(task_files, tmp_path, tokenizer, monkeypatch):
     from forgetless.budget import BudgetGuard
 
-    # Exceeded at one check only, the full evaluation at step 6 (the second task's second step): the weights go
-    # back to step 5 and the rate halves. The kill comes a step later, so the lowered rate, the fresh moments and
-    # the kept state must all come back from the checkpoint for the run to end the same.
+    # Full checks every step, no probe; exceeded at global steps 6 and 8 (the second task's 2nd and last). Step 6
+    # goes back to step 5 and halves the rate; the kill comes after step 7, which is kept; step 8 goes back to it.
+    # The run ends the same only if the lowered rate, the fresh moments and the kept step-7 state all come back.
     act = BudgetGuard._act
 
     def scripted(self, model, numbers, in_domain, stage, task, step, *rest):
-        return act(self, model, {**numbers, "exceeded": (stage, step) == ("step", 6)}, in_domain, stage, task, step, *rest)
+        exceeded = stage == "step" and step in (6, 8)
+        return act(self, model, {**numbers, "exceeded": exceeded}, in_domain, stage, task, step, *rest)
 
     monkeypatch.setattr(BudgetGuard, "_act", scripted)
     config = _config(task_files, "naive", budget={"max_general_drop": 0.01, "on_exceed": "backoff"})
+    config = config.model_copy(update={"eval": config.eval.model_copy(update={"every_steps": 1, "probe": None})})
     _run(config, tmp_path / "whole", tokenizer)
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
-    assert [c["action"] for c in whole["budget"] if c["action"] != "within"] == ["backoff"]
+    acted = [(c["step"], c["action"], c["detail"][:26]) for c in whole["budget"] if c["action"] != "within"]
+    assert acted == [(6, "backoff", "weights restored to step 5"), (8, "restore at the task's end", "weights restored to step 7")]
     with monkeypatch.context() as patch:
         _die_after(patch, task_index=1, step=3)
         with pytest.raises(_Killed):

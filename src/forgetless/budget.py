@@ -59,11 +59,12 @@ class BudgetGuard:
         self._kept: dict[str, torch.Tensor] | None = None
         self._kept_at: tuple[int, float] = (0, -math.inf)  # (step, in-domain score) of the kept state
         self._exceeded_in_task = False
+        self._restored_to: int | None = None
 
     @property
     def restores(self) -> bool:
         """Whether an exceeded check sends the weights back to the last state within budget."""
-        return self.budget.on_exceed in ("stop", "backoff") or self.budget.on_exceed == "strengthen" and self.budget.restore
+        return self.budget.on_exceed in ("stop", "backoff") or (self.budget.on_exceed == "strengthen" and self.budget.restore)
 
     @property
     def acts_at_task_end(self) -> bool:
@@ -102,7 +103,8 @@ class BudgetGuard:
 
         `final`: the evaluation of the task's last step (stop, rollback and backoff restore here if it exceeds).
         An evaluation after the task (its weight edits done) is only recorded under stop, rollback and backoff, and
-        under strengthen moves the knobs for the next task. backoff needs the training's `optimizer` and `scheduler`.
+        under strengthen moves the knobs for the next task. backoff needs the training's `optimizer` and `scheduler`,
+        strengthen with restore its `optimizer`.
         """
         return self._act(model, self.assess(log), _in_domain_score(log, task), log.general[-1]["stage"], task, step, final,
                          optimizer, scheduler)
@@ -112,7 +114,9 @@ class BudgetGuard:
         record = {"step": step, "task": task, "stage": stage, **numbers, "in_domain": in_domain, "action": "within"}
         on_exceed = self.budget.on_exceed
         if stage == "after_task" and self.acts_at_task_end:
-            if numbers["exceeded"]:
+            if numbers["exceeded"] and on_exceed == "strengthen":  # too late to restore; the knobs move for the next task
+                record.update(action="strengthen (after the task's weight edits)", detail=self._strengthen())
+            elif numbers["exceeded"]:
                 record["action"] = "exceeded after the task's weight edits (recorded)"
         elif not numbers["exceeded"]:
             score = -math.inf if in_domain is None else in_domain
@@ -121,18 +125,16 @@ class BudgetGuard:
         elif on_exceed == "stop":
             record.update(action="stop", detail=self._restore(model))
         elif self.restores and final:
-            record.update(action="restore at the task's end", detail=self._restore(model))
+            moved = f"; {self._strengthen()}" if on_exceed == "strengthen" else ""
+            record.update(action="restore at the task's end", detail=self._restore(model) + moved)
         elif on_exceed == "backoff":
-            restored = self._restore(model)
-            record.update(action="backoff", detail=f"{restored}, {_slow_down(optimizer, scheduler, self.budget.factor)}")
+            slowed = _slow_down(optimizer, scheduler, self.budget.factor)  # first: it refuses what it cannot slow down
+            record.update(action="backoff", detail=f"{self._restore(model)}, {slowed}")
+        elif on_exceed == "strengthen" and self.restores:
+            fresh = _fresh_moments(optimizer)
+            record.update(action="strengthen", detail=f"{self._strengthen()}; {self._restore(model)}, {fresh}")
         elif on_exceed == "strengthen":
-            moved = {s.name: s.strengthen(self.budget.factor) for s in self.stack.strategies if s.strength}
-            moved = {name: change for name, change in moved.items() if change is not None}
-            record["action"] = "strengthen"
-            record["detail"] = ", ".join(f"{name}.{_knob(self.stack, name)} {old:g} -> {new:g}"
-                                         for name, (old, new) in moved.items()) or "every knob at its bound"
-            if self.restores:
-                record["detail"] += f"; {self._restore(model)}, {_fresh_moments(optimizer)}"
+            record.update(action="strengthen", detail=self._strengthen())
         else:
             self._exceeded_in_task = True
             record["action"] = "continue (rollback at the task's end)"
@@ -158,6 +160,11 @@ class BudgetGuard:
         self._kept_at = (values["kept_at"], -math.inf if score is None else score)
         self._exceeded_in_task = values["exceeded_in_task"]
 
+    def take_restored_step(self) -> int | None:
+        """The step whose state the last check restored (None if it restored nothing); asking clears it."""
+        step, self._restored_to = self._restored_to, None
+        return step
+
     def decisions(self) -> list[dict[str, Any]]:
         """The checks that did something (or found the budget exceeded)."""
         return [c for c in self.checks if c["action"] != "within"]
@@ -172,21 +179,30 @@ class BudgetGuard:
             for name, value in self._kept.items():
                 parameters[name].copy_(value)
         step, score = self._kept_at
+        self._restored_to = step
         shown = "" if score == -math.inf else f", in-domain {score:.4f}"
         return f"weights restored to step {step}{shown}"
+
+    def _strengthen(self) -> str:
+        """Move every strength knob of the stack `factor` times the protecting way; what moved, as text."""
+        moved = {s.name: s.strengthen(self.budget.factor) for s in self.stack.strategies if s.strength}
+        return ", ".join(f"{name}.{_knob(self.stack, name)} {change[0]:g} -> {change[1]:g}"
+                         for name, change in moved.items() if change is not None) or "every knob at its bound"
 
 
 def _slow_down(optimizer, scheduler, factor: float) -> str:
     """Divide the learning rate by `factor` for the rest of training and start the optimizer's moments afresh."""
-    if optimizer is None or scheduler is None:
-        raise ForgetlessError("budget: on_exceed backoff needs the training's optimizer and scheduler")
-    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the torch scheduler
-    # torch schedulers derive every step's lr from base_lrs, so scaling the groups' lr alone would last one step.
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper holds the torch scheduler as .scheduler
+    if optimizer is None or not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+        raise ForgetlessError(
+            "budget: on_exceed backoff divides the rate of a LambdaLR schedule (transformers' constant, linear, cosine, "
+            f"...); this training has {type(inner).__name__} (use stop, rollback or strengthen, or another "
+            "lr_scheduler_type)")
+    # LambdaLR derives every step's rate from base_lrs, so scaling the groups' lr alone would last one step. The
+    # groups' initial_lr stays: a later train() of the same Trainer builds its schedule from it at the full rate.
     inner.base_lrs = [lr / factor for lr in inner.base_lrs]
     for group in getattr(optimizer, "optimizer", optimizer).param_groups:
         group["lr"] /= factor
-        if "initial_lr" in group:
-            group["initial_lr"] /= factor
     return f"lr now {inner.base_lrs[0]:.3g} (/{factor:g}), {_fresh_moments(optimizer)}"
 
 

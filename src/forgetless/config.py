@@ -145,6 +145,12 @@ class BudgetConfig(_Strict):
                           "learning rate is divided by this.")
     restore: bool = Field(False, description="strengthen: also go back to the last state within budget, as backoff does.")
 
+    @model_validator(mode="after")
+    def _restore_only_with_strengthen(self) -> "BudgetConfig":
+        if self.restore and self.on_exceed != "strengthen":
+            raise ValueError(f"restore: only for on_exceed strengthen ({self.on_exceed} already decides what to keep)")
+        return self
+
 
 def launched_sharding() -> str:
     """What `accelerate launch --use_fsdp / --use_deepspeed` asked for (through its environment), else "none"."""

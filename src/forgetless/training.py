@@ -62,26 +62,39 @@ class _StepCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         every, budget = self.run.config.eval.every_steps, self.run.budget
         final = state.global_step >= state.max_steps
+        step = self.step_offset + state.global_step
+        # Modes that restore decide on the task's final state before its weight edits: evaluate it too.
+        full = bool(every) and (state.global_step % every == 0 and not final or final and budget and budget.acts_at_task_end)
         probe = self.run.probe
         if probe is not None and state.global_step % self.run.config.eval.probe.every_steps == 0:
-            point = probe.step(model, self.run.tokenizer, self.step_offset + state.global_step)
+            point = probe.step(model, self.run.tokenizer, step)
             before = self.run.evaluator.log.general[0]["mean"]
-            if budget is not None and budget.check_probe(model, point, before, self.task_name, final, *_training(kwargs)):
-                control.should_training_stop = True
-                return control
-        # stop, rollback and backoff decide on the task's final state before its weight edits: evaluate it too.
-        if every and (state.global_step % every == 0 and not final or final and budget and budget.acts_at_task_end):
-            step = self.step_offset + state.global_step
+            # A full evaluation at the same step decides instead: it is the more precise of the two.
+            if budget is not None and not full:
+                stop = budget.check_probe(model, point, before, self.task_name, final, *_optimizer_and_scheduler(kwargs))
+                self._forget_discarded_probe_scores(budget)
+                if stop:
+                    control.should_training_stop = True
+                    return control
+        if full:
             self.run.evaluator.evaluate(model, "step", self.task_name, step)
             if budget is not None and budget.check(model, self.run.evaluator.log, self.task_name, step, final,
-                                                   *_training(kwargs)):
+                                                   *_optimizer_and_scheduler(kwargs)):
                 control.should_training_stop = True
+            if budget is not None:
+                self._forget_discarded_probe_scores(budget)
             self.run.write_progress()
             model.train()
         return control
 
+    def _forget_discarded_probe_scores(self, budget: BudgetGuard) -> None:
+        """After the budget restored a kept state, the probe's scores taken since then describe discarded weights."""
+        restored_to = budget.take_restored_step()
+        if restored_to is not None and self.run.probe is not None:
+            self.run.probe.forget_after(restored_to)
 
-def _training(callback_kwargs: dict) -> tuple:
+
+def _optimizer_and_scheduler(callback_kwargs: dict) -> tuple:
     """The Trainer's optimizer and scheduler, which the budget's backoff slows down."""
     return callback_kwargs.get("optimizer"), callback_kwargs.get("lr_scheduler")
 

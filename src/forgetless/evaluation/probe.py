@@ -83,6 +83,10 @@ class GeneralProbe:
         self.points.append(point)
         return point
 
+    def forget_after(self, step: int) -> None:
+        """Drop the scores taken after `step` (the weights they measured were discarded by a restore)."""
+        self._scored = {key: (when, value) for key, (when, value) in self._scored.items() if when <= step}
+
     def _next_items(self) -> dict[str, list[int]]:
         """`items_per_step` items, one task after another (a task gives at most all its items in one step)."""
         names = list(self._order)

@@ -6,8 +6,9 @@ standard errors as `forgetless run`. Numbers go out through the trainer's own `l
 `trainer.state.log_history` and reach TensorBoard, MLflow or W&B through `report_to`. With `out_dir`
 it writes results.json (the runner's keys), report.md and the plots after every task. With `budget` it
 checks the general change against a forgetting budget at every evaluation and acts on it as `forgetless run`
-does (forgetless.budget): `stop` ends the `train()` call, `rollback` restores at its end, `strengthen` moves the
-knobs of the trainer's strategies (a `with_strategies` trainer).
+does (forgetless.budget): `stop` ends the `train()` call, `rollback` restores at its end, `backoff` restores and
+trains on at a lower rate, `strengthen` moves the knobs of the trainer's strategies (a `with_strategies` trainer).
+Modes that restore weights are refused under DeepSpeed and FSDP, whose sharded or master copies they cannot reach.
 """
 
 from __future__ import annotations
@@ -131,6 +132,11 @@ class ForgettingMonitor(TrainerCallback):
                                   "or ForgettingMonitor(tokenizer=...)")
         if self.budget_config is not None and self.budget is None:
             self.budget = BudgetGuard(self.budget_config, getattr(self.trainer, "strategy_stack", None))
+            sharded = getattr(self.trainer, "is_deepspeed_enabled", False) or getattr(self.trainer, "is_fsdp_enabled", False)
+            if sharded and self.budget.acts_at_task_end:
+                raise ForgetlessError(f"ForgettingMonitor budget: on_exceed {self.budget_config.on_exceed} restores weights, "
+                                      "which DeepSpeed and FSDP keep sharded or in master copies it cannot reach; use "
+                                      "strengthen (without restore) or train without sharding")
         if self.evaluator is None:
             self.evaluator = Evaluator(self.general_tasks, self.tasks, tokenizer, self.limit, self.progress)
             self._evaluate(model, "before", None, 0)
