@@ -224,6 +224,8 @@ def test_runner_strengthen_with_restore_goes_back_and_trains_on_stronger(task_fi
         assert torch.equal(seen["restored"][name], value), name
     with pytest.raises(ForgetlessError, match="strengthen with restore acts within a task"):
         tiny_config(task_files, eval={"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]}]}, budget=budget)
+    with pytest.raises(ForgetlessError, match="restore: only for on_exceed strengthen"):
+        _one_task_config(task_files, 5, {"max_general_drop": 0.01, "on_exceed": "backoff", "restore": True})
 
 
 def test_runner_backoff_goes_back_and_trains_on_at_a_lower_rate(task_files, tmp_path, tokenizer, monkeypatch):
