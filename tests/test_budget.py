@@ -272,12 +272,16 @@ def _monitored_trainer(tmp_path, tokenizer, task_files, steps, monitor, strategi
     )
 
 
-def test_monitor_budget_stops_the_users_trainer(tmp_path, tokenizer, task_files, monkeypatch):
+def _budget_monitor(monkeypatch, task_files, on_exceed: str, exceeded_at_step: int):
     import forgetless
 
-    _patched_assess(monkeypatch, {("step", 2)})
-    monitor = forgetless.ForgettingMonitor(tasks=[task_files["mc"]], every_steps=1, limit=3, progress=False,
-                                           budget={"max_general_drop": 0.01, "on_exceed": "stop"})
+    _patched_assess(monkeypatch, {("step", exceeded_at_step)})
+    return forgetless.ForgettingMonitor(tasks=[task_files["mc"]], every_steps=1, limit=3, progress=False,
+                                        budget={"max_general_drop": 0.01, "on_exceed": on_exceed})
+
+
+def test_monitor_budget_stops_the_users_trainer(tmp_path, tokenizer, task_files, monkeypatch):
+    monitor = _budget_monitor(monkeypatch, task_files, "stop", exceeded_at_step=2)
     trainer = _monitored_trainer(tmp_path, tokenizer, task_files, 4, monitor)
     trainer.train()
     assert trainer.state.global_step == 2
@@ -291,9 +295,7 @@ def test_monitor_budget_stops_the_users_trainer(tmp_path, tokenizer, task_files,
 def test_monitor_budget_strengthens_the_trainers_strategies(tmp_path, tokenizer, task_files, monkeypatch):
     import forgetless
 
-    _patched_assess(monkeypatch, {("step", 1)})
-    monitor = forgetless.ForgettingMonitor(tasks=[task_files["mc"]], every_steps=1, limit=3, progress=False,
-                                           budget={"max_general_drop": 0.01, "on_exceed": "strengthen"})
+    monitor = _budget_monitor(monkeypatch, task_files, "strengthen", exceeded_at_step=1)
     trainer = _monitored_trainer(tmp_path, tokenizer, task_files, 2, monitor, strategies=[{"name": "l2sp", "lam": 0.5}])
     trainer.train()
     assert trainer.state.global_step == 2 and trainer.strategy_stack.strategies[0].lam == 1.0
@@ -304,11 +306,7 @@ def test_monitor_budget_strengthens_the_trainers_strategies(tmp_path, tokenizer,
 
 
 def test_monitor_budget_backs_off_the_users_trainer(tmp_path, tokenizer, task_files, monkeypatch):
-    import forgetless
-
-    _patched_assess(monkeypatch, {("step", 2)})
-    monitor = forgetless.ForgettingMonitor(tasks=[task_files["mc"]], every_steps=1, limit=3, progress=False,
-                                           budget={"max_general_drop": 0.01, "on_exceed": "backoff"})
+    monitor = _budget_monitor(monkeypatch, task_files, "backoff", exceeded_at_step=2)
     trainer = _monitored_trainer(tmp_path, tokenizer, task_files, 4, monitor)
     trainer.train()
     assert trainer.state.global_step == 4
@@ -319,8 +317,7 @@ def test_monitor_budget_backs_off_the_users_trainer(tmp_path, tokenizer, task_fi
     # Under FSDP or DeepSpeed the weights a restore would copy into are shards or not the optimizer's master copy.
     from types import SimpleNamespace
 
-    sharded = forgetless.ForgettingMonitor(tasks=[task_files["mc"]], every_steps=1, progress=False,
-                                           budget={"max_general_drop": 0.01, "on_exceed": "backoff"})
+    sharded = _budget_monitor(monkeypatch, task_files, "backoff", exceeded_at_step=2)
     sharded.bind(SimpleNamespace(is_fsdp_enabled=True, is_deepspeed_enabled=False))
     with pytest.raises(ForgetlessError, match="DeepSpeed and FSDP"):
         sharded.on_train_begin(None, None, None, model=None, processing_class=tokenizer)
