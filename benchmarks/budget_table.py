@@ -8,8 +8,8 @@ the entries share one "before" evaluation (DIR/before.json). Then it reads fixed
 compare folders (naive at other learning rates and step counts from `quality.py --frontier-...`, a strategy's
 knob from `forgetless tune`), each taken after its first task, and prints one table: in-domain gain, general
 change ± s.e., whether each run ends within budget by the run's own rule (change + 1.96 s.e. >= -limit) and
-by the point estimate (change >= -limit), and the decisions the budget took. The strongest fixed setting is
-the one with the largest gain among those within budget.
+by the point estimate (change >= -limit), and the decisions the budget took. Each budget run is set against the
+strongest fixed setting (largest gain within budget) of its own strategy, and the strongest of all is named.
 """
 
 from __future__ import annotations
@@ -73,6 +73,16 @@ def fixed_rows(folders: list[Path]) -> list[dict]:
     return rows
 
 
+def family(label: str) -> str:
+    """The strategy a row runs: "naive" for "naive+backoff" and "naive(lr=0.0002,steps=15)", "ewc" for "ewc(lam=100.0)"."""
+    return label.split("(")[0].split("+")[0]
+
+
+def _best(rows: list[dict]) -> str:
+    best = max(rows, key=lambda r: r["gain"]) if rows else None
+    return f"{best['label']} (gain {best['gain']:+.4f}, change {best['change']:+.4f} ± {best['se']:.4f})" if best else "none"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -117,15 +127,17 @@ def main() -> None:
     ), ""]
     for index, name in ((0, "the run's rule"), (1, "the point estimate")):
         inside = [r for r in fixed if within(r)[index]]
-        best = max(inside, key=lambda r: r["gain"]) if inside else None
-        text.append(f"Strongest fixed setting within budget by {name}: "
-                    + (f"{best['label']} (gain {best['gain']:+.4f}, change {best['change']:+.4f})" if best else "none"))
+        text.append(f"By {name}, strongest fixed setting within budget: {_best(inside)}")
         for run in runs:
-            if within(run)[index] and best is not None:
-                text.append(f"- {run['label']}: gain {run['gain'] - best['gain']:+.4f} against it")
+            same = [r for r in inside if family(r["label"]) == family(run["label"])]
+            best = max(same, key=lambda r: r["gain"]) if same else None
+            if not within(run)[index]:
+                text.append(f"- {run['label']}: ends beyond budget")
+            elif best is None:
+                text.append(f"- {run['label']}: no fixed {family(run['label'])} setting within budget to compare")
             else:
-                why = "ends beyond budget" if not within(run)[index] else "no fixed setting to compare"
-                text.append(f"- {run['label']}: {why}")
+                text.append(f"- {run['label']}: gain {run['gain'] - best['gain']:+.4f} against the strongest fixed "
+                            f"{family(run['label'])} setting within budget, {_best([best])}")
     atomic_write_text(args.out / "budget.md", "\n".join(text) + "\n")
     print("\n".join(text))
 
