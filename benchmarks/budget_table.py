@@ -78,9 +78,13 @@ def family(label: str) -> str:
     return label.split("(")[0].split("+")[0]
 
 
-def _best(rows: list[dict]) -> str:
-    best = max(rows, key=lambda r: r["gain"]) if rows else None
-    return f"{best['label']} (gain {best['gain']:+.4f}, change {best['change']:+.4f} ± {best['se']:.4f})" if best else "none"
+def strongest(rows: list[dict]) -> dict | None:
+    """The row with the largest in-domain gain, or None."""
+    return max(rows, key=lambda r: r["gain"]) if rows else None
+
+
+def describe(row: dict | None) -> str:
+    return f"{row['label']} (gain {row['gain']:+.4f}, change {row['change']:+.4f} ± {row['se']:.4f})" if row else "none"
 
 
 def main() -> None:
@@ -127,17 +131,16 @@ def main() -> None:
     ), ""]
     for index, name in ((0, "the run's rule"), (1, "the point estimate")):
         inside = [r for r in fixed if within(r)[index]]
-        text.append(f"By {name}, strongest fixed setting within budget: {_best(inside)}")
+        text.append(f"By {name}, strongest fixed setting within budget: {describe(strongest(inside))}")
         for run in runs:
-            same = [r for r in inside if family(r["label"]) == family(run["label"])]
-            best = max(same, key=lambda r: r["gain"]) if same else None
+            best = strongest([r for r in inside if family(r["label"]) == family(run["label"])])
             if not within(run)[index]:
                 text.append(f"- {run['label']}: ends beyond budget")
             elif best is None:
                 text.append(f"- {run['label']}: no fixed {family(run['label'])} setting within budget to compare")
             else:
                 text.append(f"- {run['label']}: gain {run['gain'] - best['gain']:+.4f} against the strongest fixed "
-                            f"{family(run['label'])} setting within budget, {_best([best])}")
+                            f"{family(run['label'])} setting within budget, {describe(best)}")
     atomic_write_text(args.out / "budget.md", "\n".join(text) + "\n")
     print("\n".join(text))
 
