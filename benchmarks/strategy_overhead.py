@@ -75,6 +75,8 @@ def step(model, optimizer, batch, stack: StrategyStack | None) -> float:
         stack.after_backward(model, OptimizerStep(trained_tokens(batch["labels"])))
         stack.step_done(stack.context.clock.task_step + 1)
     optimizer.step()
+    if stack is not None:
+        stack.after_optimizer_step(model)
     optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - started
 

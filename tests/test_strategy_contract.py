@@ -6,7 +6,8 @@ tiny random model). Each row checks, on a 2-task run through the runner:
 - deterministic: two runs with the same seed end with bit-identical weights, losses and strategy state;
 - frozen means frozen: under LoRA, every weight outside the adapted layers ends exactly where it started;
 - its state, from the runner's checkpoint file, loads into a freshly built strategy exactly;
-- at the task's start (the anchor), its loss term is zero and its after-backward hook adds no gradient.
+- at the task's start (the anchor), its loss term is zero, its after-backward hook adds no gradient and its
+  after-step hook moves no weight.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ SPECS["stm"] = {"name": "stm", "mode": "percentile", "percentile": 0.2}  # at th
 SPECS["ssr"] = {"name": "ssr", "per_task": 4, "max_new_tokens": 8}
 SPECS["ewc"] = {"name": "ewc", "samples": 8}
 SPECS["layerwise"] = {"name": "layerwise", "steps": 2}
+# Modes with a hook of their own: the trust region projects after every optimizer step (tiny: it always binds).
+SPECS["ewc(target)"] = {"name": "ewc", "samples": 8, "lam": 0.0, "target": 1e-6}
+SPECS["layerwise(target)"] = {"name": "layerwise", "steps": 2, "lam": 0.0, "target": 1e-6}
 
 TARGETS = ["q_proj", "v_proj"]
 MODES = {
@@ -119,3 +123,6 @@ def test_at_the_task_start_the_term_is_zero_and_no_gradient_is_added(name, mode,
     stack.after_backward(model, OptimizerStep(trained_tokens=int((batch["labels"] != -100).sum())))
     added = max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None)
     assert added == 0.0, f"{name}: after_backward added {added} at the anchor"
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stack.after_optimizer_step(model)
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters()), f"{name}: a weight moved at the anchor"

@@ -220,4 +220,4 @@ def _in_domain_score(log, task: str | None) -> float | None:
 
 
 def _knob(stack, name: str) -> str:
-    return next(s.strength.knob for s in stack.strategies if s.name == name)
+    return next(s.strength_in_use.knob for s in stack.strategies if s.name == name)

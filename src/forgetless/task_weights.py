@@ -195,6 +195,12 @@ class TaskWeights:
 
         return set_full
 
+    @torch.no_grad()
+    def scale_lora_update(self, factor: float) -> None:
+        """Under LoRA, scaling * B A <- factor * scaling * B A for every adapted layer (B is scaled)."""
+        for layer in self._layers.values():
+            layer.lora_B[self.adapter].weight.mul_(factor)
+
     def check_fresh_adapter(self, who: str) -> None:
         """Under LoRA, refuse an adapter whose B is not zero: its update would not start at zero."""
         for name, layer in self._layers.items():

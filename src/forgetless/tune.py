@@ -42,11 +42,11 @@ def bisect_weakest(count: int, within: Callable[[int], bool]) -> tuple[int | Non
 def default_grid(strategy_cls, knob: str) -> list[float]:
     """Seven points around the knob's default, weakest first: x4 steps for an `up` knob, x2 for a `down` one (<= 1)."""
     default = strategy_cls.Params.model_fields[knob].default
-    strength = strategy_cls.strength
+    strength = strategy_cls.strength_of(knob)
     if not isinstance(default, (int, float)) or isinstance(default, bool) or default == 0:
         raise ForgetlessError(f"--knob {strategy_cls.name}.{knob}: no numeric non-zero default to build a grid around; "
                               "give --values")
-    if strength is not None and strength.knob == knob and strength.stronger == "down":
+    if strength is not None and strength.stronger == "down":
         return sorted({min(1.0, default * 2.0**k) for k in range(-3, 4)}, reverse=True)
     return [default * 4.0**k for k in range(-3, 4)]
 
@@ -92,8 +92,9 @@ def tune(
         raise ForgetlessError(f"--budget must be a positive number, got {budget}")
     cls, param = _parse_knob(knob)
     grid = list(values) if values else default_grid(cls, param)
-    if cls.strength is not None and cls.strength.knob == param:  # weakest first, whatever order they came in
-        grid = sorted(set(grid), reverse=cls.strength.stronger == "down")
+    strength = cls.strength_of(param)
+    if strength is not None:  # weakest first, whatever order they came in
+        grid = sorted(set(grid), reverse=strength.stronger == "down")
     out = Path(out_dir)
     rows: dict[int, ComparisonRow] = {}
 

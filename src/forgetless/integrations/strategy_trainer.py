@@ -124,7 +124,7 @@ class StrategyTrainerMixin:
             self._refuse_unsupported()
         # First in line at on_train_end: post-task edits and consolidation happen before any other callback
         # (a ForgettingMonitor) scores the task's final model.
-        self.callback_handler.callbacks.insert(0, _EndTaskCallback(self))
+        self.callback_handler.callbacks.insert(0, _StackCallback(self))
 
     # -- before training -------------------------------------------------------------------------------
 
@@ -324,9 +324,17 @@ def _restore_adapter_layout(model, layout: tuple[list[str] | None, set[str]]) ->
         parameter.requires_grad_(name in trainable)
 
 
-class _EndTaskCallback(TrainerCallback):
+class _StackCallback(TrainerCallback):
+    """The stack's hooks that follow the Trainer's loop: after each optimizer step, and at the task's end."""
+
     def __init__(self, trainer):
         self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        stack = self.trainer.strategy_stack
+        if stack.context is not None:
+            stack.after_optimizer_step(stack.context.model)
+        return control
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.trainer.strategy_stack.context is not None:

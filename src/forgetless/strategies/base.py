@@ -5,7 +5,7 @@ A `StrategyStack` (strategies/stack.py) is the only caller of these hooks: the r
 batch and one model handle. Hook order for every task (each hook runs for every strategy, in list order):
 
     on_task_start -> prepare_examples -> [every micro-batch: extra_loss; every optimizer step:
-    after_backward] -> transform_weights -> consolidate -> (evaluation, checkpoint)
+    after_backward, after_optimizer_step] -> transform_weights -> consolidate -> (evaluation, checkpoint)
 
 What each hook may change:
 - `on_task_start`: the strategy's own state (references, anchors, importance of the starting model).
@@ -19,6 +19,8 @@ What each hook may change:
 - `after_backward`: once per optimizer step, after the last micro-batch's backward, before gradient
   clipping and the optimizer step; `.grad` then holds the whole step's gradient (extra terms included).
   It may read gradients, and may add to them (EWC adds its penalty's gradient there); nothing else.
+- `after_optimizer_step`: once per optimizer step, right after it; may move the trained weights back into
+  a feasible set (EWC's trust region), nothing else.
 - `transform_weights`: after training a task, edit the weights in place (FAPM pruning, WiSE-FT).
 - `consolidate`: after `transform_weights`, record what later tasks must protect (Fisher, buffers).
 - `state_tensors` / `load_state_tensors`: the strategy's state as named tensors (safetensors), saved
@@ -160,6 +162,7 @@ class Strategy:
     loss_scope: ClassVar[Literal["step", "batch"]] = "step"
     needs_logits: ClassVar[bool] = False  # extra_loss reads outputs.logits of the training forward
     strength: ClassVar[Strength | None] = None  # the knob a forgetting budget's `strengthen` moves (None: none)
+    other_strengths: ClassVar[tuple[Strength, ...]] = ()  # knobs of another mode (ewc's target): see strength_in_use
     # Attributes that change during a task's steps: tensors, dicts of tensors, numbers, random.Random.
     in_task_state: ClassVar[tuple[str, ...]] = ()
 
@@ -187,9 +190,19 @@ class Strategy:
                 "wrong; use precision bf16 (or fp32)"
             )
 
+    @classmethod
+    def strength_of(cls, knob: str) -> Strength | None:
+        """The Strength declared for parameter `knob`, or None if it is no strength knob."""
+        return next((s for s in (cls.strength, *cls.other_strengths) if s is not None and s.knob == knob), None)
+
+    @property
+    def strength_in_use(self) -> Strength | None:
+        """The knob that sets this instance's strength; a strategy with two modes picks by its parameters."""
+        return self.strength
+
     def strengthen(self, factor: float) -> tuple[float, float] | None:
         """Move the strength knob `factor` times the protecting way (within its bound): (old, new), or None if it can't."""
-        strength = self.strength
+        strength = self.strength_in_use
         old = getattr(self, strength.knob) if strength else None
         if isinstance(old, bool) or not isinstance(old, (int, float)) or old == 0:  # no knob, "auto", or 0 (x factor = 0)
             return None
@@ -217,6 +230,9 @@ class Strategy:
 
     def after_backward(self, ctx: TaskContext, model: torch.nn.Module, step: OptimizerStep) -> None:
         """Once per optimizer step, the step's whole gradient in `.grad`; may read it or add to it."""
+
+    def after_optimizer_step(self, ctx: TaskContext, model: torch.nn.Module) -> None:
+        """Once per optimizer step, right after it: may move the trained weights back into a feasible set."""
 
     def transform_weights(self, ctx: TaskContext) -> None:
         """After training a task: edit the weights post hoc (in place on ctx.model)."""

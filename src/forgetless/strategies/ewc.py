@@ -12,6 +12,11 @@ Per-sample normalisation: a sequence s with n_s trained tokens contributes g_s^2
 gradient of the sum of its token log-likelihoods. For independent tokens this makes F the per-token
 Fisher, i.e. (at an optimum) the Hessian of the mean token loss the trainer minimises, so lam = 1 prices a
 predicted loss increase on the protected data like the same increase on the task being trained.
+
+Trust region (`target`): the same quadratic, halved, predicts the protected data's mean token loss rise,
+P = (1/2) sum F (theta - theta*)^2 nats per token. With `target` set, after every optimizer step the
+weights are projected back onto {P <= target} (`_trust_region.py`): a cap on the predicted rise itself,
+whose meaning does not depend on how hard a task pulls or on the Fisher's scale, where lam is a price.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ._common import (
     sample_examples,
     task_rows,
 )
+from ._trust_region import project
 from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 FisherFlavour = Literal["empirical", "true"]
@@ -233,12 +239,17 @@ class EWC(Strategy):
 
     name = "ewc"
     strength = Strength("lam", "up", bound=1e12)
-    in_task_state = ("_penalty_total", "_penalty_steps")
+    other_strengths = (Strength("target", "down", bound=1e-6),)
+    in_task_state = ("_penalty_total", "_penalty_steps", "_projected_steps", "_largest_rise")
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
 
     class Params(StrategyParams):
         lam: float = Field(
             100.0, ge=0, description="Penalty weight; lam = 1 prices a protected-data loss rise like a task-loss rise."
+        )
+        target: float | None = Field(
+            None, gt=0, description="Trust region: after each step, project the weights so that the predicted loss rise "
+            "on the protected data, (1/2) sum F (theta - theta*)^2, is at most this many nats per token (None: off).",
         )
         fisher: FisherFlavour = Field(
             "empirical", description="empirical: gradients of the data's own tokens; true: of tokens sampled from the model."
@@ -270,6 +281,11 @@ class EWC(Strategy):
         self.omega: dict[str, torch.Tensor] = {}
         self._weights: TaskWeights | None = None
         self._penalty_total, self._penalty_steps = 0.0, 0  # per task, for the mean reported in results.json
+        self._projected_steps, self._largest_rise = 0, 0.0  # per task: steps the trust region acted on, largest P seen
+
+    @property
+    def strength_in_use(self) -> Strength | None:
+        return self.other_strengths[0] if self.target is not None else self.strength
 
     # -- hooks ---------------------------------------------------------------------------------------------
 
@@ -307,10 +323,35 @@ class EWC(Strategy):
         self._penalty_total += self.lam / 2 * (distance + self.offset)
         self._penalty_steps += 1
 
+    def after_optimizer_step(self, ctx: TaskContext, model: torch.nn.Module) -> None:
+        """Trust region: back onto {(1/2) sum F (theta - theta*)^2 <= target} if the step left it."""
+        if self.target is None or not (self.fisher or self.omega):
+            return
+        if self._weights.change_is_stored:
+            parameters = self._weights.weights()
+            for name, parameter in parameters.items():
+                if name in self.fisher:
+                    self._on(self.anchor, name, parameter)
+                    self._on(self.fisher, name, parameter)
+            rise, multiplier = project(parameters, self.anchor, self.fisher, self.target)
+            moved = multiplier > 0
+        else:  # LoRA: the predicted rise is quadratic in B, so scaling every B by sqrt(target / P) lands on the boundary
+            with torch.no_grad():
+                rise = 0.5 * float(self.weighted_distance())
+            moved = rise > self.target
+            if moved:
+                self._weights.scale_lora_update((self.target / rise) ** 0.5)
+        self._largest_rise = max(self._largest_rise, rise)
+        self._projected_steps += int(moved)
+
     def consolidate(self, ctx: TaskContext) -> None:
         if self._penalty_steps:
             ctx.log["ewc_mean_penalty"] = self._penalty_total / self._penalty_steps
+        if self.target is not None:
+            ctx.log["ewc_projected_steps"] = self._projected_steps
+            ctx.log["ewc_largest_predicted_rise"] = self._largest_rise
         self._penalty_total, self._penalty_steps = 0.0, 0
+        self._projected_steps, self._largest_rise = 0, 0.0
         if self.source == "earlier_tasks":  # every task trained so far, this one included
             rows = [row for task in [*ctx.earlier_tasks, ctx.task] for row in task_rows(task)]
             examples = sample_examples(ctx, rows, self.samples, ctx.setup.max_length, ctx.setup.seed)

@@ -8,6 +8,10 @@ Element level: an importance Omega_i per weight, recorded cheaply before the fir
 
 so blocks that drifted most in directions that matter are pulled back hardest (see docs/strategies/layerwise.md).
 
+Trust region (`target`, as `ewc`'s): after every optimizer step the kept entries are projected back onto
+{(1/2) sum_i Omega_i (theta_i - theta*_i)^2 <= target}, a cap on the predicted loss rise on what Omega
+protects, in nats per token (Omega is on the per-token Fisher scale), whatever the data.
+
 Importance: Synaptic Intelligence along a plain-SGD pass is omega_i = lr * sum_t g_i(t)^2; we take the
 small-step limit at the anchor (no weight moves, no optimiser state) and scale it by the batch's token
 count, which puts Omega on the per-token Fisher scale (see `squared_gradient_importance`). Before the
@@ -32,6 +36,7 @@ from ..evaluation._scoring import model_device
 from ..nn import token_cross_entropy, trained_tokens
 from . import register_strategy
 from ._common import batches, block_index, protection_examples
+from ._trust_region import project
 from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]
@@ -90,11 +95,17 @@ class Layerwise(Strategy):
 
     name = "layerwise"
     strength = Strength("lam", "up", bound=1e12)
+    other_strengths = (Strength("target", "down", bound=1e-6),)
     # The task's own importance is recorded from its training gradients, step by step.
-    in_task_state = ("_recorded", "_recorded_steps", "_task_steps", "_recording_seconds", "last_alpha")
+    in_task_state = ("_recorded", "_recorded_steps", "_task_steps", "_recording_seconds", "last_alpha",
+                     "_projected_steps", "_largest_rise")
 
     class Params(StrategyParams):
         lam: float = Field(50.0, ge=0, description="Weight of the layer-weighted importance penalty.")
+        target: float | None = Field(
+            None, gt=0, description="Trust region: after each step, project the kept entries so that (1/2) sum Omega "
+            "(theta - theta*)^2, the predicted loss rise, is at most this many nats per token (None: off).",
+        )
         steps: int = Field(
             8, ge=1, description="Batches the importance is read from (a general-text pass, or the task's last training steps)."
         )
@@ -121,6 +132,8 @@ class Layerwise(Strategy):
         self._drift: dict[str, Callable[[], torch.Tensor]] = {}
         self._omega: dict[str, torch.Tensor] = {}
         self._group: dict[str, int] = {}
+        self._anchor: dict[str, torch.Tensor] = {}  # full fine-tuning: the kept entries at the task's start (k,)
+        self._weights = None
         self._groups = 0
         self._group_index: torch.Tensor | None = None  # (tensors,) group of each entry of _drift, in order
         self.last_alpha: torch.Tensor | None = None
@@ -129,13 +142,19 @@ class Layerwise(Strategy):
         self._recorded_steps = 0
         self._task_steps = 0
         self._recording_seconds = 0.0
+        self._projected_steps, self._largest_rise = 0, 0.0  # per task: steps the trust region acted on, largest rise
+
+    @property
+    def strength_in_use(self) -> Strength | None:
+        return self.other_strengths[0] if self.target is not None else self.strength
 
     # ---- which weights are protected, and how far they have moved ----
 
     def _bind(self, ctx: TaskContext) -> None:
         """Anchor = the model now; set up the per-step drift readers and fp32 copies of Omega."""
-        self._drift, self._omega, self._group = {}, {}, {}
+        self._drift, self._omega, self._group, self._anchor = {}, {}, {}, {}
         weights = ctx.weights
+        self._weights = weights
         blocks: dict[int | None, int] = {}
         # In the model's order, not the stored one (a loaded state comes back sorted by name): the per-layer sums
         # then add up in one order, so a resumed run is bit-identical. Protected weights not trainable now (other
@@ -147,6 +166,7 @@ class Layerwise(Strategy):
             if weights.change_is_stored:
                 # Only the kept entries' start is stored: (k,) values, not a copy of the weight.
                 anchor = weight.detach().reshape(-1).index_select(0, index).float().clone()  # (k,)
+                self._anchor[name] = anchor
                 self._drift[name] = lambda weight=weight, index=index, anchor=anchor: (
                     weight.reshape(-1).index_select(0, index).float() - anchor
                 )
@@ -267,9 +287,37 @@ class Layerwise(Strategy):
             return None
         return self.penalty()
 
+    def after_optimizer_step(self, ctx: TaskContext, model: torch.nn.Module) -> None:
+        """Trust region: the kept entries back onto {(1/2) sum Omega drift^2 <= target} if the step left it."""
+        if self.target is None or not self._drift:
+            return
+        weights = self._weights
+        if weights.change_is_stored:
+            flat = {name: weights.weight(name).detach().reshape(-1) for name in self._drift}
+            indices = {name: self.index[name].to(flat[name].device, torch.long) for name in self._drift}
+            kept = {name: flat[name].index_select(0, indices[name]) for name in self._drift}  # (k,) copies
+            rise, multiplier = project(kept, self._anchor, self._omega, self.target)
+            moved = multiplier > 0
+            if moved:
+                with torch.no_grad():
+                    for name, values in kept.items():
+                        flat[name].index_copy_(0, indices[name], values)
+        else:  # LoRA: the rise is quadratic in every B, so scaling B by sqrt(target / P) lands on the boundary
+            with torch.no_grad():
+                rise = 0.5 * float(sum((self._omega[name] * drift().square()).sum() for name, drift in self._drift.items()))
+            moved = rise > self.target
+            if moved:
+                weights.scale_lora_update((self.target / rise) ** 0.5)
+        self._largest_rise = max(self._largest_rise, rise)
+        self._projected_steps += int(moved)
+
     def consolidate(self, ctx: TaskContext) -> None:
         if self.last_alpha is not None:
             ctx.log["layerwise_alpha_max"] = float(self.last_alpha.max())
+        if self.target is not None:
+            ctx.log["layerwise_projected_steps"] = self._projected_steps
+            ctx.log["layerwise_largest_predicted_rise"] = self._largest_rise
+            self._projected_steps, self._largest_rise = 0, 0.0
         if self.source == "auto":  # protect this task too from the next one on
             if self._recorded_steps:
                 dense = {name: total / self._recorded_steps for name, total in self._recorded.items()}
@@ -277,7 +325,7 @@ class Layerwise(Strategy):
                 ctx.log["layerwise_importance_training_steps"] = self._recorded_steps
             else:
                 self._record_importance(ctx, "current_task")
-        self._drift, self._omega, self._recorded = {}, {}, {}
+        self._drift, self._omega, self._recorded, self._anchor = {}, {}, {}, {}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         state = {f"index/{name}": index for name, index in self.index.items()}

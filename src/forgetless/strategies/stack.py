@@ -128,6 +128,11 @@ class StrategyStack:
         for strategy in self.strategies:
             strategy.after_backward(ctx, model, step)
 
+    def after_optimizer_step(self, model) -> None:
+        ctx = self._active()
+        for strategy in self.strategies:
+            strategy.after_optimizer_step(ctx, model)
+
     def step_done(self, task_step: int, task_steps: int | None = None) -> None:
         """The optimizer step was taken: `task_step` steps of this task are done."""
         ctx = self._active()

@@ -1,0 +1,91 @@
+"""A trust region in the protected data's own units: the predicted loss rise (1/2) sum F d^2 stays under a target.
+
+With F a per-token Fisher (`ewc`) or importance on its scale (`layerwise`) and d = theta - theta*, the
+quadratic P = (1/2) sum_i F_i d_i^2 predicts how much the mean token loss on the protected data has risen
+since the anchor. A penalty weight trades that rise against the task loss at a price whose effect depends
+on how hard the task pulls; a target caps the rise itself, in nats per token, whatever the data.
+
+The Euclidean projection of theta onto {P <= target} is the proximal step of an EWC penalty with a weight
+mu chosen for this point: d_i <- d_i / (1 + mu F_i), with mu > 0 solving P(mu) = target. Directions the
+protected data does not care about (F_i = 0) are left alone; stiff ones are pulled back most.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Chunk of the passes: the fp32 operands of one chunk stay in cache between the operations.
+CHUNK = 1 << 18
+RELATIVE_TOLERANCE = 1e-3  # P ends within target * (1 +- this)
+MAX_ITERATIONS = 40
+
+
+def _sums(parameters, anchor, fisher, mu: float) -> tuple[float, float]:
+    """(P(mu), dP/dmu) with P(mu) = (1/2) sum F d^2 / (1 + mu F)^2, in float64, one pass over the weights."""
+    value = torch.zeros((), dtype=torch.float64)
+    slope = torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            values, anchors, weights = parameter.reshape(-1), anchor[name].reshape(-1), fisher[name].reshape(-1)
+            for start in range(0, values.numel(), CHUNK):
+                stop = min(start + CHUNK, values.numel())
+                f = weights[start:stop]
+                d = values[start:stop].float() - anchors[start:stop]
+                shrink = torch.reciprocal(f * mu + 1.0)  # 1 / (1 + mu F)
+                term = f * (d * shrink).square_()  # F d^2 / (1 + mu F)^2
+                value += term.sum(dtype=torch.float64)
+                slope -= (term * f * shrink).sum(dtype=torch.float64)  # d/dmu of the term is -2 F^2 d^2 / (1+muF)^3
+    return 0.5 * float(value), float(slope)
+
+
+def solve_multiplier(parameters, anchor, fisher, target: float) -> tuple[float, float]:
+    """(mu, P before projection): the smallest mu >= 0 with P(mu) <= target (0 when already inside).
+
+    Newton's method on P(mu)^(-1/2), which is exactly linear in mu for a single weight and nearly so for
+    many, kept inside a bracket [inside-the-set, outside-the-set] and falling back to bisection.
+    """
+    before, slope = _sums(parameters, anchor, fisher, 0.0)
+    if before <= target:
+        return 0.0, before
+    low, high = 0.0, math.inf  # P(low) > target, P(high) <= target
+    mu, value = 0.0, before
+    for _ in range(MAX_ITERATIONS):
+        # h(mu) = P^-1/2 - target^-1/2; h' = -P^-3/2 P' / 2.
+        h = value ** -0.5 - target ** -0.5
+        h_slope = -0.5 * value ** -1.5 * slope
+        step = mu - h / h_slope if h_slope > 0 else math.inf
+        mu = step if low < step < high else (low + high) / 2 if math.isfinite(high) else max(2 * low, 1.0)
+        value, slope = _sums(parameters, anchor, fisher, mu)
+        if value > target:
+            low = mu
+        else:
+            high = mu
+        if abs(value / target - 1) <= RELATIVE_TOLERANCE:
+            break
+    if value > target * (1 + RELATIVE_TOLERANCE) and math.isfinite(high):
+        mu = high  # never end outside the set by more than the tolerance
+    return mu, before
+
+
+def project(parameters, anchor, fisher, target: float) -> tuple[float, float]:
+    """Move `parameters` in place onto {(1/2) sum F (theta - anchor)^2 <= target}; returns (P before, mu).
+
+    Only parameters with an entry in `fisher` take part. mu = 0 means the point was inside: nothing moved.
+    """
+    fisher = {name: value for name, value in fisher.items() if name in parameters}
+    parameters = {name: parameters[name] for name in fisher}
+    mu, before = solve_multiplier(parameters, anchor, fisher, target)
+    if mu == 0.0:
+        return before, mu
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            values, anchors, weights = parameter.view(-1), anchor[name].reshape(-1), fisher[name].reshape(-1)
+            for start in range(0, values.numel(), CHUNK):
+                stop = min(start + CHUNK, values.numel())
+                a = anchors[start:stop]
+                d = values[start:stop].float() - a
+                d.div_(weights[start:stop] * mu + 1.0).add_(a)
+                values[start:stop].copy_(d)
+    return before, mu
