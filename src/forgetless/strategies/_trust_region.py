@@ -24,10 +24,12 @@ MAX_ITERATIONS = 40
 
 def _sums(parameters, anchor, fisher, mu: float) -> tuple[float, float]:
     """(P(mu), dP/dmu) with P(mu) = (1/2) sum F d^2 / (1 + mu F)^2, in float64, one pass over the weights."""
-    value = torch.zeros((), dtype=torch.float64)
-    slope = torch.zeros((), dtype=torch.float64)
+    value = slope = 0.0
     with torch.no_grad():
         for name, parameter in parameters.items():
+            # Accumulate on the weights' device (a CPU accumulator cannot take a CUDA sum in place); one sync per tensor.
+            tensor_value = torch.zeros((), dtype=torch.float64, device=parameter.device)
+            tensor_slope = torch.zeros((), dtype=torch.float64, device=parameter.device)
             values, anchors, weights = parameter.reshape(-1), anchor[name].reshape(-1), fisher[name].reshape(-1)
             for start in range(0, values.numel(), CHUNK):
                 stop = min(start + CHUNK, values.numel())
@@ -35,9 +37,11 @@ def _sums(parameters, anchor, fisher, mu: float) -> tuple[float, float]:
                 d = values[start:stop].float() - anchors[start:stop]
                 shrink = torch.reciprocal(f * mu + 1.0)  # 1 / (1 + mu F)
                 term = f * (d * shrink).square_()  # F d^2 / (1 + mu F)^2
-                value += term.sum(dtype=torch.float64)
-                slope -= (term * f * shrink).sum(dtype=torch.float64)  # d/dmu of the term is -2 F^2 d^2 / (1+muF)^3
-    return 0.5 * float(value), float(slope)
+                tensor_value += term.sum(dtype=torch.float64)
+                tensor_slope -= (term * f * shrink).sum(dtype=torch.float64)  # d/dmu of the term: -2 F^2 d^2 / (1+muF)^3
+            value += float(tensor_value)
+            slope += float(tensor_slope)
+    return 0.5 * value, slope
 
 
 def solve_multiplier(parameters, anchor, fisher, target: float) -> tuple[float, float]:
@@ -62,7 +66,7 @@ def solve_multiplier(parameters, anchor, fisher, target: float) -> tuple[float, 
             low = mu
         else:
             high = mu
-        if abs(value / target - 1) <= RELATIVE_TOLERANCE:
+        if abs(value / target - 1) <= RELATIVE_TOLERANCE or value == 0.0:
             break
     if value > target * (1 + RELATIVE_TOLERANCE) and math.isfinite(high):
         mu = high  # never end outside the set by more than the tolerance
@@ -73,6 +77,8 @@ def project(parameters, anchor, fisher, target: float) -> tuple[float, float]:
     """Move `parameters` in place onto {(1/2) sum F (theta - anchor)^2 <= target}; returns (P before, mu).
 
     Only parameters with an entry in `fisher` take part. mu = 0 means the point was inside: nothing moved.
+    A low-precision weight is rounded to its nearest value no farther from the anchor than the projected
+    point, so rounding never takes it back out of the region (it may end a little inside).
     """
     fisher = {name: value for name, value in fisher.items() if name in parameters}
     parameters = {name: parameters[name] for name in fisher}
@@ -86,6 +92,10 @@ def project(parameters, anchor, fisher, target: float) -> tuple[float, float]:
                 stop = min(start + CHUNK, values.numel())
                 a = anchors[start:stop]
                 d = values[start:stop].float() - a
-                d.div_(weights[start:stop] * mu + 1.0).add_(a)
-                values[start:stop].copy_(d)
+                x = d.div_(weights[start:stop] * mu + 1.0).add_(a)  # the projected point, fp32
+                rounded = x.to(values.dtype)
+                if rounded.dtype != x.dtype:  # bf16/fp16: a rounding away from the anchor could leave the region
+                    away = (rounded.float() - a).abs() > (x - a).abs()
+                    rounded = torch.where(away, torch.nextafter(rounded, a.to(values.dtype)), rounded)
+                values[start:stop].copy_(rounded)
     return before, mu

@@ -93,11 +93,12 @@ def add_quadratic_pull(
     gradient once (5 passes over a model-sized tensor against ~13 for the autograd penalty), and nothing
     model-sized lives between forward and backward.
     """
-    total = torch.zeros((), dtype=torch.float64)
+    total = 0.0
     with torch.no_grad():
         for name, parameter in parameters.items():
             if name not in weight:
                 continue
+            tensor_total = torch.zeros((), dtype=torch.float64, device=parameter.device)  # a CUDA sum needs a CUDA total
             if parameter.grad is None:  # unused by this step's loss: the penalty still pulls it
                 parameter.grad = torch.zeros_like(parameter)
             values, anchors, weights = parameter.reshape(-1), anchor[name].reshape(-1), weight[name].reshape(-1)
@@ -109,9 +110,10 @@ def add_quadratic_pull(
                 d, fd = difference[: stop - start], pulled[: stop - start]
                 torch.sub(values[start:stop], anchors[start:stop], out=d)
                 torch.mul(d, weights[start:stop], out=fd)
-                total += torch.dot(fd, d).to(torch.float64)
+                tensor_total += torch.dot(fd, d).to(torch.float64)
                 grads[start:stop].add_(fd, alpha=lam)
-    return float(total)
+            total += float(tensor_total)
+    return total
 
 
 # ----------------------------------------------------------------------------------------------------------

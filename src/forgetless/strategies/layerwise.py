@@ -133,6 +133,7 @@ class Layerwise(Strategy):
         self._omega: dict[str, torch.Tensor] = {}
         self._group: dict[str, int] = {}
         self._anchor: dict[str, torch.Tensor] = {}  # full fine-tuning: the kept entries at the task's start (k,)
+        self._long_index: dict[str, torch.Tensor] = {}  # trust region: the kept indices as int64 on the weight's device
         self._weights = None
         self._groups = 0
         self._group_index: torch.Tensor | None = None  # (tensors,) group of each entry of _drift, in order
@@ -152,7 +153,7 @@ class Layerwise(Strategy):
 
     def _bind(self, ctx: TaskContext) -> None:
         """Anchor = the model now; set up the per-step drift readers and fp32 copies of Omega."""
-        self._drift, self._omega, self._group, self._anchor = {}, {}, {}, {}
+        self._drift, self._omega, self._group, self._anchor, self._long_index = {}, {}, {}, {}, {}
         weights = ctx.weights
         self._weights = weights
         blocks: dict[int | None, int] = {}
@@ -163,6 +164,8 @@ class Layerwise(Strategy):
             index = self.index[name]
             weight = weights.weight(name)
             index = index.to(weight.device)
+            if self.target is not None:
+                self._long_index[name] = index.long()  # index_copy_ takes int64
             if weights.change_is_stored:
                 # Only the kept entries' start is stored: (k,) values, not a copy of the weight.
                 anchor = weight.detach().reshape(-1).index_select(0, index).float().clone()  # (k,)
@@ -293,8 +296,8 @@ class Layerwise(Strategy):
             return
         weights = self._weights
         if weights.change_is_stored:
-            flat = {name: weights.weight(name).detach().reshape(-1) for name in self._drift}
-            indices = {name: self.index[name].to(flat[name].device, torch.long) for name in self._drift}
+            flat = {name: weights.weight(name).detach().view(-1) for name in self._drift}  # view: written in place
+            indices = self._long_index
             kept = {name: flat[name].index_select(0, indices[name]) for name in self._drift}  # (k,) copies
             rise, multiplier = project(kept, self._anchor, self._omega, self.target)
             moved = multiplier > 0
@@ -325,7 +328,7 @@ class Layerwise(Strategy):
                 ctx.log["layerwise_importance_training_steps"] = self._recorded_steps
             else:
                 self._record_importance(ctx, "current_task")
-        self._drift, self._omega, self._recorded, self._anchor = {}, {}, {}, {}
+        self._drift, self._omega, self._recorded, self._anchor, self._long_index = {}, {}, {}, {}, {}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         state = {f"index/{name}": index for name, index in self.index.items()}

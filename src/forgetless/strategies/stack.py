@@ -181,11 +181,11 @@ class StrategyStack:
 
     def strengths(self) -> dict[str, float]:
         """Each strength knob's value now (a forgetting budget's `strengthen` may have moved it)."""
-        return {s.name: getattr(s, s.strength.knob) for s in self.strategies if s.strength}
+        return {s.name: getattr(s, s.strength_in_use.knob) for s in self.strategies if s.strength_in_use}
 
     def load_strengths(self, values: dict[str, float]) -> None:
         for strategy in self.strategies:
-            knob = strategy.strength.knob if strategy.strength else None
+            knob = strategy.strength_in_use.knob if strategy.strength_in_use else None
             if knob and strategy.name in values and values[strategy.name] != getattr(strategy, knob):
                 setattr(strategy, knob, values[strategy.name])
                 strategy.params = strategy.params.model_copy(update={knob: values[strategy.name]})
