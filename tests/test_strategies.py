@@ -23,7 +23,7 @@ def test_unknown_strategy_lists_known_names():
 def test_unknown_parameter_lists_accepted_ones():
     with pytest.raises(ForgetlessError, match=r"strategy.lam: strategy 'naive' has no such parameter; accepted: none"):
         build_strategy({"name": "naive", "lam": 3})
-    with pytest.raises(ForgetlessError, match=r"strategies\[0\].lamda: .*accepted: lam, fisher"):
+    with pytest.raises(ForgetlessError, match=r"strategies\[0\].lamda: .*accepted: lam, target, fisher"):
         build_strategies([{"name": "ewc", "lamda": 3}])
     with pytest.raises(ForgetlessError, match="needs a 'name'"):
         build_strategy({"lam": 3})
