@@ -197,8 +197,8 @@ class Strategy:
 
     @property
     def strength_in_use(self) -> Strength | None:
-        """The knob that sets this instance's strength; a strategy with two modes picks by its parameters."""
-        return self.strength
+        """The knob that sets this instance's strength: another mode's knob once it is set (ewc's target), else `strength`."""
+        return next((s for s in self.other_strengths if getattr(self, s.knob, None) is not None), self.strength)
 
     def strengthen(self, factor: float) -> tuple[float, float] | None:
         """Move the strength knob `factor` times the protecting way (within its bound): (old, new), or None if it can't."""

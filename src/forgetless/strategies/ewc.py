@@ -285,10 +285,6 @@ class EWC(Strategy):
         self._penalty_total, self._penalty_steps = 0.0, 0  # per task, for the mean reported in results.json
         self._projected_steps, self._largest_rise = 0, 0.0  # per task: steps the trust region acted on, largest P seen
 
-    @property
-    def strength_in_use(self) -> Strength | None:
-        return self.other_strengths[0] if self.target is not None else self.strength
-
     # -- hooks ---------------------------------------------------------------------------------------------
 
     def on_task_start(self, ctx: TaskContext) -> None:

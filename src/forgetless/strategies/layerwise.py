@@ -145,10 +145,6 @@ class Layerwise(Strategy):
         self._recording_seconds = 0.0
         self._projected_steps, self._largest_rise = 0, 0.0  # per task: steps the trust region acted on, largest rise
 
-    @property
-    def strength_in_use(self) -> Strength | None:
-        return self.other_strengths[0] if self.target is not None else self.strength
-
     # ---- which weights are protected, and how far they have moved ----
 
     def _bind(self, ctx: TaskContext) -> None:
@@ -307,7 +303,7 @@ class Layerwise(Strategy):
                         flat[name].index_copy_(0, indices[name], values)
         else:  # LoRA: the rise is quadratic in every B, so scaling B by sqrt(target / P) lands on the boundary
             with torch.no_grad():
-                rise = 0.5 * float(sum((self._omega[name] * drift().square()).sum() for name, drift in self._drift.items()))
+                rise = 0.5 * float(self.layer_penalties().sum())
             moved = rise > self.target
             if moved:
                 weights.scale_lora_update((self.target / rise) ** 0.5)
