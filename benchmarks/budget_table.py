@@ -26,13 +26,16 @@ from forgetless.fileio import atomic_write_json, atomic_write_text
 from forgetless.report import format_table
 from forgetless.training import ContinualRun
 
-# (label, strategies, on_exceed). ewc starts at 1/16 of its default lam so that strengthen has room to act.
+# (label, strategies, on_exceed). ewc starts 16 times weaker than its lam 100 (the default until 2026-12-02) or
+# than its default cap (target 0.004) so that strengthen has room to act. Lowering a cap pulls the weights back
+# at the next step; raising a price only slows them down from where they are.
 ENTRIES = (
     ("naive+stop", ["naive"], "stop"),
     ("naive+rollback", ["naive"], "rollback"),
     ("naive+backoff", ["naive"], "backoff"),
     ("ewc(lam=6.25)+strengthen", [{"name": "ewc", "lam": 6.25}], "strengthen"),
     ("ewc(lam=6.25)+strengthen+restore", [{"name": "ewc", "lam": 6.25}], {"on_exceed": "strengthen", "restore": True}),
+    ("ewc(target=0.064)+strengthen", [{"name": "ewc", "target": 0.064}], "strengthen"),
 )
 _Z = 1.96
 

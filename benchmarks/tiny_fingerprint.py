@@ -26,7 +26,9 @@ from forgetless.adapters import base_model_of  # noqa: E402
 from forgetless.models import load_tokenizer  # noqa: E402
 from forgetless.training import ContinualRun  # noqa: E402
 
-SPECS = ["ewc", "wise", "fip", "lwf", "l2sp", "fapm", "layerwise", {"name": "stm", "mode": "percentile", "percentile": 0.2}]
+# ewc at lam 100, its default until 2026-12-02, so that fingerprints compare with older commits.
+SPECS = [{"name": "ewc", "lam": 100.0}, "wise", "fip", "lwf", "l2sp", "fapm", "layerwise",
+         {"name": "stm", "mode": "percentile", "percentile": 0.2}]
 LORA = {"adapter": "lora", "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}}
 
 

@@ -24,7 +24,7 @@ for name in ("model", "chat", "text", "mc", "out"):
 parser.add_argument("--per-device", type=int, default=2)
 parser.add_argument("--trainer", default="trainer", choices=["trainer", "sft"])
 parser.add_argument("--fp32", action="store_true", help="SFTConfig(bf16=False): TRL's SFTConfig defaults to bf16")
-parser.add_argument("--strategies", default='[{"name": "ewc", "samples": 8}, "replay"]', help="JSON list of specs")
+parser.add_argument("--strategies", default='[{"name": "ewc", "samples": 8, "lam": 100.0}, "replay"]', help="JSON list of specs")
 args = parser.parse_args()
 
 tokenizer = AutoTokenizer.from_pretrained(args.model)

@@ -108,7 +108,7 @@ def test_one_training_forward_per_micro_batch_under_sft(strategies, tmp_path, to
 
 def test_successive_trainers_with_one_stack_are_successive_tasks(tmp_path, tokenizer):
     model = _model(tokenizer)
-    first = _sft(tmp_path, tokenizer, DATASETS["text"], [{"name": "ewc", "samples": 4}], model=model)
+    first = _sft(tmp_path, tokenizer, DATASETS["text"], [{"name": "ewc", "samples": 4, "lam": 100.0}], model=model)
     first.train()
     ewc = first.strategy_stack.strategies[0]
     mass_after_first = sum(float(f.sum()) for f in ewc.fisher.values())

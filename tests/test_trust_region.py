@@ -8,6 +8,7 @@ import torch
 from forgetless.config import parse_config
 from forgetless.strategies import StrategyStack, build_strategy
 from forgetless.strategies._trust_region import RELATIVE_TOLERANCE, project
+from forgetless.strategies.ewc import DEFAULT_TARGET
 from forgetless.training import run_continual
 
 from .conftest import make_tiny_lm
@@ -158,5 +159,18 @@ def test_a_budget_strengthens_the_target_by_lowering_it(name):
     resumed = StrategyStack.from_specs([{"name": name, "target": 0.04}])
     resumed.load_strengths(stack.strengths())
     assert resumed.strategies[0].target == 0.01 and resumed.strategies[0].params.target == 0.01
-    lam = build_strategy({"name": name}).lam
-    assert build_strategy({"name": name}).strengthen(2.0) == (lam, 2 * lam)  # without a target: lam, as before
+    assert build_strategy({"name": name, "lam": 3.0}).strengthen(2.0) == (3.0, 6.0)  # without a target: lam, as before
+
+
+def test_a_bare_ewc_is_the_cap_and_naming_lam_is_the_penalty_alone():
+    bare = build_strategy("ewc")
+    assert (bare.lam, bare.target) == (0.0, DEFAULT_TARGET)
+    assert bare.strengthen(2.0) == (DEFAULT_TARGET, DEFAULT_TARGET / 2)  # a budget tightens the default cap
+    priced = build_strategy({"name": "ewc", "lam": 100.0})
+    assert (priced.lam, priced.target) == (100.0, None)  # ewc as it was before the cap became the default
+    both = build_strategy({"name": "ewc", "lam": 5.0, "target": 0.01})
+    assert (both.lam, both.target) == (5.0, 0.01)
+    # The saved parameters rebuild the same strategy (resume, stack state): the default is not applied twice.
+    assert build_strategy({"name": "ewc", **priced.params.model_dump()}).target is None
+    # layerwise keeps its penalty default: a bare one has no cap.
+    assert build_strategy("layerwise").target is None

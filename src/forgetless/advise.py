@@ -14,8 +14,8 @@ scripts/build_advice_evidence.py); the answer says which. The decision is the sm
 |                              | candidates without those measurements stay, and the answer says so       |
 | ranking                      | the most in-domain gain kept (several tasks), else the smallest drop     |
 
-The chat rule exists because the multiple-choice suite alone misleads: on the shipped benchmark `ewc` kept the
-general suite (-0.022 against naive's -0.095 on `support`) while its instruction pass rate fell as far as
+The chat rule exists because the multiple-choice suite alone misleads: on the shipped benchmark `ewc` at lam 100
+kept the general suite (-0.022 against naive's -0.095 on `support`) while its instruction pass rate fell as far as
 naive's and every answer took up the domain's phrasing (docs/results/generation-checks.md).
 
 When no candidate meets the budget, the one with the smallest measured drop is recommended and the answer

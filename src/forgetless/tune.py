@@ -40,9 +40,12 @@ def bisect_weakest(count: int, within: Callable[[int], bool]) -> tuple[int | Non
 
 
 def default_grid(strategy_cls, knob: str) -> list[float]:
-    """Seven points around the knob's default, weakest first: x4 steps for an `up` knob, x2 for a `down` one (<= 1)."""
-    default = strategy_cls.Params.model_fields[knob].default
+    """Seven points around the knob's default (its Strength's centre if set), weakest first: x4 steps for an `up`
+    knob, x2 for a `down` one (<= 1)."""
     strength = strategy_cls.strength_of(knob)
+    default = strategy_cls.Params.model_fields[knob].default
+    if strength is not None and strength.centre is not None:  # a mode off by default, or a default set by a validator
+        default = strength.centre
     if not isinstance(default, (int, float)) or isinstance(default, bool) or default == 0:
         raise ForgetlessError(f"--knob {strategy_cls.name}.{knob}: no numeric non-zero default to build a grid around; "
                               "give --values")

@@ -86,10 +86,10 @@ def parameter_table(name: str) -> list[tuple[str, str, str, str]]:
     """(knob, type, default, description) for each parameter of strategy `name`."""
     if name not in _REGISTRY:
         raise ForgetlessError(f"unknown strategy {name!r}; known: {', '.join(known_strategies())}")
-    fields = _REGISTRY[name].Params.model_fields
-    return [
-        (knob, _type_name(info.annotation), json.dumps(info.default), info.description or "") 
-            for knob, info in fields.items()]
+    params = _REGISTRY[name].Params
+    defaults = params().model_dump(mode="json")  # as built with no knobs: a validator may set one (ewc's target)
+    return [(knob, _type_name(info.annotation), json.dumps(defaults[knob]), info.description or "")
+            for knob, info in params.model_fields.items()]
 
 
 def build_strategies(specs: list[str | dict[str, Any]], setup=None, world_size: int = 1) -> list[Strategy]:

@@ -129,6 +129,9 @@ class Strength:
     stronger: Literal["up", "down"]  # which way protects more: a larger penalty weight, a smaller WiSE alpha
     bound: float  # never moved past this (a mix ratio stays below 1, an alpha above 0)
     applies: Literal["next_step", "task_end", "next_task"] = "next_step"  # when a change takes effect
+    # What a tuning grid is built around when the knob's own default is 0 or None (a mode that is off unless named,
+    # or a knob whose default lives in a validator, as ewc's target); None: the default itself.
+    centre: float | None = None
 
 
 class StrategyParams(BaseModel):

@@ -95,7 +95,7 @@ class Layerwise(Strategy):
 
     name = "layerwise"
     strength = Strength("lam", "up", bound=1e12)
-    other_strengths = (Strength("target", "down", bound=1e-6),)
+    other_strengths = (Strength("target", "down", bound=1e-6, centre=0.004),)
     # The task's own importance is recorded from its training gradients, step by step.
     in_task_state = ("_recorded", "_recorded_steps", "_task_steps", "_recording_seconds", "last_alpha",
                      "_projected_steps", "_largest_rise")
