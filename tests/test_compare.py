@@ -146,6 +146,8 @@ def test_tune_grids_and_specs():
 
     assert default_grid(_REGISTRY["ewc"], "lam") == [1.5625, 6.25, 25, 100, 400, 1600, 6400]  # around ewc's default, 100
     assert default_grid(_REGISTRY["wise"], "alpha") == [1.0, 0.5, 0.25, 0.125, 0.0625]  # weakest (largest) first
+    assert default_grid(_REGISTRY["replay"], "ratio")[-2:] == [0.4, 0.5]  # not past the bound its check enforces
+    assert default_grid(_REGISTRY["ewc"], "target") == [0.032, 0.016, 0.008, 0.004, 0.002, 0.001, 0.0005]  # its centre
     base = {"tasks": [{"name": "s", "builtin": "support"}]}
     assert _spec_with(parse_config(base), "ewc", "lam", 3.0) == [{"name": "ewc", "lam": 3.0}]
     stacked = parse_config({**base, "strategies": ["replay", {"name": "ewc", "samples": 8}]})

@@ -199,7 +199,7 @@ def test_offline_combination_keeps_the_sum_of_both_penalties_in_one_quadratic():
 def test_first_task_is_protected_on_general_text_and_state_round_trips(tokenizer, tmp_path):
     model = make_tiny_lm(len(tokenizer), hidden_size=16)
     ctx = _context(model, tokenizer)
-    ewc = build_strategy({"name": "ewc", "samples": 4})
+    ewc = build_strategy({"name": "ewc", "samples": 4, "lam": 1.0})  # a price: penalty() is the state's fingerprint
     ewc.on_task_start(ctx)
     assert ctx.log["ewc_start_fisher_examples"] == 4 and ctx.log["ewc_start_fisher_mean"] > 0
     assert ewc.penalty().item() == 0.0  # the anchor is the starting model
@@ -213,7 +213,8 @@ def test_first_task_is_protected_on_general_text_and_state_round_trips(tokenizer
             p.add_(0.01 * torch.randn_like(p))
     penalty = ewc.penalty().item()
     save_file(ewc.state_tensors(), tmp_path / "ewc.safetensors")
-    restored = build_strategy({"name": "ewc", "samples": 4})
+    assert penalty > 0
+    restored = build_strategy({"name": "ewc", "samples": 4, "lam": 1.0})
     restored.load_state_tensors(load_file(tmp_path / "ewc.safetensors"))
     next_ctx = _context(model, tokenizer, index=1)
     restored.on_task_start(next_ctx)  # a loaded state is not re-estimated

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from forgetless.config import parse_config
+from forgetless.errors import ForgetlessError
 from forgetless.strategies import StrategyStack, build_strategy
 from forgetless.strategies._trust_region import RELATIVE_TOLERANCE, project
 from forgetless.strategies.ewc import DEFAULT_TARGET
@@ -155,7 +156,7 @@ def test_a_budget_strengthens_the_target_by_lowering_it(name):
     assert strategy.strengthen(2.0) == (0.04, 0.02) and strategy.target == 0.02
     stack = StrategyStack.from_specs([{"name": name, "target": 0.04}])
     stack.strategies[0].strengthen(4.0)
-    assert stack.strengths() == {name: 0.01}  # what a resumed run restores: the moved target, not lam
+    assert stack.strengths() == {name: {"target": 0.01}}  # what a resumed run restores: the moved target, not lam
     resumed = StrategyStack.from_specs([{"name": name, "target": 0.04}])
     resumed.load_strengths(stack.strengths())
     assert resumed.strategies[0].target == 0.01 and resumed.strategies[0].params.target == 0.01
@@ -174,3 +175,21 @@ def test_a_bare_ewc_is_the_cap_and_naming_lam_is_the_penalty_alone():
     assert build_strategy({"name": "ewc", **priced.params.model_dump()}).target is None
     # layerwise keeps its penalty default: a bare one has no cap.
     assert build_strategy("layerwise").target is None
+    # Neither a price nor a cap: refused, not a run that estimates a Fisher and protects nothing.
+    for spec in ({"name": "ewc", "target": None}, {"name": "ewc", "lam": 0.0}, {"name": "layerwise", "lam": 0.0}):
+        with pytest.raises(ForgetlessError, match="protects nothing"):
+            build_strategy(spec)
+
+
+def test_a_saved_strength_names_its_knob_and_an_old_bare_number_is_refused_where_it_is_ambiguous():
+    stack = StrategyStack.from_specs(["ewc", "wise"])
+    # A state written before 2026-12-02 gave a bare number: for a bare ewc that was lam 100, which today's bare
+    # ewc would have read as a target of 100 (no protection at all).
+    with pytest.raises(ForgetlessError, match="bare number"):
+        stack.load_strengths({"ewc": 100.0})
+    stack.load_strengths({"wise": 0.25})  # one strength knob only: unambiguous
+    assert stack.strategies[1].alpha == 0.25
+    stack.load_strengths({"ewc": {"lam": 3.0}})
+    assert (stack.strategies[0].lam, stack.strategies[0].target) == (3.0, DEFAULT_TARGET)
+    with pytest.raises(ForgetlessError, match="no strength knob"):
+        stack.load_strengths({"ewc": {"samples": 8}})

@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("config", help="YAML run config (the strategy is added to its stack if absent)")
     tn.add_argument("--knob", required=True, help="STRATEGY.PARAM, e.g. ewc.lam")
     tn.add_argument("--budget", type=float, required=True, help="largest general-score drop allowed, e.g. 0.01")
-    tn.add_argument("--values", type=float, nargs="+", help="the grid (default: 7 points around the knob's default)")
+    tn.add_argument("--values", type=float, nargs="+",
+                    help="the grid (default: 7 points around the knob's default, or the centre its strategy declares "
+                    "for a knob that is off by default, e.g. 100 for ewc.lam)")
     tn.add_argument("--steps", type=int, help="steps per task for every point (default: the config's)")
     tn.add_argument("--out", required=True, help="output folder: tune.md/.json and the compare table of every run")
     tn.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -51,7 +51,8 @@ def default_grid(strategy_cls, knob: str) -> list[float]:
                               "give --values")
     if strength is not None and strength.stronger == "down":
         return sorted({min(1.0, default * 2.0**k) for k in range(-3, 4)}, reverse=True)
-    return [default * 4.0**k for k in range(-3, 4)]
+    bound = strength.bound if strength is not None else float("inf")  # a mix ratio stays below its bound
+    return sorted({min(default * 4.0**k, bound) for k in range(-3, 4)})
 
 
 def _parse_knob(knob: str):

@@ -99,3 +99,11 @@ def project(parameters, anchor, fisher, target: float) -> tuple[float, float]:
                     rounded = torch.where(away, torch.nextafter(rounded, a.to(values.dtype)), rounded)
                 values[start:stop].copy_(rounded)
     return before, mu
+
+
+def require_protection(params):
+    """A strategy with both a price (`lam`) and a cap (`target`) must have one of them: lam 0 without a target
+    would estimate its importance and then protect nothing."""
+    if params.lam == 0 and params.target is None:
+        raise ValueError("lam 0 without a target protects nothing: give lam > 0, a target, or (ewc) neither for the default cap")
+    return params

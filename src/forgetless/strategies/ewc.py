@@ -45,7 +45,7 @@ from ._common import (
     sample_examples,
     task_rows,
 )
-from ._trust_region import project
+from ._trust_region import project, require_protection
 from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 FisherFlavour = Literal["empirical", "true"]
@@ -288,6 +288,10 @@ class EWC(Strategy):
             if isinstance(data, dict) and "lam" not in data and "target" not in data:
                 return {**data, "target": DEFAULT_TARGET}
             return data
+
+        @model_validator(mode="after")
+        def _protects_something(self):
+            return require_protection(self)
 
     def __init__(self, **params: Any):
         super().__init__(**params)

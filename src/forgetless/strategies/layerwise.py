@@ -29,14 +29,14 @@ import time
 from typing import Any, Callable, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import ForgetlessError
 from ..evaluation._scoring import model_device
 from ..nn import token_cross_entropy, trained_tokens
 from . import register_strategy
 from ._common import batches, block_index, protection_examples
-from ._trust_region import project
+from ._trust_region import project, require_protection
 from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]
@@ -122,6 +122,10 @@ class Layerwise(Strategy):
         task_importance: TaskImportance = Field(
             "training", description="training: read off the task's last training steps; pass: one more pass over the task."
         )
+
+        @model_validator(mode="after")
+        def _protects_something(self):
+            return require_protection(self)
 
     def __init__(self, **params: Any):
         super().__init__(**params)

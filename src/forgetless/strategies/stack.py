@@ -179,16 +179,32 @@ class StrategyStack:
         """The next `start_task` continues a task whose steps so far left `state` (from `task_state`)."""
         self._pending_task_state = state
 
-    def strengths(self) -> dict[str, float]:
-        """Each strength knob's value now (a forgetting budget's `strengthen` may have moved it)."""
-        return {s.name: getattr(s, s.strength_in_use.knob) for s in self.strategies if s.strength_in_use}
+    def strengths(self) -> dict[str, dict[str, float]]:
+        """Each strength knob's value now, by strategy and knob (a forgetting budget's `strengthen` may have moved it)."""
+        return {s.name: {s.strength_in_use.knob: getattr(s, s.strength_in_use.knob)} for s in self.strategies
+                if s.strength_in_use}
 
-    def load_strengths(self, values: dict[str, float]) -> None:
+    def load_strengths(self, values: dict[str, dict[str, float] | float]) -> None:
+        """Restore `strengths()`. A bare number (states written before the knob was named, 2026-12-02) is taken
+        as the strategy's only strength knob; where it has two (ewc, layerwise) it is refused: an old bare `ewc`'s
+        number was its lam, which today's bare `ewc` (a cap) would read as a target."""
         for strategy in self.strategies:
-            knob = strategy.strength_in_use.knob if strategy.strength_in_use else None
-            if knob and strategy.name in values and values[strategy.name] != getattr(strategy, knob):
-                setattr(strategy, knob, values[strategy.name])
-                strategy.params = strategy.params.model_copy(update={knob: values[strategy.name]})
+            if strategy.name not in values or not strategy.strength_in_use:
+                continue
+            saved = values[strategy.name]
+            if not isinstance(saved, dict):
+                if strategy.other_strengths:
+                    raise ForgetlessError(
+                        f"the saved run state gives {strategy.name}'s strength as a bare number ({saved}) without its "
+                        f"knob ({', '.join(s.knob for s in (strategy.strength, *strategy.other_strengths))}); it was "
+                        "written by an older forgetless whose defaults differ: start the run again from the beginning")
+                saved = {strategy.strength.knob: saved}
+            for knob, value in saved.items():
+                if strategy.strength_of(knob) is None:
+                    raise ForgetlessError(f"the saved run state moves {strategy.name}.{knob}, which is no strength knob")
+                if value != getattr(strategy, knob):
+                    setattr(strategy, knob, value)
+                    strategy.params = strategy.params.model_copy(update={knob: value})
 
     def load_state_tensors(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
         unknown = sorted(set(states) - set(self.names))
