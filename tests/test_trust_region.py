@@ -147,6 +147,7 @@ def test_in_a_run_every_step_ends_within_the_target_and_the_log_says_how_often_i
     # Both tasks end within the target: the second around ewc's folded anchor of both tasks (full fine-tuning).
     assert len(ends) == 2 and max(ends) <= target * (1 + 2 * RELATIVE_TOLERANCE)
     assert 1 <= bound.training[0][f"{name}_projected_steps"] <= 4
+    assert bound.strategy_params[name]["target"] == target  # results.json records the knobs as resolved
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
