@@ -76,13 +76,14 @@ def quality_rows(path: Path, with_gain: bool) -> dict[str, dict]:
 
 def generation_rows(path: Path) -> dict[str, dict[str, list[float]]]:
     """Each row of the "after fine-tuning" table: instructions (change, s.e.) and leakage (change in the share of
-    answers free of the signature, whose bootstrap s.e. the doc gives as 0 when every prompt changed alike)."""
+    answers free of the signature, with the s.e. the cell gives after "±"; none: every prompt changed alike, s.e. 0)."""
     rows = {}
     for row in table_rows(path, "strategy"):
         _, change, se = (float(x) for x in re.findall(r"[-+]?\d+\.\d+", row["instructions: after (change ± s.e.)"]))
-        after, before = (int(x) for x in re.fullmatch(r"(\d+) % \(from (\d+) %\)",
-                                                      row["leakage: share of answers with the signature"]).groups())
-        rows[_name(row["strategy"])] = {"instructions": [change, se], "leakage": [(before - after) / 100, 0.0]}
+        after, before, leak_se = re.fullmatch(r"(\d+) % \(from (\d+) %\)(?: ± (\d+\.\d+))?",
+                                              row["leakage: share of answers with the signature"]).groups()
+        rows[_name(row["strategy"])] = {"instructions": [change, se],
+                                        "leakage": [(int(before) - int(after)) / 100, float(leak_se or 0.0)]}
     return rows
 
 
