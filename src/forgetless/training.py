@@ -575,7 +575,8 @@ class ContinualRun:
             stores_raw_data=[s.name for s in self.strategies if s.stores_raw_data],
             # Every knob as resolved (defaults change between versions: a bare `ewc` was lam 100, now a cap), as
             # it stands at the end (a budget's strengthen may have moved one).
-            strategy_params={s.name: s.params.model_dump(mode="json") for s in self.strategies},
+            # (A strategy whose __init__ skips the base class's has no `params`: recorded as none.)
+            strategy_params={s.name: s.params.model_dump(mode="json") if hasattr(s, "params") else {} for s in self.strategies},
             training=self.task_logs, wall_time_s=wall_time, config=self.config.model_dump(mode="json"),
             **({"budget": self.budget.checks} if self.budget is not None else {}),
             **(self.probe.summary() if getattr(self, "probe", None) is not None else {}),
