@@ -107,3 +107,9 @@ def require_protection(params):
     if params.lam == 0 and params.target is None:
         raise ValueError("lam 0 without a target protects nothing: give lam > 0, a target, or (ewc) neither for the default cap")
     return params
+
+
+# Nats per token of predicted protected-loss rise: the mean penalty ewc's lam 100 kept during the bundled `support`
+# task (0.50, i.e. a predicted rise of 0.005), rounded down; not tuned (docs/results/defaults.md). ewc's default;
+# the centre of a tuning grid for layerwise's target.
+DEFAULT_TARGET = 0.004

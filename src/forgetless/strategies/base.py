@@ -203,6 +203,11 @@ class Strategy:
         """The knob that sets this instance's strength: another mode's knob once it is set (ewc's target), else `strength`."""
         return next((s for s in self.other_strengths if getattr(self, s.knob, None) is not None), self.strength)
 
+    def set_knob(self, knob: str, value: Any) -> None:
+        """Move one knob after construction: the attribute and the saved parameters together."""
+        setattr(self, knob, value)
+        self.params = self.params.model_copy(update={knob: value})
+
     def strengthen(self, factor: float) -> tuple[float, float] | None:
         """Move the strength knob `factor` times the protecting way (within its bound): (old, new), or None if it can't."""
         strength = self.strength_in_use
@@ -212,8 +217,7 @@ class Strategy:
         new = min(old * factor, strength.bound) if strength.stronger == "up" else max(old / factor, strength.bound)
         if new == old:
             return None
-        setattr(self, strength.knob, new)
-        self.params = self.params.model_copy(update={strength.knob: new})
+        self.set_knob(strength.knob, new)
         return float(old), float(new)
 
     def on_task_start(self, ctx: TaskContext) -> None:

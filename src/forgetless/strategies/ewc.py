@@ -45,13 +45,10 @@ from ._common import (
     sample_examples,
     task_rows,
 )
-from ._trust_region import project, require_protection
+from ._trust_region import DEFAULT_TARGET, project, require_protection
 from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 FisherFlavour = Literal["empirical", "true"]
-# Nats per token of predicted protected-loss rise: the mean penalty lam 100 kept during the bundled `support`
-# task (0.50, i.e. a predicted rise of 0.005), rounded down; not tuned (docs/results/defaults.md).
-DEFAULT_TARGET = 0.004
 
 
 # ----------------------------------------------------------------------------------------------------------

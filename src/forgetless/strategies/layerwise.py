@@ -36,7 +36,7 @@ from ..evaluation._scoring import model_device
 from ..nn import token_cross_entropy, trained_tokens
 from . import register_strategy
 from ._common import batches, block_index, protection_examples
-from ._trust_region import project, require_protection
+from ._trust_region import DEFAULT_TARGET, project, require_protection
 from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]
@@ -95,7 +95,7 @@ class Layerwise(Strategy):
 
     name = "layerwise"
     strength = Strength("lam", "up", bound=1e12)
-    other_strengths = (Strength("target", "down", bound=1e-6, centre=0.004),)
+    other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET),)
     # The task's own importance is recorded from its training gradients, step by step.
     in_task_state = ("_recorded", "_recorded_steps", "_task_steps", "_recording_seconds", "last_alpha",
                      "_projected_steps", "_largest_rise")

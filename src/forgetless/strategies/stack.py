@@ -203,8 +203,7 @@ class StrategyStack:
                 if strategy.strength_of(knob) is None:
                     raise ForgetlessError(f"the saved run state moves {strategy.name}.{knob}, which is no strength knob")
                 if value != getattr(strategy, knob):
-                    setattr(strategy, knob, value)
-                    strategy.params = strategy.params.model_copy(update={knob: value})
+                    strategy.set_knob(knob, value)
 
     def load_state_tensors(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
         unknown = sorted(set(states) - set(self.names))
