@@ -90,6 +90,78 @@ def test_under_lora_the_scaled_update_ba_is_penalised(tokenizer):
 def test_lam_is_validated():
     with pytest.raises(ForgetlessError, match="lam"):
         build_strategy({"name": "l2sp", "lam": -1})
+    with pytest.raises(ForgetlessError, match="protects nothing"):
+        build_strategy({"name": "l2sp", "lam": 0.0})
+    assert build_strategy({"name": "l2sp", "target": 0.05}).lam == 0.0  # the cap alone, not cap plus price
+    assert build_strategy({"name": "l2sp", "lam": 0.5, "target": 0.05}).lam == 0.5
+
+
+def _pull_back_checks(before: dict, after: dict, anchors: dict, target: float) -> int:
+    """Each tensor past target * ||W0|| ends on that sphere, in the direction it had; the others do not move."""
+    moved = 0
+    for name, anchor in anchors.items():
+        change, norm = before[name] - anchor, anchor.norm()
+        if change.norm() > target * norm:
+            moved += 1
+            expected = anchor + change * (target * norm / change.norm())
+            assert torch.allclose(after[name], expected, rtol=1e-5, atol=1e-7), name
+            assert (after[name] - anchor).norm().item() == pytest.approx(target * norm.item(), rel=1e-5)
+        else:
+            assert torch.equal(after[name], before[name]), name
+    return moved
+
+
+def test_the_cap_puts_each_tensor_past_it_back_on_its_sphere(tokenizer):
+    model = make_tiny_lm(len(tokenizer), hidden_size=16)
+    ctx = _context(model, tokenizer)
+    l2sp = build_strategy({"name": "l2sp", "target": 0.05})
+    l2sp.on_task_start(ctx)
+    parameters = dict(model.named_parameters())
+    anchors = {n: p.detach().clone() for n, p in parameters.items()}
+    torch.manual_seed(0)
+    with torch.no_grad():  # a tenth of the tensors move 3x farther than the cap, the rest a fifth of it
+        for i, (n, p) in enumerate(parameters.items()):
+            scale = 3 * 0.05 if i % 10 == 0 else 0.2 * 0.05
+            direction = torch.randn_like(p)
+            p.add_(direction * scale * p.norm() / direction.norm())
+    before = {n: p.detach().clone() for n, p in parameters.items()}
+    l2sp.after_optimizer_step(ctx, model)
+    after = {n: p.detach().clone() for n, p in parameters.items()}
+    assert _pull_back_checks(before, after, anchors, 0.05) == len(range(0, len(parameters), 10))
+    assert l2sp._projected_steps == 1 and l2sp._largest_ratio == pytest.approx(0.15, rel=1e-4)
+    l2sp.after_optimizer_step(ctx, model)  # inside the ball now: nothing moves
+    assert all(torch.equal(p, after[n]) for n, p in parameters.items()) and l2sp._projected_steps == 1
+
+
+def test_under_lora_the_cap_scales_each_update_past_it(tokenizer):
+    from forgetless.adapters import prepare_for_task
+
+    ctx = _context(make_tiny_lm(len(tokenizer), hidden_size=16), tokenizer, adapter="lora")
+    model = prepare_for_task(ctx.model, ctx.config, 0)
+    ctx.model = model
+    l2sp = build_strategy({"name": "l2sp", "target": 0.05})
+    l2sp.on_task_start(ctx)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=1e-4 if "q_proj" in name else 10.0)  # q's update stays inside, v's goes far outside
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, "lora_B") and "task0" in m.lora_B}
+
+    def updates():
+        return {n: m.get_delta_weight("task0").detach().clone() for n, m in layers.items()}
+
+    norms = {n: m.base_layer.weight.norm() for n, m in layers.items()}
+    before = updates()
+    assert any(before[n].norm() < 0.05 * norms[n] for n in layers) and any(before[n].norm() > 0.05 * norms[n] for n in layers)
+    l2sp.after_optimizer_step(ctx, model)
+    after = updates()
+    for name in layers:  # as the full-weight check, with the base weight's norm as ||W0||
+        if before[name].norm() > 0.05 * norms[name]:
+            assert after[name].norm().item() == pytest.approx(0.05 * norms[name].item(), rel=1e-4)
+            assert torch.allclose(after[name], before[name] * (after[name].norm() / before[name].norm()), rtol=1e-4, atol=1e-7)
+        else:
+            assert torch.equal(after[name], before[name])
 
 
 def test_end_to_end_l2sp_stays_closer_to_the_start_than_naive(tmp_path, tokenizer):

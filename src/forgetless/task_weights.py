@@ -196,9 +196,10 @@ class TaskWeights:
         return set_full
 
     @torch.no_grad()
-    def scale_lora_update(self, factor: float) -> None:
-        """Under LoRA, scaling * B A <- factor * scaling * B A for every adapted layer (B is scaled)."""
-        for layer in self._layers.values():
+    def scale_lora_update(self, factor: float, name: str | None = None) -> None:
+        """Under LoRA, scaling * B A <- factor * scaling * B A for every adapted layer, or for weight `name` (B is scaled)."""
+        layers = self._layers.values() if name is None else [self._layers[name]]
+        for layer in layers:
             layer.lora_B[self.adapter].weight.mul_(factor)
 
     def check_fresh_adapter(self, who: str) -> None:

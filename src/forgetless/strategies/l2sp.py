@@ -1,4 +1,4 @@
-"""`l2sp`: L2-SP (Li et al. 2018), a plain quadratic pull toward the starting point.
+"""`l2sp`: L2-SP (Li et al. 2018), a plain quadratic pull toward the starting point, or a cap on the distance.
 
     penalty = (lam / 2) * sum_i (theta_i - theta0_i)^2
 
@@ -6,6 +6,12 @@ theta0 = the weights at the start of the run (full fine-tuning). Under LoRA the 
 the adapter's, and the distance to the base is its update: penalty = (lam / 2) * sum (scaling * B A)^2
 per adapted weight (in merge mode the base is the model merged after the previous task). Every weight
 counts the same: this is the baseline every importance-weighted method (EWC, ...) must beat.
+
+lam is a price per squared weight unit: where the pull balances the task's gradient depends on the data and
+on the weights' scale. `target` instead caps each weight tensor's relative distance, a unit that means the
+same on any data and any model: after every optimizer step, a tensor W with ||W - W0|| > target * ||W0||
+(Frobenius norms; under LoRA ||scaling B A|| against the base weight's norm) is pulled straight back to
+that sphere, W <- W0 + (W - W0) * target * ||W0|| / ||W - W0||, the Euclidean projection onto the ball.
 """
 
 from __future__ import annotations
@@ -13,39 +19,92 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..task_weights import TaskWeights
 from . import register_strategy
+from ._trust_region import require_protection
 from .base import Strategy, StrategyParams, Strength, TaskContext
 from .ewc import squared_distance
+
+SPHERE_TOLERANCE = 1e-5
 
 
 @register_strategy
 class L2SP(Strategy):
-    """Quadratic distance to the starting weights (full) or size of the LoRA update (lora)."""
+    """Quadratic distance to the starting weights (full) or size of the LoRA update (lora), priced or capped."""
 
     name = "l2sp"
     strength = Strength("lam", "up", bound=1e12)
+    other_strengths = (Strength("target", "down", bound=1e-6, centre=0.1),)
+    in_task_state = ("_projected_steps", "_largest_ratio")
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
 
     class Params(StrategyParams):
         lam: float = Field(0.01, ge=0, description="Penalty weight on the squared distance to the starting weights.")
+        target: float | None = Field(
+            None, gt=0, description="Cap on each weight tensor's relative distance ||W - W0|| / ||W0|| after every step "
+            "(None: off).",
+        )
+
+        @model_validator(mode="before")
+        @classmethod
+        def _cap_alone(cls, data: Any) -> Any:
+            """A user who names `target` alone asked for the cap alone, not the cap plus the default price."""
+            if isinstance(data, dict) and "target" in data and "lam" not in data:
+                return {**data, "lam": 0.0}
+            return data
+
+        @model_validator(mode="after")
+        def _protects_something(self):
+            return require_protection(self)
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         self.anchor: dict[str, torch.Tensor] = {}  # theta0 by weight name (full fine-tuning only)
         self._weights: TaskWeights | None = None
+        self._anchor_norms: dict[str, float] = {}  # ||W0|| per weight, for the cap
+        self._projected_steps, self._largest_ratio = 0, 0.0  # per task: steps the cap acted on, largest ratio seen
 
     def on_task_start(self, ctx: TaskContext) -> None:
         self._weights = ctx.weights
         if self._weights.change_is_stored and not self.anchor:  # the run's start (unless restored from a state)
             self.anchor = {name: w.detach().float().clone() for name, w in self._weights.weights().items()}
+        self._anchor_norms = {}  # under LoRA the base may have been merged since the last task
 
     def extra_loss(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any):
         if self.lam == 0:
             return None
         return self.lam / 2 * self.squared_distance()
+
+    def after_optimizer_step(self, ctx: TaskContext, model: torch.nn.Module) -> None:
+        """The cap: every tensor farther than target * ||W0|| from W0 goes back onto that sphere."""
+        if self.target is None:
+            return
+        ratios = self.relative_distances()
+        self._largest_ratio = max(self._largest_ratio, max(ratios.values(), default=0.0))
+        # A tensor put on the sphere at the last step may read a hair outside it (rounding): not a new move.
+        over = {name: ratio for name, ratio in ratios.items() if ratio > self.target * (1 + SPHERE_TOLERANCE)}
+        with torch.no_grad():
+            for name, ratio in over.items():
+                shrink = self.target / ratio
+                if self._weights.change_is_stored:
+                    weight = self._weights.weight(name)
+                    anchor = self._anchor_on(name, weight)
+                    weight.copy_(torch.lerp(anchor, weight.float(), shrink))
+                else:
+                    self._weights.scale_lora_update(shrink, name)
+        self._projected_steps += int(bool(over))
+
+    def consolidate(self, ctx: TaskContext) -> None:
+        ratios = self.relative_distances()
+        if ratios:
+            ordered = sorted(ratios.values())
+            ctx.log["l2sp_largest_relative_distance_end"] = ordered[-1]
+            ctx.log["l2sp_median_relative_distance_end"] = ordered[len(ordered) // 2]
+        if self.target is not None:
+            ctx.log["l2sp_projected_steps"] = self._projected_steps
+            ctx.log["l2sp_largest_relative_distance_seen"] = self._largest_ratio
 
     def squared_distance(self) -> torch.Tensor:
         """sum (theta - theta0)^2 over the trained weights, or sum (scaling B A)^2 under LoRA."""
@@ -57,6 +116,25 @@ class L2SP(Strategy):
             terms = [squared_distance(weights.change(name)) for name in weights.names()]
         return torch.stack(terms).sum()
 
+    @torch.no_grad()
+    def relative_distances(self) -> dict[str, float]:
+        """||W - W0|| / ||W0|| per weight (under LoRA ||scaling B A|| / ||W_base||); a weight with W0 = 0 is left out."""
+        weights = self._weights
+        if not self._anchor_norms:
+            bases = self.anchor if weights.change_is_stored else weights.weights()
+            self._anchor_norms = {name: float(base.float().norm()) for name, base in bases.items()}
+        ratios = {}
+        for name, norm in self._anchor_norms.items():
+            if norm == 0.0:
+                continue
+            if weights.change_is_stored:
+                weight = weights.weight(name)
+                distance = float(squared_distance(weight, self._anchor_on(name, weight))) ** 0.5
+            else:
+                distance = float(weights.change(name).float().norm())
+            ratios[name] = distance / norm
+        return ratios
+
     def _anchor_on(self, name: str, like: torch.Tensor) -> torch.Tensor:
         if self.anchor[name].device != like.device:  # a loaded state arrives on the CPU
             self.anchor[name] = self.anchor[name].to(like.device)
@@ -67,3 +145,4 @@ class L2SP(Strategy):
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.anchor = {key.partition(".")[2]: value for key, value in tensors.items() if key.startswith("anchor.")}
+        self._anchor_norms = {}
