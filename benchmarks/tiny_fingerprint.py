@@ -26,8 +26,8 @@ from forgetless.adapters import base_model_of  # noqa: E402
 from forgetless.models import load_tokenizer  # noqa: E402
 from forgetless.training import ContinualRun  # noqa: E402
 
-# ewc at lam 100, its default until 2026-12-02, so that fingerprints compare with older commits.
-SPECS = [{"name": "ewc", "lam": 100.0}, "wise", "fip", "lwf", "l2sp", "fapm", "layerwise",
+# ewc at lam 100 and l2sp at lam 0.01, their defaults until 2026-12-02, so that fingerprints compare with older commits.
+SPECS = [{"name": "ewc", "lam": 100.0}, "wise", "fip", "lwf", {"name": "l2sp", "lam": 0.01}, "fapm", "layerwise",
          {"name": "stm", "mode": "percentile", "percentile": 0.2}]
 LORA = {"adapter": "lora", "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}}
 

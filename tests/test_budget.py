@@ -56,7 +56,7 @@ def test_strengthen_moves_each_knob_the_protecting_way_within_its_bound():
     assert replay.strengthen(2) is None  # already at its bound
     assert build_strategy({"name": "wise", "alpha": "auto"}).strengthen(2) is None
     assert build_strategy("naive").strengthen(2) is None
-    assert build_strategy({"name": "l2sp", "lam": 0}).strengthen(2) is None  # 0 x 2 is still 0
+    assert build_strategy({"name": "lwf", "weight": 0}).strengthen(2) is None  # 0 x 2 is still 0
 
 
 def test_strengthen_without_a_knob_is_refused_before_training():

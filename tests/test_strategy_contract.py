@@ -25,11 +25,11 @@ from forgetless.training import ContinualRun
 from .conftest import make_tiny_lm, tiny_config
 
 SPECS = {name: name for name in known_strategies() if not name.startswith("_")}
-SPECS["stm"] = {"name": "stm", "mode": "percentile", "percentile": 0.2}  # at the paper's tau a random model masks all
 # Smaller estimates than the defaults: the contract is about plumbing, and these dominate the tiny runs' time.
 SPECS["ssr"] = {"name": "ssr", "per_task": 4, "max_new_tokens": 8}
 SPECS["ewc"] = {"name": "ewc", "samples": 8}  # its default: the trust region at DEFAULT_TARGET
 SPECS["ewc(lam)"] = {"name": "ewc", "samples": 8, "lam": 100.0}  # the penalty alone (lam named: no cap)
+SPECS["l2sp(lam)"] = {"name": "l2sp", "lam": 0.01}  # the penalty alone (lam named: no cap); bare l2sp is its cap
 SPECS["layerwise"] = {"name": "layerwise", "steps": 2}
 # Modes with a hook of their own: the trust region projects after every optimizer step (tiny: it always binds).
 SPECS["ewc(target)"] = {"name": "ewc", "samples": 8, "lam": 0.0, "target": 1e-6}

@@ -11,6 +11,7 @@ from forgetless.config import parse_config
 from forgetless.data.tasks import TrainingTask
 from forgetless.errors import ForgetlessError
 from forgetless.strategies import build_strategy
+from forgetless.strategies.l2sp import DEFAULT_TARGET
 from forgetless.training import context_for, run_continual
 
 from .conftest import make_tiny_lm
@@ -92,7 +93,11 @@ def test_lam_is_validated():
         build_strategy({"name": "l2sp", "lam": -1})
     with pytest.raises(ForgetlessError, match="protects nothing"):
         build_strategy({"name": "l2sp", "lam": 0.0})
-    assert build_strategy({"name": "l2sp", "target": 0.05}).lam == 0.0  # the cap alone, not cap plus price
+    specs = ("l2sp", {"name": "l2sp", "lam": 0.5}, {"name": "l2sp", "target": 0.05})
+    bare, priced, capped = (build_strategy(spec) for spec in specs)
+    assert (bare.lam, bare.target) == (0.0, DEFAULT_TARGET)  # the default: the cap alone
+    assert (priced.lam, priced.target) == (0.5, None)  # lam named alone: the penalty alone
+    assert (capped.lam, capped.target) == (0.0, 0.05)
     assert build_strategy({"name": "l2sp", "lam": 0.5, "target": 0.05}).lam == 0.5
 
 
@@ -131,6 +136,9 @@ def test_the_cap_puts_each_tensor_past_it_back_on_its_sphere(tokenizer):
     assert l2sp._projected_steps == 1 and l2sp._largest_ratio == pytest.approx(0.15, rel=1e-4)
     l2sp.after_optimizer_step(ctx, model)  # inside the ball now: nothing moves
     assert all(torch.equal(p, after[n]) for n, p in parameters.items()) and l2sp._projected_steps == 1
+    l2sp.consolidate(ctx)  # the task's counts go to the log, and the next task counts from zero
+    assert (ctx.log["l2sp_projected_steps"], ctx.log["l2sp_largest_relative_distance_end"]) == (1, pytest.approx(0.05, rel=1e-4))
+    assert (l2sp._projected_steps, l2sp._largest_ratio) == (0, 0.0)
 
 
 def test_under_lora_the_cap_scales_each_update_past_it(tokenizer):

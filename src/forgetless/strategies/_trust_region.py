@@ -101,6 +101,14 @@ def project(parameters, anchor, fisher, target: float) -> tuple[float, float]:
     return before, mu
 
 
+def cap_unless_priced(data, target: float):
+    """A before-validator's body: neither `lam` nor `target` given -> the cap at `target`. A user who names `lam`
+    alone asked for the penalty alone (the knobs' defaults are lam 0, target None)."""
+    if isinstance(data, dict) and "lam" not in data and "target" not in data:
+        return {**data, "target": target}
+    return data
+
+
 def require_protection(params):
     """A strategy with both a price (`lam`) and a cap (`target`) must have one of them: lam 0 without a target
     would estimate its importance and then protect nothing."""

@@ -45,7 +45,7 @@ from ._common import (
     sample_examples,
     task_rows,
 )
-from ._trust_region import DEFAULT_TARGET, project, require_protection
+from ._trust_region import DEFAULT_TARGET, cap_unless_priced, project, require_protection
 from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 FisherFlavour = Literal["empirical", "true"]
@@ -281,10 +281,7 @@ class EWC(Strategy):
         @model_validator(mode="before")
         @classmethod
         def _default_mode(cls, data: Any) -> Any:
-            """Neither knob given: the cap. A user who names `lam` alone asked for the penalty alone."""
-            if isinstance(data, dict) and "lam" not in data and "target" not in data:
-                return {**data, "target": DEFAULT_TARGET}
-            return data
+            return cap_unless_priced(data, DEFAULT_TARGET)
 
         @model_validator(mode="after")
         def _protects_something(self):

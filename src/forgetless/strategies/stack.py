@@ -186,7 +186,7 @@ class StrategyStack:
 
     def load_strengths(self, values: dict[str, dict[str, float] | float]) -> None:
         """Restore `strengths()`. A bare number (states written before the knob was named, 2026-12-02) is taken
-        as the strategy's only strength knob; where it has two (ewc, layerwise) it is refused: an old bare `ewc`'s
+        as the strategy's only strength knob; where it has two (ewc, layerwise, l2sp) it is refused: an old bare `ewc`'s
         number was its lam, which today's bare `ewc` (a cap) would read as a target."""
         for strategy in self.strategies:
             if strategy.name not in values or not strategy.strength_in_use:
