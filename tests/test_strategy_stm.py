@@ -145,11 +145,20 @@ def test_knobs_are_validated():
     for bad in ({"tau": 0.5}, {"mode": "top"}, {"percentile": 1.5}, {"control": "shuffle"}):
         with pytest.raises(ForgetlessError, match=rf"^strategy\.{list(bad)[-1]}:"):
             build_strategy({"name": "stm", **bad})
+    with pytest.raises(ForgetlessError, match="tau applies in mode threshold only"):
+        build_strategy({"name": "stm", "mode": "percentile", "tau": 3.0})
+
+
+def test_the_default_masks_a_share_and_naming_tau_selects_the_threshold():
+    bare, by_tau = build_strategy("stm"), build_strategy({"name": "stm", "tau": 3.0})
+    assert (bare.mode, bare.percentile) == ("percentile", 0.2)
+    assert (by_tau.mode, by_tau.tau) == ("threshold", 3.0)
 
 
 def test_masking_everything_is_a_clear_error(tiny_lm, tokenizer, cache_dir):
     with pytest.raises(ForgetlessError, match="raise tau"):
-        build_strategy("stm").prepare_examples(make_context(tiny_lm, tokenizer), encode_rows(tokenizer, ROWS, 64))
+        paper_tau = build_strategy({"name": "stm", "tau": 2.5})
+        paper_tau.prepare_examples(make_context(tiny_lm, tokenizer), encode_rows(tokenizer, ROWS, 64))
 
 
 def test_end_to_end_stm_changes_what_is_trained(tmp_path, tokenizer, task_files, cache_dir):
