@@ -62,33 +62,6 @@ def test_a_point_inside_the_region_is_not_touched():
     assert all(torch.equal(moved[n], theta[n]) for n in theta)
 
 
-def test_starting_from_the_last_steps_multiplier_lands_on_the_same_point_in_fewer_passes(monkeypatch):
-    from forgetless.strategies import _trust_region
-
-    passes = []
-    counted = _trust_region._sums
-    monkeypatch.setattr(_trust_region, "_sums", lambda *args: passes.append(1) or counted(*args))
-    theta, anchor, fisher = _problem()
-    target = _rise(theta, anchor, fisher) / 20
-    generator = torch.Generator().manual_seed(1)
-    cold_passes = warm_passes = 0
-    guess = 0.0
-    for _ in range(5):  # a run's steps: each moves the weights a little, then projects
-        theta = {n: v + 0.02 * torch.randn(v.shape, generator=generator) for n, v in theta.items()}
-        cold, warm = ({n: v.clone() for n, v in theta.items()} for _ in range(2))
-        passes.clear()
-        project(cold, anchor, fisher, target)
-        cold_passes += len(passes)
-        passes.clear()
-        _, guess = project(warm, anchor, fisher, target, guess)
-        warm_passes += len(passes)
-        assert _rise(warm, anchor, fisher) == pytest.approx(target, rel=RELATIVE_TOLERANCE)
-        for n in theta:  # the same projection, to the solver's tolerance
-            assert torch.allclose(warm[n], cold[n], rtol=1e-3, atol=1e-3)
-        theta = warm
-    assert warm_passes < cold_passes
-
-
 @pytest.mark.parametrize("drift", [1e-1, 1e-2, 1e-3])
 def test_a_bf16_weight_never_rounds_back_out_of_the_region(drift):
     # Fine-tuning drifts are small next to the weights: rounding to bf16 can undo most of a projection's move.

@@ -22,73 +22,58 @@ RELATIVE_TOLERANCE = 1e-3  # P ends within target * (1 +- this)
 MAX_ITERATIONS = 40
 
 
-def _sums(parameters, anchor, fisher, mus: tuple[float, ...]) -> list[tuple[float, float]]:
-    """(P(mu), dP/dmu) for each mu, P(mu) = (1/2) sum F d^2 / (1 + mu F)^2, in float64, in ONE pass over the weights
-    (the pass is bound by reading three model-sized tensors, so a second mu costs little more than the first)."""
-    values, slopes = [0.0] * len(mus), [0.0] * len(mus)
+def _sums(parameters, anchor, fisher, mu: float) -> tuple[float, float]:
+    """(P(mu), dP/dmu) with P(mu) = (1/2) sum F d^2 / (1 + mu F)^2, in float64, one pass over the weights."""
+    value = slope = 0.0
     with torch.no_grad():
         for name, parameter in parameters.items():
             # Accumulate on the weights' device (a CPU accumulator cannot take a CUDA sum in place); one sync per tensor.
-            tensor_values = torch.zeros(len(mus), dtype=torch.float64, device=parameter.device)
-            tensor_slopes = torch.zeros(len(mus), dtype=torch.float64, device=parameter.device)
-            flat, anchors, weights = parameter.reshape(-1), anchor[name].reshape(-1), fisher[name].reshape(-1)
-            for start in range(0, flat.numel(), CHUNK):
-                stop = min(start + CHUNK, flat.numel())
+            tensor_value = torch.zeros((), dtype=torch.float64, device=parameter.device)
+            tensor_slope = torch.zeros((), dtype=torch.float64, device=parameter.device)
+            values, anchors, weights = parameter.reshape(-1), anchor[name].reshape(-1), fisher[name].reshape(-1)
+            for start in range(0, values.numel(), CHUNK):
+                stop = min(start + CHUNK, values.numel())
                 f = weights[start:stop]
-                d = flat[start:stop].float() - anchors[start:stop]
-                for k, mu in enumerate(mus):
-                    shrink = torch.reciprocal(f * mu + 1.0)  # 1 / (1 + mu F)
-                    term = f * (d * shrink).square_()  # F d^2 / (1 + mu F)^2
-                    tensor_values[k] += term.sum(dtype=torch.float64)
-                    tensor_slopes[k] -= (term * f * shrink).sum(dtype=torch.float64)  # d/dmu: -2 F^2 d^2 / (1+muF)^3
-            for k, (value, slope) in enumerate(zip(tensor_values.tolist(), tensor_slopes.tolist())):
-                values[k] += value
-                slopes[k] += slope
-    return [(0.5 * value, slope) for value, slope in zip(values, slopes)]
+                d = values[start:stop].float() - anchors[start:stop]
+                shrink = torch.reciprocal(f * mu + 1.0)  # 1 / (1 + mu F)
+                term = f * (d * shrink).square_()  # F d^2 / (1 + mu F)^2
+                tensor_value += term.sum(dtype=torch.float64)
+                tensor_slope -= (term * f * shrink).sum(dtype=torch.float64)  # d/dmu of the term: -2 F^2 d^2 / (1+muF)^3
+            value += float(tensor_value)
+            slope += float(tensor_slope)
+    return 0.5 * value, slope
 
 
-def solve_multiplier(parameters, anchor, fisher, target: float, guess: float = 0.0) -> tuple[float, float]:
+def solve_multiplier(parameters, anchor, fisher, target: float) -> tuple[float, float]:
     """(mu, P before projection): the smallest mu >= 0 with P(mu) <= target (0 when already inside).
 
     Newton's method on P(mu)^(-1/2), which is exactly linear in mu for a single weight and nearly so for
-    many, kept inside a bracket [inside-the-set, outside-the-set] and falling back to bisection. `guess`
-    (the previous step's mu: one step moves the weights little) is where Newton starts; the first pass reads
-    P there and at 0 together, so a good guess saves the passes from 0 to it.
+    many, kept inside a bracket [inside-the-set, outside-the-set] and falling back to bisection.
     """
-    mus = (0.0, guess) if guess > 0 else (0.0,)
-    sums = _sums(parameters, anchor, fisher, mus)
-    before = sums[0][0]
+    before, slope = _sums(parameters, anchor, fisher, 0.0)
     if before <= target:
         return 0.0, before
     low, high = 0.0, math.inf  # P(low) > target, P(high) <= target
-    if guess > 0:
-        if sums[1][0] > target:
-            low = guess
-        else:
-            high = guess
-    # Newton starts from whichever of 0 and the guess is nearer the boundary (in P^-1/2, where it is nearly linear):
-    # after a large first projection the next step's mu can be far smaller than the guess.
-    start = min(range(len(mus)), key=lambda k: abs(sums[k][0] ** -0.5 - target ** -0.5) if sums[k][0] > 0 else math.inf)
-    mu, (value, slope) = mus[start], sums[start]
+    mu, value = 0.0, before
     for _ in range(MAX_ITERATIONS):
-        if abs(value / target - 1) <= RELATIVE_TOLERANCE or value == 0.0:
-            break
         # h(mu) = P^-1/2 - target^-1/2; h' = -P^-3/2 P' / 2.
         h = value ** -0.5 - target ** -0.5
         h_slope = -0.5 * value ** -1.5 * slope
         step = mu - h / h_slope if h_slope > 0 else math.inf
         mu = step if low < step < high else (low + high) / 2 if math.isfinite(high) else max(2 * low, 1.0)
-        ((value, slope),) = _sums(parameters, anchor, fisher, (mu,))
+        value, slope = _sums(parameters, anchor, fisher, mu)
         if value > target:
             low = mu
         else:
             high = mu
+        if abs(value / target - 1) <= RELATIVE_TOLERANCE or value == 0.0:
+            break
     if value > target * (1 + RELATIVE_TOLERANCE) and math.isfinite(high):
         mu = high  # never end outside the set by more than the tolerance
     return mu, before
 
 
-def project(parameters, anchor, fisher, target: float, guess: float = 0.0) -> tuple[float, float]:
+def project(parameters, anchor, fisher, target: float) -> tuple[float, float]:
     """Move `parameters` in place onto {(1/2) sum F (theta - anchor)^2 <= target}; returns (P before, mu).
 
     Only parameters with an entry in `fisher` take part. mu = 0 means the point was inside: nothing moved.
@@ -97,7 +82,7 @@ def project(parameters, anchor, fisher, target: float, guess: float = 0.0) -> tu
     """
     fisher = {name: value for name, value in fisher.items() if name in parameters}
     parameters = {name: parameters[name] for name in fisher}
-    mu, before = solve_multiplier(parameters, anchor, fisher, target, guess)
+    mu, before = solve_multiplier(parameters, anchor, fisher, target)
     if mu == 0.0:
         return before, mu
     with torch.no_grad():

@@ -246,7 +246,7 @@ class EWC(Strategy):
     name = "ewc"
     strength = Strength("lam", "up", bound=1e12, centre=100.0)
     other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET),)
-    in_task_state = ("_penalty_total", "_penalty_steps", "_projected_steps", "_largest_rise", "_multiplier")
+    in_task_state = ("_penalty_total", "_penalty_steps", "_projected_steps", "_largest_rise")
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
 
     class Params(StrategyParams):
@@ -299,7 +299,6 @@ class EWC(Strategy):
         self._weights: TaskWeights | None = None
         self._penalty_total, self._penalty_steps = 0.0, 0  # per task, for the mean reported in results.json
         self._projected_steps, self._largest_rise = 0, 0.0  # per task: steps the trust region acted on, largest P seen
-        self._multiplier = 0.0  # the last projection's mu: where the next one's search starts
 
     # -- hooks ---------------------------------------------------------------------------------------------
 
@@ -347,9 +346,8 @@ class EWC(Strategy):
                 if name in self.fisher:
                     self._on(self.anchor, name, parameter)
                     self._on(self.fisher, name, parameter)
-            rise, multiplier = project(parameters, self.anchor, self.fisher, self.target, self._multiplier)
+            rise, multiplier = project(parameters, self.anchor, self.fisher, self.target)
             moved = multiplier > 0
-            self._multiplier = multiplier
         else:  # LoRA: the predicted rise is quadratic in B, so scaling every B by sqrt(target / P) lands on the boundary
             with torch.no_grad():
                 rise = 0.5 * float(self.weighted_distance())

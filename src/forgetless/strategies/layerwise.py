@@ -98,7 +98,7 @@ class Layerwise(Strategy):
     other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET),)
     # The task's own importance is recorded from its training gradients, step by step.
     in_task_state = ("_recorded", "_recorded_steps", "_task_steps", "_recording_seconds", "last_alpha",
-                     "_projected_steps", "_largest_rise", "_multiplier")
+                     "_projected_steps", "_largest_rise")
 
     class Params(StrategyParams):
         lam: float = Field(50.0, ge=0, description="Weight of the layer-weighted importance penalty.")
@@ -148,7 +148,6 @@ class Layerwise(Strategy):
         self._task_steps = 0
         self._recording_seconds = 0.0
         self._projected_steps, self._largest_rise = 0, 0.0  # per task: steps the trust region acted on, largest rise
-        self._multiplier = 0.0  # the last projection's mu: where the next one's search starts
 
     # ---- which weights are protected, and how far they have moved ----
 
@@ -300,9 +299,8 @@ class Layerwise(Strategy):
             flat = {name: weights.weight(name).detach().view(-1) for name in self._drift}  # view: written in place
             indices = self._long_index
             kept = {name: flat[name].index_select(0, indices[name]) for name in self._drift}  # (k,) copies
-            rise, multiplier = project(kept, self._anchor, self._omega, self.target, self._multiplier)
+            rise, multiplier = project(kept, self._anchor, self._omega, self.target)
             moved = multiplier > 0
-            self._multiplier = multiplier
             if moved:
                 with torch.no_grad():
                     for name, values in kept.items():
