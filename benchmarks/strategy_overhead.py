@@ -229,7 +229,7 @@ def worker(spec: str, args) -> None:
             row = measure(spec, args, load(args.tiny))
         else:
             row = measure_through_trainer(args.trainer[0], spec, args, load(args.tiny))
-    except ForgetlessError as exc:  # e.g. stm on a random tiny model masks every token
+    except ForgetlessError as exc:  # e.g. stm at a tau below a random tiny model's every token
         row = {"strategy": spec, "skipped": str(exc)}
     print("ROW " + json.dumps(row), flush=True)
 

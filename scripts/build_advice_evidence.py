@@ -134,7 +134,8 @@ def build() -> dict:
             "several_tasks": "docs/results/quality.md: default model, full fine-tuning, support then pydoc, "
                              "30 steps x batch 4 x 256 tokens at lr 5e-4, seed 0",
             "one_task": "docs/results/quality-legal.md: the same set-up on legal alone "
-                        "(a domain no setting was chosen on but ewc's default cap)",
+                        "(a domain no setting was chosen on but the defaults switched after it: ewc's and "
+                        "l2sp's caps, stm's percentile)",
             "step_ratio": "docs/results/overhead.md, full fine-tuning table (a stack: 1 + the sum of its members' extra)",
             "generation": "docs/results/generation-checks.md: support alone, 30 steps at lr 5e-4",
             "built_by": "scripts/build_advice_evidence.py",

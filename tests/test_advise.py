@@ -97,6 +97,7 @@ def test_the_shipped_generation_checks_reach_the_advice(capsys):
     assert main(["advise", "--no-input"]) == 0
     chat = capsys.readouterr().out
     assert "Left out: ewc: lost instruction following beyond noise (instructions -0.273 ± 0.046" in chat
+    assert "Left out: l2sp: lost instruction following beyond noise (instructions -0.264 ± 0.047" in chat
     assert "Recommended: strategies: ewc\n" not in chat
     assert main(["advise", "--no-input", "--chat", "no"]) == 0
     plain = capsys.readouterr().out  # not a chat model: the same ewc is a candidate again

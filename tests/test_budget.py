@@ -57,6 +57,8 @@ def test_strengthen_moves_each_knob_the_protecting_way_within_its_bound():
     assert build_strategy({"name": "wise", "alpha": "auto"}).strengthen(2) is None
     assert build_strategy("naive").strengthen(2) is None
     assert build_strategy({"name": "lwf", "weight": 0}).strengthen(2) is None  # 0 x 2 is still 0
+    l2sp = build_strategy("l2sp")  # its default cap: strengthening lowers the target and adds no price
+    assert l2sp.strengthen(2) == (0.01, 0.005) and (l2sp.target, l2sp.lam) == (0.005, 0.0)
 
 
 def test_strengthen_without_a_knob_is_refused_before_training():

@@ -113,8 +113,8 @@ def test_resume_at_task_starts_and_under_lora(strategy, mode, task_index, step, 
 def test_a_budget_that_strengthens_resumes_with_its_knob_and_decisions(task_files, tmp_path, tokenizer, monkeypatch):
     from forgetless.budget import BudgetGuard
 
-    # Every check counts as exceeded (the tiny model does not forget on cue): l2sp's lambda doubles at each, and
-    # the moved value and the decisions so far must survive the kill.
+    # Every check counts as exceeded (the tiny model does not forget on cue): l2sp's target (its default cap) halves
+    # at each, and the moved value and the decisions so far must survive the kill.
     numbers = BudgetGuard._numbers
     monkeypatch.setattr(BudgetGuard, "_numbers", lambda self, *a: {**numbers(self, *a), "exceeded": True})
     config = _config(task_files, "l2sp", budget={"max_general_drop": 0.01, "on_exceed": "strengthen", "factor": 2.0})

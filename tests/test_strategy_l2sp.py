@@ -141,6 +141,31 @@ def test_the_cap_puts_each_tensor_past_it_back_on_its_sphere(tokenizer):
     assert (l2sp._projected_steps, l2sp._largest_ratio) == (0, 0.0)
 
 
+def test_a_bf16_tensor_put_back_stays_inside_and_a_zero_start_is_left_free(tokenizer):
+    # bf16's rounding error is about a tenth of a 1 % cap: rounding away from the start could leave the ball.
+    model = make_tiny_lm(len(tokenizer), hidden_size=16).to(torch.bfloat16)
+    parameters = dict(model.named_parameters())
+    zero = "model.layers.0.self_attn.o_proj.weight"
+    with torch.no_grad():
+        parameters[zero].zero_()
+    ctx = _context(model, tokenizer)
+    l2sp = build_strategy("l2sp")  # the default cap, 0.01
+    l2sp.on_task_start(ctx)
+    anchors = {n: p.detach().float().clone() for n, p in parameters.items()}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in parameters.values():
+            p.add_(0.05 * torch.randn_like(p))  # far past 1 % of every norm
+    l2sp.after_optimizer_step(ctx, model)
+    ratios = {n: float((p.float() - anchors[n]).norm() / anchors[n].norm()) for n, p in parameters.items() if n != zero}
+    # Inside the ball, short of its sphere by at most a bf16 step per entry (a change of 1 % is a few such steps).
+    assert max(ratios.values()) <= 0.01 * (1 + 1e-5) and min(ratios.values()) > 0.005
+    assert parameters[zero].abs().max() > 0.01  # no norm to be relative to: not capped
+    before = {n: p.detach().clone() for n, p in parameters.items()}
+    l2sp.after_optimizer_step(ctx, model)  # everything already inside: nothing moves, no step counted
+    assert all(torch.equal(p, before[n]) for n, p in parameters.items()) and l2sp._projected_steps == 1
+
+
 def test_under_lora_the_cap_scales_each_update_past_it(tokenizer):
     from forgetless.adapters import prepare_for_task
 

@@ -145,14 +145,16 @@ def test_knobs_are_validated():
     for bad in ({"tau": 0.5}, {"mode": "top"}, {"percentile": 1.5}, {"control": "shuffle"}):
         with pytest.raises(ForgetlessError, match=rf"^strategy\.{list(bad)[-1]}:"):
             build_strategy({"name": "stm", **bad})
-    with pytest.raises(ForgetlessError, match="tau applies in mode threshold only"):
-        build_strategy({"name": "stm", "mode": "percentile", "tau": 3.0})
+    with pytest.raises(ForgetlessError, match="tau and percentile both given"):
+        build_strategy({"name": "stm", "tau": 3.0, "percentile": 0.1})
 
 
 def test_the_default_masks_a_share_and_naming_tau_selects_the_threshold():
     bare, by_tau = build_strategy("stm"), build_strategy({"name": "stm", "tau": 3.0})
     assert (bare.mode, bare.percentile) == ("percentile", 0.2)
     assert (by_tau.mode, by_tau.tau) == ("threshold", 3.0)
+    # The knobs results.json records for a bare stm build the same strategy again.
+    assert build_strategy({"name": "stm", **bare.params.model_dump()}).params == bare.params
 
 
 def test_masking_everything_is_a_clear_error(tiny_lm, tokenizer, cache_dir):

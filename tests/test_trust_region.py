@@ -190,7 +190,11 @@ def test_a_saved_strength_names_its_knob_and_an_old_bare_number_is_refused_where
         stack.load_strengths({"ewc": 100.0})
     stack.load_strengths({"wise": 0.25})  # one strength knob only: unambiguous
     assert stack.strategies[1].alpha == 0.25
-    stack.load_strengths({"ewc": {"lam": 3.0}})
-    assert (stack.strategies[0].lam, stack.strategies[0].target) == (3.0, DEFAULT_TARGET)
+    stack.load_strengths({"ewc": {"target": 0.002}})
+    assert (stack.strategies[0].lam, stack.strategies[0].target) == (0.0, 0.002)
+    # A saved price read into today's bare ewc or l2sp (caps) would add a penalty the run never had: refused.
+    for name, saved in (("ewc", {"lam": 3.0}), ("l2sp", {"lam": 0.01})):
+        with pytest.raises(ForgetlessError, match=f"this run's {name} is set by target"):
+            StrategyStack.from_specs([name]).load_strengths({name: saved})
     with pytest.raises(ForgetlessError, match="no strength knob"):
         stack.load_strengths({"ewc": {"samples": 8}})

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 
 from ..task_weights import TaskWeights
 from . import register_strategy
-from ._trust_region import cap_unless_priced, require_protection
+from ._trust_region import cap_unless_priced, require_protection, round_toward
 from .base import Strategy, StrategyParams, Strength, TaskContext
 from .ewc import squared_distance
 
@@ -74,6 +74,7 @@ class L2SP(Strategy):
         if self._weights.change_is_stored and not self.anchor:  # the run's start (unless restored from a state)
             self.anchor = {name: w.detach().float().clone() for name, w in self._weights.weights().items()}
         self._anchor_norms = {}  # under LoRA the base may have been merged since the last task
+        self._projected_steps, self._largest_ratio = 0, 0.0  # (a resumed task restores its counts after this)
 
     def extra_loss(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any):
         if self.lam == 0:
@@ -94,7 +95,7 @@ class L2SP(Strategy):
                 if self._weights.change_is_stored:
                     weight = self._weights.weight(name)
                     anchor = self._anchor_on(name, weight)
-                    weight.copy_(torch.lerp(anchor, weight.float(), shrink))
+                    weight.copy_(round_toward(torch.lerp(anchor, weight.float(), shrink), anchor, weight.dtype))
                 else:
                     self._weights.scale_lora_update(shrink, name)
         self._projected_steps += int(bool(over))
@@ -124,8 +125,11 @@ class L2SP(Strategy):
     def relative_distances(self) -> dict[str, float]:
         """||W - W0|| / ||W0|| per weight (under LoRA ||scaling B A|| / ||W_base||); a weight with W0 = 0 is left out."""
         weights = self._weights
-        if not self._anchor_norms:
-            bases = self.anchor if weights.change_is_stored else weights.weights()
+        if not self._anchor_norms:  # on the weights' device: a resumed run computes them where the first one did
+            if weights.change_is_stored:
+                bases = {name: self._anchor_on(name, weights.weight(name)) for name in self.anchor}
+            else:
+                bases = weights.weights()
             self._anchor_norms = {name: float(base.float().norm()) for name, base in bases.items()}
         ratios = {}
         for name, norm in self._anchor_norms.items():

@@ -202,6 +202,11 @@ class StrategyStack:
             for knob, value in saved.items():
                 if strategy.strength_of(knob) is None:
                     raise ForgetlessError(f"the saved run state moves {strategy.name}.{knob}, which is no strength knob")
+                if knob != strategy.strength_in_use.knob:  # e.g. an l2sp penalty's lam, read into today's bare l2sp (a cap)
+                    raise ForgetlessError(
+                        f"the saved run state moves {strategy.name}.{knob}, but this run's {strategy.name} is set by "
+                        f"{strategy.strength_in_use.knob}: it was started with other settings or an older forgetless's "
+                        "defaults; start the run again from the beginning")
                 if value != getattr(strategy, knob):
                     strategy.set_knob(knob, value)
 

@@ -2,7 +2,8 @@
 
 Wu et al., "Mitigating Forgetting in LLM Fine-Tuning via Low-Perplexity Token Learning" (NeurIPS 2025).
 The model at task start, frozen, scores every training token once: l_t = -log p_theta0(x_t | x_<t),
-PPL_t = exp(l_t). Trained tokens (label != -100) with PPL_t > tau get label -100; the loss is the
+PPL_t = exp(l_t). The trained tokens (label != -100) with the highest PPL_t, a `percentile` share of the
+task's (default), or those with PPL_t > tau (mode threshold, the paper's), get label -100; the loss is the
 ordinary cross-entropy over the tokens left. Prompt tokens are never trained, so never touched.
 
 The reference code (appier-research/robust-llm-finetunes, generate_stm_training_data.py) gives the
@@ -143,12 +144,12 @@ class SelectiveTokenMasking(Strategy):
         @model_validator(mode="before")
         @classmethod
         def _mode_from_knob(cls, data: Any) -> Any:
-            """`tau` named without a mode asks for the threshold; `tau` beside `mode: percentile` would be ignored."""
-            if isinstance(data, dict) and "tau" in data:
-                if "mode" not in data:
-                    return {**data, "mode": "threshold"}
-                if data["mode"] == "percentile":
-                    raise ValueError("tau applies in mode threshold only; give percentile for mode percentile")
+            """`tau` named without a mode asks for the threshold (the knob of the other mode is then kept, unused, as
+            results.json records every knob); `tau` and `percentile` both named with no mode is ambiguous."""
+            if isinstance(data, dict) and "tau" in data and "mode" not in data:
+                if "percentile" in data:
+                    raise ValueError("tau and percentile both given: say which applies with mode: threshold or percentile")
+                return {**data, "mode": "threshold"}
             return data
 
     # -- scoring ---------------------------------------------------------------------------------------
