@@ -13,8 +13,12 @@ protected data does not care about (F_i = 0) are left alone; stiff ones are pull
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
+from pydantic import model_validator
+
+from .base import StrategyParams
 
 # Chunk of the passes: the fp32 operands of one chunk stay in cache between the operations.
 CHUNK = 1 << 18
@@ -110,12 +114,22 @@ def round_toward(x: torch.Tensor, anchor: torch.Tensor, dtype: torch.dtype) -> t
     return rounded
 
 
-def cap_unless_priced(data, target: float):
-    """A before-validator's body: neither `lam` nor `target` given -> the cap at `target`. A user who names `lam`
-    alone asked for the penalty alone (the knobs' defaults are lam 0, target None)."""
-    if isinstance(data, dict) and "lam" not in data and "target" not in data:
-        return {**data, "target": target}
-    return data
+class CapByDefault(StrategyParams):
+    """Params of a strategy with a price (`lam`, default 0) and a cap (`target`, default None) whose bare form is
+    the cap at `default_target`: naming `lam` alone asks for the penalty alone; lam 0 with no target is refused."""
+
+    default_target: ClassVar[float]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_mode(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "lam" not in data and "target" not in data:
+            return {**data, "target": cls.default_target}
+        return data
+
+    @model_validator(mode="after")
+    def _protects_something(self):
+        return require_protection(self)
 
 
 def require_protection(params):

@@ -30,7 +30,7 @@ import warnings
 from typing import Any, Iterable, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch.func import functional_call, grad, vmap
 
 from ..data.encoding import IGNORE_INDEX
@@ -45,8 +45,8 @@ from ._common import (
     sample_examples,
     task_rows,
 )
-from ._trust_region import DEFAULT_TARGET, cap_unless_priced, project, require_protection
-from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
+from ._trust_region import DEFAULT_TARGET, CapByDefault, project
+from .base import OptimizerStep, Strategy, Strength, TaskContext
 
 FisherFlavour = Literal["empirical", "true"]
 
@@ -249,7 +249,9 @@ class EWC(Strategy):
     in_task_state = ("_penalty_total", "_penalty_steps", "_projected_steps", "_largest_rise")
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
 
-    class Params(StrategyParams):
+    class Params(CapByDefault):
+        default_target = DEFAULT_TARGET
+
         lam: float = Field(
             0.0, ge=0, description="Penalty weight; lam = 1 prices a protected-data loss rise like a task-loss rise "
             "(0: no penalty; 100 was the default before the trust region).",
@@ -277,15 +279,6 @@ class EWC(Strategy):
         max_gradient_mb: float = Field(
             1024, gt=0, description="Memory cap for per-sample gradients; parameters are processed in groups under it."
         )
-
-        @model_validator(mode="before")
-        @classmethod
-        def _default_mode(cls, data: Any) -> Any:
-            return cap_unless_priced(data, DEFAULT_TARGET)
-
-        @model_validator(mode="after")
-        def _protects_something(self):
-            return require_protection(self)
 
     def __init__(self, **params: Any):
         super().__init__(**params)

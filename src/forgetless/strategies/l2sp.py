@@ -19,12 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ..task_weights import TaskWeights
 from . import register_strategy
-from ._trust_region import cap_unless_priced, require_protection, round_toward
-from .base import Strategy, StrategyParams, Strength, TaskContext
+from ._trust_region import CapByDefault, round_toward
+from .base import Strategy, Strength, TaskContext
 from .ewc import squared_distance
 
 SPHERE_TOLERANCE = 1e-5
@@ -43,7 +43,9 @@ class L2SP(Strategy):
     in_task_state = ("_projected_steps", "_largest_ratio")
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
 
-    class Params(StrategyParams):
+    class Params(CapByDefault):
+        default_target = DEFAULT_TARGET
+
         lam: float = Field(
             0.0, ge=0, description="Penalty weight on the squared distance to the starting weights (0: no penalty; "
             "0.01 was the default before the cap).",
@@ -52,15 +54,6 @@ class L2SP(Strategy):
             None, gt=0, description="Cap on each weight tensor's relative distance ||W - W0|| / ||W0|| after every step "
             f"(None: off). When neither lam nor target is given: {DEFAULT_TARGET}.",
         )
-
-        @model_validator(mode="before")
-        @classmethod
-        def _default_mode(cls, data: Any) -> Any:
-            return cap_unless_priced(data, DEFAULT_TARGET)
-
-        @model_validator(mode="after")
-        def _protects_something(self):
-            return require_protection(self)
 
     def __init__(self, **params: Any):
         super().__init__(**params)
