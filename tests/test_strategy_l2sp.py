@@ -32,6 +32,15 @@ def _context(model, tokenizer, adapter: str = "full"):
     return ctx
 
 
+def _lora_context(tokenizer):
+    """A task context whose tiny model is wrapped in a fresh LoRA adapter, as the runner does at a task's start."""
+    from forgetless.adapters import prepare_for_task
+
+    ctx = _context(make_tiny_lm(len(tokenizer), hidden_size=16), tokenizer, adapter="lora")
+    ctx.model = prepare_for_task(ctx.model, ctx.config, 0)
+    return ctx, ctx.model
+
+
 def test_penalty_is_zero_at_the_start_and_exactly_quadratic(tokenizer, tmp_path):
     model = make_tiny_lm(len(tokenizer), hidden_size=16)
     ctx = _context(model, tokenizer)
@@ -63,11 +72,7 @@ def test_penalty_is_zero_at_the_start_and_exactly_quadratic(tokenizer, tmp_path)
 
 
 def test_under_lora_the_scaled_update_ba_is_penalised(tokenizer):
-    from forgetless.adapters import prepare_for_task
-
-    ctx = _context(make_tiny_lm(len(tokenizer), hidden_size=16), tokenizer, adapter="lora")
-    model = prepare_for_task(ctx.model, ctx.config, 0)
-    ctx.model = model
+    ctx, model = _lora_context(tokenizer)
     l2sp = build_strategy({"name": "l2sp", "lam": 3.0})
     l2sp.on_task_start(ctx)
     assert l2sp.extra_loss(ctx, model, {}, None).item() == 0.0  # B = 0 at the start
@@ -167,11 +172,7 @@ def test_a_bf16_tensor_put_back_stays_inside_and_a_zero_start_is_left_free(token
 
 
 def test_under_lora_the_cap_scales_each_update_past_it(tokenizer):
-    from forgetless.adapters import prepare_for_task
-
-    ctx = _context(make_tiny_lm(len(tokenizer), hidden_size=16), tokenizer, adapter="lora")
-    model = prepare_for_task(ctx.model, ctx.config, 0)
-    ctx.model = model
+    ctx, model = _lora_context(tokenizer)
     l2sp = build_strategy({"name": "l2sp", "target": 0.05})
     l2sp.on_task_start(ctx)
     torch.manual_seed(0)
