@@ -40,9 +40,10 @@ ENTRIES = (
 _Z = 1.96
 
 
-def budget_config(tasks: list[str], every: int, strategies: list, on_exceed: str | dict, limit: float):
+def budget_config(tasks: list[str], every: int, strategies: list, on_exceed: str | dict, limit: float,
+                  lr: float | None = None):
     """`on_exceed`: the mode's name, or the budget's fields beside its limit."""
-    data = base_config("full", False, tasks).model_dump()
+    data = base_config("full", False, tasks, lr).model_dump()
     data["eval"]["every_steps"] = every
     fields = on_exceed if isinstance(on_exceed, dict) else {"on_exceed": on_exceed}
     return parse_config({**data, "strategies": strategies, "budget": {"max_general_drop": limit, **fields}}, "budget_table")
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--fixed", type=Path, nargs="*", default=[], help="compare folders holding fixed settings")
     parser.add_argument("--tasks", nargs="+", default=["support"])
     parser.add_argument("--every", type=int, default=5, help="full evaluation (and budget check) every N steps")
+    parser.add_argument("--lr", type=float, help="learning rate of every budget run (default: quality.py's)")
     parser.add_argument("--limit", type=float, default=0.01, help="max_general_drop")
     parser.add_argument("--only", nargs="+", choices=[label for label, _, _ in ENTRIES], help="run only these entries")
     parser.add_argument("--table-only", action="store_true", help="run nothing: the table of the entries already finished")
@@ -105,7 +107,7 @@ def main() -> None:
     for label, strategies, on_exceed in ENTRIES:
         if args.only and label not in args.only:
             continue
-        config = budget_config(args.tasks, args.every, strategies, on_exceed, args.limit)
+        config = budget_config(args.tasks, args.every, strategies, on_exceed, args.limit, args.lr)
         folder = args.out / label
         if args.table_only and not finished(folder):
             continue
