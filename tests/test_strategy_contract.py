@@ -34,6 +34,7 @@ SPECS["layerwise"] = {"name": "layerwise", "steps": 2}
 # Modes with a hook of their own: the trust region projects after every optimizer step (tiny: it always binds).
 SPECS["ewc(target)"] = {"name": "ewc", "samples": 8, "lam": 0.0, "target": 1e-6}
 SPECS["layerwise(target)"] = {"name": "layerwise", "steps": 2, "lam": 0.0, "target": 1e-6}
+SPECS["layerwise(distance)"] = {"name": "layerwise", "steps": 2, "lam": 0.0, "distance": 1e-4}
 
 TARGETS = ["q_proj", "v_proj"]
 MODES = {

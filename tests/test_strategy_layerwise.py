@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from forgetless.data.tasks import load_task
+from forgetless.errors import ForgetlessError
 from forgetless.strategies import OptimizerStep, build_strategy
 from forgetless.strategies._common import block_index, protection_examples
 from forgetless.strategies.layerwise import layer_coefficients, squared_gradient_importance, trained_tokens
@@ -167,6 +168,68 @@ def test_lora_penalty_is_on_the_adapter_update(tokenizer, task_files):
                 key = name.removeprefix("base_model.model.") + ".weight"
                 expected += float((strategy.importance[key].float() * delta[strategy.index[key].long()] ** 2).sum())
     assert strategy.penalty().item() == pytest.approx(expected, rel=1e-4)
+
+
+def _kept_ratios(strategy) -> dict[str, float]:
+    """||d_kept|| / ||theta*_kept|| per tensor, from the drift readers and the model at the task's start."""
+    with torch.no_grad():
+        return {name: float(drift().norm()) / strategy._start_norms[name] for name, drift in strategy._drift.items()}
+
+
+def test_the_distance_cap_puts_each_tensors_kept_drift_back_on_its_sphere(prepared):
+    ctx, _ = prepared
+    strategy = build_strategy({"name": "layerwise", "lam": 0.0, "distance": 0.02, "steps": 2, "batch_size": 4})
+    strategy.on_task_start(ctx)
+    start = {n: p.detach().clone() for n, p in trained_parameters(ctx.model).items()}
+    drift = random_drift(ctx.model, scale=1e-2)
+    add(ctx.model, drift)
+    before = _kept_ratios(strategy)
+    assert max(before.values()) > 0.02 and min(before.values()) < 0.02  # some tensors past the cap, some inside
+    strategy.after_optimizer_step(ctx, ctx.model)
+    after = _kept_ratios(strategy)
+    for name, ratio in before.items():
+        weight = dict(trained_parameters(ctx.model))[name].detach().reshape(-1)
+        kept = strategy.index[name].long()
+        moved = start[name].reshape(-1) + drift[name].reshape(-1)
+        if ratio > 0.02:  # scaled straight back toward the start, onto the sphere
+            assert after[name] == pytest.approx(0.02, rel=1e-4)
+            expected = start[name].reshape(-1)[kept] + drift[name].reshape(-1)[kept] * 0.02 / ratio
+            torch.testing.assert_close(weight[kept], expected, rtol=1e-5, atol=1e-7)
+        else:
+            assert after[name] == pytest.approx(ratio, rel=1e-6)
+        others = torch.ones_like(weight, dtype=torch.bool)
+        others[kept] = False
+        assert torch.equal(weight[others], moved[others])  # entries it does not keep are never touched
+    assert strategy._projected_steps == 1
+
+
+def test_the_distance_cap_is_a_strength_and_refuses_to_protect_nothing():
+    capped = build_strategy({"name": "layerwise", "lam": 0.0, "distance": 0.04})
+    assert capped.strength_in_use.knob == "distance"
+    assert capped.strengthen(2.0) == (0.04, 0.02) and capped.distance == 0.02
+    with pytest.raises(ForgetlessError, match="protects nothing"):
+        build_strategy({"name": "layerwise", "lam": 0.0})
+
+
+def test_under_lora_the_distance_cap_scales_each_update_past_it(tokenizer, task_files):
+    from forgetless.adapters import prepare_for_task
+
+    config = tiny_config(task_files, adapter="lora", lora={"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]})
+    model = prepare_for_task(make_tiny_lm(len(tokenizer)), config, 0)
+    ctx = make_context(config, model, tokenizer)
+    strategy = build_strategy({"name": "layerwise", "lam": 0.0, "distance": 0.05, "steps": 1})
+    strategy.on_task_start(ctx)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if hasattr(module, "lora_B") and "task0" in module.lora_B:
+                module.lora_B["task0"].weight.normal_(0, 0.5 if "q_proj" in name else 1e-4)
+    before = _kept_ratios(strategy)
+    assert all(r > 0.05 for n, r in before.items() if "q_proj" in n) and all(r < 0.05 for n, r in before.items() if "v_proj" in n)
+    strategy.after_optimizer_step(ctx, model)
+    after = _kept_ratios(strategy)
+    for name, ratio in before.items():
+        assert after[name] == pytest.approx(min(ratio, 0.05), rel=1e-4)
 
 
 def _spy_first_index(monkeypatch):

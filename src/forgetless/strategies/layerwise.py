@@ -12,6 +12,11 @@ Trust region (`target`, as `ewc`'s): after every optimizer step the kept entries
 {(1/2) sum_i Omega_i (theta_i - theta*_i)^2 <= target}, a cap on the predicted loss rise on what Omega
 protects, in nats per token (Omega is on the per-token Fisher scale), whatever the data.
 
+Distance cap (`distance`, as `l2sp`'s `target`): after every optimizer step, each tensor's kept entries are
+kept within `distance` times their norm at the task's start, ||d_kept|| <= distance * ||theta*_kept||, by
+scaling d_kept back onto that sphere (under LoRA, by scaling the layer's update). A share of the weights' own
+size, it does not depend on how large Omega came out on the data; Omega only chooses which entries it holds.
+
 Importance: Synaptic Intelligence along a plain-SGD pass is omega_i = lr * sum_t g_i(t)^2; we take the
 small-step limit at the anchor (no weight moves, no optimiser state) and scale it by the batch's token
 count, which puts Omega on the per-token Fisher scale (see `squared_gradient_importance`). Before the
@@ -36,10 +41,13 @@ from ..evaluation._scoring import model_device
 from ..nn import token_cross_entropy, trained_tokens
 from . import register_strategy
 from ._common import batches, block_index, protection_examples
-from ._trust_region import DEFAULT_TARGET, project, require_protection
+from ._trust_region import DEFAULT_TARGET, project, round_toward
 from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]
+SPHERE_TOLERANCE = 1e-5
+# The distance cap's centre for a tuning grid: l2sp's default, a share of the weights' norm (not tuned here).
+DISTANCE_CENTRE = 0.01
 ImportanceSource = Literal["auto", "general"]
 TaskImportance = Literal["training", "pass"]
 
@@ -95,16 +103,21 @@ class Layerwise(Strategy):
 
     name = "layerwise"
     strength = Strength("lam", "up", bound=1e12)
-    other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET),)
+    other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET),
+                       Strength("distance", "down", bound=1e-6, centre=DISTANCE_CENTRE))
     # The task's own importance is recorded from its training gradients, step by step.
     in_task_state = ("_recorded", "_recorded_steps", "_task_steps", "_recording_seconds", "last_alpha",
-                     "_projected_steps", "_largest_rise")
+                     "_projected_steps", "_largest_rise", "_largest_ratio")
 
     class Params(StrategyParams):
         lam: float = Field(50.0, ge=0, description="Weight of the layer-weighted importance penalty.")
         target: float | None = Field(
             None, gt=0, description="Trust region: after each step, project the kept entries so that (1/2) sum Omega "
             "(theta - theta*)^2, the predicted loss rise, is at most this many nats per token (None: off).",
+        )
+        distance: float | None = Field(
+            None, gt=0, description="Cap on each tensor's kept entries: after each step, their distance from the task's "
+            "start at most this share of their norm there (None: off).",
         )
         steps: int = Field(
             8, ge=1, description="Batches the importance is read from (a general-text pass, or the task's last training steps)."
@@ -125,7 +138,10 @@ class Layerwise(Strategy):
 
         @model_validator(mode="after")
         def _protects_something(self):
-            return require_protection(self)
+            if self.lam == 0 and self.target is None and self.distance is None:
+                raise ValueError("lam 0 without a target or a distance protects nothing: give lam > 0, a target or a "
+                                 "distance")
+            return self
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -137,7 +153,8 @@ class Layerwise(Strategy):
         self._omega: dict[str, torch.Tensor] = {}
         self._group: dict[str, int] = {}
         self._anchor: dict[str, torch.Tensor] = {}  # full fine-tuning: the kept entries at the task's start (k,)
-        self._long_index: dict[str, torch.Tensor] = {}  # trust region: the kept indices as int64 on the weight's device
+        self._long_index: dict[str, torch.Tensor] = {}  # caps: the kept indices as int64 on the weight's device
+        self._start_norms: dict[str, float] = {}  # distance cap: ||theta*_kept|| per tensor
         self._weights = None
         self._groups = 0
         self._group_index: torch.Tensor | None = None  # (tensors,) group of each entry of _drift, in order
@@ -147,13 +164,15 @@ class Layerwise(Strategy):
         self._recorded_steps = 0
         self._task_steps = 0
         self._recording_seconds = 0.0
-        self._projected_steps, self._largest_rise = 0, 0.0  # per task: steps the trust region acted on, largest rise
+        self._projected_steps, self._largest_rise = 0, 0.0  # per task: steps a cap acted on, largest predicted rise
+        self._largest_ratio = 0.0  # per task: largest ||d_kept|| / ||theta*_kept|| a step reached (distance cap)
 
     # ---- which weights are protected, and how far they have moved ----
 
     def _bind(self, ctx: TaskContext) -> None:
         """Anchor = the model now; set up the per-step drift readers and fp32 copies of Omega."""
         self._drift, self._omega, self._group, self._anchor, self._long_index = {}, {}, {}, {}, {}
+        self._start_norms = {}
         weights = ctx.weights
         self._weights = weights
         blocks: dict[int | None, int] = {}
@@ -164,7 +183,7 @@ class Layerwise(Strategy):
             index = self.index[name]
             weight = weights.weight(name)
             index = index.to(weight.device)
-            if self.target is not None:
+            if self.target is not None or self.distance is not None:
                 self._long_index[name] = index.long()  # index_copy_ takes int64
             if weights.change_is_stored:
                 # Only the kept entries' start is stored: (k,) values, not a copy of the weight.
@@ -178,6 +197,8 @@ class Layerwise(Strategy):
                     weights.change(name).reshape(-1).index_select(0, index).float()
                 )  # scaling * B @ A at the kept entries: the drift from the task's start
             self._omega[name] = self.importance[name].to(weight.device, torch.float32)
+            if self.distance is not None:  # under LoRA the base weight is the task's start
+                self._start_norms[name] = float(weight.detach().reshape(-1).index_select(0, index).float().norm())
             self._group[name] = blocks.setdefault(block_index(name), len(blocks))
         self._groups = len(blocks)
         if self._drift:
@@ -228,6 +249,7 @@ class Layerwise(Strategy):
             self._record_importance(ctx, "general")
         self._bind(ctx)
         self._recorded, self._recorded_steps, self._task_steps, self._recording_seconds = {}, 0, 0, 0.0
+        self._projected_steps, self._largest_rise, self._largest_ratio = 0, 0.0, 0.0  # (a resumed task restores them)
 
     def _records_during_training(self, ctx: TaskContext) -> bool:
         # Under LoRA the protected base weights get no gradient, so the task needs its own pass.
@@ -291,9 +313,15 @@ class Layerwise(Strategy):
         return self.penalty()
 
     def after_optimizer_step(self, ctx: TaskContext, model: torch.nn.Module) -> None:
-        """Trust region: the kept entries back onto {(1/2) sum Omega drift^2 <= target} if the step left it."""
-        if self.target is None or not self._drift:
+        """The caps: the predicted rise back to `target`, then each tensor's kept drift back to `distance`."""
+        if not self._drift:
             return
+        moved = self._project_rise() if self.target is not None else False
+        moved = (self._project_distance() if self.distance is not None else False) or moved
+        self._projected_steps += int(moved)
+
+    def _project_rise(self) -> bool:
+        """Trust region: the kept entries back onto {(1/2) sum Omega drift^2 <= target} if the step left it."""
         weights = self._weights
         if weights.change_is_stored:
             flat = {name: weights.weight(name).detach().view(-1) for name in self._drift}  # view: written in place
@@ -312,15 +340,44 @@ class Layerwise(Strategy):
             if moved:
                 weights.scale_lora_update((self.target / rise) ** 0.5)
         self._largest_rise = max(self._largest_rise, rise)
-        self._projected_steps += int(moved)
+        return moved
+
+    def _project_distance(self) -> bool:
+        """Each tensor whose kept drift is past distance * ||theta*_kept|| scaled back onto that sphere.
+
+        Scaling the drift toward the start only lowers the predicted rise, so after `_project_rise` both caps hold.
+        """
+        moved = False
+        with torch.no_grad():
+            for name, drift in self._drift.items():
+                norm = self._start_norms[name]
+                if norm == 0.0:  # nothing to measure the distance against: left free
+                    continue
+                ratio = float(drift().norm()) / norm
+                self._largest_ratio = max(self._largest_ratio, ratio)
+                if ratio <= self.distance * (1 + SPHERE_TOLERANCE):  # a hair outside after the last pull: not a move
+                    continue
+                shrink = self.distance / ratio
+                moved = True
+                if self._weights.change_is_stored:
+                    flat = self._weights.weight(name).detach().view(-1)
+                    index, anchor = self._long_index[name], self._anchor[name]
+                    kept = torch.lerp(anchor, flat.index_select(0, index).float(), shrink)
+                    flat.index_copy_(0, index, round_toward(kept, anchor, flat.dtype))
+                else:  # the whole update of that layer: its kept entries are a slice of scaling * B A
+                    self._weights.scale_lora_update(shrink, name)
+        return moved
 
     def consolidate(self, ctx: TaskContext) -> None:
         if self.last_alpha is not None:
             ctx.log["layerwise_alpha_max"] = float(self.last_alpha.max())
-        if self.target is not None:
+        if self.target is not None or self.distance is not None:
             ctx.log["layerwise_projected_steps"] = self._projected_steps
+        if self.target is not None:
             ctx.log["layerwise_largest_predicted_rise"] = self._largest_rise
-            self._projected_steps, self._largest_rise = 0, 0.0
+        if self.distance is not None:
+            ctx.log["layerwise_largest_relative_distance_seen"] = self._largest_ratio
+        self._projected_steps, self._largest_rise, self._largest_ratio = 0, 0.0, 0.0
         if self.source == "auto":  # protect this task too from the next one on
             if self._recorded_steps:
                 dense = {name: total / self._recorded_steps for name, total in self._recorded.items()}
@@ -329,6 +386,7 @@ class Layerwise(Strategy):
             else:
                 self._record_importance(ctx, "current_task")
         self._drift, self._omega, self._recorded, self._anchor, self._long_index = {}, {}, {}, {}, {}
+        self._start_norms = {}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         state = {f"index/{name}": index for name, index in self.index.items()}
