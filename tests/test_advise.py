@@ -54,6 +54,14 @@ def test_shipped_evidence_matches_the_committed_result_tables():
     assert "quality.md" in source
     replay = next(c for c in several if c.name == "replay")
     assert replay.stores_raw_data
+    # One task: the worse of quality-legal.md and quality-jargon.md. ewc's cap kept legal (+0.0003) but not jargon
+    # (-0.0256); lwf the reverse (legal -0.0108, jargon +0.0076). The gain kept is jargon's (legal's is noise).
+    single, source = shipped_evidence(tasks=1)
+    by_name = {c.name: c for c in single}
+    assert (by_name["ewc"].general_change, by_name["ewc"].domain, by_name["ewc"].gain_kept) == (-0.0256, "jargon", 1.24)
+    assert (by_name["lwf"].general_change, by_name["lwf"].domain, by_name["lwf"].gain_kept) == (-0.0108, "legal", 1.09)
+    assert by_name["naive(lr=0.0002,steps=15)"].domain == "jargon"  # naive's frontier: jargon only
+    assert "quality-jargon.md" in source
 
 
 def test_advise_reads_the_users_own_comparison(tmp_path, capsys):

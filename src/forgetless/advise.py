@@ -1,8 +1,9 @@
 """`forgetless advise`: which strategy (or stack) to use, from your constraints and measured evidence.
 
 The evidence is the user's own `forgetless compare` / `tune` folders when given (`--from DIR`), otherwise the
-shipped benchmark table (data/assets/advice/evidence.json, built from docs/results by
-scripts/build_advice_evidence.py); the answer says which. The decision is the small table below:
+shipped benchmark tables (data/assets/advice/evidence.json, built from docs/results by
+scripts/build_advice_evidence.py: several tasks from the bundled sequence, one task from the worse of `legal` and
+`jargon` per strategy); the answer says which. The decision is the small table below:
 
 | constraint                   | rule                                                                     |
 |------------------------------|--------------------------------------------------------------------------|
@@ -69,6 +70,7 @@ class Candidate:
     stores_raw_data: bool
     # Generation checks where measured: {"instructions": (change, se), "leakage": (change, se)}.
     generation: dict[str, tuple[float, float]] = field(default_factory=dict)
+    domain: str | None = None  # shipped one-task evidence: the domain whose (worse) general change this is
 
     def lost_generation(self, budget: float) -> list[str]:
         """The generation checks this candidate fell on beyond the budget by more than noise."""
@@ -96,7 +98,7 @@ def shipped_evidence(tasks: int) -> tuple[list[Candidate], str]:
     key = "several_tasks" if tasks > 1 else "one_task"
     candidates = [
         Candidate(name, row[key]["general_change"], row[key]["se"], row[key]["gain_kept"], row["step_ratio"],
-                  row["stores_raw_data"], _generation(row))
+                  row["stores_raw_data"], _generation(row), row[key].get("domain"))
         for name, row in data["strategies"].items() if row.get(key)
     ]
     return candidates, (f"the shipped benchmark table ({data['provenance'][key]}; generation checks: "
@@ -174,7 +176,7 @@ def _train_setting(override: dict[str, str]) -> str:
 
 def render(advice: Advice, constraints: Constraints) -> str:
     def evidence(c: Candidate) -> str:
-        parts = [f"general change {c.general_change:+.4f} ± {c.se:.4f}"]
+        parts = [f"general change {c.general_change:+.4f} ± {c.se:.4f}" + (f" (on {c.domain})" if c.domain else "")]
         if c.gain_kept is not None:
             parts.append(f"{100 * c.gain_kept:.0f} % of naive's in-domain gain kept")
         if c.step_ratio is not None:
