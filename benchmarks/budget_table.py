@@ -10,6 +10,8 @@ knob from `forgetless tune`), each taken after its first task, and prints one ta
 change ± s.e., whether each run ends within budget by the run's own rule (change + 1.96 s.e. >= -limit) and
 by the point estimate (change >= -limit), and the decisions the budget took. Each budget run is set against the
 strongest fixed setting (largest gain within budget) of its own strategy, and the strongest of all is named.
+`--lr` trains every budget run at that learning rate (use a folder of its own: a finished entry run at another
+learning rate is refused, not reused).
 """
 
 from __future__ import annotations
@@ -111,7 +113,11 @@ def main() -> None:
         folder = args.out / label
         if args.table_only and not finished(folder):
             continue
-        if not finished(folder):  # a finished entry is not run again
+        if finished(folder):  # not run again, but only at the settings asked for
+            ran = json.loads((folder / "results.json").read_text(encoding="utf-8"))["config"]["train"]["lr"]
+            if ran != config.train.lr:
+                raise SystemExit(f"{folder} ran at lr {ran}, not {config.train.lr}: give another --out")
+        else:
             before = load_before(args.out, config)
             run = ContinualRun(config, folder, before=before)
             run.execute()

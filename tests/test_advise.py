@@ -59,7 +59,9 @@ def test_shipped_evidence_matches_the_committed_result_tables():
     single, source = shipped_evidence(tasks=1)
     by_name = {c.name: c for c in single}
     assert (by_name["ewc"].general_change, by_name["ewc"].domain, by_name["ewc"].gain_kept) == (-0.0256, "jargon", 1.24)
-    assert (by_name["lwf"].general_change, by_name["lwf"].domain, by_name["lwf"].gain_kept) == (-0.0108, "legal", 1.09)
+    lwf = by_name["lwf"]
+    assert (lwf.general_change, lwf.domain, lwf.gain_kept, lwf.gain_domain) == (-0.0108, "legal", 1.09, "jargon")
+    assert "109 % of naive's in-domain gain kept (on jargon)" in render(advise(Constraints(), [lwf], "test"), Constraints())
     assert by_name["naive(lr=0.0002,steps=15)"].domain == "jargon"  # naive's frontier: jargon only
     assert "quality-jargon.md" in source
 

@@ -71,6 +71,7 @@ class Candidate:
     # Generation checks where measured: {"instructions": (change, se), "leakage": (change, se)}.
     generation: dict[str, tuple[float, float]] = field(default_factory=dict)
     domain: str | None = None  # shipped one-task evidence: the domain whose (worse) general change this is
+    gain_domain: str | None = None  # ... and the domain its gain kept is from
 
     def lost_generation(self, budget: float) -> list[str]:
         """The generation checks this candidate fell on beyond the budget by more than noise."""
@@ -98,7 +99,7 @@ def shipped_evidence(tasks: int) -> tuple[list[Candidate], str]:
     key = "several_tasks" if tasks > 1 else "one_task"
     candidates = [
         Candidate(name, row[key]["general_change"], row[key]["se"], row[key]["gain_kept"], row["step_ratio"],
-                  row["stores_raw_data"], _generation(row), row[key].get("domain"))
+                  row["stores_raw_data"], _generation(row), row[key].get("domain"), row[key].get("gain_domain"))
         for name, row in data["strategies"].items() if row.get(key)
     ]
     return candidates, (f"the shipped benchmark table ({data['provenance'][key]}; generation checks: "
@@ -178,7 +179,8 @@ def render(advice: Advice, constraints: Constraints) -> str:
     def evidence(c: Candidate) -> str:
         parts = [f"general change {c.general_change:+.4f} ± {c.se:.4f}" + (f" (on {c.domain})" if c.domain else "")]
         if c.gain_kept is not None:
-            parts.append(f"{100 * c.gain_kept:.0f} % of naive's in-domain gain kept")
+            parts.append(f"{100 * c.gain_kept:.0f} % of naive's in-domain gain kept"
+                         + (f" (on {c.gain_domain})" if c.gain_domain and c.gain_domain != c.domain else ""))
         if c.step_ratio is not None:
             parts.append(f"step time {c.step_ratio:.2f}x")
         parts.append("stores training rows" if c.stores_raw_data else "stores no training rows")
