@@ -113,11 +113,7 @@ def main() -> None:
         folder = args.out / label
         if args.table_only and not finished(folder):
             continue
-        if finished(folder):  # not run again, but only at the settings asked for
-            ran = json.loads((folder / "results.json").read_text(encoding="utf-8"))["config"]["train"]["lr"]
-            if ran != config.train.lr:
-                raise SystemExit(f"{folder} ran at lr {ran}, not {config.train.lr}: give another --out")
-        else:
+        if not finished(folder):  # a finished entry is not run again, but only read at the settings asked for
             before = load_before(args.out, config)
             run = ContinualRun(config, folder, before=before)
             run.execute()
@@ -125,6 +121,8 @@ def main() -> None:
                 atomic_write_json(args.out / "before.json",
                                   {"key": before_key(config), "log": run.evaluator.log.first().to_json()})
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        if results["config"]["train"]["lr"] != config.train.lr:
+            raise SystemExit(f"{folder} ran at lr {results['config']['train']['lr']}, not {config.train.lr}: give another --out")
         runs.append({"label": label, "decisions": decisions(results), **first_task(results)})
     fixed = fixed_rows(args.fixed)
 

@@ -23,6 +23,8 @@ from .base import StrategyParams
 # Chunk of the passes: the fp32 operands of one chunk stay in cache between the operations.
 CHUNK = 1 << 18
 RELATIVE_TOLERANCE = 1e-3  # P ends within target * (1 +- this)
+# A distance cap's tensor put on its sphere at the last step may read a hair outside it (rounding): not a new move.
+SPHERE_TOLERANCE = 1e-5
 MAX_ITERATIONS = 40
 
 
@@ -101,6 +103,11 @@ def project(parameters, anchor, fisher, target: float) -> tuple[float, float]:
     return before, mu
 
 
+def scaled_toward(anchor: torch.Tensor, values: torch.Tensor, factor: float) -> torch.Tensor:
+    """anchor + factor * (values - anchor), in `values`' dtype, rounded toward `anchor` (the distance caps' pull)."""
+    return round_toward(torch.lerp(anchor, values.float(), factor), anchor, values.dtype)
+
+
 def round_toward(x: torch.Tensor, anchor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`x` (fp32) in `dtype`, each entry rounded to its nearest value no farther from `anchor` than x is.
 
@@ -132,11 +139,12 @@ class CapByDefault(StrategyParams):
         return require_protection(self)
 
 
-def require_protection(params):
-    """A strategy with both a price (`lam`) and a cap (`target`) must have one of them: lam 0 without a target
-    would estimate its importance and then protect nothing."""
-    if params.lam == 0 and params.target is None:
-        raise ValueError("lam 0 without a target protects nothing: give lam > 0, a target, or (ewc, l2sp) neither for "
+def require_protection(params, caps: tuple[str, ...] = ("target",)):
+    """A strategy with a price (`lam`) and caps (`target`, ...) must have one of them: lam 0 without a cap would
+    estimate its importance and then protect nothing."""
+    if params.lam == 0 and all(getattr(params, cap) is None for cap in caps):
+        named = " or ".join(f"a {cap}" for cap in caps)
+        raise ValueError(f"lam 0 without {named} protects nothing: give lam > 0, {named}, or (ewc, l2sp) neither for "
                          "the default cap")
     return params
 

@@ -23,11 +23,10 @@ from pydantic import Field
 
 from ..task_weights import TaskWeights
 from . import register_strategy
-from ._trust_region import CapByDefault, round_toward
+from ._trust_region import SPHERE_TOLERANCE, CapByDefault, scaled_toward
 from .base import Strategy, Strength, TaskContext
 from .ewc import squared_distance
 
-SPHERE_TOLERANCE = 1e-5
 # Each tensor at most 1 % of its norm from the start: below the median tensor's 1.6 % after naive's 30 steps on the
 # bundled `support` task, so it binds on most of them; a round number, not tuned (docs/results/defaults.md).
 DEFAULT_TARGET = 0.01
@@ -88,7 +87,7 @@ class L2SP(Strategy):
                 if self._weights.change_is_stored:
                     weight = self._weights.weight(name)
                     anchor = self._anchor_on(name, weight)
-                    weight.copy_(round_toward(torch.lerp(anchor, weight.float(), shrink), anchor, weight.dtype))
+                    weight.copy_(scaled_toward(anchor, weight, shrink))
                 else:
                     self._weights.scale_lora_update(shrink, name)
         self._projected_steps += int(bool(over))

@@ -41,11 +41,10 @@ from ..evaluation._scoring import model_device
 from ..nn import token_cross_entropy, trained_tokens
 from . import register_strategy
 from ._common import batches, block_index, protection_examples
-from ._trust_region import DEFAULT_TARGET, project, round_toward
+from ._trust_region import DEFAULT_TARGET, SPHERE_TOLERANCE, project, require_protection, scaled_toward
 from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
 LayerWeighting = Literal["adaptive", "uniform"]
-SPHERE_TOLERANCE = 1e-5
 # The distance cap's centre for a tuning grid: l2sp's default, a share of the weights' norm (not tuned here).
 DISTANCE_CENTRE = 0.01
 ImportanceSource = Literal["auto", "general"]
@@ -138,10 +137,7 @@ class Layerwise(Strategy):
 
         @model_validator(mode="after")
         def _protects_something(self):
-            if self.lam == 0 and self.target is None and self.distance is None:
-                raise ValueError("lam 0 without a target or a distance protects nothing: give lam > 0, a target or a "
-                                 "distance")
-            return self
+            return require_protection(self, caps=("target", "distance"))
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -362,8 +358,7 @@ class Layerwise(Strategy):
                 if self._weights.change_is_stored:
                     flat = self._weights.weight(name).detach().view(-1)
                     index, anchor = self._long_index[name], self._anchor[name]
-                    kept = torch.lerp(anchor, flat.index_select(0, index).float(), shrink)
-                    flat.index_copy_(0, index, round_toward(kept, anchor, flat.dtype))
+                    flat.index_copy_(0, index, scaled_toward(anchor, flat.index_select(0, index), shrink))
                 else:  # the whole update of that layer: its kept entries are a slice of scaling * B A
                     self._weights.scale_lora_update(shrink, name)
         return moved
