@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/budget_table.py --out bench-out/budget --fixed bench-out/frontier bench-out/tune
 
-Runs the first task of the bundled benchmark (`support`, the set-up of benchmarks/quality.py) once per budget
-entry, with the general suite every `--every` steps and `budget: {max_general_drop: 0.01, on_exceed: ...}`;
+Runs `--tasks` (default: the first task of the bundled benchmark, `support`; the set-up of benchmarks/quality.py)
+once per budget entry, with the general suite every `--every` steps and `budget: {max_general_drop: 0.01, on_exceed: ...}`;
 the entries share one "before" evaluation (DIR/before.json). Then it reads fixed settings from `--fixed`
 compare folders (naive at other learning rates and step counts from `quality.py --frontier-...`, a strategy's
-knob from `forgetless tune`), each taken after its first task, and prints one table: in-domain gain, general
-change ± s.e., whether each run ends within budget by the run's own rule (change + 1.96 s.e. >= -limit) and
+knob from `forgetless tune`), each read over the same tasks (a run of more tasks after the last of them), and
+prints one table: in-domain gain (the mean over the tasks, each right after its training), general change ± s.e.
+after the last task, whether each run ends within budget by the run's own rule (change + 1.96 s.e. >= -limit) and
 by the point estimate (change >= -limit), and the decisions the budget took. Each budget run is set against the
 strongest fixed setting (largest gain within budget) of its own strategy, and the strongest of all is named.
 `--lr` trains every budget run at that learning rate (use a folder of its own: a finished entry run at another
@@ -51,11 +52,15 @@ def budget_config(tasks: list[str], every: int, strategies: list, on_exceed: str
     return parse_config({**data, "strategies": strategies, "budget": {"max_general_drop": limit, **fields}}, "budget_table")
 
 
-def first_task(results: dict) -> dict:
-    """In-domain gain on the first task, and the general change ± s.e. after it (before its next task)."""
-    task = results["tasks"][0]
-    after = next(p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] == task)
-    return {"gain": results["matrix"][1][0] - results["matrix"][0][0], "change": after["delta"], "se": after["se"]}
+def over_tasks(results: dict, tasks: list[str]) -> dict:
+    """In-domain gain (mean over `tasks`, each right after its training) and the general change ± s.e. after the
+    last of them, before any later task of the run moves it: a run's first task alone, or its whole sequence."""
+    if results["tasks"][: len(tasks)] != tasks:
+        raise SystemExit(f"a run over {results['tasks']} cannot be read over {tasks}: its tasks must begin with those")
+    matrix = results["matrix"]
+    gains = [matrix[i + 1][i] - matrix[0][i] for i in range(len(tasks))]
+    after = next(p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] == tasks[-1])
+    return {"gain": sum(gains) / len(gains), "change": after["delta"], "se": after["se"]}
 
 
 def finished(folder: Path) -> bool:
@@ -70,12 +75,12 @@ def decisions(results: dict) -> str:
                      + f" at {c['general_change']:+.4f} ± {c['se']:.4f}" for c in acted) or "none"
 
 
-def fixed_rows(folders: list[Path]) -> list[dict]:
+def fixed_rows(folders: list[Path], tasks: list[str]) -> list[dict]:
     rows = []
     for folder in folders:
         for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]:
             results = json.loads((folder / row["strategy"].replace("/", "_") / "results.json").read_text(encoding="utf-8"))
-            rows.append({"label": row["strategy"], "source": str(folder), **first_task(results)})
+            rows.append({"label": row["strategy"], "source": str(folder), **over_tasks(results, tasks)})
     return rows
 
 
@@ -123,8 +128,8 @@ def main() -> None:
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         if results["config"]["train"]["lr"] != config.train.lr:
             raise SystemExit(f"{folder} ran at lr {results['config']['train']['lr']}, not {config.train.lr}: give another --out")
-        runs.append({"label": label, "decisions": decisions(results), **first_task(results)})
-    fixed = fixed_rows(args.fixed)
+        runs.append({"label": label, "decisions": decisions(results), **over_tasks(results, args.tasks)})
+    fixed = fixed_rows(args.fixed, args.tasks)
 
     def within(row: dict) -> tuple[bool, bool]:
         return row["change"] + _Z * row["se"] >= -args.limit, row["change"] >= -args.limit
