@@ -52,11 +52,11 @@ def budget_config(tasks: list[str], every: int, strategies: list, on_exceed: str
     return parse_config({**data, "strategies": strategies, "budget": {"max_general_drop": limit, **fields}}, "budget_table")
 
 
-def over_tasks(results: dict, tasks: list[str]) -> dict:
+def over_tasks(results: dict, tasks: list[str], where: Path) -> dict:
     """In-domain gain (mean over `tasks`, each right after its training) and the general change ± s.e. after the
     last of them, before any later task of the run moves it: a run's first task alone, or its whole sequence."""
     if results["tasks"][: len(tasks)] != tasks:
-        raise SystemExit(f"a run over {results['tasks']} cannot be read over {tasks}: its tasks must begin with those")
+        raise SystemExit(f"{where}: a run over {results['tasks']} cannot be read over {tasks}: its tasks must begin with those")
     matrix = results["matrix"]
     gains = [matrix[i + 1][i] - matrix[0][i] for i in range(len(tasks))]
     after = next(p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] == tasks[-1])
@@ -79,8 +79,9 @@ def fixed_rows(folders: list[Path], tasks: list[str]) -> list[dict]:
     rows = []
     for folder in folders:
         for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]:
-            results = json.loads((folder / row["strategy"].replace("/", "_") / "results.json").read_text(encoding="utf-8"))
-            rows.append({"label": row["strategy"], "source": str(folder), **over_tasks(results, tasks)})
+            run = folder / row["strategy"].replace("/", "_")
+            results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+            rows.append({"label": row["strategy"], "source": str(folder), **over_tasks(results, tasks, run)})
     return rows
 
 
@@ -128,7 +129,7 @@ def main() -> None:
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         if results["config"]["train"]["lr"] != config.train.lr:
             raise SystemExit(f"{folder} ran at lr {results['config']['train']['lr']}, not {config.train.lr}: give another --out")
-        runs.append({"label": label, "decisions": decisions(results), **over_tasks(results, args.tasks)})
+        runs.append({"label": label, "decisions": decisions(results), **over_tasks(results, args.tasks, folder)})
     fixed = fixed_rows(args.fixed, args.tasks)
 
     def within(row: dict) -> tuple[bool, bool]:
