@@ -10,9 +10,11 @@ knob from `forgetless tune`), each read over the same tasks (a run of more tasks
 prints one table: in-domain gain (the mean over the tasks, each right after its training), general change ± s.e.
 after the last task, whether each run ends within budget by the run's own rule (change + 1.96 s.e. >= -limit) and
 by the point estimate (change >= -limit), and the decisions the budget took. Each budget run is set against the
-strongest fixed setting (largest gain within budget) of its own strategy, and the strongest of all is named.
-`--lr` trains every budget run at that learning rate (use a folder of its own: a finished entry run at another
-learning rate is refused, not reused).
+strongest fixed setting (largest gain within budget) of its own strategy, and the strongest of all is named; where
+both runs kept their per-item scores (evaluations.json), the gain difference has a paired bootstrap s.e. over the
+held-out items (the noise of the test set, not of the training seed).
+`--lr` and `--every` set every budget run's learning rate and checks (use a folder of its own: a finished entry run
+with another config is refused, not reused).
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from quality import base_config  # benchmarks/, beside this script
 
 from forgetless.compare import before_key, load_before
 from forgetless.config import parse_config
+from forgetless.evaluation.evaluator import EvaluationLog
 from forgetless.fileio import atomic_write_json, atomic_write_text
+from forgetless.metrics import general_change
 from forgetless.report import format_table
+from forgetless.resume import config_differences
 from forgetless.training import ContinualRun
 
 # (label, strategies, on_exceed). ewc starts 16 times weaker than its lam 100 (the default until 2026-12-02) or
@@ -60,7 +65,20 @@ def over_tasks(results: dict, tasks: list[str], where: Path) -> dict:
     matrix = results["matrix"]
     gains = [matrix[i + 1][i] - matrix[0][i] for i in range(len(tasks))]
     after = next(p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] == tasks[-1])
-    return {"gain": sum(gains) / len(gains), "change": after["delta"], "se": after["se"]}
+    evaluations = where / "evaluations.json"  # runs before 2026-12-02 did not keep their per-item scores
+    samples = EvaluationLog.read(evaluations).held_out_after(tasks) if evaluations.exists() else None
+    return {"gain": sum(gains) / len(gains), "change": after["delta"], "se": after["se"], "samples": samples}
+
+
+def gain_difference(run: dict, fixed: dict) -> str:
+    """run's mean in-domain gain minus fixed's, with the paired s.e. over held-out items where both kept them."""
+    if run["samples"] is None or fixed["samples"] is None:
+        return f"{run['gain'] - fixed['gain']:+.4f} (no s.e.: a run without evaluations.json)"
+    # Both start from the same "before" scores, so the gain difference is the difference of the after-scores.
+    change = general_change(fixed["samples"], run["samples"])
+    if abs(change["delta_abs"] - (run["gain"] - fixed["gain"])) > 1e-9:
+        raise SystemExit(f"{run['label']} and {fixed['label']} did not start from the same scores: their gains cannot be paired")
+    return f"{change['delta_abs']:+.4f} ± {change['delta_se']:.4f}"
 
 
 def finished(folder: Path) -> bool:
@@ -127,8 +145,9 @@ def main() -> None:
                 atomic_write_json(args.out / "before.json",
                                   {"key": before_key(config), "log": run.evaluator.log.first().to_json()})
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-        if results["config"]["train"]["lr"] != config.train.lr:
-            raise SystemExit(f"{folder} ran at lr {results['config']['train']['lr']}, not {config.train.lr}: give another --out")
+        differs = config_differences(results["config"], config.model_dump(mode="json"))
+        if differs:
+            raise SystemExit(f"{folder} ran with another config (differs in {differs}): give another --out")
         runs.append({"label": label, "decisions": decisions(results), **over_tasks(results, args.tasks, folder)})
     fixed = fixed_rows(args.fixed, args.tasks)
 
@@ -154,7 +173,7 @@ def main() -> None:
             elif best is None:
                 text.append(f"- {run['label']}: no fixed {family(run['label'])} setting within budget to compare")
             else:
-                text.append(f"- {run['label']}: gain {run['gain'] - best['gain']:+.4f} against the strongest fixed "
+                text.append(f"- {run['label']}: gain {gain_difference(run, best)} against the strongest fixed "
                             f"{family(run['label'])} setting within budget, {describe(best)}")
     atomic_write_text(args.out / "budget.md", "\n".join(text) + "\n")
     print("\n".join(text))

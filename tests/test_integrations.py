@@ -14,6 +14,8 @@ from transformers import Trainer, TrainingArguments
 import forgetless
 from forgetless.data.encoding import IGNORE_INDEX
 from forgetless.errors import ForgetlessError
+from forgetless.evaluation.evaluator import EvaluationLog
+from forgetless.metrics import general_change
 from forgetless.results import RunResults
 
 from .conftest import make_tiny_lm
@@ -149,6 +151,12 @@ def test_monitor_logs_through_the_trainer_and_writes_results(tmp_path, tokenizer
     assert last["forgetless/general_tasks_fell"] == sum(
         not t.within_noise and t.delta < 0 for t in results.metrics.general_tasks.values())
     assert (tmp_path / "mon" / "report.md").is_file()
+    # The items behind the scores, for comparing this run with another item by item.
+    log = EvaluationLog.read(tmp_path / "mon" / "evaluations.json")
+    assert log.task_samples[-1]["mc"].score() == pytest.approx(last["forgetless/task/mc"])
+    change = general_change(log.general_samples[0], log.general_samples[-1])
+    assert (change["delta_abs"], change["delta_se"]) == pytest.approx((last["forgetless/general_change"],
+                                                                       last["forgetless/general_change_se"]))
 
 
 def test_with_strategies_takes_only_trainer_classes():

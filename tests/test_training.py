@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from forgetless.evaluation.evaluator import EvaluationLog
+from forgetless.metrics import general_change
 from forgetless.strategies import Strategy, register_strategy
 from forgetless.training import run_continual
 
@@ -49,6 +51,19 @@ def test_full_run_learns_and_writes_everything(tmp_path, tokenizer, task_files):
     for name in ("after-1-chat", "after-2-text"):
         assert (out / "checkpoints" / name / "model.safetensors").is_file()
     assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir())  # no staging leftovers
+
+    # evaluations.json holds the items behind every score: they give back the matrix's diagonal and each point of
+    # the general curve with its s.e., so another run can be compared with this one item by item.
+    log = EvaluationLog.read(out / "evaluations.json")
+    held_out = log.held_out_after(["chat", "text"])
+    assert held_out["chat"].score() == pytest.approx(r10) and held_out["text"].score() == pytest.approx(r21)
+    assert log.task_samples[0]["chat"].score() == pytest.approx(r00)
+    for point, samples in zip(results.general_curve, log.general_samples):
+        change = general_change(log.general_samples[0], samples)
+        assert (change["delta_abs"], change["delta_se"]) == pytest.approx((point.delta, point.se))
+    assert results.general_curve[-1].se > 0
+    with pytest.raises(ValueError, match="no evaluation after training"):
+        log.held_out_after(["chat", "code"])
 
 
 def test_lora_merge_run_saves_adapters_only_and_keeps_base_frozen(tmp_path, tokenizer, task_files):

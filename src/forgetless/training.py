@@ -472,6 +472,7 @@ class ContinualRun:
         results = self._results(time.perf_counter() - started)
         if is_main_process():  # under accelerate/torchrun every process trains; one writes
             shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
+            self.evaluator.log.write(self.out_dir / "evaluations.json")  # before results.json marks the run complete
             atomic_write_json(self.out_dir / "results.json", {**results.to_json(), "complete": True})
             from .report import write_report
 

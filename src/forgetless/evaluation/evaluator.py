@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..metrics import ScoreSamples
@@ -38,6 +40,28 @@ class EvaluationLog:
 
         return cls(data["general"], data["task_evals"], samples(data["general_samples"]), samples(data["task_samples"]),
                    data.get("seconds", 0.0))
+
+    def write(self, path: str | Path) -> None:
+        """evaluations.json: compact (the per-item samples are most of it), written whole or not at all."""
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_json(), ensure_ascii=False) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> "EvaluationLog":
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def held_out_after(self, tasks: list[str]) -> dict[str, ScoreSamples]:
+        """Each task's held-out samples right after its own training, before later tasks move it: the items
+        behind the score matrix's diagonal, so two runs' in-domain scores can be compared item by item."""
+        found = {}
+        for record, samples in zip(self.task_evals, self.task_samples):
+            if record["stage"] == "after_task" and record["task"] in tasks and record["task"] not in found:
+                found[record["task"]] = samples[record["task"]]
+        missing = [t for t in tasks if t not in found]
+        if missing:
+            raise ValueError(f"no evaluation after training {missing}: the log has {sorted(found) or 'none'}")
+        return {t: found[t] for t in tasks}
 
 
 class Evaluator:

@@ -219,5 +219,6 @@ class ForgettingMonitor(TrainerCallback):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         results = self.results()
+        self.evaluator.log.write(out_dir / "evaluations.json")
         atomic_write_json(out_dir / "results.json", results.to_json())
         write_report(results, out_dir)
