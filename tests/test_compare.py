@@ -196,8 +196,10 @@ def test_frontier_by_hand():
 
 
 def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, compare_config, monkeypatch):
-    from forgetless.compare import naive_frontier
+    from forgetless.compare import frontier_noise, naive_frontier
+    from forgetless.evaluation.evaluator import EvaluationLog
     from forgetless.frontier import distances
+    from forgetless.frontier_noise import RunItems, frontier_distance_se
 
     stages = []
     evaluate = Evaluator.evaluate
@@ -219,6 +221,18 @@ def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, com
     assert (l2sp.change_saved_vs_frontier, l2sp.gain_added_vs_frontier) == distances(
         front, (l2sp.mean_gain, l2sp.general_delta_abs))
     assert rows[0].change_saved_vs_frontier is None  # naive rows are the frontier, not measured against it
+    # The distances' s.e. come from the runs' own items, the naive rows' and l2sp's, read from their folders.
+    items = {r.strategy: RunItems.from_log(EvaluationLog.read(out / r.strategy / "evaluations.json"), ["chat", "text"])
+             for r in rows}
+    saved_se, added_se = frontier_distance_se([items[r.strategy] for r in rows if r.is_naive], [items["l2sp"]])[0]
+    assert (l2sp.change_saved_vs_frontier_se, l2sp.gain_added_vs_frontier_se) == (
+        None if l2sp.change_saved_vs_frontier is None else saved_se, None if l2sp.gain_added_vs_frontier is None else added_se)
+    assert l2sp.gain_added_vs_frontier_se is not None
+    assert f"{l2sp.gain_added_vs_frontier:+.4f} ± {l2sp.gain_added_vs_frontier_se:.4f}" in (out / "compare.md").read_text()
+    # A naive row without its items (a run from before they were kept): no s.e., rather than one from fewer runs.
+    (out / "naive(lr=0.001,steps=1)" / "evaluations.json").unlink()
+    frontier_noise(rows, out)
+    assert l2sp.gain_added_vs_frontier_se is None and l2sp.gain_added_vs_frontier is not None
 
 
 def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, compare_config):

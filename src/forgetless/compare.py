@@ -65,6 +65,9 @@ class ComparisonRow(GeneralSummary):
     train_override: dict[str, Any] = Field(default_factory=dict)
     change_saved_vs_frontier: float | None = None
     gain_added_vs_frontier: float | None = None
+    # Their paired bootstrap s.e. over the evaluation items (forgetless.frontier_noise), where every run kept them.
+    change_saved_vs_frontier_se: float | None = None
+    gain_added_vs_frontier_se: float | None = None
 
     @property
     def is_naive(self) -> bool:
@@ -208,6 +211,29 @@ def against_frontier(rows: list[ComparisonRow]) -> None:
         row.change_saved_vs_frontier, row.gain_added_vs_frontier = saved, added
 
 
+def frontier_noise(rows: list[ComparisonRow], out: Path) -> None:
+    """Each distance's s.e. from naive's frontier, where the naive rows and the row kept their evaluations.json."""
+    from .evaluation.evaluator import EvaluationLog
+    from .frontier_noise import RunItems, frontier_distance_se
+
+    tasks = list(rows[0].in_domain_gain) if rows else []
+
+    def items(row: ComparisonRow) -> RunItems | None:
+        path = out / row.strategy.replace("/", "_") / "evaluations.json"  # rows from before 2026-12-03 have none
+        return RunItems.from_log(EvaluationLog.read(path), tasks) if path.exists() else None
+
+    for row in rows:
+        row.change_saved_vs_frontier_se = row.gain_added_vs_frontier_se = None
+    naive = [items(row) for row in rows if row.is_naive and row.general_delta_abs is not None]
+    if not naive or None in naive:
+        return
+    measured = [(row, items(row)) for row in rows if (row.change_saved_vs_frontier, row.gain_added_vs_frontier) != (None, None)]
+    measured = [(row, found) for row, found in measured if found is not None]
+    for (row, _), (saved, added) in zip(measured, frontier_distance_se(naive, [found for _, found in measured])):
+        row.change_saved_vs_frontier_se = saved if row.change_saved_vs_frontier is not None else None
+        row.gain_added_vs_frontier_se = added if row.gain_added_vs_frontier is not None else None
+
+
 def markdown(table: dict[str, Any]) -> str:
     from .report import format_table
 
@@ -247,7 +273,7 @@ def markdown(table: dict[str, Any]) -> str:
         "general delta ± s.e.", "worst general task ± s.e. (fell)", *[f"{name} ± s.e." for name in checks],
         "relative", "BWT", "forgetting",
         f"drop cut vs {baseline}", f"gain kept vs {baseline}",
-        "change saved vs frontier", "gain added vs frontier",
+        "change saved vs frontier ± s.e.", "gain added vs frontier ± s.e.",
         "s / step", f"step time vs {baseline}", "peak memory", "state", "stores raw data", "wall time",
     ]
     body = [
@@ -263,8 +289,8 @@ def markdown(table: dict[str, Any]) -> str:
             signed(row.forgetting),
             pct(row.general_drop_cut),
             pct(row.in_domain_gain_kept),
-            signed(row.change_saved_vs_frontier),
-            signed(row.gain_added_vs_frontier),
+            signed_with_se(row.change_saved_vs_frontier, row.change_saved_vs_frontier_se),
+            signed_with_se(row.gain_added_vs_frontier, row.gain_added_vs_frontier_se),
             "—" if row.seconds_per_step is None else f"{row.seconds_per_step:.2f}",
             "—" if row.step_time_ratio is None else f"{row.step_time_ratio:.2f}x",
             "—" if row.peak_memory_mb is None else f"{row.peak_memory_mb:,.0f} MiB",
@@ -286,10 +312,19 @@ def markdown(table: dict[str, Any]) -> str:
         "",
         f"s.e.: paired bootstrap over the same evaluation items. Peak memory: {memory} (see forgetless.compare). "
         "Frontier: naive's rows at every train setting and the untrained model; distances along it are explained in "
-        "forgetless.frontier (positive beats what naive reaches by training less).",
+        "forgetless.frontier (positive beats what naive reaches by training less); their s.e. rescores every run on "
+        "the same resampled items and rebuilds the frontier each time (forgetless.frontier_noise), none where a run "
+        "kept no evaluations.json or the distance is undefined in some resample.",
         "",
     ]
     return "\n".join(lines)
+
+
+def signed_with_se(value: float | None, se: float | None) -> str:
+    """"+0.0123 ± 0.0045", "+0.0123" without an s.e., "—" without a value."""
+    if value is None:
+        return "—"
+    return f"{value:+.4f}" if se is None else f"{value:+.4f} ± {se:.4f}"
 
 
 def _number(value) -> str:
@@ -458,6 +493,7 @@ def compare(
         row.train_override = override
         rows = [r for r in rows if r.strategy != label] + [row]
         against_baseline(rows, baseline)
+        frontier_noise(rows, out)
         table["rows"] = [r.model_dump(mode="json") for r in rows]
         write_table(table, out)
     return rows

@@ -140,7 +140,7 @@ def render_run_html(results: RunResults) -> str:
 
 
 def render_comparison_html(table: dict[str, Any]) -> str:
-    from .compare import ComparisonRow, pareto_png
+    from .compare import ComparisonRow, pareto_png, signed_with_se
 
     rows = [ComparisonRow(**row) for row in table["rows"]]
     baseline = table.get("baseline", "naive")
@@ -155,7 +155,6 @@ def render_comparison_html(table: dict[str, Any]) -> str:
 
         def signed(value):
             return "—" if value is None else f"{value:+.4f}"
-
         checks = sorted({name for r in rows for name in r.generation})  # instructions / leakage, when scored
         body.append(_table(
             ["strategy", *[f"gain {t}" for t in tasks], "general change ± s.e.", *checks, "BWT", f"drop cut vs {baseline}",
@@ -165,7 +164,8 @@ def render_comparison_html(table: dict[str, Any]) -> str:
               "—" if r.general_delta_abs is None else f"{r.general_delta_abs:+.4f} ± {r.general_delta_se:.4f}",
               *["—" if c not in r.generation else "{:+.3f} ± {:.3f}".format(*r.generation[c]) for c in checks],
               signed(r.bwt), pct(r.general_drop_cut), pct(r.in_domain_gain_kept),
-              signed(r.change_saved_vs_frontier), signed(r.gain_added_vs_frontier),
+              signed_with_se(r.change_saved_vs_frontier, r.change_saved_vs_frontier_se),
+              signed_with_se(r.gain_added_vs_frontier, r.gain_added_vs_frontier_se),
               "—" if r.step_time_ratio is None else f"{r.step_time_ratio:.2f}x",
               "—" if r.peak_memory_mb is None else f"{r.peak_memory_mb:,.0f} MiB", f"{r.state_mb:.1f} MiB",
               ", ".join(r.stores_raw_data) or "no"] for r in rows],
