@@ -12,7 +12,9 @@ after the last task, whether each run ends within budget by the run's own rule (
 by the point estimate (change >= -limit), and the decisions the budget took. Each budget run is set against the
 strongest fixed setting (largest gain within budget) of its own strategy, and the strongest of all is named; where
 both runs kept their per-item scores (evaluations.json), the gain difference has a paired bootstrap s.e. over the
-held-out items (the noise of the test set, not of the training seed).
+held-out items (the noise of the test set, not of the training seed). Each budget run's distance from naive's
+frontier (the fixed naive settings and the untrained model, forgetless.frontier) follows, with the spread of a
+paired bootstrap that rescores every run on the same resampled items (forgetless.frontier_noise).
 `--lr` and `--every` set every budget run's learning rate and checks (use a folder of its own: a finished entry run
 with another config is refused, not reused).
 """
@@ -23,12 +25,15 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from quality import base_config  # benchmarks/, beside this script
 
 from forgetless.compare import before_key, load_before
 from forgetless.config import parse_config
 from forgetless.evaluation.evaluator import EvaluationLog
 from forgetless.fileio import atomic_write_json, atomic_write_text
+from forgetless.frontier import distances, pareto
+from forgetless.frontier_noise import RunItems, frontier_distance_replicates
 from forgetless.metrics import general_change
 from forgetless.report import format_table
 from forgetless.resume import config_differences
@@ -66,19 +71,52 @@ def over_tasks(results: dict, tasks: list[str], where: Path) -> dict:
     gains = [matrix[i + 1][i] - matrix[0][i] for i in range(len(tasks))]
     after = next(p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] == tasks[-1])
     evaluations = where / "evaluations.json"  # runs before 2026-12-02 did not keep their per-item scores
-    samples = EvaluationLog.read(evaluations).held_out_after(tasks) if evaluations.exists() else None
-    return {"gain": sum(gains) / len(gains), "change": after["delta"], "se": after["se"], "samples": samples}
+    items = RunItems.from_log(EvaluationLog.read(evaluations), tasks) if evaluations.exists() else None
+    return {"gain": sum(gains) / len(gains), "change": after["delta"], "se": after["se"], "items": items}
 
 
 def gain_difference(run: dict, fixed: dict) -> str:
     """run's mean in-domain gain minus fixed's, with the paired s.e. over held-out items where both kept them."""
-    if run["samples"] is None or fixed["samples"] is None:
+    if run["items"] is None or fixed["items"] is None:
         return f"{run['gain'] - fixed['gain']:+.4f} (no s.e.: a run without evaluations.json)"
     # Both start from the same "before" scores, so the gain difference is the difference of the after-scores.
-    change = general_change(fixed["samples"], run["samples"])
+    change = general_change(fixed["items"].held_out_after, run["items"].held_out_after)
     if abs(change["delta_abs"] - (run["gain"] - fixed["gain"])) > 1e-9:
         raise SystemExit(f"{run['label']} and {fixed['label']} did not start from the same scores: their gains cannot be paired")
     return f"{change['delta_abs']:+.4f} ± {change['delta_se']:.4f}"
+
+
+def distance(value: float | None, replicates) -> str:
+    """One distance from naive's frontier with its paired bootstrap spread (forgetless.frontier_noise)."""
+    if value is None:
+        return "none (beyond the frontier's range)"
+    if replicates is None:
+        return f"{value:+.4f} (no s.e.: a run without evaluations.json)"
+    # Undefined in a resample means beyond the frontier's range on the good side: more gain than any naive run
+    # (change at equal gain) or a higher general score than any (gain at equal change).
+    defined = replicates[~np.isnan(replicates)]
+    above = (np.isnan(replicates) | (replicates > 0)).mean()
+    low, high = np.percentile(defined, [2.5, 97.5])
+    spread = (f"± {np.std(defined, ddof=1):.4f}" if len(defined) == len(replicates)
+              else f"(s.e. undefined: beyond the frontier's range in {len(replicates) - len(defined)} resamples)")
+    return f"{value:+.4f} {spread}, 95 % of resamples in [{low:+.4f}, {high:+.4f}], above the frontier in {above:.0%}"
+
+
+def frontier_lines(runs: list[dict], fixed: list[dict]) -> list[str]:
+    """Each budget run's distance from naive's frontier (its fixed settings and the untrained model)."""
+    naive = [r for r in fixed if family(r["label"]) == "naive"]
+    if not naive or not runs:
+        return []
+    front = pareto([(r["gain"], r["change"]) for r in naive] + [(0.0, 0.0)])
+    paired = all(r["items"] is not None for r in naive + runs)
+    found = frontier_distance_replicates([r["items"] for r in naive], [r["items"] for r in runs]) if paired else None
+    text = ["", "Naive's frontier (gain, change): " + ", ".join(f"({g:+.4f}, {c:+.4f})" for g, c in front)
+            + "; distances with their paired bootstrap over the evaluation items (1000 resamples):"]
+    for i, run in enumerate(runs):
+        saved, added = distances(front, (run["gain"], run["change"]))
+        text.append(f"- {run['label']}: change saved at equal gain {distance(saved, None if found is None else found[i, :, 0])}; "
+                    f"gain added at equal change {distance(added, None if found is None else found[i, :, 1])}")
+    return text
 
 
 def finished(folder: Path) -> bool:
@@ -175,6 +213,7 @@ def main() -> None:
             else:
                 text.append(f"- {run['label']}: gain {gain_difference(run, best)} against the strongest fixed "
                             f"{family(run['label'])} setting within budget, {describe(best)}")
+    text += frontier_lines(runs, fixed)
     atomic_write_text(args.out / "budget.md", "\n".join(text) + "\n")
     print("\n".join(text))
 
