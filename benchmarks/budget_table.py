@@ -15,8 +15,8 @@ both runs kept their per-item scores (evaluations.json), the gain difference has
 held-out items (the noise of the test set, not of the training seed). Each budget run's distance from naive's
 frontier (the fixed naive settings and the untrained model, forgetless.frontier) follows, with the spread of a
 paired bootstrap that rescores every run on the same resampled items (forgetless.frontier_noise).
-`--lr` and `--every` set every budget run's learning rate and checks (use a folder of its own: a finished entry run
-with another config is refused, not reused).
+`--lr`, `--every` and `--seed` set every budget run's learning rate, checks and seed (use a folder of its own: a
+finished entry run with another config is refused, not reused).
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ _Z = 1.96
 
 
 def budget_config(tasks: list[str], every: int, strategies: list, on_exceed: str | dict, limit: float,
-                  lr: float | None = None):
+                  lr: float | None = None, seed: int = 0):
     """`on_exceed`: the mode's name, or the budget's fields beside its limit."""
     data = base_config("full", False, tasks, lr).model_dump()
     data["eval"]["every_steps"] = every
+    data["train"]["seed"] = seed  # also draws the tasks' held-out split
     fields = on_exceed if isinstance(on_exceed, dict) else {"on_exceed": on_exceed}
     return parse_config({**data, "strategies": strategies, "budget": {"max_general_drop": limit, **fields}}, "budget_table")
 
@@ -162,6 +163,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["support"])
     parser.add_argument("--every", type=int, default=5, help="full evaluation (and budget check) every N steps")
     parser.add_argument("--lr", type=float, help="learning rate of every budget run (default: quality.py's)")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed (and the held-out split) of every budget run")
     parser.add_argument("--limit", type=float, default=0.01, help="max_general_drop")
     parser.add_argument("--only", nargs="+", choices=[label for label, _, _ in ENTRIES], help="run only these entries")
     parser.add_argument("--table-only", action="store_true", help="run nothing: the table of the entries already finished")
@@ -171,7 +173,7 @@ def main() -> None:
     for label, strategies, on_exceed in ENTRIES:
         if args.only and label not in args.only:
             continue
-        config = budget_config(args.tasks, args.every, strategies, on_exceed, args.limit, args.lr)
+        config = budget_config(args.tasks, args.every, strategies, on_exceed, args.limit, args.lr, args.seed)
         folder = args.out / label
         if args.table_only and not finished(folder):
             continue
