@@ -17,6 +17,12 @@ cost general score at all (the untrained model itself is then dominated: a naive
 change >= 0), and a strategy with less gain and a drop must be measured against that point, not ignored.
 
 Positive numbers beat the frontier; a strategy within the noise of 0 did nothing naive's schedule could not.
+
+The lines join the Pareto points as they are, not their concave hull, so adding a naive run can lower the line:
+a new Pareto point below the segment between its neighbours bends the frontier down there. On `support` at
+seed 0, adding naive at lr 3e-4 for 15 steps (+0.2530 at -0.0308) between lr 2e-4 for 15 and for 30 steps moved
+`backoff`'s gain added at equal change from +0.0063 to +0.0078 (docs/results/budget.md). A larger set of naive runs
+can move the line either way; compare distances only against the same set of naive runs.
 """
 
 from __future__ import annotations
