@@ -234,6 +234,28 @@ def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, com
     frontier_noise(rows, out)
     assert l2sp.gain_added_vs_frontier_se is None and l2sp.gain_added_vs_frontier is not None
 
+    # Frontier points alone can join the table (no --strategies): no "before" scoring, the earlier rows kept and
+    # measured again against the frontier that now includes the new point.
+    stages.clear()
+    assert main(["compare", str(compare_config), "--frontier-lr", "0.001", "--frontier-steps", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    assert stages == ["after_task", "after_task"]
+    table = json.loads((out / "compare.json").read_text())
+    rows = [ComparisonRow(**row) for row in table["rows"]]
+    assert [r.strategy for r in rows] == [*labels, "naive(lr=0.001,steps=2)"]
+    assert "--strategies" not in table["commands"][-1] and "--frontier-steps 2" in table["commands"][-1]
+    l2sp = rows[1]
+    assert (l2sp.change_saved_vs_frontier, l2sp.gain_added_vs_frontier) == distances(
+        naive_frontier(rows), (l2sp.mean_gain, l2sp.general_delta_abs))
+
+
+def test_compare_with_nothing_to_run_is_refused(tmp_path, compare_config, capsys):
+    out = tmp_path / "cmp"
+    # The config's own lr and steps are not a frontier point: that run is the naive row itself.
+    assert main(["compare", str(compare_config), "--frontier-lr", "0.01", "--frontier-steps", "3", "--out", str(out)]) == 2
+    assert "nothing to run: give --strategies" in capsys.readouterr().err
+    assert not out.exists()
+
 
 def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, compare_config):
     data = yaml.safe_load(compare_config.read_text())

@@ -39,12 +39,17 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     specs = [parse_strategy(text) for text in args.strategies]
-    command = shlex.join(["forgetless", "compare", args.config, "--strategies", *args.strategies, "--out", args.out,
+    frontier = frontier_settings(config, args.frontier_lr, args.frontier_steps)
+    if not specs and not frontier:
+        raise ForgetlessError("compare: nothing to run: give --strategies, or --frontier-lr/--frontier-steps "
+                              "other than the config's own lr and steps")
+    command = shlex.join(["forgetless", "compare", args.config, *(["--strategies", *args.strategies] if specs else []),
+                          "--out", args.out,
                           *(["--baseline", args.baseline] if args.baseline != "naive" else []),
                           *(["--frontier-lr", *map(str, args.frontier_lr)] if args.frontier_lr else []),
                           *(["--frontier-steps", *map(str, args.frontier_steps)] if args.frontier_steps else [])])
     compare(config, specs, args.out, baseline=args.baseline, command=command, progress=not args.quiet,
-            frontier=frontier_settings(config, args.frontier_lr, args.frontier_steps))
+            frontier=frontier)
     print(f"\nwrote {Path(args.out) / 'compare.md'}, compare.json and pareto.png")
     print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
 
@@ -168,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = commands.add_parser("compare", help="run the config once per strategy (or stack) and write one table")
     cmp.add_argument("config", help="YAML run config; its `strategies` is replaced by each entry of --strategies")
-    cmp.add_argument("--strategies", nargs="+", required=True,
-                     help="names, YAML mappings ('{name: ewc, lam: 1000}') or lists for a stack ('[replay, wise]')")
+    cmp.add_argument("--strategies", nargs="+", default=[],
+                     help="names, YAML mappings ('{name: ewc, lam: 1000}') or lists for a stack ('[replay, wise]'); "
+                          "may be left out to add only naive's frontier points to a table")
     cmp.add_argument("--out", required=True, help="output folder: compare.md/.json, pareto.png, one run folder per row")
     cmp.add_argument("--baseline", default="naive", help="the row the others are compared with (default: naive)")
     cmp.add_argument("--frontier-lr", type=float, nargs="+", help="also run naive at these learning rates (its frontier)")
