@@ -76,43 +76,35 @@ def main() -> None:
         naive = [r for r in fixed_rows(fixed, args.tasks) if family(r["label"]) == "naive"]
         if not naive:
             raise SystemExit(f"--seed-runs {budget} {' '.join(map(str, fixed))}: no naive setting to build a frontier from")
-        labels = [r["label"] for r in naive]
-        if len(set(labels)) != len(labels):
+        if len({r["label"] for r in naive}) != len(naive):
             raise SystemExit(f"--seed-runs {budget}: a naive setting appears in two of its compare folders")
-        seeds.append({"name": str(budget), "naive": naive, "runs": budget_rows(budget, args.tasks)})
+        front = frontier_of(naive)
+        runs = {run["label"]: {**run, "distances": distances(front, (run["gain"], run["change"]))}
+                for run in budget_rows(budget, args.tasks)}
+        seeds.append({"name": str(budget), "naive": {r["label"]: r for r in naive}, "runs": runs})
     # The averaged frontier needs the same settings at every seed: a setting missing at one seed would bias it.
-    naive_labels = sorted(r["label"] for r in seeds[0]["naive"])
-    run_labels = sorted(r["label"] for r in seeds[0]["runs"])
     for seed in seeds[1:]:
-        if sorted(r["label"] for r in seed["naive"]) != naive_labels or sorted(r["label"] for r in seed["runs"]) != run_labels:
+        if seed["naive"].keys() != seeds[0]["naive"].keys() or seed["runs"].keys() != seeds[0]["runs"].keys():
             raise SystemExit(f"{seed['name']} holds other settings than {seeds[0]['name']}: "
                              "every seed must run the same naive settings and budget entries")
 
-    rows = []
-    for seed in seeds:
-        front = frontier_of(seed["naive"])
-        for run in seed["runs"]:
-            saved, added = distances(front, (run["gain"], run["change"]))
-            rows.append([run["label"], seed["name"], f"{run['gain']:+.4f}", f"{run['change']:+.4f} ± {run['se']:.4f}",
-                         shown(saved), shown(added)])
+    rows = [[label, seed["name"], f"{run['gain']:+.4f}", f"{run['change']:+.4f} ± {run['se']:.4f}", *map(shown, run["distances"])]
+            for seed in seeds for label, run in seed["runs"].items()]
     text = [format_table(["budget run", "folder", "gain", "general change ± s.e.", *KINDS], rows), ""]
 
-    averaged_naive = [{"gain": g, "change": c} for g, c in
-                      (mean_point([next(r for r in s["naive"] if r["label"] == label) for s in seeds]) for label in naive_labels)]
+    averaged_naive = [dict(zip(("gain", "change"), mean_point([s["naive"][label] for s in seeds])))
+                      for label in sorted(seeds[0]["naive"])]
     averaged_front = frontier_of(averaged_naive)
     text.append(f"Over {len(seeds)} seeds. Frontier of the seed-averaged naive points (gain, change): "
                 + ", ".join(f"({g:+.4f}, {c:+.4f})" for g, c in averaged_front))
-    for label in run_labels:
-        per_seed = []
-        for seed in seeds:
-            run = next(r for r in seed["runs"] if r["label"] == label)
-            per_seed.append(distances(frontier_of(seed["naive"]), (run["gain"], run["change"])))
-        point = mean_point([next(r for r in s["runs"] if r["label"] == label) for s in seeds])
+    for label in sorted(seeds[0]["runs"]):
+        point = mean_point([s["runs"][label] for s in seeds])
         saved, added = distances(averaged_front, point)
         text.append(f"- {label}: mean point ({point[0]:+.4f}, {point[1]:+.4f}); against the averaged frontier "
                     f"{KINDS[0]} {shown(saved)}, {KINDS[1]} {shown(added)}")
         for k, kind in enumerate(KINDS):
-            text.append(f"  - {kind}, each seed against its own frontier: {across_seeds([d[k] for d in per_seed])}")
+            values = [s["runs"][label]["distances"][k] for s in seeds]
+            text.append(f"  - {kind}, each seed against its own frontier: {across_seeds(values)}")
     if args.out:
         atomic_write_text(args.out, "\n".join(text) + "\n")
     print("\n".join(text))
