@@ -26,8 +26,12 @@ from budget_table import family, finished, fixed_rows, over_tasks  # benchmarks/
 from forgetless.fileio import atomic_write_text
 from forgetless.frontier import distances, pareto
 from forgetless.report import format_table
+from forgetless.seeds import KINDS, across_seeds, averaged_frontier, shown
 
-KINDS = ("change saved at equal gain", "gain added at equal change")
+
+def frontier_of(naive: list[dict]) -> list[tuple[float, float]]:
+    """The Pareto frontier of the naive settings and the untrained model (0, 0)."""
+    return pareto([(r["gain"], r["change"]) for r in naive] + [(0.0, 0.0)])
 
 
 def budget_rows(folder: Path, tasks: list[str]) -> list[dict]:
@@ -39,29 +43,8 @@ def budget_rows(folder: Path, tasks: list[str]) -> list[dict]:
             for run in runs]
 
 
-def frontier_of(naive: list[dict]) -> list[tuple[float, float]]:
-    """The Pareto frontier of the naive settings and the untrained model (0, 0)."""
-    return pareto([(r["gain"], r["change"]) for r in naive] + [(0.0, 0.0)])
-
-
 def mean_point(rows: list[dict]) -> tuple[float, float]:
     return statistics.fmean(r["gain"] for r in rows), statistics.fmean(r["change"] for r in rows)
-
-
-def across_seeds(values: list[float | None]) -> str:
-    """Mean ± s.e. over seeds of one distance, and how many seeds put the run above the frontier."""
-    defined = [v for v in values if v is not None]
-    # None: beyond the frontier's range on the good side (more gain, or a higher general score, than any naive run).
-    above = sum(1 for v in values if v is None or v > 0)
-    if len(defined) < 2:
-        return f"{len(defined)} defined of {len(values)} seeds: no s.e.; above in {above} of {len(values)}"
-    spread = statistics.stdev(defined) / len(defined) ** 0.5
-    note = "" if len(defined) == len(values) else f" ({len(values) - len(defined)} seeds beyond the range)"
-    return f"{statistics.fmean(defined):+.4f} ± {spread:.4f}{note}; above in {above} of {len(values)}"
-
-
-def shown(value: float | None) -> str:
-    return "beyond the range" if value is None else f"{value:+.4f}"
 
 
 def main() -> None:
@@ -92,9 +75,8 @@ def main() -> None:
             for seed in seeds for label, run in seed["runs"].items()]
     text = [format_table(["budget run", "folder", "gain", "general change ± s.e.", *KINDS], rows), ""]
 
-    averaged_naive = [dict(zip(("gain", "change"), mean_point([s["naive"][label] for s in seeds])))
-                      for label in sorted(seeds[0]["naive"])]
-    averaged_front = frontier_of(averaged_naive)
+    averaged_front = averaged_frontier({label: [(s["naive"][label]["gain"], s["naive"][label]["change"]) for s in seeds]
+                                        for label in seeds[0]["naive"]})
     text.append(f"Over {len(seeds)} seeds. Frontier of the seed-averaged naive points (gain, change): "
                 + ", ".join(f"({g:+.4f}, {c:+.4f})" for g, c in averaged_front))
     for label in sorted(seeds[0]["runs"]):

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from forgetless.config import parse_config
 from forgetless.models import load_tokenizer
@@ -125,3 +126,19 @@ def mean_token_nll(logits, labels):
     """Mean next-token NLL over labels that are not -100: the plain loss, computed directly for tests."""
     logits, targets = logits[:, :-1], labels[:, 1:]
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+
+
+@pytest.fixture
+def compare_config(tmp_path, task_files, tiny_model_folder):
+    text = [{"text": f"Plain text line number {i} about rivers and hills."} for i in range(12)]
+    config = {
+        "model": str(tiny_model_folder),
+        "tasks": [{"name": "chat", "file": task_files["chat"]}, {"name": "text", "file": task_files["text"]}],
+        "eval": {"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]},
+                                         {"name": "prose", "file": write_jsonl(tmp_path / "prose.jsonl", text)}]},
+        "train": {"steps": 3, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
+        "checkpoints": "none",
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

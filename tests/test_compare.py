@@ -12,8 +12,6 @@ from forgetless.compare import ComparisonRow, against_baseline, parse_strategy
 from forgetless.errors import ForgetlessError
 from forgetless.evaluation.evaluator import Evaluator
 
-from .conftest import write_jsonl
-
 
 def test_parse_strategy_reads_names_mappings_and_stacks():
     assert parse_strategy("ewc") == "ewc"
@@ -44,22 +42,6 @@ def test_against_baseline_by_hand():
     assert y.general_drop_cut == pytest.approx(1.125) and y.in_domain_gain_kept == pytest.approx(1.5)
     against_baseline(rows, "missing")
     assert x.general_drop_cut is None and x.step_time_ratio is None
-
-
-@pytest.fixture
-def compare_config(tmp_path, task_files, tiny_model_folder):
-    text = [{"text": f"Plain text line number {i} about rivers and hills."} for i in range(12)]
-    config = {
-        "model": str(tiny_model_folder),
-        "tasks": [{"name": "chat", "file": task_files["chat"]}, {"name": "text", "file": task_files["text"]}],
-        "eval": {"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]},
-                                         {"name": "prose", "file": write_jsonl(tmp_path / "prose.jsonl", text)}]},
-        "train": {"steps": 3, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
-        "checkpoints": "none",
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_path, compare_config, monkeypatch, capsys):

@@ -47,11 +47,20 @@ def _cmd_compare(args: argparse.Namespace) -> None:
                           "--out", args.out,
                           *(["--baseline", args.baseline] if args.baseline != "naive" else []),
                           *(["--frontier-lr", *map(str, args.frontier_lr)] if args.frontier_lr else []),
-                          *(["--frontier-steps", *map(str, args.frontier_steps)] if args.frontier_steps else [])])
-    compare(config, specs, args.out, baseline=args.baseline, command=command, progress=not args.quiet,
-            frontier=frontier)
-    print(f"\nwrote {Path(args.out) / 'compare.md'}, compare.json and pareto.png")
-    print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
+                          *(["--frontier-steps", *map(str, args.frontier_steps)] if args.frontier_steps else []),
+                          *(["--seeds", *map(str, args.seeds)] if args.seeds else [])])
+    options = {"baseline": args.baseline, "command": command, "progress": not args.quiet, "frontier": frontier}
+    if args.seeds:
+        from .seeds import compare_over_seeds
+
+        compare_over_seeds(config, specs, args.out, args.seeds, **options)
+        written = Path(args.out) / "seeds.md"
+        print(f"\nwrote {written} and seeds.json over the comparisons in {Path(args.out) / 'seed-<seed>'}")
+    else:
+        compare(config, specs, args.out, **options)
+        written = Path(args.out) / "compare.md"
+        print(f"\nwrote {written}, compare.json and pareto.png")
+    print(written.read_text(encoding="utf-8"))
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
@@ -180,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--baseline", default="naive", help="the row the others are compared with (default: naive)")
     cmp.add_argument("--frontier-lr", type=float, nargs="+", help="also run naive at these learning rates (its frontier)")
     cmp.add_argument("--frontier-steps", type=int, nargs="+", help="also run naive at these steps per task (its frontier)")
+    cmp.add_argument("--seeds", type=int, nargs="+",
+                     help="run the whole comparison once per training seed (--out/seed-<seed>/) and summarise the rows "
+                          "over seeds in --out/seeds.md: mean ± s.e., distances from each seed's own naive frontier")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
 

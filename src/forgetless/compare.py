@@ -450,6 +450,8 @@ def compare(
 
     out = Path(out_dir)
     check_output_path(out, "--out", folder=True)
+    if (out / "seeds.json").exists():  # a folder of per-seed comparisons (forgetless.seeds)
+        raise ForgetlessError(f"{out} holds a comparison over seeds (seeds.json): give --seeds, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     run_factory = run_factory or (lambda cfg, folder, before: ContinualRun(cfg, folder, progress=progress, before=before))
     path = out / "compare.json"

@@ -1,0 +1,164 @@
+"""A comparison over several training seeds: `forgetless compare CONFIG ... --seeds 0 1 2 --out DIR`.
+
+The training seed (which also draws the tasks' held-out split) moves naive's general change by more than one test
+set's s.e.: on `support` at lr 2e-4 for 30 steps, -0.0361, -0.0149 and -0.0058 at seeds 0, 1 and 2 (s.d. 0.016
+against an s.e. of about 0.006; docs/results/budget.md). So a distance from naive's frontier measured at one seed,
+even with its bootstrap over the evaluation items, says nothing about the seed. Each seed runs as a comparison of
+its own (DIR/seed-K: its own held-out split, so its own "before" evaluation), and DIR/seeds.md (and .json)
+summarises every row present at all seeds:
+
+- in-domain gain and general change: mean ± s.e. over seeds (the seeds' s.d. / sqrt(n); each seed draws its own
+  held-out split, so this holds the test set's noise too);
+- each distance from naive's frontier, each seed's row against that seed's own frontier: mean ± s.e. over seeds
+  and at how many seeds the row is above it (a positive distance, or beyond the frontier's range on the good side);
+- the distances of the row's seed-averaged point from the frontier of the seed-averaged naive points.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .compare import ComparisonRow, compare
+from .config import RunConfig, parse_config
+from .errors import ForgetlessError
+from .fileio import atomic_write_json, atomic_write_text, check_output_path
+from .frontier import distances, pareto
+
+KINDS = ("change saved at equal gain", "gain added at equal change")
+_PREFIX = "seed-"
+
+
+def seed_folder(out: Path, seed: int) -> Path:
+    return out / f"{_PREFIX}{seed}"
+
+
+def with_seed(config: RunConfig, seed: int) -> RunConfig:
+    data = config.model_dump()
+    return parse_config({**data, "train": {**data["train"], "seed": seed}}, f"--seeds {seed}")
+
+
+def mean_se(values: list[float]) -> tuple[float, float | None]:
+    """The mean and its s.e. over seeds (None from one seed)."""
+    spread = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
+    return statistics.fmean(values), spread
+
+
+def across_seeds(values: list[float | None]) -> str:
+    """One distance over seeds: mean ± s.e. of the defined values, and at how many seeds the run is above.
+
+    None is a distance beyond the frontier's range on the good side (more gain, or a higher general score, than
+    any naive run): it counts as above and is left out of the mean.
+    """
+    defined = [v for v in values if v is not None]
+    above = sum(1 for v in values if v is None or v > 0)
+    if len(defined) < 2:
+        shown = f"{defined[0]:+.4f}, " if defined else ""
+        return f"{shown}{len(defined)} defined of {len(values)} seeds: no s.e.; above in {above} of {len(values)}"
+    mean, spread = mean_se(defined)
+    note = "" if len(defined) == len(values) else f" ({len(values) - len(defined)} seeds beyond the range)"
+    return f"{mean:+.4f} ± {spread:.4f}{note}; above in {above} of {len(values)}"
+
+
+def shown(value: float | None) -> str:
+    """A distance, or where it is undefined (beyond the frontier's range)."""
+    return "beyond the range" if value is None else f"{value:+.4f}"
+
+
+def averaged_frontier(naive: dict[str, list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """The frontier of each naive setting's (gain, change) averaged over seeds, with the untrained model (0, 0).
+
+    `naive`: each setting's points, one per seed; every setting must be at every seed, or the average is biased.
+    """
+    points = [(statistics.fmean(g for g, _ in found), statistics.fmean(c for _, c in found)) for found in naive.values()]
+    return pareto(points + [(0.0, 0.0)])
+
+
+def summarise(tables: dict[int, list[ComparisonRow]]) -> dict[str, Any]:
+    """Every row present (with a general change) at all seeds, over the seeds; each seed's rows as compare wrote them."""
+    seeds = sorted(tables)
+    by_seed = {seed: {r.strategy: r for r in tables[seed] if r.general_delta_abs is not None} for seed in seeds}
+    everywhere = [label for label in by_seed[seeds[0]] if all(label in by_seed[s] for s in seeds)]
+    left_out = sorted({r.strategy for rows in tables.values() for r in rows} - set(everywhere))
+    points = {label: [(by_seed[s][label].mean_gain, by_seed[s][label].general_delta_abs) for s in seeds] for label in everywhere}
+    naive = {label: found for label, found in points.items() if by_seed[seeds[0]][label].is_naive}
+    front = averaged_frontier(naive) if naive else []
+    rows = []
+    for label in everywhere:
+        runs = [by_seed[s][label] for s in seeds]
+        gain, gain_se = mean_se([g for g, _ in points[label]])
+        change, change_se = mean_se([c for _, c in points[label]])
+        row = {"strategy": label, "naive": runs[0].is_naive, "gain": gain, "gain_se": gain_se, "change": change,
+               "change_se": change_se, "per_seed": points[label]}
+        if front and not runs[0].is_naive:
+            row["saved_per_seed"] = [r.change_saved_vs_frontier for r in runs]
+            row["added_per_seed"] = [r.gain_added_vs_frontier for r in runs]
+            row["averaged"] = distances(front, (gain, change))
+        rows.append(row)
+    return {"seeds": seeds, "rows": rows, "averaged_frontier": front, "left_out": left_out}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    from .report import format_table
+
+    def signed(value: float, se: float | None) -> str:
+        return f"{value:+.4f}" + ("" if se is None else f" ± {se:.4f}")
+
+    body = [[row["strategy"], signed(row["gain"], row["gain_se"]), signed(row["change"], row["change_se"]),
+             *([across_seeds(row["saved_per_seed"]), across_seeds(row["added_per_seed"]),
+                f"{shown(row['averaged'][0])}, {shown(row['averaged'][1])}"] if "averaged" in row else ["—"] * 3),
+             "; ".join(f"{g:+.4f}, {c:+.4f}" for g, c in row["per_seed"])]
+            for row in summary["rows"]]
+    headers = ["strategy", "gain ± s.e.", "general change ± s.e.", f"{KINDS[0]} (own seed's frontier)",
+               f"{KINDS[1]} (own seed's frontier)", "both against the averaged frontier", "per seed: gain, change"]
+    seeds = ", ".join(map(str, summary["seeds"]))
+    lines = [f"# Comparison over seeds {seeds}", "",
+             f"One comparison per seed in {_PREFIX}<seed>/ (its own held-out split and \"before\" evaluation). ± is the "
+             "s.e. over seeds (their s.d. / sqrt(n)): it holds the test set's noise as well as the training seed's. "
+             "Distances from naive's frontier are explained in forgetless.frontier (positive beats what naive reaches "
+             "by training less); \"above\" counts the seeds where a row beats its own seed's frontier.", "",
+             format_table(headers, body), ""]
+    if summary["averaged_frontier"]:
+        lines += ["Frontier of the seed-averaged naive points (gain, change): "
+                  + ", ".join(f"({g:+.4f}, {c:+.4f})" for g, c in summary["averaged_frontier"]), ""]
+    if summary["left_out"]:
+        lines += [f"Left out (not at every seed, or without a general change): {', '.join(summary['left_out'])}", ""]
+    return "\n".join(lines)
+
+
+def read_tables(out: Path) -> dict[int, list[ComparisonRow]]:
+    """Each seed folder's rows, as compare wrote them."""
+    tables = {}
+    for folder in sorted(out.glob(f"{_PREFIX}*")):
+        path = folder / "compare.json"
+        if folder.name[len(_PREFIX):].lstrip("-").isdigit() and path.exists():
+            rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+            tables[int(folder.name[len(_PREFIX):])] = [ComparisonRow(**row) for row in rows]
+    return tables
+
+
+def write_summary(out: Path) -> dict[str, Any]:
+    summary = summarise(read_tables(out))
+    atomic_write_json(out / "seeds.json", summary)
+    atomic_write_text(out / "seeds.md", markdown(summary))
+    return summary
+
+
+def compare_over_seeds(config: RunConfig, specs: list, out_dir: str | Path, seeds: list[int], *,
+                       progress: bool = True, **options) -> dict[str, Any]:
+    """`compare` once per seed (train.seed), each into its own folder, then the summary over every seed folder
+    in `out_dir` (written after each seed, so a crash keeps the seeds already done; a later call can add seeds)."""
+    out = Path(out_dir)
+    check_output_path(out, "--out", folder=True)
+    if len(set(seeds)) != len(seeds):
+        raise ForgetlessError(f"--seeds {' '.join(map(str, seeds))}: a seed appears twice")
+    if (out / "compare.json").exists():
+        raise ForgetlessError(f"{out} holds a one-seed comparison (compare.json): choose another --out for --seeds")
+    for seed in seeds:
+        if progress:
+            print(f"\n##### seed {seed} #####", flush=True)
+        compare(with_seed(config, seed), specs, seed_folder(out, seed), progress=progress, **options)
+        summary = write_summary(out)
+    return summary

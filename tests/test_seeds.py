@@ -1,0 +1,88 @@
+"""`forgetless compare --seeds`: one comparison per training seed, each row summarised over seeds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from forgetless.cli import main
+from forgetless.compare import ComparisonRow, against_frontier
+from forgetless.evaluation.evaluator import Evaluator
+from forgetless.seeds import across_seeds, summarise
+
+
+def _row(label, gain, change, spec=None):
+    return ComparisonRow(strategy=label, spec=spec or label, in_domain_gain={"t": gain}, general_delta_abs=change)
+
+
+def test_summary_over_seeds_by_hand():
+    seed0 = [_row("naive", 0.20, -0.04), _row("naive(lr=1)", 0.10, -0.01, "naive"), _row("x", 0.15, -0.01),
+             _row("y", 0.30, 0.0)]
+    seed1 = [_row("naive", 0.22, -0.02), _row("naive(lr=1)", 0.12, 0.0, "naive"), _row("x", 0.17, -0.03)]
+    for rows in (seed0, seed1):
+        against_frontier(rows)
+    # Seed 0's frontier (0, 0), (0.10, -0.01), (0.20, -0.04): at gain 0.15 naive changes by -0.025, x saves +0.015;
+    # at change -0.01 naive gains 0.10, x adds +0.05. Seed 1's (0.12, 0), (0.22, -0.02) (the untrained model is
+    # dominated): at 0.17 naive changes by -0.01, x saves -0.02; below its lowest change it gains 0.22, x adds -0.05.
+    summary = summarise({1: seed1, 0: seed0})
+    assert summary["seeds"] == [0, 1] and summary["left_out"] == ["y"]
+    rows = {row["strategy"]: row for row in summary["rows"]}
+    assert list(rows) == ["naive", "naive(lr=1)", "x"] and "averaged" not in rows["naive"]
+    x = rows["x"]
+    assert x["saved_per_seed"] == pytest.approx([0.015, -0.02]) and x["added_per_seed"] == pytest.approx([0.05, -0.05])
+    # s.e. over seeds: the s.d. of two values is |a - b| / sqrt 2, over sqrt 2 again.
+    assert (x["gain"], x["gain_se"], x["change"], x["change_se"]) == pytest.approx((0.16, 0.01, -0.02, 0.01))
+    # The averaged naive points (0.21, -0.03) and (0.11, -0.005) with (0, 0): at gain 0.16 naive changes by -0.0175,
+    # at change -0.02 it gains 0.11 + 0.10 * 0.015 / 0.025 = 0.17.
+    front = [value for point in summary["averaged_frontier"] for value in point]
+    assert front == pytest.approx([0.0, 0.0, 0.11, -0.005, 0.21, -0.03])
+    assert x["averaged"] == pytest.approx((-0.0025, -0.01))
+    assert across_seeds(x["saved_per_seed"]) == "-0.0025 ± 0.0175; above in 1 of 2"
+    # None is beyond the frontier's range on the good side: above, and out of the mean.
+    assert across_seeds([None, 0.01, 0.03]) == "+0.0200 ± 0.0100 (1 seeds beyond the range); above in 3 of 3"
+    assert across_seeds([-0.01]) == "-0.0100, 1 defined of 1 seeds: no s.e.; above in 0 of 1"
+
+
+def test_compare_over_seeds_runs_one_comparison_per_seed(tmp_path, compare_config, monkeypatch, capsys):
+    stages = []
+    evaluate = Evaluator.evaluate
+    monkeypatch.setattr(Evaluator, "evaluate",
+                        lambda self, model, stage, task, step: stages.append(stage) or evaluate(self, model, stage, task, step))
+    out = tmp_path / "seeds"
+    assert main(["compare", str(compare_config), "--strategies", "naive", "l2sp", "--frontier-steps", "1",
+                 "--seeds", "0", "1", "--out", str(out), "--quiet"]) == 0
+    assert stages.count("before") == 2  # each seed draws its own held-out split, so scores its own start
+    tables = {}
+    for seed in (0, 1):
+        table = json.loads((out / f"seed-{seed}" / "compare.json").read_text())
+        assert table["setting"]["train"]["seed"] == seed and "--seeds 0 1" in table["commands"][0]
+        tables[seed] = {row["strategy"]: ComparisonRow(**row) for row in table["rows"]}
+    assert tables[0]["naive"].general_after != tables[1]["naive"].general_after  # trained on other batches
+    summary = json.loads((out / "seeds.json").read_text())
+    l2sp = next(row for row in summary["rows"] if row["strategy"] == "l2sp")
+    assert l2sp["gain"] == pytest.approx((tables[0]["l2sp"].mean_gain + tables[1]["l2sp"].mean_gain) / 2)
+    assert l2sp["saved_per_seed"] == [tables[s]["l2sp"].change_saved_vs_frontier for s in (0, 1)]
+    assert l2sp["added_per_seed"] == [tables[s]["l2sp"].gain_added_vs_frontier for s in (0, 1)]
+    assert "# Comparison over seeds 0, 1" in capsys.readouterr().out
+
+    # A later call adds a seed; rows it did not run are left out of the summary rather than averaged over fewer seeds.
+    assert main(["compare", str(compare_config), "--strategies", "naive", "--seeds", "2", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1, 2] and [row["strategy"] for row in summary["rows"]] == ["naive"]
+    assert summary["left_out"] == ["l2sp", "naive(lr=0.01,steps=1)"]
+
+
+def test_seeds_and_one_seed_tables_do_not_mix(tmp_path, compare_config, capsys):
+    out = tmp_path / "seeds"
+    (out / "seed-0").mkdir(parents=True)
+    (out / "seeds.json").write_text("{}")
+    assert main(["compare", str(compare_config), "--strategies", "naive", "--out", str(out)]) == 2
+    assert "holds a comparison over seeds" in capsys.readouterr().err
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "compare.json").write_text("{}")
+    assert main(["compare", str(compare_config), "--strategies", "naive", "--seeds", "0", "--out", str(single)]) == 2
+    assert "holds a one-seed comparison" in capsys.readouterr().err
+    assert main(["compare", str(compare_config), "--strategies", "naive", "--seeds", "3", "3", "--out", str(out)]) == 2
+    assert "a seed appears twice" in capsys.readouterr().err
