@@ -8,6 +8,7 @@ import pytest
 
 from forgetless.cli import main
 from forgetless.compare import ComparisonRow, against_frontier
+from forgetless.errors import ForgetlessError
 from forgetless.evaluation.evaluator import Evaluator
 from forgetless.seeds import across_seeds, summarise
 
@@ -42,6 +43,8 @@ def test_summary_over_seeds_by_hand():
     # None is beyond the frontier's range on the good side: above, and out of the mean.
     assert across_seeds([None, 0.01, 0.03]) == "+0.0200 ± 0.0100 (1 seeds beyond the range); above in 3 of 3"
     assert across_seeds([-0.01]) == "-0.0100, 1 defined of 1 seeds: no s.e.; above in 0 of 1"
+    with pytest.raises(ForgetlessError, match="no seed's comparison"):
+        summarise({})
 
 
 def test_compare_over_seeds_runs_one_comparison_per_seed(tmp_path, compare_config, monkeypatch, capsys):

@@ -78,6 +78,8 @@ def averaged_frontier(naive: dict[str, list[tuple[float, float]]]) -> list[tuple
 
 def summarise(tables: dict[int, list[ComparisonRow]]) -> dict[str, Any]:
     """Every row present (with a general change) at all seeds, over the seeds; each seed's rows as compare wrote them."""
+    if not tables:
+        raise ForgetlessError("no seed's comparison to summarise (no seed-<seed>/compare.json)")
     seeds = sorted(tables)
     by_seed = {seed: {r.strategy: r for r in tables[seed] if r.general_delta_abs is not None} for seed in seeds}
     everywhere = [label for label in by_seed[seeds[0]] if all(label in by_seed[s] for s in seeds)]
