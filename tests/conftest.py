@@ -142,3 +142,15 @@ def compare_config(tmp_path, task_files, tiny_model_folder):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@pytest.fixture
+def evaluated_stages(monkeypatch):
+    """The stage of every Evaluator.evaluate call ("before", "after_task", ...), in order, while the test runs."""
+    from forgetless.evaluation.evaluator import Evaluator
+
+    stages = []
+    evaluate = Evaluator.evaluate
+    monkeypatch.setattr(Evaluator, "evaluate",
+                        lambda self, model, stage, task, step: stages.append(stage) or evaluate(self, model, stage, task, step))
+    return stages

@@ -10,7 +10,6 @@ import yaml
 from forgetless.cli import main
 from forgetless.compare import ComparisonRow, against_baseline, parse_strategy
 from forgetless.errors import ForgetlessError
-from forgetless.evaluation.evaluator import Evaluator
 
 
 def test_parse_strategy_reads_names_mappings_and_stacks():
@@ -44,15 +43,8 @@ def test_against_baseline_by_hand():
     assert x.general_drop_cut is None and x.step_time_ratio is None
 
 
-def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_path, compare_config, monkeypatch, capsys):
-    stages = []
-    evaluate = Evaluator.evaluate
-
-    def counting(self, model, stage, task, step):
-        stages.append(stage)
-        return evaluate(self, model, stage, task, step)
-
-    monkeypatch.setattr(Evaluator, "evaluate", counting)
+def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_path, compare_config, evaluated_stages, capsys):
+    stages = evaluated_stages
     out = tmp_path / "cmp"
     assert main(["compare", str(compare_config), "--strategies", "naive", "{name: l2sp, lam: 10}", "--out", str(out),
                  "--quiet"]) == 0
@@ -177,16 +169,13 @@ def test_frontier_by_hand():
     assert distances(front, (0.12, -0.01)) == (pytest.approx(-0.011), pytest.approx(0.12 - (0.14 + 0.015 * 11 / 17)))
 
 
-def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, compare_config, monkeypatch):
+def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, compare_config, evaluated_stages):
     from forgetless.compare import frontier_noise, naive_frontier
     from forgetless.evaluation.evaluator import EvaluationLog
     from forgetless.frontier import distances
     from forgetless.frontier_noise import RunItems, frontier_distance_se
 
-    stages = []
-    evaluate = Evaluator.evaluate
-    monkeypatch.setattr(Evaluator, "evaluate",
-                        lambda self, model, stage, task, step: stages.append(stage) or evaluate(self, model, stage, task, step))
+    stages = evaluated_stages
     out = tmp_path / "front"
     assert main(["compare", str(compare_config), "--strategies", "naive", "l2sp", "--frontier-steps", "1",
                  "--frontier-lr", "0.001", "0.01", "--out", str(out), "--quiet"]) == 0

@@ -9,7 +9,6 @@ import pytest
 from forgetless.cli import main
 from forgetless.compare import ComparisonRow, against_frontier
 from forgetless.errors import ForgetlessError
-from forgetless.evaluation.evaluator import Evaluator
 from forgetless.seeds import across_seeds, summarise
 
 
@@ -47,11 +46,8 @@ def test_summary_over_seeds_by_hand():
         summarise({})
 
 
-def test_compare_over_seeds_runs_one_comparison_per_seed(tmp_path, compare_config, monkeypatch, capsys):
-    stages = []
-    evaluate = Evaluator.evaluate
-    monkeypatch.setattr(Evaluator, "evaluate",
-                        lambda self, model, stage, task, step: stages.append(stage) or evaluate(self, model, stage, task, step))
+def test_compare_over_seeds_runs_one_comparison_per_seed(tmp_path, compare_config, evaluated_stages, capsys):
+    stages = evaluated_stages
     out = tmp_path / "seeds"
     assert main(["compare", str(compare_config), "--strategies", "naive", "l2sp", "--frontier-steps", "1",
                  "--seeds", "0", "1", "--out", str(out), "--quiet"]) == 0
