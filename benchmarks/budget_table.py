@@ -32,7 +32,7 @@ from forgetless.compare import before_key, load_before
 from forgetless.config import parse_config
 from forgetless.evaluation.evaluator import EvaluationLog
 from forgetless.fileio import atomic_write_json, atomic_write_text
-from forgetless.frontier import distances, pareto
+from forgetless.frontier import distances, naive_front
 from forgetless.frontier_noise import RunItems, frontier_distance_replicates
 from forgetless.metrics import general_change
 from forgetless.report import format_table
@@ -108,7 +108,7 @@ def frontier_lines(runs: list[dict], fixed: list[dict]) -> list[str]:
     naive = [r for r in fixed if family(r["label"]) == "naive"]
     if not naive or not runs:
         return []
-    front = pareto([(r["gain"], r["change"]) for r in naive] + [(0.0, 0.0)])
+    front = naive_front([(r["gain"], r["change"]) for r in naive])
     paired = all(r["items"] is not None for r in naive + runs)
     found = frontier_distance_replicates([r["items"] for r in naive], [r["items"] for r in runs]) if paired else None
     text = ["", "Naive's frontier (gain, change): " + ", ".join(f"({g:+.4f}, {c:+.4f})" for g, c in front)

@@ -23,7 +23,7 @@ import math
 import sys
 from pathlib import Path
 
-from forgetless.frontier import change_at, distances, gain_at, pareto
+from forgetless.frontier import change_at, distances, gain_at, naive_front
 from forgetless.report import format_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -100,7 +100,7 @@ def main() -> None:
     naive, setting = frontier_points(args.folder)
     rows = table_points(args.table)
     print(check_reproduced(naive, rows) + "\n")
-    points = pareto([(p["gain"], p["change"]) for p in naive] + [(0.0, 0.0)])
+    points = naive_front([(p["gain"], p["change"]) for p in naive])
     front = [next(p for p in naive + [{"gain": 0.0, "change": 0.0, "se": 0.0, "label": "untrained"}]
                   if (p["gain"], p["change"]) == point) for point in points]
     base = next(p for p in naive if p["label"] == "naive")

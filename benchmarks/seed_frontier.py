@@ -24,14 +24,14 @@ from pathlib import Path
 from budget_table import family, finished, fixed_rows, over_tasks  # benchmarks/, beside this script
 
 from forgetless.fileio import atomic_write_text
-from forgetless.frontier import distances, pareto
+from forgetless.frontier import distances, naive_front
 from forgetless.report import format_table
 from forgetless.seeds import KINDS, across_seeds, averaged_frontier, shown
 
 
 def frontier_of(naive: list[dict]) -> list[tuple[float, float]]:
     """The Pareto frontier of the naive settings and the untrained model (0, 0)."""
-    return pareto([(r["gain"], r["change"]) for r in naive] + [(0.0, 0.0)])
+    return naive_front([(r["gain"], r["change"]) for r in naive])
 
 
 def budget_rows(folder: Path, tasks: list[str]) -> list[dict]:

@@ -193,10 +193,10 @@ def against_baseline(rows: list[ComparisonRow], baseline: str = "naive") -> None
 
 def naive_frontier(rows: list[ComparisonRow]) -> list[tuple[float, float]]:
     """The Pareto frontier of the naive rows (every train setting) and the untrained model (0, 0)."""
-    from .frontier import pareto
+    from .frontier import naive_front
 
     points = [(r.mean_gain, r.general_delta_abs) for r in rows if r.is_naive and r.general_delta_abs is not None]
-    return pareto(points + [(0.0, 0.0)]) if points else []
+    return naive_front(points) if points else []
 
 
 def against_frontier(rows: list[ComparisonRow]) -> None:

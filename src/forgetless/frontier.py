@@ -37,6 +37,11 @@ def pareto(points: list[Point]) -> list[Point]:
     return sorted(front)
 
 
+def naive_front(points: list[Point]) -> list[Point]:
+    """Naive's frontier: the Pareto set of its runs' points and the untrained model's (0, 0), zero steps."""
+    return pareto(list(points) + [(0.0, 0.0)])
+
+
 def change_at(front: list[Point], gain: float) -> float | None:
     """The frontier's general change at `gain` (linear between its points), or None beyond its largest gain."""
     if not front or gain > front[-1][0]:

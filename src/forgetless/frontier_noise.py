@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .frontier import distances, pareto
+from .frontier import distances, naive_front
 from .metrics import ScoreSamples
 
 
@@ -76,7 +76,7 @@ def frontier_distance_replicates(naive: list[RunItems], others: list[RunItems], 
     """(len(others), n_boot, 2): each of `others`' (change saved at equal gain, gain added at equal change) against
     naive's frontier in every replicate; nan where the rescored point falls beyond the frontier's range."""
     points = replicate_points(naive + others, n_boot, seed)
-    fronts = [pareto([(float(g), float(c)) for g, c in points[: len(naive), b]] + [(0.0, 0.0)]) for b in range(n_boot)]
+    fronts = [naive_front([(float(g), float(c)) for g, c in points[: len(naive), b]]) for b in range(n_boot)]
     found = np.full((len(others), n_boot, 2), np.nan)
     for i in range(len(others)):
         for b in range(n_boot):

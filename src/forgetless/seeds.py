@@ -25,7 +25,7 @@ from .compare import ComparisonRow, compare
 from .config import RunConfig, parse_config
 from .errors import ForgetlessError
 from .fileio import atomic_write_json, atomic_write_text, check_output_path
-from .frontier import distances, pareto
+from .frontier import distances, naive_front
 
 KINDS = ("change saved at equal gain", "gain added at equal change")
 _PREFIX = "seed-"
@@ -73,7 +73,7 @@ def averaged_frontier(naive: dict[str, list[tuple[float, float]]]) -> list[tuple
     `naive`: each setting's points, one per seed; every setting must be at every seed, or the average is biased.
     """
     points = [(statistics.fmean(g for g, _ in found), statistics.fmean(c for _, c in found)) for found in naive.values()]
-    return pareto(points + [(0.0, 0.0)])
+    return naive_front(points)
 
 
 def summarise(tables: dict[int, list[ComparisonRow]]) -> dict[str, Any]:
