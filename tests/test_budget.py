@@ -196,6 +196,54 @@ def test_runner_strengthen_raises_the_knob_and_trains_on(task_files, tmp_path, t
     assert saved["budget"][0]["stage"] == "step" and len(saved["budget"]) == len(results.budget)
 
 
+def test_strengthen_at_the_tasks_last_check_applies_a_tightened_cap_at_once(task_files, tmp_path, tokenizer, monkeypatch):
+    from forgetless.evaluation.probe import GeneralProbe, ProbePoint
+
+    drop_at = {"step": None}
+
+    def estimate(self, step):  # scripted probe: a clear drop at `drop_at` only
+        return ProbePoint(step, -0.5 if step == drop_at["step"] else 0.0, 0.01, 4, 1)
+
+    monkeypatch.setattr(GeneralProbe, "estimate", estimate)
+    config = tiny_config(
+        task_files, tasks=[{"name": "chat", "file": task_files["chat"]}],
+        eval={"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]}], "probe": {"items_per_step": 1}},
+        train={"steps": 3, "batch_size": 4, "lr": 1e-2, "max_length": 64, "seed": 0},
+        strategies=[{"name": "l2sp", "target": 0.04}], budget={"max_general_drop": 0.01, "on_exceed": "strengthen"},
+    )
+    start = {n: p.detach().clone() for n, p in make_tiny_lm(len(tokenizer)).named_parameters()}
+    plain, results = _final_weights(config, tmp_path, tokenizer, "within")  # never exceeded: ends on the 0.04 cap
+    assert [c["action"] for c in results.budget] == ["within"] * len(results.budget)
+    drop_at["step"] = 3  # the task's final step
+    capped, results = _final_weights(config, tmp_path, tokenizer, "capped")
+    [decision] = [c for c in results.budget if c["action"] != "within"]
+    assert (decision["stage"], decision["step"], decision["action"]) == ("probe", 3, "strengthen")
+    assert decision["detail"] == "l2sp.target 0.04 -> 0.02; weights projected onto l2sp's cap now (the task's last step)"
+    # Steps 1-3 are the same in both runs; the exceeded one then projects each tensor onto the halved cap by hand.
+    shrunk = 0
+    for name, weight in plain.items():
+        base, moved = start[name], weight - start[name]
+        ratio = float(moved.norm() / base.norm()) if base.norm() > 0 else 0.0
+        expected = base + moved * (0.02 / ratio) if ratio > 0.02 else weight
+        shrunk += ratio > 0.02
+        assert torch.allclose(capped[name], expected, atol=1e-6), name
+    assert shrunk > 0  # the halved cap binds, so the check above could fail
+    # With full evaluations instead of a probe, the final state is evaluated too (before the task's consolidation),
+    # and the same projection follows; an evaluation changes no weight.
+    _patched_assess(monkeypatch, {("step", 3)})
+    evaluated = config.model_copy(update={"eval": config.eval.model_copy(update={"probe": None, "every_steps": 2})})
+    by_evaluation, results = _final_weights(evaluated, tmp_path, tokenizer, "evaluated")
+    assert [(c["stage"], c["step"]) for c in results.budget] == [("step", 2), ("step", 3), ("after_task", 3)]
+    assert results.budget[1]["detail"] == decision["detail"] and results.budget[2]["action"] == "within"
+    for name, weight in capped.items():
+        assert torch.allclose(by_evaluation[name], weight, atol=1e-6), name
+    # Without the final step's drop the cap moves only for a next task; at an earlier step the next step projects.
+    drop_at["step"] = 2
+    _, results = _final_weights(config, tmp_path, tokenizer, "earlier")
+    [decision] = [c for c in results.budget if c["action"] != "within"]
+    assert decision["detail"] == "l2sp.target 0.04 -> 0.02"
+
+
 def _record_restores(monkeypatch) -> dict:
     """The weights right after the budget restores a kept state, in the returned dict under "restored"."""
     seen, real_restore = {}, BudgetGuard._restore

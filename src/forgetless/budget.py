@@ -22,7 +22,11 @@ What happens on exceeding (config `budget.on_exceed`):
   task's final state, if beyond the budget, goes back as under stop.
 - strengthen: every strategy of the stack that declares a strength knob moves it `factor` times the protecting
   way (a penalty weight up, WiSE's alpha down, ...; `Strategy.strength` says which and from when it applies),
-  and training goes on. It may fire again at the next check while the weights are still moving back. With
+  and training goes on. It may fire again at the next check while the weights are still moving back. At the
+  task's final step no step is left to act on a moved knob; a cap (ewc's, l2sp's or layerwise's target,
+  layerwise's distance) is then applied to the weights at once, as after a step, so the task ends within the
+  tightened cap (a stack with a cap has its final state checked, as under stop, before the task's weight edits
+  and consolidation re-anchor it); any other knob takes effect from the next task. With
   `restore: true` the weights also go back to the last evaluation within budget (fresh optimizer moments), as
   under backoff, so they need not find their way back under the stronger penalty; the task's final state, if
   beyond the budget, goes back as under stop.
@@ -70,6 +74,12 @@ class BudgetGuard:
     def acts_at_task_end(self) -> bool:
         """Modes that restore need the task's final state checked before the weight edits and consolidation."""
         return self.restores or self.budget.on_exceed == "rollback"
+
+    @property
+    def checks_final_state(self) -> bool:
+        """Whether the task's final state is checked before its weight edits: to restore it, or to tighten a cap on it."""
+        return self.acts_at_task_end or (self.budget.on_exceed == "strengthen" and any(
+            s.strength_in_use is not None and s.strength_in_use.cap for s in self.stack.strategies))
 
     def start_task(self, model: torch.nn.Module, step: int) -> None:
         self._exceeded_in_task = False
@@ -134,7 +144,7 @@ class BudgetGuard:
             fresh = _fresh_moments(optimizer)
             record.update(action="strengthen", detail=f"{self._strengthen()}; {self._restore(model)}, {fresh}")
         elif on_exceed == "strengthen":
-            record.update(action="strengthen", detail=self._strengthen())
+            record.update(action="strengthen", detail=self._strengthen() + (self._apply_caps(model) if final else ""))
         else:
             self._exceeded_in_task = True
             record["action"] = "continue (rollback at the task's end)"
@@ -188,6 +198,11 @@ class BudgetGuard:
         moved = {s.name: s.strengthen(self.budget.factor) for s in self.stack.strategies if s.strength}
         return ", ".join(f"{name}.{_knob(self.stack, name)} {change[0]:g} -> {change[1]:g}"
                          for name, change in moved.items() if change is not None) or "every knob at its bound"
+
+    def _apply_caps(self, model: torch.nn.Module) -> str:
+        """At a task's last check no next step will project onto a tightened cap: project now, so the task ends within."""
+        capped = self.stack.apply_caps(model)
+        return f"; weights projected onto {', '.join(capped)}'s cap now (the task's last step)" if capped else ""
 
 
 def _slow_down(optimizer, scheduler, factor: float) -> str:

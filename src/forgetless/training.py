@@ -63,8 +63,8 @@ class _StepCallback(TrainerCallback):
         every, budget = self.run.config.eval.every_steps, self.run.budget
         final = state.global_step >= state.max_steps
         step = self.step_offset + state.global_step
-        # Modes that restore decide on the task's final state before its weight edits: evaluate it too.
-        full = bool(every) and (state.global_step % every == 0 and not final or final and budget and budget.acts_at_task_end)
+        # Modes that restore, or tighten a cap, decide on the task's final state before its weight edits: evaluate it too.
+        full = bool(every) and (state.global_step % every == 0 and not final or final and budget and budget.checks_final_state)
         probe = self.run.probe
         if probe is not None and state.global_step % self.run.config.eval.probe.every_steps == 0:
             point = probe.step(model, self.run.tokenizer, step)

@@ -147,8 +147,9 @@ class ForgettingMonitor(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         final = state.global_step >= state.max_steps
         due = self.every_steps and state.global_step % self.every_steps == 0 and not final
-        # stop, rollback and backoff decide on the final state before the strategies' post-task edits (on_train_end).
-        if due or (self.every_steps and final and self.budget is not None and self.budget.acts_at_task_end):
+        # stop, rollback, backoff and a cap's strengthen decide on the final state before the strategies' post-task
+        # edits (on_train_end).
+        if due or (self.every_steps and final and self.budget is not None and self.budget.checks_final_state):
             step = self.step_offset + state.global_step
             self._evaluate(model, "step", self._task_name(), step)
             if self.budget is not None and self.budget.check(model, self.evaluator.log, self.budget_task, step, final,

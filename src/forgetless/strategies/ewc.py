@@ -245,7 +245,7 @@ class EWC(Strategy):
 
     name = "ewc"
     strength = Strength("lam", "up", bound=1e12, centre=100.0)
-    other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET),)
+    other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET, cap=True),)
     in_task_state = ("_penalty_total", "_penalty_steps", "_projected_steps", "_largest_rise")
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
 

@@ -38,7 +38,7 @@ class L2SP(Strategy):
 
     name = "l2sp"
     strength = Strength("lam", "up", bound=1e12, centre=0.01)
-    other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET),)
+    other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET, cap=True),)
     in_task_state = ("_projected_steps", "_largest_ratio")
     # Penalties are keyed by parameter name: right under DDP (replicated weights), wrong under FSDP (sharded).
 

@@ -102,8 +102,8 @@ class Layerwise(Strategy):
 
     name = "layerwise"
     strength = Strength("lam", "up", bound=1e12)
-    other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET),
-                       Strength("distance", "down", bound=1e-6, centre=DISTANCE_CENTRE))
+    other_strengths = (Strength("target", "down", bound=1e-6, centre=DEFAULT_TARGET, cap=True),
+                       Strength("distance", "down", bound=1e-6, centre=DISTANCE_CENTRE, cap=True))
     # The task's own importance is recorded from its training gradients, step by step.
     in_task_state = ("_recorded", "_recorded_steps", "_task_steps", "_recording_seconds", "last_alpha",
                      "_projected_steps", "_largest_rise", "_largest_ratio")

@@ -133,6 +133,15 @@ class StrategyStack:
         for strategy in self.strategies:
             strategy.after_optimizer_step(ctx, model)
 
+    def apply_caps(self, model) -> list[str]:
+        """Project the weights onto every strategy's cap now, as after a step (a cap just tightened); which did."""
+        capped = [s for s in self.strategies if s.strength_in_use is not None and s.strength_in_use.cap]
+        if capped:
+            ctx = self._active()
+            for strategy in capped:
+                strategy.after_optimizer_step(ctx, model)
+        return [s.name for s in capped]
+
     def step_done(self, task_step: int, task_steps: int | None = None) -> None:
         """The optimizer step was taken: `task_step` steps of this task are done."""
         ctx = self._active()
