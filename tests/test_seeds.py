@@ -9,7 +9,7 @@ import pytest
 from forgetless.cli import main
 from forgetless.compare import ComparisonRow, against_frontier
 from forgetless.errors import ForgetlessError
-from forgetless.seeds import across_seeds, summarise
+from forgetless.seeds import across_seeds, seeds_figure, summarise
 
 
 def _row(label, gain, change, spec=None):
@@ -45,6 +45,18 @@ def test_summary_over_seeds_by_hand():
     with pytest.raises(ForgetlessError, match="no seed's comparison"):
         summarise({})
 
+    # The plot: each row's mean with bars of one s.e. over seeds, and the averaged frontier as a line.
+    axes = seeds_figure(summary).axes[0]
+    frontier = next(line for line in axes.lines if line.get_label().startswith("naive's frontier"))
+    assert frontier.get_xydata().ravel().tolist() == pytest.approx([0.0, 0.0, -0.005, 0.11, -0.03, 0.21])
+    drawn = {}
+    for bars in axes.containers:
+        (change, gain), = bars.lines[0].get_xydata().tolist()
+        across, up = (collection.get_segments()[0] for collection in bars.lines[2])
+        drawn[(round(change, 6), round(gain, 6))] = (across[:, 0].tolist(), up[:, 1].tolist())
+    assert len(drawn) == 3 and drawn[(-0.02, 0.16)] == (pytest.approx([-0.03, -0.01]), pytest.approx([0.15, 0.17]))
+    assert seeds_figure({**summary, "rows": []}) is None
+
 
 def test_compare_over_seeds_runs_one_comparison_per_seed(tmp_path, compare_config, evaluated_stages, capsys):
     stages = evaluated_stages
@@ -64,6 +76,7 @@ def test_compare_over_seeds_runs_one_comparison_per_seed(tmp_path, compare_confi
     assert l2sp["saved_per_seed"] == [tables[s]["l2sp"].change_saved_vs_frontier for s in (0, 1)]
     assert l2sp["added_per_seed"] == [tables[s]["l2sp"].gain_added_vs_frontier for s in (0, 1)]
     assert "# Comparison over seeds 0, 1" in capsys.readouterr().out
+    assert "](seeds.png)" in (out / "seeds.md").read_text() and (out / "seeds.png").read_bytes()[:4] == b"\x89PNG"
 
     # A later call adds a seed; rows it did not run are left out of the summary rather than averaged over fewer seeds.
     assert main(["compare", str(compare_config), "--strategies", "naive", "--seeds", "2", "--out", str(out), "--quiet"]) == 0
