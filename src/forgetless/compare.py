@@ -358,16 +358,8 @@ def pareto_png(table: dict[str, Any]) -> bytes | None:
                           fmt="o", capsize=3)
         absolute.annotate(r.strategy, (r.general_delta_abs, gain), xytext=(4, 4), textcoords="offset points",
                           fontsize="small")
-    front = naive_frontier(rows)
-    if len(front) > 1:
-        absolute.plot([c for _, c in front], [g for g, _ in front], color="black", linestyle="--", linewidth=1,
-                      label="naive's frontier (training less)")
-        absolute.legend(fontsize="small", loc="best")
-    absolute.axvline(0, color="grey", linewidth=0.8, linestyle="--")
-    absolute.set_xlabel("general change (after - before; bars 1.96 s.e.)")
-    absolute.set_ylabel("mean in-domain gain over tasks")
-    absolute.set_title("Trade-off: up and right is better")
-    absolute.grid(alpha=0.3)
+    trade_off_frame(absolute, naive_frontier(rows), "naive's frontier (training less)",
+                    "general change (after - before; bars 1.96 s.e.)", "Trade-off: up and right is better")
     if relative:
         axes = panels[1]
         for label, x, y in relative:
@@ -382,6 +374,19 @@ def pareto_png(table: dict[str, Any]) -> bytes | None:
         axes.set_title(f"Against {baseline}")
         axes.grid(alpha=0.3)
     return _png(figure)
+
+
+def trade_off_frame(axes, front: list[tuple[float, float]], front_label: str, xlabel: str, title: str) -> None:
+    """Gain against general change: naive's frontier `front` ((gain, change) points) as a line, no change marked."""
+    if len(front) > 1:
+        axes.plot([c for _, c in front], [g for g, _ in front], color="black", linestyle="--", linewidth=1,
+                  label=front_label)
+        axes.legend(fontsize="small", loc="best")
+    axes.axvline(0, color="grey", linewidth=0.8, linestyle="--")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("mean in-domain gain over tasks")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
 
 
 def before_key(config: RunConfig) -> dict[str, Any]:

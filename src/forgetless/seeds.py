@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .compare import ComparisonRow, compare
+from .compare import ComparisonRow, compare, trade_off_frame
 from .config import RunConfig, parse_config
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
@@ -151,17 +151,9 @@ def seeds_figure(summary: dict[str, Any]):
         axes.scatter([c for _, c in row["per_seed"]], [g for g, _ in row["per_seed"]], s=12, alpha=0.35, color=colour)
         axes.annotate(row["strategy"], (row["change"], row["gain"]), xytext=(4, 4), textcoords="offset points",
                       fontsize="small")
-    front = summary["averaged_frontier"]
-    if len(front) > 1:
-        axes.plot([c for _, c in front], [g for g, _ in front], color="black", linestyle="--", linewidth=1,
-                  label="naive's frontier (seed-averaged points)")
-        axes.legend(fontsize="small", loc="best")
-    axes.axvline(0, color="grey", linewidth=0.8, linestyle="--")
-    axes.set_xlabel("general change (after - before)")
-    axes.set_ylabel("mean in-domain gain over tasks")
     seeds = ", ".join(map(str, summary["seeds"]))
-    axes.set_title(f"Seeds {seeds}: mean, bars 1 s.e. over seeds, faint: each seed")
-    axes.grid(alpha=0.3)
+    trade_off_frame(axes, summary["averaged_frontier"], "naive's frontier (seed-averaged points)",
+                    "general change (after - before)", f"Seeds {seeds}: mean, bars 1 s.e. over seeds, faint: each seed")
     return figure
 
 
