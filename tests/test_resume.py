@@ -51,15 +51,16 @@ def _run(config, out, tokenizer, resume=False):
 
 
 def _scores(out) -> dict:
-    """results.json without seconds, and the mean training loss rounded to 12 digits (a resumed task's is
-    re-assembled from the logged windows, a different order of the same float sums)."""
+    """results.json without seconds, and the training logs' floats rounded to 12 digits: a resumed task's mean loss
+    is re-assembled from the logged windows, and a diagnostic such as ewc's largest predicted rise is summed over
+    tensors loaded from the state, which on some CPUs changes the last bit (the weights must still be equal)."""
     results = json.loads((out / "results.json").read_text())
     for key in ("wall_time_s", "eval_seconds", "probe_seconds"):
         results.pop(key, None)
     for entry in results["training"]:
         for key in [k for k in entry if k.endswith("seconds")]:
             entry.pop(key)
-        entry["train_loss"] = round(entry["train_loss"], 12)
+        entry.update({k: round(v, 12) for k, v in entry.items() if isinstance(v, float)})
     return results
 
 

@@ -319,11 +319,14 @@ def _train_by_hand(ctx, strategy, feature_batches):
     ctx.model.zero_grad()
 
 
-def test_task_importance_is_the_last_steps_cross_entropy_gradients(prepared, monkeypatch):
-    """Training-time Omega = mean over the last `steps` steps of n_b g_b^2, g_b of the CE alone (penalty removed)."""
+@pytest.mark.parametrize("lam", [2.0, 1e6])
+def test_task_importance_is_the_last_steps_cross_entropy_gradients(prepared, monkeypatch, lam):
+    """Training-time Omega = mean over the last `steps` steps of n_b g_b^2, g_b of the CE alone (penalty removed),
+    also where the penalty's gradient dwarfs the cross-entropy's (lam 1e6: no cancellation may eat the latter)."""
     from forgetless.strategies._common import batches
 
-    ctx, strategy = prepared  # steps=2, lam=2; the run config trains 4 steps per task
+    ctx, strategy = prepared  # steps=2; the run config trains 4 steps per task
+    strategy.set_knob("lam", lam)
     add(ctx.model, random_drift(ctx.model, scale=0.05))  # off the anchor: the penalty has a real gradient
     features = protection_examples(ctx, 16, "current_task", seed=3)
     feature_batches = list(batches(features, 4, ctx.tokenizer.pad_token_id))
@@ -341,8 +344,12 @@ def test_task_importance_is_the_last_steps_cross_entropy_gradients(prepared, mon
     ctx.model.zero_grad()
     for name, p in weights.items():
         recorded = strategy._recorded[name] / strategy._recorded_steps
-        # (g - p)^2 is computed as g^2 + ((g - p)^2 - g^2): fp32 cancellation where the CE gradient is ~0.
-        assert torch.allclose(recorded, expected[name], rtol=1e-3, atol=1e-6 * float(expected[name].abs().max())), name
+        if lam < 100:
+            assert torch.allclose(recorded, expected[name], rtol=1e-3, atol=1e-6 * float(expected[name].abs().max())), name
+        else:  # .grad holds g = CE + p in fp32, so where p dwarfs the CE the CE is known only to fp32's error of p:
+            # entrywise a few % off, but never negative (n (g - p)^2, not n g^2 + n ((g - p)^2 - g^2)) and its mass right.
+            assert float(recorded.min()) >= 0.0, name
+            assert float(recorded.sum()) == pytest.approx(float(expected[name].sum()), rel=1e-2), name
 
     def no_pass(*args, **kwargs):
         raise AssertionError("full fine-tuning reads the task's importance off its training steps")

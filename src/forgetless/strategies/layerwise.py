@@ -269,14 +269,17 @@ class Layerwise(Strategy):
                 if name not in self._recorded:
                     self._recorded[name] = torch.zeros_like(grad, dtype=torch.float32)
                 total = self._recorded[name]
+                if name in own:
+                    # The cross-entropy's gradient is g - p at the kept entries (p: the penalty's own gradient).
+                    # Their totals are set aside and rewritten with n (g - p)^2 after the dense pass: adding
+                    # n (g - p)^2 - n g^2 instead cancels catastrophically when p dominates g (a large lam).
+                    index, penalty_gradient = own[name]
+                    index = index.long()  # index_copy_ takes int64 only
+                    cross_entropy = grad.reshape(-1).index_select(0, index).float().sub_(penalty_gradient)
+                    kept_total = total.view(-1).index_select(0, index)  # a sparse copy, no dense one
                 total.addcmul_(grad, grad, value=tokens)  # one fused pass; .grad is never written
                 if name in own:
-                    # The cross-entropy's gradient is g - p at the kept entries (p: the penalty's own
-                    # gradient), so correct n g^2 there to n (g - p)^2: a sparse fix, no dense copy.
-                    index, penalty_gradient = own[name]
-                    g = grad.reshape(-1).index_select(0, index).float()
-                    fix = (g - penalty_gradient).square_().sub_(g.square()).mul_(tokens)
-                    total.view(-1).index_add_(0, index, fix)
+                    total.view(-1).index_copy_(0, index, kept_total.addcmul_(cross_entropy, cross_entropy, value=tokens))
         self._recorded_steps += 1
         self._recording_seconds += time.perf_counter() - started
 
