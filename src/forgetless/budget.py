@@ -78,8 +78,7 @@ class BudgetGuard:
     @property
     def checks_final_state(self) -> bool:
         """Whether the task's final state is checked before its weight edits: to restore it, or to tighten a cap on it."""
-        return self.acts_at_task_end or (self.budget.on_exceed == "strengthen" and any(
-            s.strength_in_use is not None and s.strength_in_use.cap for s in self.stack.strategies))
+        return self.acts_at_task_end or (self.budget.on_exceed == "strengthen" and bool(self.stack.capped()))
 
     def start_task(self, model: torch.nn.Module, step: int) -> None:
         self._exceeded_in_task = False

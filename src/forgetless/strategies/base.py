@@ -132,7 +132,7 @@ class Strength:
     # What a tuning grid is built around when the knob's own default is 0 or None (a mode that is off unless named,
     # or a knob whose default lives in a validator, as ewc's target); None: the default itself.
     centre: float | None = None
-    # A bound on the weights that after_optimizer_step projects them onto (ewc's and l2sp's target): a move can
+    # A bound on the weights that after_optimizer_step projects them onto (a target or distance cap): a move can
     # take effect at once, with no training step, which matters at a task's last check (BudgetGuard).
     cap: bool = False
 

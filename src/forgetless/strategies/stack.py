@@ -133,9 +133,13 @@ class StrategyStack:
         for strategy in self.strategies:
             strategy.after_optimizer_step(ctx, model)
 
+    def capped(self) -> list[Strategy]:
+        """The strategies whose strength in use is a cap on the weights (Strength.cap)."""
+        return [s for s in self.strategies if s.strength_in_use is not None and s.strength_in_use.cap]
+
     def apply_caps(self, model) -> list[str]:
         """Project the weights onto every strategy's cap now, as after a step (a cap just tightened); which did."""
-        capped = [s for s in self.strategies if s.strength_in_use is not None and s.strength_in_use.cap]
+        capped = self.capped()
         if capped:
             ctx = self._active()
             for strategy in capped:
