@@ -5,8 +5,10 @@ Reads the committed result tables, keeps each registered strategy's row at its d
 
     .venv/bin/python scripts/build_advice_evidence.py        # --check: fail if the committed file differs
 
-- docs/results/quality.md: `support` then `pydoc` (two tasks): general change ± s.e., drop cut, gain kept; and
-  its table of naive at other learning rates and step counts (naive's frontier): training less is a candidate.
+- docs/results/quality.md: `support` then `pydoc` (two tasks): general change ± s.e., drop cut, gain kept; its
+  table of naive at other learning rates and step counts (naive's frontier): training less is a candidate; each
+  row's change saved at equal gain against that frontier; and where a row was run at three seeds (its table
+  "strategy over seeds", benchmarks/seeds_table.py), its general change and change saved over the seeds.
 - docs/results/quality-legal.md and docs/results/quality-jargon.md: `legal` alone and `jargon` alone (one task each).
   A strategy's one-task evidence is the worse general change of the two (a default must hold on both), with the
   gain kept on `jargon` (on `legal` naive's own gain is within noise); naive's frontier was run on `jargon` only.
@@ -29,10 +31,12 @@ OUT = ROOT / "src/forgetless/data/assets/advice/evidence.json"
 STACK = "replay+wise"
 
 
-def table_rows(path: Path, first_header: str) -> list[dict[str, str]]:
-    """The rows of the first markdown table in `path` whose first header cell is `first_header`."""
+def table_rows(path: Path, first_header: str, having: str | None = None) -> list[dict[str, str]]:
+    """The rows of the first markdown table in `path` whose first header cell is `first_header` (and which has a
+    column `having`, when given)."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|") and _cells(line)[0] == first_header)
+    start = next(i for i, line in enumerate(lines) if line.startswith("|") and _cells(line)[0] == first_header
+                 and (having is None or having in _cells(line)))
     headers = _cells(lines[start])
     rows = []
     for line in lines[start + 2:]:
@@ -101,6 +105,34 @@ def frontier_rows(path: Path) -> dict[str, dict]:
     return rows
 
 
+def frontier_distances(path: Path) -> dict[str, dict]:
+    """Each default row's general change saved at equal gain against naive's frontier, from the table with a
+    "change saved" column (one seed, no s.e. of its own)."""
+    rows = {}
+    for row in table_rows(path, "strategy", having="change saved"):
+        name = _name(row["strategy"])
+        if name and name not in rows and row["change saved"] != "—":
+            rows[name] = {"change_saved": float(row["change saved"]), "change_saved_se": None, "seeds": 1}
+    return rows
+
+
+def seeds_rows(path: Path) -> dict[str, dict]:
+    """Rows measured at several seeds (benchmarks/seeds_table.py: first header "strategy over seeds"): general
+    change as mean ± s.e. over seeds, the worst seed's, and the change saved against each seed's own frontier."""
+    rows = {}
+    for row in table_rows(path, "strategy over seeds"):
+        change, se = _change(row["general change ± s.e."])
+        saved = re.findall(r"[-+]?\d+\.\d+", row["change saved at equal gain ± s.e."])
+        above = re.fullmatch(r"(\d+) of \d+", row["above naive's frontier at"])
+        rows[_name(row["strategy over seeds"]) or row["strategy over seeds"]] = {
+            "general_change": change, "se": se, "worst_change": float(row["worst seed's change"]), "drop_cut": None,
+            "seeds": len(row["seeds"].split()),
+            **({"change_saved": float(saved[0]), "change_saved_se": float(saved[1]), "above": int(above.group(1))}
+               if len(saved) == 2 and above else {}),
+        }
+    return rows
+
+
 def worse_domain(rows: dict[str, dict | None]) -> dict:
     """The row of the domain where the general change is lowest (named in "domain"), with the lowest gain kept of
     the domains that judge it (named in "gain_domain"; on `legal` naive's own gain is noise, so none there)."""
@@ -122,9 +154,15 @@ def build() -> dict:
     overhead["naive"] = 1.0
     overhead[STACK] = round(1 + sum(overhead[n] - 1 for n in STACK.split("+")), 2)
 
-    sequence = quality_rows(ROOT / "docs/results/quality.md", with_gain=True)
-    training_less = frontier_rows(ROOT / "docs/results/quality.md")
+    quality = ROOT / "docs/results/quality.md"
+    sequence = quality_rows(quality, with_gain=True)
+    training_less = frontier_rows(quality)
     sequence.update(training_less)
+    # Where a row was measured at several seeds its general change and its distance from naive's frontier are the
+    # means over seeds; its gain kept stays seed 0's (the other seeds did not run naive at lr 5e-4).
+    for name, found in [*frontier_distances(quality).items(), *seeds_rows(quality).items()]:
+        if name in sequence:
+            sequence[name] = {**sequence[name], **found}
     # Naive's own gain on legal is within noise (the doc's reading): no gain kept there.
     legal = quality_rows(ROOT / "docs/results/quality-legal.md", with_gain=False)
     jargon = quality_rows(ROOT / "docs/results/quality-jargon.md", with_gain=True)
@@ -149,7 +187,9 @@ def build() -> dict:
     return {
         "provenance": {
             "several_tasks": "docs/results/quality.md: default model, full fine-tuning, support then pydoc, "
-                             "30 steps x batch 4 x 256 tokens at lr 5e-4, seed 0",
+                             "30 steps x batch 4 x 256 tokens at lr 5e-4, seed 0; the rows measured at seeds 0, 1 "
+                             "and 2 (its table \"strategy over seeds\") give their general change and distance from "
+                             "naive's frontier over the seeds, their gain kept at seed 0",
             "one_task": "docs/results/quality-legal.md and quality-jargon.md: the same set-up on legal alone and on "
                         "jargon alone, each strategy's worse general change of the two (naive's frontier: jargon "
                         "only, so it faces one domain where a strategy faces two; the defaults switched after these "

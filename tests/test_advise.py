@@ -48,10 +48,16 @@ def test_shipped_evidence_matches_the_committed_result_tables():
     assert done.returncode == 0, done.stdout + done.stderr
     several, source = shipped_evidence(tasks=2)
     ewc = next(c for c in several if c.name == "ewc")
-    # docs/results/quality.md's ewc row (the default, target 0.004): -0.0091 ± 0.0075, 100 % of naive's gain kept;
-    # overhead.md: 1.32x. Its lam=100 row is not a default row and must not be read as one.
-    assert (ewc.general_change, ewc.se, ewc.gain_kept, ewc.step_ratio) == (-0.0091, 0.0075, 1.0, 1.32)
-    assert "quality.md" in source
+    # docs/results/quality.md's ewc default (target 0.004) was run at seeds 0, 1 and 2 (its table "strategy over
+    # seeds"): -0.0172 ± 0.0076 over seeds, worst -0.0324, -0.0125 ± 0.0073 below naive's frontier, above it at 1
+    # of 3; its gain kept is seed 0's row, 100 % (its lam=100 row is not a default row and must not be read as one);
+    # overhead.md: 1.32x.
+    assert (ewc.general_change, ewc.se, ewc.gain_kept, ewc.step_ratio) == (-0.0172, 0.0076, 1.0, 1.32)
+    assert (ewc.seeds, ewc.worst_change, ewc.frontier, ewc.above) == (3, -0.0324, (-0.0125, 0.0073), 1)
+    # One seed: fapm's change saved from the frontier table, without an s.e.
+    fapm = next(c for c in several if c.name == "fapm")
+    assert (fapm.general_change, fapm.seeds, fapm.frontier) == (-0.0177, 1, (-0.0186, None))
+    assert "quality.md" in source and "strategy over seeds" in source
     replay = next(c for c in several if c.name == "replay")
     assert replay.stores_raw_data
     # One task: the worse of quality-legal.md and quality-jargon.md. ewc's cap kept legal (+0.0003) but not jargon
@@ -110,8 +116,13 @@ def test_the_shipped_generation_checks_reach_the_advice(capsys):
     assert "Left out: l2sp: lost instruction following beyond noise (instructions -0.264 ± 0.047" in chat
     assert "Recommended: strategies: ewc\n" not in chat
     assert main(["advise", "--no-input", "--chat", "no"]) == 0
-    plain = capsys.readouterr().out  # not a chat model: the same ewc is a candidate again
-    assert "Left out: ewc" not in plain and "Also within your constraints: ewc (general change -0.0091" in plain
+    plain = capsys.readouterr().out  # not a chat model: the same ewc is a candidate again, judged by its budget
+    assert "Left out: ewc" not in plain and "Beyond the budget of 0.01 in this evidence: ewc (-0.0172 over 3 seeds)" in plain
+    # With room for its drop, ewc's default is within budget but below naive's frontier over seeds: after training less.
+    assert main(["advise", "--no-input", "--chat", "no", "--budget", "0.02"]) == 0
+    roomy = capsys.readouterr().out
+    assert "Ranked after training less: ewc: below naive's frontier" in roomy
+    assert "change saved at equal gain against naive's frontier -0.0125 ± 0.0073, above it at 1 of 3 seeds" in roomy
 
 
 def test_training_less_is_a_candidate_and_is_named_beside_a_strategy():
@@ -134,3 +145,69 @@ def test_training_less_is_a_candidate_and_is_named_beside_a_strategy():
     # Beyond the budget it is not offered as the alternative.
     assert advise(constraints, [Candidate("naive(lr=0.0005,steps=15)", -0.05, 0.01, 0.9, 1.0, False), strategy],
                   "test").training_less is None
+
+
+def test_a_strategy_below_naives_frontier_ranks_after_training_less():
+    less = Candidate("naive(lr=0.0002,steps=30)", -0.008, 0.007, 0.98, 1.00, False, frontier=None)
+    below = Candidate("below", -0.004, 0.007, 1.00, 1.30, False, frontier=(-0.003, 0.004))  # more gain kept, yet below
+    above = Candidate("above", -0.006, 0.007, 0.97, 1.00, False, frontier=(+0.005, 0.004))
+    constraints = Constraints(chat=False)
+    advice = advise(constraints, [less, below, above], "test")
+    # Without the rule "below" (1.00 kept) would lead; it earned nothing over training less, so it goes last.
+    assert [advice.recommended.name, *(c.name for c in advice.alternatives)] == ["naive(lr=0.0002,steps=30)", "above"]
+    assert advice.behind_training_less == [below]
+    text = render(advice, constraints)
+    assert "Ranked after training less: below: below naive's frontier" in text
+    assert "change saved at equal gain against naive's frontier -0.0030 ± 0.0040" in text
+    # Without a training-less row in the evidence there is nothing to rank it after: gain kept decides again.
+    assert advise(constraints, [below, above], "test").recommended is below
+    # Beyond the budget, training less is no alternative and the rule does not apply.
+    far = Candidate("naive(lr=0.0005,steps=15)", -0.05, 0.01, 0.99, 1.00, False)
+    assert advise(constraints, [far, below, above], "test").recommended is below
+
+
+def test_rows_without_gain_kept_rank_by_their_mean_gain(tmp_path):
+    # A comparison without naive at the config's setting has no gain kept: the mean gain over the tasks ranks.
+    rows = [{"strategy": "small", "general_delta_abs": -0.001, "general_delta_se": 0.006,
+             "in_domain_gain": {"a": 0.10, "b": 0.02}, "stores_raw_data": []},
+            {"strategy": "large", "general_delta_abs": -0.005, "general_delta_se": 0.006,
+             "in_domain_gain": {"a": 0.12, "b": 0.04}, "stores_raw_data": [],
+             "change_saved_vs_frontier": 0.004, "change_saved_vs_frontier_se": 0.002}]
+    (tmp_path / "compare.json").write_text(json.dumps({"rows": rows}))
+    candidates, _ = compare_evidence([tmp_path])
+    assert [c.gain for c in candidates] == pytest.approx([0.06, 0.08])
+    assert candidates[1].frontier == (0.004, 0.002)
+    constraints = Constraints(chat=False)
+    advice = advise(constraints, candidates, "test")
+    assert advice.recommended.name == "large"
+    assert "mean in-domain gain +0.0800" in render(advice, constraints)
+
+
+def test_advise_reads_a_comparison_over_seeds(tmp_path, capsys):
+    from forgetless.compare import ComparisonRow
+    from forgetless.seeds import write_summary
+
+    def row(label, gain, change, saved=None):
+        return ComparisonRow(strategy=label, spec="naive" if label.startswith("naive") else label,
+                             in_domain_gain={"t": gain}, general_delta_abs=change, general_delta_se=0.007,
+                             change_saved_vs_frontier=saved, step_time_ratio=None).model_dump()
+
+    for seed, (change, saved) in {1: (-0.02, -0.006), 2: (-0.01, -0.002)}.items():
+        folder = tmp_path / f"seed-{seed}"
+        folder.mkdir()
+        rows = [row("naive(lr=0.0002,steps=30)", 0.150, -0.005 * seed), row("ewc", 0.152, change, saved)]
+        (folder / "compare.json").write_text(json.dumps({"rows": rows}))
+    write_summary(tmp_path)
+    candidates, source = compare_evidence([tmp_path])
+    ewc = next(c for c in candidates if c.name == "ewc")
+    # By hand: changes -0.02, -0.01 -> mean -0.015, s.e. 0.005 (s.d. 0.00707 / sqrt 2); saved -0.006, -0.002 ->
+    # -0.004 ± 0.002; worst seed -0.02; above at 0 of 2.
+    assert (ewc.general_change, ewc.se, ewc.worst_change, ewc.seeds, ewc.above) == pytest.approx(
+        (-0.015, 0.005, -0.02, 2, 0))
+    assert ewc.frontier == pytest.approx((-0.004, 0.002)) and ewc.gain == pytest.approx(0.152)
+    assert main(["advise", "--no-input", "--chat", "no", "--budget", "0.02", "--from", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # ewc learned more (0.152 against 0.150) but naive at lr 2e-4 kept more general score at that gain at both seeds.
+    assert out.startswith("Recommended: no strategy; plain fine-tuning trained less: train: {lr: 0.0002, steps: 30}")
+    assert "general change -0.0075 ± 0.0025 over 2 seeds (worst seed -0.0100)" in out
+    assert "Ranked after training less: ewc" in out and "above it at 0 of 2 seeds" in out

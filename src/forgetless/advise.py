@@ -1,19 +1,26 @@
 """`forgetless advise`: which strategy (or stack) to use, from your constraints and measured evidence.
 
-The evidence is the user's own `forgetless compare` / `tune` folders when given (`--from DIR`), otherwise the
+The evidence is the user's own `forgetless compare` / `tune` folders when given (`--from DIR`; a `compare --seeds`
+folder gives each row's means over its seeds), otherwise the
 shipped benchmark tables (data/assets/advice/evidence.json, built from docs/results by
 scripts/build_advice_evidence.py: several tasks from the bundled sequence, one task from the worse of `legal` and
-`jargon` per strategy); the answer says which. The decision is the small table below:
+`jargon` per strategy; the rows run at three seeds give their means over the seeds); the answer says which. The
+decision is the small table below:
 
 | constraint                   | rule                                                                     |
 |------------------------------|--------------------------------------------------------------------------|
 | raw old data may not be kept | drop candidates that store training rows (replay, fip's anchors)          |
 | compute: low / medium / high | drop candidates whose step time exceeds 1.10x / 1.50x / no limit of naive |
-| budget (largest drop)        | keep candidates whose measured general change is >= -budget               |
+| budget (largest drop)        | keep candidates whose measured general change is >= -budget (over       |
+|                              | several seeds: its mean; the answer shows the worst seed beside it)      |
 | chat model (the default)     | drop candidates whose instruction pass rate or leakage-free share fell   |
 |                              | beyond the budget by more than noise (change + 1.96 s.e. < -budget);     |
 |                              | candidates without those measurements stay, and the answer says so       |
-| ranking                      | the most in-domain gain kept (several tasks), else the smallest drop     |
+| ranking                      | the most in-domain gain kept (several tasks; the mean gain where the     |
+|                              | evidence has no gain kept), else the smallest drop                       |
+| below naive's frontier       | a strategy whose change saved at equal gain against naive's frontier is  |
+|                              | negative (on average, where measured at several seeds) ranks after plain |
+|                              | fine-tuning trained less within the budget: it earned no credit over it  |
 
 The chat rule exists because the multiple-choice suite alone misleads: on the shipped benchmark `ewc` at lam 100
 kept the general suite (-0.022 against naive's -0.095 on `support`) while its instruction pass rate fell as far as
@@ -72,6 +79,17 @@ class Candidate:
     generation: dict[str, tuple[float, float]] = field(default_factory=dict)
     domain: str | None = None  # shipped one-task evidence: the domain whose (worse) general change this is
     gain_domain: str | None = None  # ... and the domain its gain kept is from
+    gain: float | None = None  # mean in-domain gain over the tasks: ranks rows when the evidence has no gain kept
+    # General change saved at equal gain against naive's frontier (forgetless.frontier) and its s.e., where measured.
+    frontier: tuple[float, float | None] | None = None
+    seeds: int = 1  # the general change (and frontier distance) is the mean over this many seeds
+    worst_change: float | None = None  # over several seeds: the worst seed's general change
+    above: int | None = None  # over several seeds: at how many it was above naive's frontier
+
+    @property
+    def below_frontier(self) -> bool:
+        """Below naive's frontier: plain fine-tuning trained less reached its gain with a smaller drop."""
+        return self.frontier is not None and self.frontier[0] < 0 and train_override(self.name) is None
 
     def lost_generation(self, budget: float) -> list[str]:
         """The generation checks this candidate fell on beyond the budget by more than noise."""
@@ -87,6 +105,8 @@ class Advice:
     source: str
     # The best plain fine-tuning at another train setting within budget, when the evidence has one.
     training_less: Candidate | None = None
+    behind_training_less: list[Candidate] = field(default_factory=list)  # within budget, below naive's frontier
+    beyond_budget: list[Candidate] = field(default_factory=list)  # allowed by the constraints, not by the budget
 
 
 def _generation(row: dict[str, Any]) -> dict[str, tuple[float, float]]:
@@ -97,31 +117,79 @@ def _generation(row: dict[str, Any]) -> dict[str, tuple[float, float]]:
 def shipped_evidence(tasks: int) -> tuple[list[Candidate], str]:
     data = json.loads(resources.files("forgetless").joinpath("data/assets/advice/evidence.json").read_text("utf-8"))
     key = "several_tasks" if tasks > 1 else "one_task"
-    candidates = [
-        Candidate(name, row[key]["general_change"], row[key]["se"], row[key]["gain_kept"], row["step_ratio"],
-                  row["stores_raw_data"], _generation(row), row[key].get("domain"), row[key].get("gain_domain"))
-        for name, row in data["strategies"].items() if row.get(key)
-    ]
+    candidates = []
+    for name, row in data["strategies"].items():
+        if not (found := row.get(key)):
+            continue
+        saved = found.get("change_saved")
+        candidates.append(Candidate(
+            name, found["general_change"], found["se"], found["gain_kept"], row["step_ratio"], row["stores_raw_data"],
+            _generation(row), found.get("domain"), found.get("gain_domain"),
+            frontier=None if saved is None else (saved, found.get("change_saved_se")), seeds=found.get("seeds", 1),
+            worst_change=found.get("worst_change"), above=found.get("above"),
+        ))
     return candidates, (f"the shipped benchmark table ({data['provenance'][key]}; generation checks: "
                         f"{data['provenance']['generation']})")
 
 
 def compare_evidence(folders: list[str | Path]) -> tuple[list[Candidate], str]:
-    """Rows of the user's own compare / tune folders (compare.json), later folders overriding earlier labels."""
+    """Rows of the user's own compare / tune folders (compare.json), or of a `compare --seeds` folder (seeds.json:
+    each row over its seeds), later folders overriding earlier labels."""
     rows: dict[str, Candidate] = {}
     for folder in folders:
-        path = Path(folder) / "compare.json"
-        if not path.is_file():
-            raise ForgetlessError(f"--from {folder}: no compare.json (run `forgetless compare` or `tune` into it first)")
-        for row in json.loads(path.read_text(encoding="utf-8"))["rows"]:
-            if row.get("general_delta_abs") is None:
-                continue
-            rows[row["strategy"]] = Candidate(
-                row["strategy"], row["general_delta_abs"], row["general_delta_se"], row.get("in_domain_gain_kept"),
-                row.get("step_time_ratio"), bool(row.get("stores_raw_data")),
-                _generation(row),
-            )
+        folder = Path(folder)
+        if (folder / "compare.json").is_file():
+            found = [_compare_candidate(row) for row in _rows(folder / "compare.json")]
+        elif (folder / "seeds.json").is_file():
+            found = _seeds_candidates(folder)
+        else:
+            raise ForgetlessError(f"--from {folder}: no compare.json or seeds.json (run `forgetless compare` or `tune` "
+                                  "into it first)")
+        rows.update((c.name, c) for c in found if c is not None)
     return list(rows.values()), "your own comparison in " + ", ".join(map(str, folders))
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text(encoding="utf-8"))["rows"]
+
+
+def _mean_gain(row: dict[str, Any]) -> float | None:
+    gains = list((row.get("in_domain_gain") or {}).values())
+    return sum(gains) / len(gains) if gains else None
+
+
+def _compare_candidate(row: dict[str, Any]) -> Candidate | None:
+    if row.get("general_delta_abs") is None:
+        return None
+    saved = row.get("change_saved_vs_frontier")
+    return Candidate(
+        row["strategy"], row["general_delta_abs"], row["general_delta_se"], row.get("in_domain_gain_kept"),
+        row.get("step_time_ratio"), bool(row.get("stores_raw_data")), _generation(row), gain=_mean_gain(row),
+        frontier=None if saved is None else (saved, row.get("change_saved_vs_frontier_se")),
+    )
+
+
+def _seeds_candidates(folder: Path) -> list[Candidate]:
+    """seeds.json's rows: general change and gain as means over the seeds (s.e. over seeds), the change saved at
+    equal gain as the mean of the seeds where it is defined; cost and stored data from the first seed's row."""
+    from .seeds import mean_se, seed_folder
+
+    summary = json.loads((folder / "seeds.json").read_text(encoding="utf-8"))
+    first = {row["strategy"]: row for row in _rows(seed_folder(folder, summary["seeds"][0]) / "compare.json")}
+    candidates = []
+    for row in summary["rows"]:
+        one = first[row["strategy"]]
+        per_seed = row.get("saved_per_seed")
+        defined = [v for v in per_seed or [] if v is not None]
+        candidates.append(Candidate(
+            row["strategy"], row["change"],
+            row["change_se"] if row["change_se"] is not None else one["general_delta_se"],
+            None, one.get("step_time_ratio"), bool(one.get("stores_raw_data")), _generation(one), gain=row["gain"],
+            frontier=mean_se(defined) if defined else None, seeds=len(summary["seeds"]),
+            worst_change=min(change for _, change in row["per_seed"]),
+            above=None if per_seed is None else sum(1 for v in per_seed if v is None or v > 0),
+        ))
+    return candidates
 
 
 def advise(constraints: Constraints, candidates: list[Candidate], source: str) -> Advice:
@@ -141,19 +209,28 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
         else:
             kept.append(c)
     within = [c for c in kept if c.general_change >= -constraints.budget]
+    behind: list[Candidate] = []
     if within:
         several = constraints.tasks > 1
+        # Gain kept (a share of naive's) where every row has it, else the mean gain: never the two mixed.
+        share = all(c.gain_kept is not None for c in within)
 
         def rank(c: Candidate):
-            gain = c.gain_kept if c.gain_kept is not None else float("-inf")
+            gain = c.gain_kept if share else c.gain
+            gain = gain if gain is not None else float("-inf")
             return (gain, c.general_change) if several else (c.general_change, gain)
 
         ordered = sorted(within, key=rank, reverse=True)
+        if any(train_override(c.name) for c in ordered):
+            # A strategy earns credit only for what plain fine-tuning cannot reach by training less.
+            behind = [c for c in ordered if c.below_frontier]
+            ordered = [c for c in ordered if not c.below_frontier] + behind
     else:
         ordered = sorted(kept, key=lambda c: c.general_change, reverse=True)
     less = next((c for c in ordered if train_override(c.name)), None) if within else None
-    alternatives = [c for c in ordered[1:] if c is not less][:2]
-    return Advice(ordered[0] if ordered else None, alternatives, excluded, bool(within), source, less)
+    alternatives = [c for c in ordered[1:] if c is not less and c not in behind][:2]
+    beyond = [c for c in kept if c not in within] if within else []
+    return Advice(ordered[0] if ordered else None, alternatives, excluded, bool(within), source, less, behind, beyond)
 
 
 def train_override(name: str) -> dict[str, str] | None:
@@ -177,10 +254,21 @@ def _train_setting(override: dict[str, str]) -> str:
 
 def render(advice: Advice, constraints: Constraints) -> str:
     def evidence(c: Candidate) -> str:
-        parts = [f"general change {c.general_change:+.4f} ± {c.se:.4f}" + (f" (on {c.domain})" if c.domain else "")]
+        change = f"general change {c.general_change:+.4f} ± {c.se:.4f}"
+        if c.seeds > 1:
+            change += f" over {c.seeds} seeds" + ("" if c.worst_change is None else f" (worst seed {c.worst_change:+.4f})")
+        parts = [change + (f" (on {c.domain})" if c.domain else "")]
         if c.gain_kept is not None:
             parts.append(f"{100 * c.gain_kept:.0f} % of naive's in-domain gain kept"
-                         + (f" (on {c.gain_domain})" if c.gain_domain and c.gain_domain != c.domain else ""))
+                         + (f" (on {c.gain_domain})" if c.gain_domain and c.gain_domain != c.domain else "")
+                         + (" (at one seed)" if c.seeds > 1 and c.gain is None else ""))
+        elif c.gain is not None:
+            parts.append(f"mean in-domain gain {c.gain:+.4f}")
+        if c.frontier is not None:
+            saved, se = c.frontier
+            above = f", above it at {c.above} of {c.seeds} seeds" if c.above is not None and c.seeds > 1 else ""
+            parts.append(f"change saved at equal gain against naive's frontier {saved:+.4f}"
+                         + ("" if se is None else f" ± {se:.4f}") + above)
         if c.step_ratio is not None:
             parts.append(f"step time {c.step_ratio:.2f}x")
         parts.append("stores training rows" if c.stores_raw_data else "stores no training rows")
@@ -206,6 +294,12 @@ def render(advice: Advice, constraints: Constraints) -> str:
                      + ": check it with `eval: {suites: [general, instructions]}` in a compare run.")
     for alt in advice.alternatives:
         lines.append(f"Also within your constraints: {alt.name} ({evidence(alt)})")
+    if beyond := [c for c in advice.beyond_budget]:
+        lines.append(f"Beyond the budget of {constraints.budget:g} in this evidence: " + ", ".join(
+            f"{c.name} ({c.general_change:+.4f}" + (f" over {c.seeds} seeds" if c.seeds > 1 else "") + ")" for c in beyond))
+    for c in advice.behind_training_less:
+        lines.append(f"Ranked after training less: {c.name}: below naive's frontier, so plain fine-tuning trained less "
+                     f"reached its gain with a smaller drop ({evidence(c)})")
     for name, why in advice.excluded.items():
         lines.append(f"Left out: {name}: {why}")
     lines.append(f"Source: {advice.source}.")

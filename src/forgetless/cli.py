@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--budget", type=float, help="largest acceptable general drop (default 0.01)")
     adv.add_argument("--chat", choices=["yes", "no"],
                      help="must the model keep following instructions: weigh the generation checks (default yes)")
-    adv.add_argument("--from", dest="from_dirs", nargs="+", help="your own compare/tune folders as the evidence")
+    adv.add_argument("--from", dest="from_dirs", nargs="+",
+                     help="your own compare/tune folders (or a compare --seeds folder) as the evidence")
     adv.add_argument("--no-input", action="store_true", help="never ask; use the defaults for missing flags")
     adv.set_defaults(func=_cmd_advise)
 

@@ -1,0 +1,45 @@
+"""benchmarks/seeds_table.py: the bundled benchmark over seeds, seed 0 from the committed table."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("seeds_table", ROOT / "benchmarks" / "seeds_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_over_seeds_against_each_seeds_own_frontier_by_hand():
+    table = _script()
+    n15, n30 = "naive(lr=0.0002,steps=15)", "naive(lr=0.0002,steps=30)"
+    points = {
+        # Seed 0's frontier: (0, 0), (0.10, -0.01), (0.20, -0.03); the extra setting is not at seed 1: left out.
+        0: {n15: (0.10, -0.01), n30: (0.20, -0.03), "naive(lr=0.0003,steps=15)": (0.15, 0.0), "s": (0.15, -0.01)},
+        # Seed 1's frontier: (0, 0), (0.10, 0.00), (0.20, -0.04); "s" beyond its largest gain: above, undefined.
+        1: {n15: (0.10, 0.0), n30: (0.20, -0.04), "s": (0.25, -0.03)},
+    }
+    rows = {row["label"]: row for row in table.over_seeds(points)}
+    assert set(rows) == {n15, n30, "s"}
+    s = rows["s"]
+    # Seed 0: the frontier at gain 0.15 is halfway between -0.01 and -0.03, -0.02, so s saves +0.01.
+    assert s["saved"][0] == pytest.approx(0.01) and s["saved"][1] is None
+    assert s["gain"] == pytest.approx((0.20, 0.05)) and s["worst"] == -0.03  # s.e.: s.d. 0.0707 / sqrt 2
+    assert s["change"][0] == pytest.approx(-0.02) and s["change"][1] == pytest.approx(0.01)
+    assert rows[n30]["saved"] is None
+    text = table.markdown([s])
+    assert "| +0.0100 " in text and "| 2 of 2 " in text and "| 0 1 " in text  # one defined value: no s.e.
+
+
+def test_seed0_points_read_the_committed_quality_table():
+    points = _script().seed0_points(ROOT / "docs" / "results" / "quality.md")
+    # docs/results/quality.md: wise +0.2561, +0.0422 at +0.0113; the stack is labelled as compare labels it;
+    # naive at lr 2e-4 for 30 steps from the "naive setting" table.
+    assert points["wise"] == pytest.approx(((0.2561 + 0.0422) / 2, 0.0113))
+    assert points["replay+wise"][1] == pytest.approx(0.0034)
+    assert points["naive(lr=0.0002,steps=30)"] == pytest.approx((0.1552, -0.0160))
