@@ -175,7 +175,10 @@ def _seeds_candidates(folder: Path) -> list[Candidate]:
     from .seeds import mean_se, seed_folder
 
     summary = json.loads((folder / "seeds.json").read_text(encoding="utf-8"))
-    first = {row["strategy"]: row for row in _rows(seed_folder(folder, summary["seeds"][0]) / "compare.json")}
+    path = seed_folder(folder, summary["seeds"][0]) / "compare.json"
+    if not path.is_file():
+        raise ForgetlessError(f"--from {folder}: seeds.json names seed {summary['seeds'][0]} but {path} is missing")
+    first = {row["strategy"]: row for row in _rows(path)}
     candidates = []
     for row in summary["rows"]:
         one = first[row["strategy"]]
@@ -294,9 +297,10 @@ def render(advice: Advice, constraints: Constraints) -> str:
                      + ": check it with `eval: {suites: [general, instructions]}` in a compare run.")
     for alt in advice.alternatives:
         lines.append(f"Also within your constraints: {alt.name} ({evidence(alt)})")
-    if beyond := [c for c in advice.beyond_budget]:
+    if advice.beyond_budget:
         lines.append(f"Beyond the budget of {constraints.budget:g} in this evidence: " + ", ".join(
-            f"{c.name} ({c.general_change:+.4f}" + (f" over {c.seeds} seeds" if c.seeds > 1 else "") + ")" for c in beyond))
+            f"{c.name} ({c.general_change:+.4f}" + (f" over {c.seeds} seeds" if c.seeds > 1 else "") + ")"
+            for c in advice.beyond_budget))
     for c in advice.behind_training_less:
         lines.append(f"Ranked after training less: {c.name}: below naive's frontier, so plain fine-tuning trained less "
                      f"reached its gain with a smaller drop ({evidence(c)})")
