@@ -68,6 +68,9 @@ def test_shipped_evidence_matches_the_committed_result_tables():
     lwf = by_name["lwf"]
     assert (lwf.general_change, lwf.domain, lwf.gain_kept, lwf.gain_domain) == (-0.0108, "legal", 1.09, "jargon")
     assert "109 % of naive's in-domain gain kept (on jargon)" in render(advise(Constraints(), [lwf], "test"), Constraints())
+    # Naive's frontier was run on jargon only: the distance from it is jargon's, and said so beside legal's change.
+    assert (by_name["ewc"].frontier, lwf.frontier) == ((-0.0199, None), (0.0126, None))
+    assert "naive's frontier +0.0126 (on jargon)" in render(advise(Constraints(), [lwf], "test"), Constraints())
     assert by_name["naive(lr=0.0002,steps=15)"].domain == "jargon"  # naive's frontier: jargon only
     assert "quality-jargon.md" in source
 

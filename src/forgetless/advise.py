@@ -85,6 +85,7 @@ class Candidate:
     seeds: int = 1  # the general change (and frontier distance) is the mean over this many seeds
     worst_change: float | None = None  # over several seeds: the worst seed's general change
     above: int | None = None  # over several seeds: at how many it was above naive's frontier
+    frontier_domain: str | None = None  # shipped one-task evidence: the domain naive's frontier was run on
 
     @property
     def below_frontier(self) -> bool:
@@ -126,7 +127,7 @@ def shipped_evidence(tasks: int) -> tuple[list[Candidate], str]:
             name, found["general_change"], found["se"], found["gain_kept"], row["step_ratio"], row["stores_raw_data"],
             _generation(row), found.get("domain"), found.get("gain_domain"),
             frontier=None if saved is None else (saved, found.get("change_saved_se")), seeds=found.get("seeds", 1),
-            worst_change=found.get("worst_change"), above=found.get("above"),
+            worst_change=found.get("worst_change"), above=found.get("above"), frontier_domain=found.get("frontier_domain"),
         ))
     return candidates, (f"the shipped benchmark table ({data['provenance'][key]}; generation checks: "
                         f"{data['provenance']['generation']})")
@@ -271,7 +272,8 @@ def render(advice: Advice, constraints: Constraints) -> str:
             saved, se = c.frontier
             above = f", above it at {c.above} of {c.seeds} seeds" if c.above is not None and c.seeds > 1 else ""
             parts.append(f"change saved at equal gain against naive's frontier {saved:+.4f}"
-                         + ("" if se is None else f" ± {se:.4f}") + above)
+                         + ("" if se is None else f" ± {se:.4f}") + above
+                         + (f" (on {c.frontier_domain})" if c.frontier_domain and c.frontier_domain != c.domain else ""))
         if c.step_ratio is not None:
             parts.append(f"step time {c.step_ratio:.2f}x")
         parts.append("stores training rows" if c.stores_raw_data else "stores no training rows")
