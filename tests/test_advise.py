@@ -214,6 +214,9 @@ def test_advise_reads_a_comparison_over_seeds(tmp_path, capsys):
     assert out.startswith("Recommended: no strategy; plain fine-tuning trained less: train: {lr: 0.0002, steps: 30}")
     assert "general change -0.0075 ± 0.0025 over 2 seeds (worst seed -0.0100)" in out
     assert "Ranked after training less: ewc" in out and "above it at 0 of 2 seeds" in out
+    # Its mean (-0.0075) is within a 0.009 budget but its seed 2 (-0.0100) was not: the answer says so.
+    assert main(["advise", "--no-input", "--chat", "no", "--budget", "0.009", "--from", str(tmp_path)]) == 0
+    assert "over 2 seeds (worst seed -0.0100, beyond the budget)" in capsys.readouterr().out
     (tmp_path / "seed-1" / "compare.json").unlink()  # a seeds folder with a seed's table gone: said, not a traceback
     assert main(["advise", "--no-input", "--from", str(tmp_path)]) == 2
     assert "names seed 1 but" in capsys.readouterr().err

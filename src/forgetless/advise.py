@@ -12,7 +12,8 @@ decision is the small table below:
 | raw old data may not be kept | drop candidates that store training rows (replay, fip's anchors)          |
 | compute: low / medium / high | drop candidates whose step time exceeds 1.10x / 1.50x / no limit of naive |
 | budget (largest drop)        | keep candidates whose measured general change is >= -budget (over       |
-|                              | several seeds: its mean; the answer shows the worst seed beside it)      |
+|                              | several seeds: its mean; the answer shows the worst seed beside it and   |
+|                              | says when that seed was beyond the budget)                               |
 | chat model (the default)     | drop candidates whose instruction pass rate or leakage-free share fell   |
 |                              | beyond the budget by more than noise (change + 1.96 s.e. < -budget);     |
 |                              | candidates without those measurements stay, and the answer says so       |
@@ -260,7 +261,12 @@ def render(advice: Advice, constraints: Constraints) -> str:
     def evidence(c: Candidate) -> str:
         change = f"general change {c.general_change:+.4f} ± {c.se:.4f}"
         if c.seeds > 1:
-            change += f" over {c.seeds} seeds" + ("" if c.worst_change is None else f" (worst seed {c.worst_change:+.4f})")
+            if c.worst_change is not None:
+                # A mean within budget can hide a seed beyond it: say so, the budget is a per-run promise.
+                beyond = ", beyond the budget" if c.worst_change < -constraints.budget else ""
+                change += f" over {c.seeds} seeds (worst seed {c.worst_change:+.4f}{beyond})"
+            else:
+                change += f" over {c.seeds} seeds"
         parts = [change + (f" (on {c.domain})" if c.domain else "")]
         if c.gain_kept is not None:
             parts.append(f"{100 * c.gain_kept:.0f} % of naive's in-domain gain kept"
