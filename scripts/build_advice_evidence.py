@@ -123,13 +123,14 @@ def seeds_rows(path: Path) -> dict[str, dict]:
     rows = {}
     for row in table_rows(path, "strategy over seeds"):
         change, se = _change(row["general change ± s.e."])
-        saved = re.findall(r"[-+]?\d+\.\d+", row["change saved at equal gain ± s.e."])
+        # Always set, so that seed 0's one-seed distance never stands beside "over 3 seeds": "beyond the range" (at
+        # every seed) has no mean, one defined seed no s.e., naive's own rows ("—") no distance.
+        saved = [float(v) for v in re.findall(r"[-+]?\d+\.\d+", row["change saved at equal gain ± s.e."])]
         above = re.fullmatch(r"(\d+) of \d+", row["above naive's frontier at"])
         rows[_name(row["strategy over seeds"]) or row["strategy over seeds"]] = {
             "general_change": change, "se": se, "worst_change": float(row["worst seed's change"]), "drop_cut": None,
-            "seeds": len(row["seeds"].split()),
-            **({"change_saved": float(saved[0]), "change_saved_se": float(saved[1]), "above": int(above.group(1))}
-               if len(saved) == 2 and above else {}),
+            "seeds": len(row["seeds"].split()), "change_saved": saved[0] if saved else None,
+            "change_saved_se": saved[1] if len(saved) > 1 else None, "above": int(above.group(1)) if above else None,
         }
     return rows
 

@@ -43,3 +43,28 @@ def test_seed0_points_read_the_committed_quality_table():
     assert points["wise"] == pytest.approx(((0.2561 + 0.0422) / 2, 0.0113))
     assert points["replay+wise"][1] == pytest.approx(0.0034)
     assert points["naive(lr=0.0002,steps=30)"] == pytest.approx((0.1552, -0.0160))
+
+
+def test_the_advice_reads_each_distance_cell_the_table_can_print(tmp_path):
+    """seeds_table's cells (mean ± s.e., one defined seed, none defined) as build_advice_evidence reads them: a row
+    never keeps seed 0's one-seed distance beside "over N seeds"."""
+    spec = importlib.util.spec_from_file_location("build_advice_evidence", ROOT / "scripts" / "build_advice_evidence.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    n15, n30 = "naive(lr=0.0002,steps=15)", "naive(lr=0.0002,steps=30)"
+    # Both seeds' frontier: (0, 0), (0.10, -0.01), (0.20, -0.03).
+    front = {n15: (0.10, -0.01), n30: (0.20, -0.03)}
+    points = {
+        0: {**front, "one": (0.15, -0.01), "none": (0.25, -0.02), "two": (0.15, -0.03)},
+        # "one" beyond the largest gain at seed 1 only; "none" at both; "two" at neither: -0.01 and -0.005.
+        1: {**front, "one": (0.25, -0.02), "none": (0.30, -0.02), "two": (0.15, -0.025)},
+    }
+    table = tmp_path / "quality.md"
+    table.write_text(_script().markdown(_script().over_seeds(points)) + "\n")
+    rows = build.seeds_rows(table)
+    # "one": seed 0 saved -0.01 - (-0.02) = +0.01, undefined at seed 1: +0.0100 without an s.e., above at 2 of 2.
+    assert (rows["one"]["change_saved"], rows["one"]["change_saved_se"], rows["one"]["above"]) == (0.01, None, 2)
+    assert (rows["none"]["change_saved"], rows["none"]["change_saved_se"], rows["none"]["above"]) == (None, None, 2)
+    # "two": -0.01 and -0.005 -> -0.0075 ± 0.0025 (s.d. 0.003536 / sqrt 2), above at 0 of 2.
+    assert (rows["two"]["change_saved"], rows["two"]["change_saved_se"], rows["two"]["above"]) == (-0.0075, 0.0025, 0)
+    assert rows[n30]["change_saved"] is None and rows[n30]["seeds"] == 2
