@@ -24,7 +24,7 @@ from pathlib import Path
 
 from forgetless.frontier import Point, distances, naive_front
 from forgetless.report import format_table
-from forgetless.seeds import mean_se, read_tables
+from forgetless.seeds import mean_se, read_tables, seeds_above
 
 for _folder in ("scripts", "benchmarks"):  # the markdown table reader, and frontier_table beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / _folder))
@@ -74,7 +74,7 @@ def markdown(rows: list[dict]) -> str:
         if row["saved"] is not None:
             defined = [v for v in row["saved"] if v is not None]
             saved = _signed(*mean_se(defined)) if defined else "beyond the range"
-            above = f"{sum(1 for v in row['saved'] if v is None or v > 0)} of {len(row['saved'])}"
+            above = f"{seeds_above(row['saved'])} of {len(row['saved'])}"
         body.append([row["label"], " ".join(map(str, row["seeds"])), _signed(*row["gain"]), _signed(*row["change"]),
                      f"{row['worst']:+.4f}", saved, above])
     return format_table(HEADERS, body)

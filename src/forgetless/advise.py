@@ -180,7 +180,7 @@ def _compare_candidate(row: dict[str, Any]) -> Candidate | None:
 def _seeds_candidates(folder: Path) -> list[Candidate]:
     """seeds.json's rows: general change and gain as means over the seeds (s.e. over seeds), the change saved at
     equal gain as the mean of the seeds where it is defined; cost and stored data from the first seed's row."""
-    from .seeds import mean_se, seed_folder
+    from .seeds import mean_se, seed_folder, seeds_above
 
     summary = json.loads((folder / "seeds.json").read_text(encoding="utf-8"))
     path = seed_folder(folder, summary["seeds"][0]) / "compare.json"
@@ -204,7 +204,7 @@ def _seeds_candidates(folder: Path) -> list[Candidate]:
             None, one.get("step_time_ratio"), bool(one.get("stores_raw_data")), _generation(one), gain=row["gain"],
             frontier=frontier, seeds=len(summary["seeds"]),
             worst_change=min(change for _, change in row["per_seed"]),
-            above=None if per_seed is None else sum(1 for v in per_seed if v is None or v > 0),
+            above=None if per_seed is None else seeds_above(per_seed),
         ))
     return candidates
 
@@ -277,12 +277,10 @@ def render(advice: Advice, constraints: Constraints) -> str:
     def evidence(c: Candidate) -> str:
         change = f"general change {c.general_change:+.4f} ± {c.se:.4f}"
         if c.seeds > 1:
-            if c.worst_change is not None:
-                # A mean within budget can hide a seed beyond it: say so, the budget is a per-run promise.
-                beyond = ", beyond the budget" if _beyond_at_a_seed(c, constraints.budget) else ""
-                change += f" over {c.seeds} seeds (worst seed {c.worst_change:+.4f}{beyond})"
-            else:
-                change += f" over {c.seeds} seeds"
+            # A mean within budget can hide a seed beyond it: say so, the budget is a per-run promise.
+            beyond = ", beyond the budget" if _beyond_at_a_seed(c, constraints.budget) else ""
+            worst = "" if c.worst_change is None else f" (worst seed {c.worst_change:+.4f}{beyond})"
+            change += f" over {c.seeds} seeds{worst}"
         parts = [change + (f" (on {c.domain})" if c.domain else "")]
         if c.gain_kept is not None:
             parts.append(f"{100 * c.gain_kept:.0f} % of naive's in-domain gain kept"

@@ -48,6 +48,12 @@ def mean_se(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), spread
 
 
+def seeds_above(values: list[float | None]) -> int:
+    """The seeds where a run is above naive's frontier: a positive distance, or none (beyond the frontier's range on
+    the good side: more gain, or a higher general score, than any naive run)."""
+    return sum(1 for v in values if v is None or v > 0)
+
+
 def across_seeds(values: list[float | None]) -> str:
     """One distance over seeds: mean ± s.e. of the defined values, and at how many seeds the run is above.
 
@@ -55,7 +61,7 @@ def across_seeds(values: list[float | None]) -> str:
     any naive run): it counts as above and is left out of the mean.
     """
     defined = [v for v in values if v is not None]
-    above = sum(1 for v in values if v is None or v > 0)
+    above = seeds_above(values)
     if len(defined) < 2:
         shown = f"{defined[0]:+.4f}, " if defined else ""
         return f"{shown}{len(defined)} defined of {len(values)} seeds: no s.e.; above in {above} of {len(values)}"
