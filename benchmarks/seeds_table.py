@@ -5,7 +5,10 @@
 Seed 0 of the bundled benchmark was measured before `compare --seeds` existed and its run folders are gone, so its
 points are the committed quality table's: a strategy's gain per task and general delta from the first table, naive
 at other learning rates and step counts from the table whose first header is "naive setting". Seeds 1, 2, ... are
-DIR/seed-K/compare.json. A label enters only when it is at every seed. Each seed's rows are measured against that
+the committed points file (--points, docs/results/bundled-seeds.json), overlaid by DIR/seed-K/compare.json where a
+run folder holds the same label; --save writes the merged points back, so that a row measured once outlives its run
+folder (bench-out is not committed, and a new checkout starts without it). A label enters only when it is at every
+seed. Each seed's rows are measured against that
 seed's own frontier (forgetless.frontier) of the naive settings present at every seed, so seed 0's frontier leaves
 out the settings the other seeds did not run.
 
@@ -19,9 +22,11 @@ gain counts as above and is left out of the mean, as in forgetless.seeds).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from forgetless.fileio import atomic_write_text
 from forgetless.frontier import Point, distances, naive_front
 from forgetless.report import format_table
 from forgetless.seeds import mean_se, read_tables, seeds_above
@@ -46,6 +51,25 @@ def seed0_points(table: Path) -> dict[str, Point]:
 def folder_points(folder: Path) -> dict[int, dict[str, Point]]:
     return {seed: {r.strategy: (r.mean_gain, r.general_delta_abs) for r in rows if r.general_delta_abs is not None}
             for seed, rows in read_tables(folder).items()}
+
+
+def committed_points(path: Path) -> dict[int, dict[str, Point]]:
+    if not path.exists():
+        return {}
+    seeds = json.loads(path.read_text(encoding="utf-8"))["seeds"]
+    return {int(seed): {label: (p["gain"], p["change"]) for label, p in rows.items()} for seed, rows in seeds.items()}
+
+
+def merged(committed: dict[int, dict[str, Point]], folder: dict[int, dict[str, Point]]) -> dict[int, dict[str, Point]]:
+    """The committed points with each run folder's rows over them (a label measured again replaces its point)."""
+    return {seed: {**committed.get(seed, {}), **folder.get(seed, {})} for seed in sorted({*committed, *folder})}
+
+
+def save_points(path: Path, points: dict[int, dict[str, Point]]) -> None:
+    document = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    document["seeds"] = {str(seed): {label: {"gain": g, "change": c} for label, (g, c) in sorted(rows.items())}
+                         for seed, rows in sorted(points.items())}
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
 
 
 def over_seeds(points: dict[int, dict[str, Point]]) -> list[dict]:
@@ -84,8 +108,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a `forgetless compare --seeds` folder (seed-1, seed-2, ...)")
     parser.add_argument("table", type=Path, help="the committed quality table holding seed 0")
+    parser.add_argument("--points", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "results"
+                        / "bundled-seeds.json", help="committed points of seeds 1, 2, ... (default: %(default)s)")
+    parser.add_argument("--save", action="store_true", help="write the folder's points into --points")
     args = parser.parse_args()
-    points = {0: seed0_points(args.table), **folder_points(args.folder)}
+    later = merged(committed_points(args.points), folder_points(args.folder) if args.folder.exists() else {})
+    if args.save:
+        save_points(args.points, later)
+    points = {0: seed0_points(args.table), **later}
     print(markdown(over_seeds(points)))
 
 

@@ -68,3 +68,27 @@ def test_the_advice_reads_each_distance_cell_the_table_can_print(tmp_path):
     # "two": -0.01 and -0.005 -> -0.0075 ± 0.0025 (s.d. 0.003536 / sqrt 2), above at 0 of 2.
     assert (rows["two"]["change_saved"], rows["two"]["change_saved_se"], rows["two"]["above"]) == (-0.0075, 0.0025, 0)
     assert rows[n30]["change_saved"] is None and rows[n30]["seeds"] == 2
+
+
+def test_committed_points_with_a_run_folder_over_them_and_saved_back(tmp_path):
+    """A label measured again in a run folder replaces its committed point; the rest stay; --save keeps both."""
+    table = _script()
+    points = tmp_path / "points.json"
+    points.write_text('{"about": "kept", "seeds": {"1": {"a": {"gain": 0.1, "change": -0.01},'
+                      ' "b": {"gain": 0.2, "change": -0.02}}}}')
+    folder = {1: {"b": (0.25, -0.03)}, 2: {"c": (0.3, 0.01)}}
+    both = table.merged(table.committed_points(points), folder)
+    assert both == {1: {"a": (0.1, -0.01), "b": (0.25, -0.03)}, 2: {"c": (0.3, 0.01)}}
+    table.save_points(points, both)
+    assert table.committed_points(points) == both
+    assert '"about": "kept"' in points.read_text()
+    assert table.committed_points(tmp_path / "absent.json") == {}
+
+
+def test_the_committed_seeds_table_is_what_the_committed_points_give():
+    """quality.md's "strategy over seeds" table (what `forgetless advise` reads) reprints from committed data alone:
+    seed 0 from quality.md, seeds 1 and 2 from docs/results/bundled-seeds.json, no run folder."""
+    table = _script()
+    quality = ROOT / "docs" / "results" / "quality.md"
+    points = {0: table.seed0_points(quality), **table.committed_points(ROOT / "docs" / "results" / "bundled-seeds.json")}
+    assert table.markdown(table.over_seeds(points)) in quality.read_text(encoding="utf-8")
