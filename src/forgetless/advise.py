@@ -17,7 +17,9 @@ decision is the small table below:
 | chat model (the default)     | drop candidates whose instruction pass rate or leakage-free share fell   |
 |                              | beyond the budget by more than noise (change + 1.96 s.e. < -budget);     |
 |                              | candidates without those measurements stay, and the answer says so       |
-| ranking                      | the most in-domain gain kept (several tasks; the mean gain for every     |
+| ranking                      | first the rows within budget at each of several seeds (a mean within it  |
+|                              | can hide a seed beyond it; a one-seed row shows no such spread), then    |
+|                              | the most in-domain gain kept (several tasks; the mean gain for every     |
 |                              | row once any row within budget lacks gain kept), else the smallest drop  |
 | below naive's frontier       | a strategy whose change saved at equal gain against naive's frontier is  |
 |                              | negative (over several seeds: the mean where defined, and below at most  |
@@ -115,6 +117,8 @@ class Advice:
     training_less: Candidate | None = None
     behind_training_less: list[Candidate] = field(default_factory=list)  # within budget, below naive's frontier
     beyond_budget: list[Candidate] = field(default_factory=list)  # allowed by the constraints, not by the budget
+    # Within budget on their mean only, with more gain than the recommendation, which was within at every seed.
+    passed_over: list[Candidate] = field(default_factory=list)
 
 
 def _generation(row: dict[str, Any]) -> dict[str, tuple[float, float]]:
@@ -232,10 +236,14 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
         # Gain kept (a share of naive's) where every row has it, else the mean gain: never the two mixed.
         share = all(c.gain_kept is not None for c in within)
 
+        def gain(c: Candidate) -> float:
+            value = c.gain_kept if share else c.gain
+            return value if value is not None else float("-inf")
+
         def rank(c: Candidate):
-            gain = c.gain_kept if share else c.gain
-            gain = gain if gain is not None else float("-inf")
-            return (gain, c.general_change) if several else (c.general_change, gain)
+            # The budget is a promise about each run: several seeds all within it beat a mean within it.
+            every_seed = c.seeds > 1 and not _beyond_at_a_seed(c, constraints.budget)
+            return (every_seed, gain(c), c.general_change) if several else (every_seed, c.general_change, gain(c))
 
         ordered = sorted(within, key=rank, reverse=True)
         if any(train_override(c.name) for c in ordered):
@@ -247,7 +255,10 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
     less = next((c for c in ordered if train_override(c.name)), None) if within else None
     alternatives = [c for c in ordered[1:] if c is not less and c not in behind][:2]
     beyond = [c for c in kept if c not in within] if within else []
-    return Advice(ordered[0] if ordered else None, alternatives, excluded, bool(within), source, less, behind, beyond)
+    best = ordered[0] if ordered else None
+    passed_over = [c for c in ordered if within and best.seeds > 1 and _beyond_at_a_seed(c, constraints.budget)
+                   and gain(c) > gain(best)]
+    return Advice(best, alternatives, excluded, bool(within), source, less, behind, beyond, passed_over)
 
 
 def _beyond_at_a_seed(c: Candidate, budget: float) -> bool:
@@ -309,6 +320,10 @@ def render(advice: Advice, constraints: Constraints) -> str:
     if _beyond_at_a_seed(best, constraints.budget):
         lines.append(f"  Within the budget on average over its {best.seeds} seeds, not at each: its worst seed lost "
                      f"{-best.worst_change:.4f}.")
+    if advice.passed_over:
+        lines.append(f"  Ranked first as within the budget at each of its {best.seeds} seeds: "
+                     + ", ".join(f"{c.name} (worst seed {c.worst_change:+.4f})" for c in advice.passed_over)
+                     + " kept more gain but stayed within it only on average.")
     if less is not None and less is not best:
         within = "on average stayed" if _beyond_at_a_seed(less, constraints.budget) else "also stayed"
         lines.append(f"  Plain fine-tuning trained less ({_train_setting(train_override(less.name))}, no strategy) {within} "
