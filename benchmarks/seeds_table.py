@@ -66,10 +66,25 @@ def merged(committed: dict[int, dict[str, Point]], folder: dict[int, dict[str, P
 
 
 def save_points(path: Path, points: dict[int, dict[str, Point]]) -> None:
+    """Write the points back, one line per row so that a new row is a one-line diff."""
     document = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    document["seeds"] = {str(seed): {label: {"gain": g, "change": c} for label, (g, c) in sorted(rows.items())}
-                         for seed, rows in sorted(points.items())}
-    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+    seeds = []
+    for seed, rows in sorted(points.items()):
+        lines = [f'      {json.dumps(label)}: {{"gain": {g!r}, "change": {c!r}}}' for label, (g, c) in sorted(rows.items())]
+        seeds.append(f'    "{seed}": {{\n' + ",\n".join(lines) + "\n    }")
+    head = "".join(f"  {json.dumps(k)}: {json.dumps(v)},\n" for k, v in document.items() if k != "seeds")
+    atomic_write_text(path, "{\n" + head + '  "seeds": {\n' + ",\n".join(seeds) + "\n  }\n}\n")
+
+
+def later_seeds(folder: Path) -> dict[int, dict[str, Point]]:
+    """A compare --seeds folder's points; seed 0 is the committed quality table's and may not come from a folder."""
+    if not folder.exists():
+        print(f"note: {folder} does not exist: the table is the committed points alone", file=sys.stderr)
+        return {}
+    points = folder_points(folder)
+    if 0 in points:
+        raise SystemExit(f"{folder}/seed-0: seed 0 is read from the committed quality table, not a run folder")
+    return points
 
 
 def over_seeds(points: dict[int, dict[str, Point]]) -> list[dict]:
@@ -112,7 +127,7 @@ def main() -> None:
                         / "bundled-seeds.json", help="committed points of seeds 1, 2, ... (default: %(default)s)")
     parser.add_argument("--save", action="store_true", help="write the folder's points into --points")
     args = parser.parse_args()
-    later = merged(committed_points(args.points), folder_points(args.folder) if args.folder.exists() else {})
+    later = merged(committed_points(args.points), later_seeds(args.folder))
     if args.save:
         save_points(args.points, later)
     points = {0: seed0_points(args.table), **later}

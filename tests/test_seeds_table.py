@@ -83,6 +83,16 @@ def test_committed_points_with_a_run_folder_over_them_and_saved_back(tmp_path):
     assert table.committed_points(points) == both
     assert '"about": "kept"' in points.read_text()
     assert table.committed_points(tmp_path / "absent.json") == {}
+    assert '"about": "kept",\n' in points.read_text() and '"b": {"gain": 0.25, "change": -0.03}' in points.read_text()
+
+
+def test_a_folder_may_not_hold_seed_0(tmp_path):
+    """Seed 0 is the committed quality table's: a folder's seed-0 would replace it, and --save would keep it."""
+    (tmp_path / "seed-0").mkdir()
+    (tmp_path / "seed-0" / "compare.json").write_text('{"rows": []}')
+    with pytest.raises(SystemExit, match="seed-0"):
+        _script().later_seeds(tmp_path)
+    assert _script().later_seeds(tmp_path / "missing") == {}
 
 
 def test_the_committed_seeds_table_is_what_the_committed_points_give():

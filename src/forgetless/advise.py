@@ -18,7 +18,8 @@ decision is the small table below:
 |                              | beyond the budget by more than noise (change + 1.96 s.e. < -budget);     |
 |                              | candidates without those measurements stay, and the answer says so       |
 | ranking                      | first the rows within budget at each of several seeds (a mean within it  |
-|                              | can hide a seed beyond it; a one-seed row shows no such spread), then    |
+|                              | can hide a seed beyond it; a one-seed row's spread is unmeasured, so it  |
+|                              | ranks with the rest), then                                               |
 |                              | the most in-domain gain kept (several tasks; the mean gain for every     |
 |                              | row once any row within budget lacks gain kept), else the smallest drop  |
 | below naive's frontier       | a strategy whose change saved at equal gain against naive's frontier is  |
@@ -231,20 +232,13 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
             kept.append(c)
     within = [c for c in kept if c.general_change >= -constraints.budget]
     behind: list[Candidate] = []
+    # Gain kept (a share of naive's) where every row has it, else the mean gain: never the two mixed.
+    share = all(c.gain_kept is not None for c in within)
+
+    def rank(c: Candidate) -> tuple:
+        return _rank(c, constraints, share)
+
     if within:
-        several = constraints.tasks > 1
-        # Gain kept (a share of naive's) where every row has it, else the mean gain: never the two mixed.
-        share = all(c.gain_kept is not None for c in within)
-
-        def gain(c: Candidate) -> float:
-            value = c.gain_kept if share else c.gain
-            return value if value is not None else float("-inf")
-
-        def rank(c: Candidate):
-            # The budget is a promise about each run: several seeds all within it beat a mean within it.
-            every_seed = c.seeds > 1 and not _beyond_at_a_seed(c, constraints.budget)
-            return (every_seed, gain(c), c.general_change) if several else (every_seed, c.general_change, gain(c))
-
         ordered = sorted(within, key=rank, reverse=True)
         if any(train_override(c.name) for c in ordered):
             # A strategy earns credit only for what plain fine-tuning cannot reach by training less.
@@ -256,9 +250,20 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
     alternatives = [c for c in ordered[1:] if c is not less and c not in behind][:2]
     beyond = [c for c in kept if c not in within] if within else []
     best = ordered[0] if ordered else None
-    passed_over = [c for c in ordered if within and best.seeds > 1 and _beyond_at_a_seed(c, constraints.budget)
-                   and gain(c) > gain(best)]
+    passed_over = []
+    if within and rank(best)[0]:
+        # What would have ranked first but for the every-seed tier (rows behind training less lost for another reason).
+        passed_over = [c for c in ordered if not rank(c)[0] and c not in behind and rank(c)[1:] > rank(best)[1:]]
     return Advice(best, alternatives, excluded, bool(within), source, less, behind, beyond, passed_over)
+
+
+def _rank(c: Candidate, constraints: Constraints, share: bool) -> tuple:
+    """Larger first. The budget promises each run: rows within it at each of several seeds come first; a mean within
+    it can hide a seed beyond it, and one seed shows no spread at all. Then several tasks: gain, one task: change."""
+    every_seed = c.seeds > 1 and not _beyond_at_a_seed(c, constraints.budget)
+    gain = c.gain_kept if share else c.gain
+    gain = gain if gain is not None else float("-inf")
+    return (every_seed, gain, c.general_change) if constraints.tasks > 1 else (every_seed, c.general_change, gain)
 
 
 def _beyond_at_a_seed(c: Candidate, budget: float) -> bool:
@@ -317,13 +322,16 @@ def render(advice: Advice, constraints: Constraints) -> str:
     stack = "[" + ", ".join(best.name.split("+")) + "]" if "+" in best.name else best.name
     lines = [f"Recommended: {_as_config(best.name)}", f"  evidence: {evidence(best)}"]
     less = advice.training_less
-    if _beyond_at_a_seed(best, constraints.budget):
+    if advice.met_budget and _beyond_at_a_seed(best, constraints.budget):
         lines.append(f"  Within the budget on average over its {best.seeds} seeds, not at each: its worst seed lost "
                      f"{-best.worst_change:.4f}.")
     if advice.passed_over:
-        lines.append(f"  Ranked first as within the budget at each of its {best.seeds} seeds: "
-                     + ", ".join(f"{c.name} (worst seed {c.worst_change:+.4f})" for c in advice.passed_over)
-                     + " kept more gain but stayed within it only on average.")
+        def spread(c: Candidate) -> str:
+            return "measured at one seed" if c.seeds == 1 else f"within on average only, worst seed {c.worst_change:+.4f}"
+
+        lines.append(f"  Ranked first as within the budget at each of its {best.seeds} seeds, before "
+                     + ", ".join(f"{c.name} ({spread(c)})" for c in advice.passed_over)
+                     + ", which would otherwise rank higher.")
     if less is not None and less is not best:
         within = "on average stayed" if _beyond_at_a_seed(less, constraints.budget) else "also stayed"
         lines.append(f"  Plain fine-tuning trained less ({_train_setting(train_override(less.name))}, no strategy) {within} "
