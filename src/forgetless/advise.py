@@ -118,7 +118,8 @@ class Advice:
     training_less: Candidate | None = None
     behind_training_less: list[Candidate] = field(default_factory=list)  # within budget, below naive's frontier
     beyond_budget: list[Candidate] = field(default_factory=list)  # allowed by the constraints, not by the budget
-    # Within budget on their mean only, with more gain than the recommendation, which was within at every seed.
+    # Rows that would rank before the recommendation (within budget at every seed) but for that tier: within on
+    # their mean only, or measured at one seed.
     passed_over: list[Candidate] = field(default_factory=list)
 
 
