@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -44,11 +45,21 @@ def frontier_points(folder: Path) -> tuple[list[dict], dict]:
     return points, table["setting"]
 
 
+def row_gains(row: dict[str, str]) -> dict[str, float]:
+    """A table row's in-domain gain per task: the bundled table's "gain support" columns, or a one-task table's
+    "held-out `jargon` gain ± s.e." column (its first number)."""
+    gains = {}
+    for key, value in row.items():
+        column = re.fullmatch(r"gain (\w+)|held-out `(\w+)` gain ± s\.e\.", key)  # not "gain kept vs naive"
+        if column:
+            gains[column.group(1) or column.group(2)] = float(re.findall(r"[-+]?\d+\.\d+", value)[0])
+    return gains
+
+
 def table_points(path: Path) -> list[dict]:
     points = []
     for row in table_rows(path, "strategy"):
-        gains = {key.removeprefix("gain "): float(value) for key, value in row.items() if key.startswith("gain ")
-                 and key != "gain kept vs naive"}
+        gains = row_gains(row)
         change, se = _change(row["general delta ± s.e."])
         points.append({"label": row["strategy"], "gain": sum(gains.values()) / len(gains), "gains": gains,
                        "change": change, "se": se})

@@ -1,22 +1,25 @@
-"""The bundled benchmark over seeds: a `compare --seeds` folder's seeds with seed 0 read from the committed table.
+"""A quality table over seeds: a `compare --seeds` folder's seeds with seed 0 read from the committed table.
 
     .venv/bin/python benchmarks/seeds_table.py bench-out/bundled-seeds docs/results/quality.md
+    .venv/bin/python benchmarks/seeds_table.py bench-out/jargon-seeds docs/results/quality-jargon.md \
+        --points docs/results/jargon-seeds.json
 
-Seed 0 of the bundled benchmark was measured before `compare --seeds` existed and its run folders are gone, so its
-points are the committed quality table's: a strategy's gain per task and general delta from the first table, naive
-at other learning rates and step counts from the table whose first header is "naive setting". Seeds 1, 2, ... are
-the committed points file (--points, docs/results/bundled-seeds.json), overlaid by DIR/seed-K/compare.json where a
-run folder holds the same label; --save writes the merged points back, so that a row measured once outlives its run
-folder (bench-out is not committed, and a new checkout starts without it). A label enters only when it is at every
-seed. Each seed's rows are measured against that
-seed's own frontier (forgetless.frontier) of the naive settings present at every seed, so seed 0's frontier leaves
-out the settings the other seeds did not run.
+Seed 0 of the bundled benchmark (and of the `jargon` table) was measured before `compare --seeds` existed and its
+run folders are gone, so its points are the committed quality table's: a strategy's gain per task (the bundled
+table's "gain support" columns, a one-task table's "held-out `jargon` gain" column) and general delta from the
+first table, naive at other learning rates and step counts from the table whose first header is "naive setting".
+Seeds 1, 2, ... are the committed points file (--points, docs/results/bundled-seeds.json by default), overlaid by
+DIR/seed-K/compare.json where a run folder holds the same label; --save writes the merged points back, so that a
+row measured once outlives its run folder (bench-out is not committed, and a new checkout starts without it). A
+label enters only when it is at every seed. Each seed's rows are measured against that seed's own frontier
+(forgetless.frontier) of the naive settings present at every seed, so seed 0's frontier leaves out the settings
+the other seeds did not run.
 
 The table printed (first header "strategy over seeds") is what scripts/build_advice_evidence.py reads for
-`forgetless advise`: mean ± s.e. over seeds (their s.d. / sqrt(n); each seed draws its own held-out split, so this
-holds the test set's noise too), the worst seed's general change, and the general change saved at equal gain
-against each seed's own frontier with the number of seeds where the row is above it (beyond the frontier's largest
-gain counts as above and is left out of the mean, as in forgetless.seeds).
+`forgetless advise` from quality.md and quality-jargon.md: mean ± s.e. over seeds (their s.d. / sqrt(n); each seed
+draws its own held-out split, so this holds the test set's noise too), the worst seed's general change, and the
+general change saved at equal gain against each seed's own frontier with the number of seeds where the row is above
+it (beyond the frontier's largest gain counts as above and is left out of the mean, as in forgetless.seeds).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from forgetless.seeds import mean_se, read_tables, seeds_above
 for _folder in ("scripts", "benchmarks"):  # the markdown table reader, and frontier_table beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / _folder))
 from build_advice_evidence import _change, _name, table_rows  # noqa: E402
-from frontier_table import table_points  # noqa: E402
+from frontier_table import row_gains, table_points  # noqa: E402
 
 HEADERS = ["strategy over seeds", "seeds", "mean gain ± s.e.", "general change ± s.e.", "worst seed's change",
            "change saved at equal gain ± s.e.", "above naive's frontier at"]
@@ -44,7 +47,9 @@ def seed0_points(table: Path) -> dict[str, Point]:
     """(mean gain, general change) of every row of the committed table, labelled as compare labels them."""
     points = {(_name(p["label"]) or p["label"]): (p["gain"], p["change"]) for p in table_points(table)}
     for row in table_rows(table, "naive setting"):
-        points[row["naive setting"]] = (float(row["mean gain"]), _change(row["general delta ± s.e."])[0])
+        gains = row_gains(row)  # a one-task table has no "mean gain" column
+        gain = float(row["mean gain"]) if "mean gain" in row else sum(gains.values()) / len(gains)
+        points[row["naive setting"]] = (gain, _change(row["general delta ± s.e."])[0])
     return points
 
 

@@ -91,6 +91,13 @@ class Candidate:
     worst_change: float | None = None  # over several seeds: the worst seed's general change
     above: int | None = None  # over several seeds: at how many it was above naive's frontier
     frontier_domain: str | None = None  # shipped one-task evidence: the domain naive's frontier was run on
+    # The seeds the frontier distance and `above` are over, where not `seeds` (shipped one-task evidence: legal's
+    # one-seed change beside jargon's distance over three seeds).
+    frontier_seeds: int | None = None
+
+    @property
+    def distance_seeds(self) -> int:
+        return self.frontier_seeds or self.seeds
 
     @property
     def below_frontier(self) -> bool:
@@ -100,7 +107,7 @@ class Candidate:
         range, counted as above), so a negative mean demotes only a row that was below at most of its seeds."""
         if self.frontier is None or self.frontier[0] >= 0 or train_override(self.name) is not None:
             return False
-        return self.above is None or self.above < self.seeds - self.above
+        return self.above is None or self.above < self.distance_seeds - self.above
 
     def lost_generation(self, budget: float) -> list[str]:
         """The generation checks this candidate fell on beyond the budget by more than noise."""
@@ -141,6 +148,7 @@ def shipped_evidence(tasks: int) -> tuple[list[Candidate], str]:
             _generation(row), found.get("domain"), found.get("gain_domain"),
             frontier=None if saved is None else (saved, found.get("change_saved_se")), seeds=found.get("seeds", 1),
             worst_change=found.get("worst_change"), above=found.get("above"), frontier_domain=found.get("frontier_domain"),
+            frontier_seeds=found.get("frontier_seeds"),
         ))
     return candidates, (f"the shipped benchmark table ({data['provenance'][key]}; generation checks: "
                         f"{data['provenance']['generation']})")
@@ -307,7 +315,10 @@ def render(advice: Advice, constraints: Constraints) -> str:
             parts.append(f"mean in-domain gain {c.gain:+.4f}")
         if c.frontier is not None:
             saved, se = c.frontier
-            above = f", above it at {c.above} of {c.seeds} seeds" if c.above is not None and c.seeds > 1 else ""
+            n = c.distance_seeds
+            above = f", above it at {c.above} of {n} seeds" if c.above is not None and n > 1 else ""
+            if n > 1 and n != c.seeds:
+                above = f" over {n} seeds" + above
             parts.append(f"change saved at equal gain against naive's frontier {saved:+.4f}"
                          + ("" if se is None else f" ± {se:.4f}") + above
                          + (f" (on {c.frontier_domain})" if c.frontier_domain and c.frontier_domain != c.domain else ""))
