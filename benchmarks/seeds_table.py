@@ -1,14 +1,13 @@
 """A quality table over seeds: a `compare --seeds` folder's seeds with seed 0 read from the committed table.
 
     .venv/bin/python benchmarks/seeds_table.py bench-out/bundled-seeds docs/results/quality.md
-    .venv/bin/python benchmarks/seeds_table.py bench-out/jargon-seeds docs/results/quality-jargon.md \
-        --points docs/results/jargon-seeds.json
+    .venv/bin/python benchmarks/seeds_table.py bench-out/jargon-seeds docs/results/quality-jargon.md
 
 Seed 0 of the bundled benchmark (and of the `jargon` table) was measured before `compare --seeds` existed and its
 run folders are gone, so its points are the committed quality table's: a strategy's gain per task (the bundled
 table's "gain support" columns, a one-task table's "held-out `jargon` gain" column) and general delta from the
 first table, naive at other learning rates and step counts from the table whose first header is "naive setting".
-Seeds 1, 2, ... are the committed points file (--points, docs/results/bundled-seeds.json by default), overlaid by
+Seeds 1, 2, ... are the committed points file (--points; by default the table's: DEFAULT_POINTS), overlaid by
 DIR/seed-K/compare.json where a run folder holds the same label; --save writes the merged points back, so that a
 row measured once outlives its run folder (bench-out is not committed, and a new checkout starts without it). A
 label enters only when it is at every seed. Each seed's rows are measured against that seed's own frontier
@@ -39,6 +38,7 @@ for _folder in ("scripts", "benchmarks"):  # the markdown table reader, and fron
 from build_advice_evidence import _change, _name, table_rows  # noqa: E402
 from frontier_table import row_gains, table_points  # noqa: E402
 
+DEFAULT_POINTS = {"quality.md": "bundled-seeds.json", "quality-jargon.md": "jargon-seeds.json"}
 HEADERS = ["strategy over seeds", "seeds", "mean gain ± s.e.", "general change ± s.e.", "worst seed's change",
            "change saved at equal gain ± s.e.", "above naive's frontier at"]
 
@@ -128,10 +128,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a `forgetless compare --seeds` folder (seed-1, seed-2, ...)")
     parser.add_argument("table", type=Path, help="the committed quality table holding seed 0")
-    parser.add_argument("--points", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "results"
-                        / "bundled-seeds.json", help="committed points of seeds 1, 2, ... (default: %(default)s)")
+    parser.add_argument("--points", type=Path, help="committed points of seeds 1, 2, ... (default: bundled-seeds.json "
+                        "beside quality.md, jargon-seeds.json beside quality-jargon.md)")
     parser.add_argument("--save", action="store_true", help="write the folder's points into --points")
     args = parser.parse_args()
+    if args.points is None:
+        # Another table's points must never land in (or be read from) the bundled benchmark's file.
+        if args.table.name not in DEFAULT_POINTS:
+            parser.error(f"--points is needed for {args.table} (defaults exist for {', '.join(DEFAULT_POINTS)})")
+        args.points = args.table.with_name(DEFAULT_POINTS[args.table.name])
     later = merged(committed_points(args.points), later_seeds(args.folder))
     if args.save:
         save_points(args.points, later)
