@@ -1,5 +1,6 @@
-"""The run configs under benchmarks/configs are the bundled benchmark's set-up (benchmarks/quality.py), so that a
-result read from one (a `compare --seeds` run, a budget run) can be set beside the quality table's rows."""
+"""The run configs under benchmarks/configs are benchmarks/quality.py's set-up (the bundled benchmark, or its
+`--tasks jargon`), so that a result read from one (a `compare --seeds` run, a budget run) can be set beside the
+quality table's rows."""
 
 import importlib.util
 from pathlib import Path
@@ -10,7 +11,10 @@ from forgetless.compare import table_setting
 from forgetless.config import load_config
 
 ROOT = Path(__file__).parent.parent
-SEEDS = {"support_only.yaml": 0, "support_only_seed1.yaml": 1, "support_only_seed2.yaml": 2, "bundled.yaml": 0}
+SEEDS = {"support_only.yaml": 0, "support_only_seed1.yaml": 1, "support_only_seed2.yaml": 2, "bundled.yaml": 0,
+         "jargon.yaml": 0}
+# quality.py --tasks for each (jargon.yaml is quality-jargon.md's set-up)
+TASKS = {"bundled.yaml": ["support", "pydoc"], "jargon.yaml": ["jargon"]}
 
 
 def quality_setting(tasks: list[str], seed: int) -> dict:
@@ -30,5 +34,5 @@ def test_every_benchmark_config_is_listed_here():
 def test_benchmark_config_is_quality_py_setup_at_its_seed(name):
     config = load_config(ROOT / "benchmarks" / "configs" / name)
     tasks = [task.builtin for task in config.tasks]
-    assert tasks == (["support", "pydoc"] if name == "bundled.yaml" else ["support"])
+    assert tasks == TASKS.get(name, ["support"])
     assert table_setting(config) == quality_setting(tasks, SEEDS[name])
