@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -47,8 +48,8 @@ def seed0_points(table: Path) -> dict[str, Point]:
     """(mean gain, general change) of every row of the committed table, labelled as compare labels them."""
     points = {(_name(p["label"]) or p["label"]): (p["gain"], p["change"]) for p in table_points(table)}
     for row in table_rows(table, "naive setting"):
-        gains = row_gains(row)  # a one-task table has no "mean gain" column
-        gain = float(row["mean gain"]) if "mean gain" in row else sum(gains.values()) / len(gains)
+        # A one-task table has no "mean gain" column: its one task's gain is the mean.
+        gain = float(row["mean gain"]) if "mean gain" in row else statistics.mean(row_gains(row).values())
         points[row["naive setting"]] = (gain, _change(row["general delta ± s.e."])[0])
     return points
 

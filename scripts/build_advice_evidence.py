@@ -137,6 +137,11 @@ def seeds_rows(path: Path) -> dict[str, dict]:
     return rows
 
 
+def _has_distance(row: dict) -> bool:
+    """A frontier distance was measured: a mean, or (beyond the frontier's range at every seed) only the count above."""
+    return row.get("change_saved") is not None or row.get("above") is not None
+
+
 def worse_domain(rows: dict[str, dict | None]) -> dict:
     """The row of the domain where the general change is lowest (named in "domain"), with the lowest gain kept of
     the domains that judge it (named in "gain_domain"; on `legal` naive's own gain is noise, so none there)."""
@@ -180,12 +185,11 @@ def build() -> dict:
     jargon_seeds = seeds_rows(jargon_table)
     for name, found in [*frontier_distances(jargon_table, "change saved vs frontier").items(), *jargon_seeds.items()]:
         if name in jargon:
-            has_distance = found.get("change_saved") is not None or found.get("above") is not None
-            jargon[name] = {**jargon[name], **found, **({"frontier_domain": "jargon"} if has_distance else {})}
+            jargon[name] = {**jargon[name], **found, **({"frontier_domain": "jargon"} if _has_distance(found) else {})}
     single = {name: worse_domain({"legal": legal.get(name), "jargon": jargon.get(name)}) for name in set(legal) | set(jargon)}
     for name, row in single.items():
         found = jargon.get(name) or {}
-        if row["domain"] != "legal" or (found.get("change_saved") is None and found.get("above") is None):
+        if row["domain"] != "legal" or not _has_distance(found):
             continue  # jargon's own row (its distance in it), or no distance (naive's own rows)
         # legal's change (one seed) beside jargon's distance, which may be over several seeds: say so apart.
         distance = {k: found.get(k) for k in ("change_saved", "change_saved_se", "above", "frontier_domain")}
