@@ -47,10 +47,11 @@ def frontier_points(folder: Path) -> tuple[list[dict], dict]:
 
 def row_gains(row: dict[str, str]) -> dict[str, float]:
     """A table row's in-domain gain per task: the bundled table's "gain support" columns, or a one-task table's
-    "held-out `jargon` gain ± s.e." column (its first number)."""
+    "held-out `jargon` gain ± s.e." column (its first number; `legal`'s is "held-out `legal` score gain")."""
     gains = {}
     for key, value in row.items():
-        column = re.fullmatch(r"gain (\w+)|held-out `(\w+)` gain ± s\.e\.", key)  # not "gain kept vs naive"
+        # not "gain kept vs naive"
+        column = re.fullmatch(r"gain (\w+)|held-out `(\w+)` (?:score )?gain(?: ± s\.e\.)?", key)
         if column:
             gains[column.group(1) or column.group(2)] = float(re.findall(r"[-+]?\d+\.\d+", value)[0])
     return gains

@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/seeds_table.py bench-out/bundled-seeds docs/results/quality.md
     .venv/bin/python benchmarks/seeds_table.py bench-out/jargon-seeds docs/results/quality-jargon.md
+    .venv/bin/python benchmarks/seeds_table.py bench-out/legal-seeds docs/results/quality-legal.md
 
-Seed 0 of the bundled benchmark (and of the `jargon` table) was measured before `compare --seeds` existed and its
+Seed 0 of the bundled benchmark (and of the `jargon` and `legal` tables) was measured before `compare --seeds` existed and its
 run folders are gone, so its points are the committed quality table's: a strategy's gain per task (the bundled
 table's "gain support" columns, a one-task table's "held-out `jargon` gain" column) and general delta from the
-first table, naive at other learning rates and step counts from the table whose first header is "naive setting".
+first table, naive at other learning rates and step counts from the table whose first header is "naive setting"
+(where there is one).
 Seeds 1, 2, ... are the committed points file (--points; by default the table's: DEFAULT_POINTS), overlaid by
 DIR/seed-K/compare.json where a run folder holds the same label; --save writes the merged points back, so that a
 row measured once outlives its run folder (bench-out is not committed, and a new checkout starts without it). A
@@ -18,7 +20,9 @@ The table printed (first header "strategy over seeds") is what scripts/build_adv
 `forgetless advise` from quality.md and quality-jargon.md: mean ± s.e. over seeds (their s.d. / sqrt(n); each seed
 draws its own held-out split, so this holds the test set's noise too), the worst seed's general change, and the
 general change saved at equal gain against each seed's own frontier with the number of seeds where the row is above
-it (beyond the frontier's largest gain counts as above and is left out of the mean, as in forgetless.seeds).
+it (beyond the frontier's largest gain counts as above and is left out of the mean, as in forgetless.seeds). With
+naive at its one setting only (`legal`: naive's own gain there is within noise, so no frontier was run) there is no
+frontier and those two columns are "—".
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ for _folder in ("scripts", "benchmarks"):  # the markdown table reader, and fron
 from build_advice_evidence import _change, _name, table_rows  # noqa: E402
 from frontier_table import row_gains, table_points  # noqa: E402
 
-DEFAULT_POINTS = {"quality.md": "bundled-seeds.json", "quality-jargon.md": "jargon-seeds.json"}
+DEFAULT_POINTS = {"quality.md": "bundled-seeds.json", "quality-jargon.md": "jargon-seeds.json",
+                  "quality-legal.md": "legal-seeds.json"}
 HEADERS = ["strategy over seeds", "seeds", "mean gain ± s.e.", "general change ± s.e.", "worst seed's change",
            "change saved at equal gain ± s.e.", "above naive's frontier at"]
 
@@ -47,7 +52,7 @@ HEADERS = ["strategy over seeds", "seeds", "mean gain ± s.e.", "general change 
 def seed0_points(table: Path) -> dict[str, Point]:
     """(mean gain, general change) of every row of the committed table, labelled as compare labels them."""
     points = {(_name(p["label"]) or p["label"]): (p["gain"], p["change"]) for p in table_points(table)}
-    for row in table_rows(table, "naive setting"):
+    for row in table_rows(table, "naive setting", optional=True):
         # A one-task table has no "mean gain" column: its one task's gain is the mean.
         gain = float(row["mean gain"]) if "mean gain" in row else statistics.mean(row_gains(row).values())
         points[row["naive setting"]] = (gain, _change(row["general delta ± s.e."])[0])
@@ -98,11 +103,12 @@ def over_seeds(points: dict[int, dict[str, Point]]) -> list[dict]:
     seeds = sorted(points)
     everywhere = [label for label in points[seeds[0]] if all(label in points[s] for s in seeds)]
     naive = [label for label in everywhere if label == "naive" or label.startswith("naive(")]
-    fronts = {s: naive_front([points[s][label] for label in naive]) for s in seeds}
+    # Naive at one setting is one point, not a trade-off: a line through it would judge rows by its noise.
+    fronts = {s: naive_front([points[s][label] for label in naive]) for s in seeds} if len(naive) > 1 else None
     rows = []
     for label in everywhere:
         per_seed = [points[s][label] for s in seeds]
-        saved = None if label in naive else [distances(fronts[s], points[s][label])[0] for s in seeds]
+        saved = None if label in naive or fronts is None else [distances(fronts[s], points[s][label])[0] for s in seeds]
         rows.append({"label": label, "seeds": seeds, "gain": mean_se([g for g, _ in per_seed]),
                      "change": mean_se([c for _, c in per_seed]), "worst": min(c for _, c in per_seed), "saved": saved})
     return rows
@@ -130,7 +136,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="a `forgetless compare --seeds` folder (seed-1, seed-2, ...)")
     parser.add_argument("table", type=Path, help="the committed quality table holding seed 0")
     parser.add_argument("--points", type=Path, help="committed points of seeds 1, 2, ... (default: bundled-seeds.json "
-                        "beside quality.md, jargon-seeds.json beside quality-jargon.md)")
+                        "beside quality.md, jargon-seeds.json and legal-seeds.json beside the one-task tables)")
     parser.add_argument("--save", action="store_true", help="write the folder's points into --points")
     args = parser.parse_args()
     if args.points is None:

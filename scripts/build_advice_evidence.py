@@ -10,11 +10,11 @@ Reads the committed result tables, keeps each registered strategy's row at its d
   row's change saved at equal gain against that frontier; and where a row was run at three seeds (its table
   "strategy over seeds", benchmarks/seeds_table.py), its general change and change saved over the seeds.
 - docs/results/quality-legal.md and docs/results/quality-jargon.md: `legal` alone and `jargon` alone (one task each).
-  A strategy's one-task evidence is the worse general change of the two (a default must hold on both; `jargon`'s
-  is the mean over three seeds where quality-jargon.md's table "strategy over seeds" has the row, with its worst
-  seed), with the gain kept on `jargon` (on `legal` naive's own gain is within noise); naive's frontier was run on
-  `jargon` only, so the change saved against it is `jargon`'s, over its seeds (beside `legal`'s one-seed change
-  when that is the worse: "frontier_seeds").
+  A strategy's one-task evidence is the worse general change of the two (a default must hold on both; each
+  domain's is the mean over three seeds where its table "strategy over seeds" has the row, with its worst seed),
+  with the gain kept on `jargon` (on `legal` naive's own gain is within noise); naive's frontier was run on
+  `jargon` only, so the change saved against it is `jargon`'s, over its seeds (beside `legal`'s change when that
+  is the worse, with the seeds it is over: "frontier_seeds").
 - docs/results/overhead.md: the full fine-tuning table's step ratio (a stack's: the sum of its members' extra).
 - docs/results/generation-checks.md: instruction pass rate and leakage-free share, change ± s.e., after `support`
   (kept for every task count: it is the only generation evidence shipped).
@@ -32,14 +32,20 @@ from _generated import write_or_check  # scripts/, beside this file
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src/forgetless/data/assets/advice/evidence.json"
 STACK = "replay+wise"
+DISTANCE = ("change_saved", "change_saved_se", "above")  # a row's distance from naive's frontier (seeds_rows)
 
 
-def table_rows(path: Path, first_header: str, having: str | None = None) -> list[dict[str, str]]:
+def table_rows(path: Path, first_header: str, having: str | None = None, optional: bool = False) -> list[dict[str, str]]:
     """The rows of the first markdown table in `path` whose first header cell is `first_header` (and which has a
-    column `having`, when given)."""
+    column `having`, when given); none if `optional` and there is no such table."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|") and _cells(line)[0] == first_header
-                 and (having is None or having in _cells(line)))
+    start = next((i for i, line in enumerate(lines) if line.startswith("|") and _cells(line)[0] == first_header
+                  and (having is None or having in _cells(line))), None)
+    if start is None:
+        if optional:
+            return []
+        raise ValueError(f"{path}: no table whose first header is {first_header!r}"
+                         + (f" with a column {having!r}" if having else ""))
     headers = _cells(lines[start])
     rows = []
     for line in lines[start + 2:]:
@@ -172,8 +178,12 @@ def build() -> dict:
     for name, found in [*frontier_distances(quality).items(), *seeds_rows(quality).items()]:
         if name in sequence:
             sequence[name] = {**sequence[name], **found}
-    # Naive's own gain on legal is within noise (the doc's reading): no gain kept there.
-    legal = quality_rows(ROOT / "docs/results/quality-legal.md", with_gain=False)
+    # Naive's own gain on legal is within noise (the doc's reading): no gain kept there, and no frontier.
+    legal_table = ROOT / "docs/results/quality-legal.md"
+    legal = quality_rows(legal_table, with_gain=False)
+    for name, found in seeds_rows(legal_table).items():
+        if name in legal:  # its change over the seeds; no frontier there, so no distance keys
+            legal[name] = {**legal[name], **{k: v for k, v in found.items() if k not in DISTANCE}}
     jargon_table = ROOT / "docs/results/quality-jargon.md"
     jargon = quality_rows(jargon_table, with_gain=True)
     jargon_less = frontier_rows(jargon_table)
@@ -191,8 +201,8 @@ def build() -> dict:
         found = jargon.get(name) or {}
         if row["domain"] != "legal" or not _has_distance(found):
             continue  # jargon's own row (its distance in it), or no distance (naive's own rows)
-        # legal's change (one seed) beside jargon's distance, which may be over several seeds: say so apart.
-        distance = {k: found.get(k) for k in ("change_saved", "change_saved_se", "above", "frontier_domain")}
+        # legal's change beside jargon's distance, which may be over other seeds: say so apart.
+        distance = {k: found.get(k) for k in (*DISTANCE, "frontier_domain")}
         single[name] = {**row, **distance, "frontier_seeds": found.get("seeds", 1)}
     generation = generation_rows(ROOT / "docs/results/generation-checks.md")
     names = sorted(set(sequence) | set(single))
@@ -216,9 +226,9 @@ def build() -> dict:
             "one_task": "docs/results/quality-legal.md and quality-jargon.md: the same set-up on legal alone and on "
                         "jargon alone, each strategy's worse general change of the two (naive's frontier: jargon "
                         "only, so it faces one domain where a strategy faces two; the defaults switched after these "
-                        "runs: ewc's and l2sp's caps, stm's percentile); the rows run at seeds 0, 1 and 2 on jargon "
-                        "(its table \"strategy over seeds\") give jargon's change and distance over the seeds, "
-                        "their gain kept at seed 0",
+                        "runs: ewc's and l2sp's caps, stm's percentile); the rows run at seeds 0, 1 and 2 on each "
+                        "(its table \"strategy over seeds\") give that domain's change over the seeds, and "
+                        "jargon's distance over them, their gain kept at seed 0",
             "step_ratio": "docs/results/overhead.md, full fine-tuning table (a stack: 1 + the sum of its members' extra)",
             "generation": "docs/results/generation-checks.md: support alone, 30 steps at lr 5e-4",
             "built_by": "scripts/build_advice_evidence.py",

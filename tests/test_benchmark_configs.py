@@ -1,5 +1,5 @@
 """The run configs under benchmarks/configs are benchmarks/quality.py's set-up (the bundled benchmark, or its
-`--tasks jargon`), so that a result read from one (a `compare --seeds` run, a budget run) can be set beside the
+`--tasks jargon` or `--tasks legal`), so that a result read from one (a `compare --seeds` run, a budget run) can be set beside the
 quality table's rows."""
 
 import importlib.util
@@ -12,9 +12,9 @@ from forgetless.config import load_config
 
 ROOT = Path(__file__).parent.parent
 SEEDS = {"support_only.yaml": 0, "support_only_seed1.yaml": 1, "support_only_seed2.yaml": 2, "bundled.yaml": 0,
-         "jargon.yaml": 0}
-# quality.py --tasks for each (jargon.yaml is quality-jargon.md's set-up)
-TASKS = {"bundled.yaml": ["support", "pydoc"], "jargon.yaml": ["jargon"]}
+         "jargon.yaml": 0, "legal.yaml": 0}
+# quality.py --tasks for each (jargon.yaml and legal.yaml are quality-jargon.md's and quality-legal.md's set-ups)
+TASKS = {"bundled.yaml": ["support", "pydoc"], "jargon.yaml": ["jargon"], "legal.yaml": ["legal"]}
 
 
 def quality_setting(tasks: list[str], seed: int) -> dict:

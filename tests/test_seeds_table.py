@@ -55,6 +55,29 @@ def test_seed0_points_read_a_one_task_table():
     assert points["naive(lr=0.0002,steps=30)"] == pytest.approx((0.0504, -0.0132))
 
 
+def test_seed0_points_read_the_legal_table_without_a_naive_settings_table():
+    """quality-legal.md names its gain column "held-out `legal` score gain" (no s.e.) and ran naive at one setting
+    only; rows with parameters keep their table label and never match a run folder's."""
+    points = _script().seed0_points(ROOT / "docs" / "results" / "quality-legal.md")
+    assert points["naive"] == pytest.approx((0.0021, -0.0578))
+    assert points["lwf"] == pytest.approx((0.0194, -0.0108))
+    assert points["fip"] == pytest.approx((0.0029, -0.0071))  # "**fip** (anchors: ...)"
+    assert points["replay+wise"] == pytest.approx((0.0415, 0.0223))
+    assert not any(label.startswith("naive(") for label in points)
+
+
+def test_naive_at_one_setting_is_no_frontier():
+    """Without naive at a second setting the distance columns are "—": a line through naive's one point would call
+    a row that gains more than naive's noise "beyond the range" (above) at every seed."""
+    table = _script()
+    points = {0: {"naive": (0.002, -0.06), "s": (0.04, -0.01)}, 1: {"naive": (-0.001, -0.05), "s": (0.03, 0.0)}}
+    rows = {row["label"]: row for row in table.over_seeds(points)}
+    assert rows["s"]["saved"] is None and rows["s"]["worst"] == -0.01
+    assert rows["s"]["change"][0] == pytest.approx(-0.005)
+    line = next(line for line in table.markdown(list(rows.values())).splitlines() if line.startswith("| s "))
+    assert [cell.strip() for cell in line.strip("| \n").split("|")][-2:] == ["—", "—"]
+
+
 def test_the_advice_reads_each_distance_cell_the_table_can_print(tmp_path):
     """seeds_table's cells (mean ± s.e., one defined seed, none defined) as build_advice_evidence reads them: a row
     never keeps seed 0's one-seed distance beside "over N seeds"."""
@@ -105,7 +128,8 @@ def test_a_folder_may_not_hold_seed_0(tmp_path):
     assert _script().later_seeds(tmp_path / "missing") == {}
 
 
-@pytest.mark.parametrize("page, points", [("quality.md", "bundled-seeds.json"), ("quality-jargon.md", "jargon-seeds.json")])
+@pytest.mark.parametrize("page, points", [("quality.md", "bundled-seeds.json"), ("quality-jargon.md", "jargon-seeds.json"),
+                                          ("quality-legal.md", "legal-seeds.json")])
 def test_the_committed_seeds_table_is_what_the_committed_points_give(page, points):
     """Each page's "strategy over seeds" table (what `forgetless advise` reads) reprints from committed data alone:
     seed 0 from the page's own first tables, seeds 1 and 2 from the points file, no run folder."""

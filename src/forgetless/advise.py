@@ -92,7 +92,7 @@ class Candidate:
     above: int | None = None  # over several seeds: at how many it was above naive's frontier
     frontier_domain: str | None = None  # shipped one-task evidence: the domain naive's frontier was run on
     # The seeds the frontier distance and `above` are over, where not `seeds` (shipped one-task evidence: legal's
-    # one-seed change beside jargon's distance over three seeds).
+    # change beside jargon's distance, which may be over other seeds).
     frontier_seeds: int | None = None
 
     @property
