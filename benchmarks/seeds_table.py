@@ -6,14 +6,14 @@
 
 Seed 0 of the bundled benchmark (and of the `jargon` and `legal` tables) was measured before `compare --seeds`
 existed and its run folders are gone, so its points are the committed quality table's: a strategy's gain per task
-(the bundled table's "gain support" columns, a one-task table's "held-out `jargon` gain" column) and general delta
-from the first table, naive at other learning rates and step counts from the table whose first header is "naive
-setting" (where there is one). Seeds 1, 2, ... are the committed points file (--points; by default the table's:
-DEFAULT_POINTS), overlaid by DIR/seed-K/compare.json where a run folder holds the same label; --save writes the
-merged points back, so that a row measured once outlives its run folder (bench-out is not committed, and a new
-checkout starts without it). A label enters only when it is at every seed. Each seed's rows are measured against
-that seed's own frontier (forgetless.frontier) of the naive settings present at every seed, so seed 0's frontier
-leaves out the settings the other seeds did not run.
+(the bundled table's "gain support" columns, a one-task table's "held-out `jargon` gain" or "held-out `legal` score
+gain" column) and general delta from the first table, naive at other learning rates and step counts from the table
+whose first header is "naive setting" (where there is one). Seeds 1, 2, ... are the committed points file (--points;
+by default the table's: DEFAULT_POINTS), overlaid by DIR/seed-K/compare.json where a run folder holds the same
+label; --save writes the merged points back, so that a row measured once outlives its run folder (bench-out is not
+committed, and a new checkout starts without it). A label enters only when it is at every seed. Each seed's rows are
+measured against that seed's own frontier (forgetless.frontier) of the naive settings present at every seed, so seed
+0's frontier leaves out the settings the other seeds did not run.
 
 The table printed (first header "strategy over seeds") is what scripts/build_advice_evidence.py reads for
 `forgetless advise` from quality.md, quality-jargon.md and quality-legal.md: mean ± s.e. over seeds (their s.d. /

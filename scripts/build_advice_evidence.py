@@ -150,7 +150,8 @@ def _has_distance(row: dict) -> bool:
 
 def worse_domain(rows: dict[str, dict | None]) -> dict:
     """The row of the domain where the general change is lowest (named in "domain"), with the lowest gain kept of
-    the domains that judge it (named in "gain_domain"; on `legal` naive's own gain is noise, so none there)."""
+    the domains that judge it (named in "gain_domain"; on `legal` naive's own gain is noise, so none there). Its
+    worst seed is that domain's: the other domain may have a worse single seed behind a better mean."""
     measured = {domain: row for domain, row in rows.items() if row is not None}
     domain, worst = min(measured.items(), key=lambda item: item[1]["general_change"])
     gains = {name: row["gain_kept"] for name, row in measured.items() if row["gain_kept"] is not None}
