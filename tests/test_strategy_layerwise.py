@@ -108,6 +108,22 @@ def test_importance_is_larger_for_weights_that_matter_on_the_data(tiny_lm, token
     assert omega[seen].mean() > 100 * omega[unseen].mean()
 
 
+def test_the_importance_examples_follow_the_run_seed_unless_given(tiny_lm, tokenizer, task_files, monkeypatch):
+    """The importance pass draws its examples at the run's training seed (plus the task index), or at `seed`."""
+    seeds = []
+
+    def spy(ctx, count, source="auto", seed=0):
+        seeds.append(seed)
+        return protection_examples(ctx, count, source, seed)
+
+    monkeypatch.setattr("forgetless.strategies.layerwise.protection_examples", spy)
+    for run_seed, spec in [(0, {}), (2, {}), (2, {"seed": 0})]:
+        ctx = make_context(tiny_config(task_files, train={"steps": 4, "batch_size": 4, "lr": 1e-2, "max_length": 64,
+                                                          "seed": run_seed}), tiny_lm, tokenizer)
+        build_strategy({"name": "layerwise", "steps": 1, "batch_size": 2, **spec}).on_task_start(ctx)
+    assert seeds == [0, 2, 0]
+
+
 def test_layer_coefficients_follow_each_layers_share():
     assert torch.allclose(layer_coefficients(torch.tensor([1.0, 3.0]), "adaptive"), torch.tensor([0.5, 1.5]))
     assert torch.allclose(layer_coefficients(torch.tensor([1.0, 3.0]), "uniform"), torch.tensor([1.0, 1.0]))

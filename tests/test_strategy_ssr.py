@@ -19,9 +19,9 @@ CHAT_ROWS = [
 TEXT_ROWS = [{"text": f"Confidential passage number {i} about the harbour."} for i in range(6)]
 
 
-def make_context(model, tokenizer, task_index=0):
+def make_context(model, tokenizer, task_index=0, run_seed=0):
     task_configs = [{"name": "a", "builtin": "support"}, {"name": "b", "builtin": "legal"}]
-    config = parse_config({"tasks": task_configs, "train": {"max_length": 64}})
+    config = parse_config({"tasks": task_configs, "train": {"max_length": 64, "seed": run_seed}})
     tasks = [TrainingTask("a", "chat", CHAT_ROWS, CHAT_ROWS[:1]), TrainingTask("b", "text", TEXT_ROWS, TEXT_ROWS[:1])]
     return context_for(config, model, tokenizer, tasks, task_index)
 
@@ -115,15 +115,17 @@ def test_sampling_is_seeded_and_leaves_the_run_rng_alone(tokenizer):
     model = make_tiny_lm(len(tokenizer), hidden_size=16)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    def write(seed):
+    def write(seed, run_seed=0):
         strategy = build_strategy({"name": "ssr", "per_task": 3, "max_new_tokens": 6, "seed": seed, "refine": False})
-        return strategy.synthesize(make_context(model, tokenizer), TEXT_ROWS, "text", pool_id=1)
+        return strategy.synthesize(make_context(model, tokenizer, run_seed=run_seed), TEXT_ROWS, "text", pool_id=1)
 
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
     first = write(0)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert first and first == write(0) and first != write(1)
+    # No seed of its own (the default): the run's training seed, so `compare --seeds` writes a new pool per seed.
+    assert write(None) == first and write(None, run_seed=1) == write(1) and write(0, run_seed=1) == first
 
 
 def test_rehearsal_ratio_and_state_round_trip(tiny_lm, tokenizer, monkeypatch):

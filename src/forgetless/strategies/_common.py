@@ -19,6 +19,14 @@ from .base import TaskContext, TaskData
 ProtectionSource = Literal["auto", "general", "earlier_tasks", "current_task"]
 
 
+def own_seed(seed: int | None, ctx: TaskContext) -> int:
+    """A strategy's own `seed` knob, or (None, the default) the run's training seed: a run at another seed (`compare
+    --seeds`) then draws the strategy's data anew too, as `ewc`'s and `fip`'s protection data always did, so its
+    spread over seeds holds that noise. At training seed 0 both are 0: runs measured before the knob followed the
+    training seed reproduce at seed 0, and at other seeds with `seed: 0`."""
+    return ctx.setup.seed if seed is None else seed
+
+
 def protection_rows(ctx: TaskContext, source: ProtectionSource = "auto") -> list[dict[str, Any]]:
     """Raw rows of ONE kind: earlier tasks' training rows, else (first task, or 'general') general text.
 

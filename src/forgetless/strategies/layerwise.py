@@ -40,7 +40,7 @@ from ..errors import ForgetlessError
 from ..evaluation._scoring import model_device
 from ..nn import token_cross_entropy, trained_tokens
 from . import register_strategy
-from ._common import batches, block_index, protection_examples
+from ._common import batches, block_index, own_seed, protection_examples
 from ._trust_region import DEFAULT_TARGET, SPHERE_TOLERANCE, project, require_protection, scaled_toward
 from .base import OptimizerStep, Strategy, StrategyParams, Strength, TaskContext
 
@@ -134,6 +134,7 @@ class Layerwise(Strategy):
         task_importance: TaskImportance = Field(
             "training", description="training: read off the task's last training steps; pass: one more pass over the task."
         )
+        seed: int | None = Field(None, description="Seed of the importance pass's examples; null: the run's training seed.")
 
         @model_validator(mode="after")
         def _protects_something(self):
@@ -206,7 +207,8 @@ class Layerwise(Strategy):
     def _record_importance(self, ctx: TaskContext, source: Literal["general", "current_task"]) -> None:
         """Record Omega on `source` data, add the stored Omega, keep the top `keep` fraction of each tensor."""
         started = time.perf_counter()
-        features = protection_examples(ctx, self.steps * self.batch_size, source=source, seed=ctx.task_index)
+        seed = own_seed(self.seed, ctx) + ctx.task_index
+        features = protection_examples(ctx, self.steps * self.batch_size, source=source, seed=seed)
         if not features:
             raise ForgetlessError(f"layerwise: no {source} examples to record the importance on")
         weights = ctx.weights.weights()  # under LoRA the adapted base weights: what the adapter's update adds to

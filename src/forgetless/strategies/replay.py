@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from ..data.encoding import IGNORE_INDEX
 from . import register_strategy
-from ._common import sample_examples
+from ._common import own_seed, sample_examples
 from .base import Strategy, StrategyParams, Strength, TaskContext
 
 
@@ -97,7 +97,7 @@ class Replay(Strategy):
         general_ratio: float | None = Field(
             None, ge=0, lt=1, description="Fraction drawn from general English; null: ratio on the first task, ratio / 2 later."
         )
-        seed: int = Field(0, description="Seed of the reservoir and the mixing.")
+        seed: int | None = Field(None, description="Seed of the reservoir and the mixing; null: the run's training seed.")
 
         @model_validator(mode="after")
         def _some_task_data(self) -> "Replay.Params":
@@ -118,9 +118,10 @@ class Replay(Strategy):
 
     def prepare_examples(self, ctx: TaskContext, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Separate streams: the mixture does not depend on how much randomness the reservoir used.
-        rng = random.Random(f"replay-mix:{self.seed}:{ctx.task_index}")
+        seed = own_seed(self.seed, ctx)
+        rng = random.Random(f"replay-mix:{seed}:{ctx.task_index}")
         current = [{"input_ids": list(e["input_ids"]), "labels": list(e["labels"])} for e in examples]
-        self._pending = reservoir_sample(current, self.per_task, random.Random(f"replay-reservoir:{self.seed}:{ctx.task_index}"))
+        self._pending = reservoir_sample(current, self.per_task, random.Random(f"replay-reservoir:{seed}:{ctx.task_index}"))
         buffer_ratio = self.ratio if self.buffer else 0.0
         general_ratio = self._general_ratio()
         n_buffer, n_general = mix_counts(len(examples), [buffer_ratio, general_ratio])

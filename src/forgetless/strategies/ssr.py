@@ -26,6 +26,7 @@ from ..data.encoding import chat_prompt_text, encode_chat, encode_text
 from ..errors import ForgetlessError
 from ..evaluation._scoring import left_pad, model_device, scoring_mode
 from . import register_strategy
+from ._common import own_seed
 from .base import Strategy, StrategyParams, Strength, TaskContext
 from .replay import draw, mix_counts, pack_examples, unpack_examples
 
@@ -100,7 +101,7 @@ class SelfSynthesizedRehearsal(Strategy):
         refine: bool = Field(True, description="The model answers each synthetic instruction itself.")
         general: bool = Field(True, description="Write general passages before the first task.")
         batch_size: int = Field(16, ge=1, description="Prompts generated together.")
-        seed: int = Field(0, description="Seed of demonstration choice and sampling.")
+        seed: int | None = Field(None, description="Seed of demonstration choice and sampling; null: the run's training seed.")
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -113,13 +114,14 @@ class SelfSynthesizedRehearsal(Strategy):
 
         `rows` are used only inside this call; nothing derived from them but the synthetic examples is kept.
         """
-        rng = random.Random(self.seed * 1_000_003 + pool_id)
+        seed = own_seed(self.seed, ctx) * 1_000_003 + pool_id
+        rng = random.Random(seed)
         prompts = [icl_prompt(rng.sample(rows, min(self.shots, len(rows))), task_format) for _ in range(self.per_task)]
         generate = lambda texts: sample_continuations(  # noqa: E731
             ctx.model, ctx.tokenizer, texts, self.max_new_tokens, self.temperature, self.top_p, self.batch_size
         )
         with torch.random.fork_rng(devices=[]):  # sampling is seeded without touching the run's RNG
-            torch.manual_seed(self.seed * 1_000_003 + pool_id)
+            torch.manual_seed(seed)
             parsed = [row for row in map(lambda t: parse_generation(t, task_format), generate(prompts)) if row]
             if task_format == "chat" and parsed and self.refine:
                 answers = generate([chat_prompt_text(ctx.tokenizer, row["prompt"]) for row in parsed])
@@ -142,7 +144,7 @@ class SelfSynthesizedRehearsal(Strategy):
 
     def prepare_examples(self, ctx: TaskContext, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pool = [e for pool_id in sorted(self.pools) for e in self.pools[pool_id]]
-        rng = random.Random(self.seed * 1_000_003 + 7919 * (ctx.task_index + 1))
+        rng = random.Random(own_seed(self.seed, ctx) * 1_000_003 + 7919 * (ctx.task_index + 1))
         (count,) = mix_counts(len(examples), [self.ratio if pool else 0.0])
         rehearsed = draw(pool, count, rng)
         ctx.log["ssr_synthetic_examples"] = len(rehearsed)
