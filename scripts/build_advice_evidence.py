@@ -143,6 +143,14 @@ def seeds_rows(path: Path) -> dict[str, dict]:
     return rows
 
 
+def overlay(rows: dict[str, dict], found: dict[str, dict], drop: tuple[str, ...] = ()) -> None:
+    """Each row of `found` over the same-named row of `rows` (a later measurement replaces the table's number), less
+    the keys in `drop`; names `rows` lacks are left out."""
+    for name, values in found.items():
+        if name in rows:
+            rows[name] = {**rows[name], **{k: v for k, v in values.items() if k not in drop}}
+
+
 def _has_distance(row: dict) -> bool:
     """A frontier distance was measured: a mean, or (beyond the frontier's range at every seed) only the count above."""
     return row.get("change_saved") is not None or row.get("above") is not None
@@ -176,15 +184,12 @@ def build() -> dict:
     sequence.update(training_less)
     # Where a row was measured at several seeds its general change and its distance from naive's frontier are the
     # means over seeds; its gain kept stays seed 0's (the other seeds did not run naive at lr 5e-4).
-    for name, found in [*frontier_distances(quality).items(), *seeds_rows(quality).items()]:
-        if name in sequence:
-            sequence[name] = {**sequence[name], **found}
+    overlay(sequence, frontier_distances(quality))
+    overlay(sequence, seeds_rows(quality))
     # Naive's own gain on legal is within noise (the doc's reading): no gain kept there, and no frontier.
     legal_table = ROOT / "docs/results/quality-legal.md"
     legal = quality_rows(legal_table, with_gain=False)
-    for name, found in seeds_rows(legal_table).items():
-        if name in legal:  # its change over the seeds; no frontier there, so no distance keys
-            legal[name] = {**legal[name], **{k: v for k, v in found.items() if k not in DISTANCE}}
+    overlay(legal, seeds_rows(legal_table), drop=DISTANCE)  # its change over the seeds; no frontier there
     jargon_table = ROOT / "docs/results/quality-jargon.md"
     jargon = quality_rows(jargon_table, with_gain=True)
     jargon_less = frontier_rows(jargon_table)
@@ -193,10 +198,9 @@ def build() -> dict:
     overhead.update({name: 1.0 for name in training_less})
     # Naive's frontier was run on jargon only, so a strategy's one-task distance from it is jargon's: seed 0's, or
     # over the seeds where the row was run at three (with its general change over them).
-    jargon_seeds = seeds_rows(jargon_table)
-    for name, found in [*frontier_distances(jargon_table, "change saved vs frontier").items(), *jargon_seeds.items()]:
-        if name in jargon:
-            jargon[name] = {**jargon[name], **found, **({"frontier_domain": "jargon"} if _has_distance(found) else {})}
+    overlay(jargon, frontier_distances(jargon_table, "change saved vs frontier"))
+    overlay(jargon, seeds_rows(jargon_table))
+    jargon = {name: {**row, "frontier_domain": "jargon"} if _has_distance(row) else row for name, row in jargon.items()}
     single = {name: worse_domain({"legal": legal.get(name), "jargon": jargon.get(name)}) for name in set(legal) | set(jargon)}
     for name, row in single.items():
         found = jargon.get(name) or {}
