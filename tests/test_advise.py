@@ -71,13 +71,15 @@ def test_shipped_evidence_matches_the_committed_result_tables():
     assert (ewc.frontier, ewc.frontier_seeds, ewc.above) == ((-0.0256, 0.0056), None, 0)
     # lwf: legal's mean (-0.0133 ± 0.0036, worst -0.0203) is below jargon's (-0.0088), so legal's change is the
     # evidence; naive's frontier was run on jargon only, so the distance beside it is jargon's (-0.0135 ± 0.0132,
-    # above at 1 of 3), as is the gain kept. replay: legal's -0.0302 (worst -0.0459) against jargon's -0.0301;
-    # ssr: jargon's (-0.0230 against legal's -0.0172); l2sp: jargon's (-0.0086 against legal's +0.0004).
+    # above at 1 of 3), as is the gain kept. replay: legal's -0.0302 (worst -0.0459) against jargon's -0.0268;
+    # ssr: legal's (-0.0172, worst -0.0394, against jargon's -0.0139); layerwise and l2sp: jargon's (-0.0210 against
+    # legal's -0.0069; -0.0086 against +0.0004).
     lwf = by_name["lwf"]
     assert (lwf.general_change, lwf.se, lwf.domain, lwf.gain_kept, lwf.gain_domain) == (-0.0133, 0.0036, "legal", 1.09, "jargon")
     assert (lwf.seeds, lwf.worst_change, lwf.frontier, lwf.above, lwf.below_frontier) == (3, -0.0203, (-0.0135, 0.0132), 1, True)
     assert (by_name["replay"].domain, by_name["replay"].worst_change, by_name["replay"].frontier_seeds) == ("legal", -0.0459, 3)
-    assert (by_name["ssr"].domain, by_name["l2sp"].domain) == ("jargon", "jargon")
+    assert (by_name["ssr"].domain, by_name["ssr"].worst_change, by_name["ssr"].frontier) == ("legal", -0.0394, (-0.0189, 0.0023))
+    assert (by_name["layerwise"].domain, by_name["layerwise"].general_change, by_name["l2sp"].domain) == ("jargon", -0.021, "jargon")
     text = render(advise(Constraints(budget=0.02), [lwf], "test"), Constraints(budget=0.02))
     assert "general change -0.0133 ± 0.0036 over 3 seeds (worst seed -0.0203, beyond the budget) (on legal)" in text
     assert "109 % of naive's in-domain gain kept (on jargon)" in text
