@@ -29,8 +29,8 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path / "stm-cache"
 
 
-def make_context(model, tokenizer, adapter="full"):
-    config = parse_config({"tasks": [{"name": "t", "builtin": "support"}], "adapter": adapter})
+def make_context(model, tokenizer, adapter="full", run_seed=0):
+    config = parse_config({"tasks": [{"name": "t", "builtin": "support"}], "adapter": adapter, "train": {"seed": run_seed}})
     task = TrainingTask("t", "chat", ROWS, ROWS)
     return context_for(config, model, tokenizer, [task], 0)
 
@@ -122,6 +122,21 @@ def test_random_control_masks_as_many_trained_tokens_at_random(tiny_lm, tokenize
     assert runs[0] == runs[1] and runs[0] != runs[2]  # deterministic per seed
     assert runs[0] != by_ppl
     assert all(examples[i]["labels"][t] != IGNORE_INDEX and t > 0 for i, t in runs[2])  # never a prompt token
+
+
+def test_random_control_draws_at_the_runs_training_seed_unless_given_one(tiny_lm, tokenizer, cache_dir):
+    """`compare --seeds` must draw the random control anew at each training seed (as replay, ssr and layerwise do);
+    `seed: 0` pins it, and at training seed 0 the default is seed 0, so earlier runs reproduce there."""
+    examples = encode_rows(tokenizer, ROWS, 64)
+    spec = {"name": "stm", "mode": "percentile", "percentile": 0.5, "control": "random"}
+
+    def chosen(extra, run_seed):
+        strategy = build_strategy({**spec, **extra})
+        return masked(examples, strategy.prepare_examples(make_context(tiny_lm, tokenizer, run_seed=run_seed), examples))
+
+    at_0 = chosen({"seed": 0}, 0)
+    assert chosen({}, 0) == at_0 and chosen({"seed": 0}, 3) == at_0
+    assert chosen({}, 3) == chosen({"seed": 3}, 0) != at_0
 
 
 def test_under_lora_scores_are_the_base_models_and_the_fresh_adapter_is_not_in_the_key(tokenizer, cache_dir):

@@ -34,6 +34,7 @@ from ..evaluation._scoring import left_pad, logits_at, model_device, scoring_mod
 from ..fileio import atomic_write_bytes
 from ..models import forgetless_home
 from . import register_strategy
+from ._common import own_seed
 from .base import Strategy, StrategyParams, TaskContext
 
 # Rows x longest row per scoring batch. The logits of one batch's scored positions take about
@@ -138,7 +139,10 @@ class SelectiveTokenMasking(Strategy):
         control: Literal["none", "random"] = Field(
             "none", description="random: mask the same number of tokens at random (an ablation)."
         )
-        seed: int = Field(0, description="Seed of the random control.")
+        seed: int | None = Field(
+            None, description="Seed of the random control: the run's training seed when unset (until 2026-12-04 it "
+            "was 0 at every training seed).",
+        )
         cache: bool = Field(True, description="Cache the starting model's token scores on disk (FORGETLESS_HOME).")
 
         @model_validator(mode="before")
@@ -180,15 +184,17 @@ class SelectiveTokenMasking(Strategy):
 
     # -- masking ---------------------------------------------------------------------------------------
 
-    def masked_positions(self, examples: list[dict[str, Any]], nlls: list[torch.Tensor]) -> list[list[int]]:
-        """Per example, the positions to mask, by the configured rule."""
+    def masked_positions(
+        self, examples: list[dict[str, Any]], nlls: list[torch.Tensor], seed: int
+    ) -> list[list[int]]:
+        """Per example, the positions to mask, by the configured rule (`seed`: the random control's draw)."""
         if self.mode == "threshold":
             log_tau = math.log(self.tau)  # PPL_t > tau  <=>  l_t > log(tau)
             chosen = [torch.nonzero(nll > log_tau).flatten().tolist() for nll in nlls]  # NaN compares False
         else:
             chosen = self._top_fraction(nlls)
         if self.control == "random":
-            rng = random.Random(self.seed)
+            rng = random.Random(seed)
             chosen = [sorted(rng.sample(self._trained(e), len(c))) for e, c in zip(examples, chosen)]
         return chosen
 
@@ -215,7 +221,7 @@ class SelectiveTokenMasking(Strategy):
 
     def prepare_examples(self, ctx: TaskContext, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         nlls = self.score(ctx, examples)
-        chosen = self.masked_positions(examples, nlls)
+        chosen = self.masked_positions(examples, nlls, own_seed(self.seed, ctx))
         trained = sum(len(self._trained(e)) for e in examples)
         masked = sum(len(c) for c in chosen)
         kept: list[dict[str, Any]] = []
