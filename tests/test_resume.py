@@ -176,6 +176,28 @@ def test_resume_refuses_a_changed_config_and_a_folder_without_state(task_files, 
         _run(config, tmp_path / "cut", tokenizer, resume=True)
 
 
+def test_resume_refuses_a_state_whose_strategy_defaults_resolved_otherwise(task_files, tmp_path, tokenizer, monkeypatch):
+    """The same config under another version's defaults (here: the state as a version whose replay drew at seed 0
+    would have written it, at training seed 1) must not resume with other settings half-way; a state written before
+    the knobs were recorded resumes as before; naming the knob resumes."""
+    config = _config(task_files, strategy="replay")
+    config = config.model_copy(update={"train": config.train.model_copy(update={"seed": 1})})
+    _die_after(monkeypatch, task_index=1, step=None)
+    with pytest.raises(_Killed):
+        _run(config, tmp_path / "cut", tokenizer)
+    monkeypatch.undo()
+    [state_file] = (tmp_path / "cut" / "resume").glob("*/state.json")
+    state = json.loads(state_file.read_text())
+    assert state["strategy_params"]["replay"]["seed"] is None  # None: the run's training seed
+    state["strategy_params"]["replay"]["seed"] = 0
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ForgetlessError, match=r"at \['replay.seed'\] \(the run started with \{'replay.seed': 0\}\)"):
+        _run(config, tmp_path / "cut", tokenizer, resume=True)
+    del state["strategy_params"]
+    state_file.write_text(json.dumps(state))
+    _run(config, tmp_path / "cut", tokenizer, resume=True)
+
+
 def test_a_half_written_state_folder_is_ignored_and_removed(task_files, tmp_path, tokenizer, monkeypatch):
     config = _config(task_files)
     _run(config, tmp_path / "whole", tokenizer)

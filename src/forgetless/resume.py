@@ -164,8 +164,14 @@ class ResumeStore:
             load_model(model, str(folder / "model.safetensors"), strict=True)
 
 
-def check_resumable(out_dir: Path, config_json: dict[str, Any]) -> Path:
-    """The state folder `run --resume` continues from, or a ForgetlessError that says why there is none."""
+def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params: dict[str, Any] | None = None) -> Path:
+    """The state folder `run --resume` continues from, or a ForgetlessError that says why there is none.
+
+    `strategy_params`: every strategy's knobs as this version resolves the config (`resolved_strategy_params`). The
+    same config can resolve otherwise after an upgrade (a bare `ewc` was lam 100, now a cap; `replay`'s draws followed
+    seed 0, now the training seed), and a run must not switch settings half-way. States written before the knobs
+    were recorded are not checked.
+    """
     results = out_dir / "results.json"
     if results.exists():
         try:
@@ -180,9 +186,18 @@ def check_resumable(out_dir: Path, config_json: dict[str, Any]) -> Path:
             f"{out_dir} holds no resumable state (a run writes its first one once the evaluation before training is "
             "done); pass --overwrite to start again"
         )
-    recorded = json.loads((folder / "state.json").read_text(encoding="utf-8"))["config"]
-    differences = config_differences(recorded, config_json)
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    differences = config_differences(state["config"], config_json)
     if differences:
         raise ForgetlessError(f"--resume: the config differs from the one this run started with, at {differences}; "
                               "resume with the same config, or pass --overwrite to start again")
+    if strategy_params is not None and "strategy_params" in state:
+        changed = config_differences(state["strategy_params"], strategy_params)
+        if changed:
+            was = {key: value for key, value in _flatten(state["strategy_params"]).items() if key in changed}
+            raise ForgetlessError(
+                f"--resume: this version of forgetless resolves the strategies' defaults otherwise than the one this "
+                f"run started with, at {changed} (the run started with {was}); name those knobs in the config's "
+                "`strategies` to keep the run's settings, or pass --overwrite to start again"
+            )
     return folder

@@ -509,7 +509,8 @@ class ContinualRun:
         if task_start:  # in the middle of a task, the task start's copy is kept (ResumeStore.write)
             tensors["strategies"] = self.stack.state_tensors()
         state: dict[str, Any] = {
-            "config": self.config.model_dump(mode="json"), "task_index": task_index, "mid_task": not task_start,
+            "config": self.config.model_dump(mode="json"), "strategy_params": resolved_strategy_params(self.config),
+            "task_index": task_index, "mid_task": not task_start,
             "global_step": self.stack.global_step, "evaluations": self.evaluator.log.to_json(), "task_logs": self.task_logs,
             "strengths": self.stack.strengths(), "rng": rng_values,
             "probe": self.probe.state() if self.probe is not None else None,
@@ -596,7 +597,7 @@ def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=
     check_output_path(out, "--out", folder=True)  # before the model loads, not when the first file is written
     if resume and overwrite:
         raise ForgetlessError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
-    resume_from = check_resumable(out, config.model_dump(mode="json")) if resume else None
+    resume_from = check_resumable(out, config.model_dump(mode="json"), resolved_strategy_params(config)) if resume else None
     # Only the process that writes checks and cleans the folder: on several processes another rank can get here
     # after rank 0 has written its first results.json (seen: 1 launch in 3 under load refused its own run).
     writer = is_main_process()
@@ -606,6 +607,12 @@ def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=
     if writer and overwrite:
         ResumeStore(out).remove()
     return ContinualRun(config, out, model=model, tokenizer=tokenizer, progress=progress, resume_from=resume_from).execute()
+
+
+def resolved_strategy_params(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """Every knob of the config's strategies as this version resolves them, before a budget moves any."""
+    return {s.name: s.params.model_dump(mode="json") if hasattr(s, "params") else {}
+            for s in StrategyStack.from_specs(config.strategies).strategies}
 
 
 def context_for(config: RunConfig, model, tokenizer, tasks: list[TrainingTask], task_index: int = 0):
