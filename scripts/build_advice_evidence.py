@@ -183,7 +183,7 @@ def build() -> dict:
     training_less = frontier_rows(quality)
     sequence.update(training_less)
     # Where a row was measured at several seeds its general change and its distance from naive's frontier are the
-    # means over seeds; its gain kept stays seed 0's (the other seeds did not run naive at lr 5e-4).
+    # means over seeds; its gain kept stays seed 0's (the over-seeds tables report no gain kept).
     overlay(sequence, frontier_distances(quality))
     overlay(sequence, seeds_rows(quality))
     # Naive's own gain on legal is within noise (the doc's reading): no gain kept there, and no frontier.

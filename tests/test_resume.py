@@ -178,8 +178,8 @@ def test_resume_refuses_a_changed_config_and_a_folder_without_state(task_files, 
 
 def test_resume_refuses_a_state_whose_strategy_defaults_resolved_otherwise(task_files, tmp_path, tokenizer, monkeypatch):
     """The same config under another version's defaults (here: the state as a version whose replay drew at seed 0
-    would have written it, at training seed 1) must not resume with other settings half-way; a state written before
-    the knobs were recorded resumes as before; naming the knob resumes."""
+    would have written it, at training seed 1) must not resume with other settings half-way; naming the run's value
+    resumes; a state written before the knobs were recorded resumes as before."""
     config = _config(task_files, strategy="replay")
     config = config.model_copy(update={"train": config.train.model_copy(update={"seed": 1})})
     _die_after(monkeypatch, task_index=1, step=None)
@@ -193,9 +193,20 @@ def test_resume_refuses_a_state_whose_strategy_defaults_resolved_otherwise(task_
     state_file.write_text(json.dumps(state))
     with pytest.raises(ForgetlessError, match=r"at \['replay.seed'\] \(the run started with \{'replay.seed': 0\}\)"):
         _run(config, tmp_path / "cut", tokenizer, resume=True)
+    named = config.model_copy(update={"strategies": [{"name": "replay", "seed": 0}]})
+    _run(named, tmp_path / "cut", tokenizer, resume=True)
+    results = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert results.get("complete", True) and results["strategy_params"]["replay"]["seed"] == 0
+    # A state written before the knobs were recorded: the config alone is compared.
+    _die_after(monkeypatch, task_index=1, step=None)
+    with pytest.raises(_Killed):
+        _run(config, tmp_path / "old", tokenizer)
+    monkeypatch.undo()
+    [state_file] = (tmp_path / "old" / "resume").glob("*/state.json")
+    state = json.loads(state_file.read_text())
     del state["strategy_params"]
     state_file.write_text(json.dumps(state))
-    _run(config, tmp_path / "cut", tokenizer, resume=True)
+    _run(config, tmp_path / "old", tokenizer, resume=True)
 
 
 def test_a_half_written_state_folder_is_ignored_and_removed(task_files, tmp_path, tokenizer, monkeypatch):

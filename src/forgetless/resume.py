@@ -169,8 +169,8 @@ def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params:
 
     `strategy_params`: every strategy's knobs as this version resolves the config (`resolved_strategy_params`). The
     same config can resolve otherwise after an upgrade (a bare `ewc` was lam 100, now a cap; `replay`'s draws followed
-    seed 0, now the training seed), and a run must not switch settings half-way. States written before the knobs
-    were recorded are not checked.
+    seed 0, now the training seed), and a run must not switch settings half-way; a config that names the run's values
+    resumes. States written before the knobs were recorded are compared by their config alone.
     """
     results = out_dir / "results.json"
     if results.exists():
@@ -187,17 +187,27 @@ def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params:
             "done); pass --overwrite to start again"
         )
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    differences = config_differences(state["config"], config_json)
+    recorded, current = state["config"], config_json
+    knobs = state.get("strategy_params") if strategy_params is not None else None
+    if knobs is not None:
+        # The knobs are compared as resolved, so a config that names the run's value of a changed default (replay's
+        # `seed: 0` against a bare `replay`) resumes; the stack's order still has to match.
+        recorded = {**recorded, "strategies": list(knobs)}
+        current = {**current, "strategies": list(strategy_params)}
+    differences = config_differences(recorded, current)
     if differences:
         raise ForgetlessError(f"--resume: the config differs from the one this run started with, at {differences}; "
                               "resume with the same config, or pass --overwrite to start again")
-    if strategy_params is not None and "strategy_params" in state:
-        changed = config_differences(state["strategy_params"], strategy_params)
+    if knobs is not None:
+        # A knob that only one version has (added or removed since) cannot be named either way: not compared.
+        before, now = _flatten(knobs), _flatten(strategy_params)
+        changed = sorted(key for key in set(before) & set(now) if before[key] != now[key])
         if changed:
-            was = {key: value for key, value in _flatten(state["strategy_params"]).items() if key in changed}
+            was = {key: before[key] for key in changed}
             raise ForgetlessError(
-                f"--resume: this version of forgetless resolves the strategies' defaults otherwise than the one this "
-                f"run started with, at {changed} (the run started with {was}); name those knobs in the config's "
-                "`strategies` to keep the run's settings, or pass --overwrite to start again"
+                f"--resume: the strategies' knobs differ from the ones this run started with, at {changed} (the run "
+                f"started with {was}), from the config or from defaults this version of forgetless resolves otherwise; "
+                "name those values in the config's `strategies` to keep the run's settings, or pass --overwrite to "
+                "start again"
             )
     return folder
