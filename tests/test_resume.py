@@ -176,18 +176,23 @@ def test_resume_refuses_a_changed_config_and_a_folder_without_state(task_files, 
         _run(config, tmp_path / "cut", tokenizer, resume=True)
 
 
+def _killed_state(config, out, tokenizer, monkeypatch):
+    """Run `config` into `out` until its second task's start state is written; that state.json and its content."""
+    _die_after(monkeypatch, task_index=1, step=None)
+    with pytest.raises(_Killed):
+        _run(config, out, tokenizer)
+    monkeypatch.undo()
+    [state_file] = (out / "resume").glob("*/state.json")
+    return state_file, json.loads(state_file.read_text())
+
+
 def test_resume_refuses_a_state_whose_strategy_defaults_resolved_otherwise(task_files, tmp_path, tokenizer, monkeypatch):
     """The same config under another version's defaults (here: the state as a version whose replay drew at seed 0
     would have written it, at training seed 1) must not resume with other settings half-way; naming the run's value
     resumes; a state written before the knobs were recorded resumes as before."""
     config = _config(task_files, strategy="replay")
     config = config.model_copy(update={"train": config.train.model_copy(update={"seed": 1})})
-    _die_after(monkeypatch, task_index=1, step=None)
-    with pytest.raises(_Killed):
-        _run(config, tmp_path / "cut", tokenizer)
-    monkeypatch.undo()
-    [state_file] = (tmp_path / "cut" / "resume").glob("*/state.json")
-    state = json.loads(state_file.read_text())
+    state_file, state = _killed_state(config, tmp_path / "cut", tokenizer, monkeypatch)
     assert state["strategy_params"]["replay"]["seed"] is None  # None: the run's training seed
     state["strategy_params"]["replay"]["seed"] = 0
     state_file.write_text(json.dumps(state))
@@ -198,12 +203,7 @@ def test_resume_refuses_a_state_whose_strategy_defaults_resolved_otherwise(task_
     results = json.loads((tmp_path / "cut" / "results.json").read_text())
     assert results.get("complete", True) and results["strategy_params"]["replay"]["seed"] == 0
     # A state written before the knobs were recorded: the config alone is compared.
-    _die_after(monkeypatch, task_index=1, step=None)
-    with pytest.raises(_Killed):
-        _run(config, tmp_path / "old", tokenizer)
-    monkeypatch.undo()
-    [state_file] = (tmp_path / "old" / "resume").glob("*/state.json")
-    state = json.loads(state_file.read_text())
+    state_file, state = _killed_state(config, tmp_path / "old", tokenizer, monkeypatch)
     del state["strategy_params"]
     state_file.write_text(json.dumps(state))
     _run(config, tmp_path / "old", tokenizer, resume=True)

@@ -269,6 +269,7 @@ class ContinualRun:
                 "processes); train with DDP instead (accelerate launch --multi_gpu --num_processes N), see docs/scale.md"
             )
         self.stack = StrategyStack.from_specs(config.strategies)
+        self.configured_knobs = strategy_knobs(self.stack.strategies)  # before a budget's strengthen moves any
         self.stack.check(config.training_setup(), world_size=_world_size())
         if config.train.batch_size % (config.train.gradient_accumulation_steps * _world_size()):
             raise ForgetlessError(
@@ -509,7 +510,7 @@ class ContinualRun:
         if task_start:  # in the middle of a task, the task start's copy is kept (ResumeStore.write)
             tensors["strategies"] = self.stack.state_tensors()
         state: dict[str, Any] = {
-            "config": self.config.model_dump(mode="json"), "strategy_params": resolved_strategy_params(self.config),
+            "config": self.config.model_dump(mode="json"), "strategy_params": self.configured_knobs,
             "task_index": task_index, "mid_task": not task_start,
             "global_step": self.stack.global_step, "evaluations": self.evaluator.log.to_json(), "task_logs": self.task_logs,
             "strengths": self.stack.strengths(), "rng": rng_values,
@@ -577,8 +578,7 @@ class ContinualRun:
             stores_raw_data=[s.name for s in self.strategies if s.stores_raw_data],
             # Every knob as resolved (defaults change between versions: a bare `ewc` was lam 100, now a cap), as
             # it stands at the end (a budget's strengthen may have moved one).
-            # (A strategy whose __init__ skips the base class's has no `params`: recorded as none.)
-            strategy_params={s.name: s.params.model_dump(mode="json") if hasattr(s, "params") else {} for s in self.strategies},
+            strategy_params=strategy_knobs(self.strategies),
             training=self.task_logs, wall_time_s=wall_time, config=self.config.model_dump(mode="json"),
             **({"budget": self.budget.checks} if self.budget is not None else {}),
             **(self.probe.summary() if getattr(self, "probe", None) is not None else {}),
@@ -609,10 +609,15 @@ def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=
     return ContinualRun(config, out, model=model, tokenizer=tokenizer, progress=progress, resume_from=resume_from).execute()
 
 
+def strategy_knobs(strategies: list[Strategy]) -> dict[str, dict[str, Any]]:
+    """Every knob of each strategy as it stands (a strategy whose __init__ skips the base class's has no `params`:
+    recorded as none)."""
+    return {s.name: s.params.model_dump(mode="json") if hasattr(s, "params") else {} for s in strategies}
+
+
 def resolved_strategy_params(config: RunConfig) -> dict[str, dict[str, Any]]:
     """Every knob of the config's strategies as this version resolves them, before a budget moves any."""
-    return {s.name: s.params.model_dump(mode="json") if hasattr(s, "params") else {}
-            for s in StrategyStack.from_specs(config.strategies).strategies}
+    return strategy_knobs(StrategyStack.from_specs(config.strategies).strategies)
 
 
 def context_for(config: RunConfig, model, tokenizer, tasks: list[TrainingTask], task_index: int = 0):
