@@ -11,7 +11,12 @@ gain" column) and general delta from the first table, naive at other learning ra
 whose first header is "naive setting" (where there is one). Seeds 1, 2, ... are the committed points file (--points;
 by default the table's: DEFAULT_POINTS), overlaid by DIR/seed-K/compare.json where a run folder holds the same
 label; --save writes the merged points back, so that a row measured once outlives its run folder (bench-out is not
-committed, and a new checkout starts without it). A label enters only when it is at every seed. Each seed's rows are
+committed, and a new checkout starts without it). Each point keeps when its run ended ("measured", from compare's
+finished_at), and a folder's row never replaces a committed point measured later: a folder kept from before a
+rerun (or a copy of it) cannot write the older run back. A point or row without that time (written before it was
+recorded) counts as older than one with it; of two without one (every point committed before 2026-12-05, every
+row of an older folder) the folder's replaces the committed, as before, so for those the order of --save still
+matters. A label enters only when it is at every seed. Each seed's rows are
 measured against that seed's own frontier (forgetless.frontier) of the naive settings present at every seed, so seed
 0's frontier leaves out the settings the other seeds did not run.
 
@@ -30,6 +35,7 @@ import argparse
 import json
 import statistics
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from forgetless.fileio import atomic_write_text
@@ -58,46 +64,83 @@ def seed0_points(table: Path) -> dict[str, Point]:
     return points
 
 
-def folder_points(folder: Path) -> dict[int, dict[str, Point]]:
-    return {seed: {r.strategy: (r.mean_gain, r.general_delta_abs) for r in rows if r.general_delta_abs is not None}
-            for seed, rows in read_tables(folder).items()}
+Points = dict[int, dict[str, Point]]
+Measured = dict[int, dict[str, str]]  # seed -> label -> when its run ended (UTC, ISO 8601), where recorded
 
 
-def committed_points(path: Path) -> dict[int, dict[str, Point]]:
+def folder_points(folder: Path) -> tuple[Points, Measured]:
+    tables = read_tables(folder)
+    points = {seed: {r.strategy: (r.mean_gain, r.general_delta_abs) for r in rows if r.general_delta_abs is not None}
+              for seed, rows in tables.items()}
+    measured = {seed: {r.strategy: r.finished_at for r in rows if r.finished_at and r.strategy in points[seed]}
+                for seed, rows in tables.items()}
+    return points, measured
+
+
+def committed_points(path: Path) -> tuple[Points, Measured]:
     if not path.exists():
-        return {}
+        return {}, {}
     seeds = json.loads(path.read_text(encoding="utf-8"))["seeds"]
-    return {int(seed): {label: (p["gain"], p["change"]) for label, p in rows.items()} for seed, rows in seeds.items()}
+    points = {int(seed): {label: (p["gain"], p["change"]) for label, p in rows.items()} for seed, rows in seeds.items()}
+    measured = {int(seed): {label: p["measured"] for label, p in rows.items() if "measured" in p}
+                for seed, rows in seeds.items()}
+    return points, measured
 
 
-def merged(committed: dict[int, dict[str, Point]], folder: dict[int, dict[str, Point]]) -> dict[int, dict[str, Point]]:
-    """The committed points with each run folder's rows over them (a label measured again replaces its point)."""
-    return {seed: {**committed.get(seed, {}), **folder.get(seed, {})} for seed in sorted({*committed, *folder})}
+def merged(committed: tuple[Points, Measured], folder: tuple[Points, Measured]) -> tuple[Points, Measured]:
+    """The committed points with each run folder's rows over them (a label measured again replaces its point), but
+    for a committed point measured later than the folder's row: that one is kept, with a note."""
+    (kept, kept_at), (found, found_at) = committed, folder
+    points, measured = {}, {}
+    for seed in sorted({*kept, *found}):
+        points[seed], measured[seed] = dict(kept.get(seed, {})), dict(kept_at.get(seed, {}))
+        for label, point in found.get(seed, {}).items():
+            old, new = kept_at.get(seed, {}).get(label), found_at.get(seed, {}).get(label)
+            if label in points[seed] and old is not None and (new is None or _when(new) < _when(old)):
+                print(f"note: seed {seed}, {label}: the committed point was measured later ({old}) than the folder's "
+                      f"row ({new or 'no time recorded'}): the committed point is kept", file=sys.stderr)
+                continue
+            points[seed][label] = point
+            measured[seed].pop(label, None)
+            if new is not None:
+                measured[seed][label] = new
+    return points, measured
 
 
-def save_points(path: Path, points: dict[int, dict[str, Point]]) -> None:
+def _when(text: str) -> datetime:
+    """A recorded time, compared as a time (not as text: another offset or a "Z" would misorder)."""
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise SystemExit(f"measured time {text!r} has no time zone: compare writes UTC (+00:00)")
+    return when
+
+
+def save_points(path: Path, points: Points, measured: Measured) -> None:
     """Write the points back, one line per row so that a new row is a one-line diff."""
     document = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     seeds = []
     for seed, rows in sorted(points.items()):
-        lines = [f'      {json.dumps(label)}: {{"gain": {g!r}, "change": {c!r}}}' for label, (g, c) in sorted(rows.items())]
+        when = measured.get(seed, {})
+        lines = [f'      {json.dumps(label)}: {{"gain": {g!r}, "change": {c!r}'
+                 + (f', "measured": {json.dumps(when[label])}' if label in when else "") + "}"
+                 for label, (g, c) in sorted(rows.items())]
         seeds.append(f'    "{seed}": {{\n' + ",\n".join(lines) + "\n    }")
     head = "".join(f"  {json.dumps(k)}: {json.dumps(v)},\n" for k, v in document.items() if k != "seeds")
     atomic_write_text(path, "{\n" + head + '  "seeds": {\n' + ",\n".join(seeds) + "\n  }\n}\n")
 
 
-def later_seeds(folder: Path) -> dict[int, dict[str, Point]]:
+def later_seeds(folder: Path) -> tuple[Points, Measured]:
     """A compare --seeds folder's points; seed 0 is the committed quality table's and may not come from a folder."""
     if not folder.exists():
         print(f"note: {folder} does not exist: the table is the committed points alone", file=sys.stderr)
-        return {}
-    points = folder_points(folder)
+        return {}, {}
+    points, measured = folder_points(folder)
     if 0 in points:
         raise SystemExit(f"{folder}/seed-0: seed 0 is read from the committed quality table, not a run folder")
-    return points
+    return points, measured
 
 
-def over_seeds(points: dict[int, dict[str, Point]]) -> list[dict]:
+def over_seeds(points: Points) -> list[dict]:
     """Every label at every seed, over the seeds; naive's rows ("naive", "naive(lr=...)") trace each seed's frontier."""
     seeds = sorted(points)
     everywhere = [label for label in points[seeds[0]] if all(label in points[s] for s in seeds)]
@@ -143,9 +186,9 @@ def main() -> None:
         if args.table.name not in DEFAULT_POINTS:
             parser.error(f"--points is needed for {args.table} (defaults exist for {', '.join(DEFAULT_POINTS)})")
         args.points = args.table.with_name(DEFAULT_POINTS[args.table.name])
-    later = merged(committed_points(args.points), later_seeds(args.folder))
+    later, measured = merged(committed_points(args.points), later_seeds(args.folder))
     if args.save:
-        save_points(args.points, later)
+        save_points(args.points, later, measured)
     points = {0: seed0_points(args.table), **later}
     print(markdown(over_seeds(points)))
 

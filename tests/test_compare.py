@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 import yaml
@@ -46,6 +47,7 @@ def test_against_baseline_by_hand():
 def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_path, compare_config, evaluated_stages, capsys):
     stages = evaluated_stages
     out = tmp_path / "cmp"
+    started = datetime.now(timezone.utc).replace(microsecond=0)
     assert main(["compare", str(compare_config), "--strategies", "naive", "{name: l2sp, lam: 10}", "--out", str(out),
                  "--quiet"]) == 0
     # One "before" evaluation for both rows, then one per task per row.
@@ -80,6 +82,9 @@ def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_pat
     assert [row["strategy"] for row in table["rows"]] == ["naive", "l2sp(lam=10)", "replay+l2sp"]
     assert table["rows"][2]["stores_raw_data"] == ["replay"] and len(table["commands"]) == 2
     assert table["rows"][2]["general_before"] == pytest.approx(naive.general_before)
+    # Each row records when it ended, in order (benchmarks/seeds_table.py keeps the later of two measurements).
+    ended = [datetime.fromisoformat(row["finished_at"]) for row in table["rows"]]
+    assert ended == sorted(ended) and started <= ended[0] and ended[-1] <= datetime.now(timezone.utc)
 
     # Another config into the same folder is refused, naming what differs.
     changed = yaml.safe_load(compare_config.read_text())

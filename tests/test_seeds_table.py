@@ -109,14 +109,37 @@ def test_committed_points_with_a_run_folder_over_them_and_saved_back(tmp_path):
     points = tmp_path / "points.json"
     points.write_text('{"about": "kept", "seeds": {"1": {"a": {"gain": 0.1, "change": -0.01},'
                       ' "b": {"gain": 0.2, "change": -0.02}}}}')
-    folder = {1: {"b": (0.25, -0.03)}, 2: {"c": (0.3, 0.01)}}
+    folder = ({1: {"b": (0.25, -0.03)}, 2: {"c": (0.3, 0.01)}}, {2: {"c": "2026-12-05T01:00:00+00:00"}})
     both = table.merged(table.committed_points(points), folder)
-    assert both == {1: {"a": (0.1, -0.01), "b": (0.25, -0.03)}, 2: {"c": (0.3, 0.01)}}
-    table.save_points(points, both)
+    assert both == ({1: {"a": (0.1, -0.01), "b": (0.25, -0.03)}, 2: {"c": (0.3, 0.01)}},
+                    {1: {}, 2: {"c": "2026-12-05T01:00:00+00:00"}})
+    table.save_points(points, *both)
     assert table.committed_points(points) == both
     assert '"about": "kept"' in points.read_text()
-    assert table.committed_points(tmp_path / "absent.json") == {}
+    assert table.committed_points(tmp_path / "absent.json") == ({}, {})
     assert '"about": "kept",\n' in points.read_text() and '"b": {"gain": 0.25, "change": -0.03}' in points.read_text()
+    assert '"c": {"gain": 0.3, "change": 0.01, "measured": "2026-12-05T01:00:00+00:00"}' in points.read_text()
+
+
+def test_a_folder_row_older_than_the_committed_point_does_not_replace_it(tmp_path, capsys):
+    """A folder kept from before a rerun (or a copy of it) must not write the older run back over the newer one:
+    an older time, or none (a row written before times were recorded), keeps the committed point; a later replaces."""
+    table = _script()
+    committed = ({1: {"a": (0.1, -0.01), "b": (0.2, -0.02), "c": (0.3, -0.03)}},
+                 {1: {"a": "2026-12-05T01:00:00+00:00", "b": "2026-12-05T01:00:00+00:00", "c": "2026-12-05T01:00:00+00:00"}})
+    folder = ({1: {"a": (0.5, -0.05), "b": (0.6, -0.06), "c": (0.7, -0.07)}},
+              {1: {"a": "2026-12-04T23:00:00+00:00", "c": "2026-12-05T02:00:00+00:00"}})
+    points, measured = table.merged(committed, folder)
+    assert points == {1: {"a": (0.1, -0.01), "b": (0.2, -0.02), "c": (0.7, -0.07)}}
+    assert measured == {1: {"a": "2026-12-05T01:00:00+00:00", "b": "2026-12-05T01:00:00+00:00",
+                            "c": "2026-12-05T02:00:00+00:00"}}
+    notes = capsys.readouterr().err
+    assert "seed 1, a: the committed point was measured later" in notes and "seed 1, b:" in notes
+    assert "seed 1, c:" not in notes
+    # Compared as times, not text: 01:30 at +01:00 is 00:30 UTC, before 01:00 UTC written with a "Z".
+    points, _ = table.merged(({1: {"a": (0.1, -0.01)}}, {1: {"a": "2026-12-05T01:00:00Z"}}),
+                             ({1: {"a": (0.5, -0.05)}}, {1: {"a": "2026-12-05T01:30:00+01:00"}}))
+    assert points == {1: {"a": (0.1, -0.01)}}
 
 
 def test_a_folder_may_not_hold_seed_0(tmp_path):
@@ -125,7 +148,7 @@ def test_a_folder_may_not_hold_seed_0(tmp_path):
     (tmp_path / "seed-0" / "compare.json").write_text('{"rows": []}')
     with pytest.raises(SystemExit, match="seed-0"):
         _script().later_seeds(tmp_path)
-    assert _script().later_seeds(tmp_path / "missing") == {}
+    assert _script().later_seeds(tmp_path / "missing") == ({}, {})
 
 
 @pytest.mark.parametrize("page, points", [("quality.md", "bundled-seeds.json"), ("quality-jargon.md", "jargon-seeds.json"),
@@ -135,6 +158,7 @@ def test_the_committed_seeds_table_is_what_the_committed_points_give(page, point
     seed 0 from the page's own first tables, seeds 1 and 2 from the points file, no run folder."""
     table = _script()
     quality = ROOT / "docs" / "results" / page
-    points = {0: table.seed0_points(quality), **table.committed_points(ROOT / "docs" / "results" / points)}
+    points = {0: table.seed0_points(quality), **table.committed_points(ROOT / "docs" / "results" / points)[0]}
     assert sorted(points) == [0, 1, 2]
     assert table.markdown(table.over_seeds(points)) in quality.read_text(encoding="utf-8")
+

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +57,9 @@ class ComparisonRow(GeneralSummary):
     state_mb: float = 0.0
     stores_raw_data: list[str] = Field(default_factory=list)
     wall_time_s: float = 0.0
+    # When the row's run ended (UTC, ISO 8601): which of two measurements of a label is the later one, where they
+    # are merged (benchmarks/seeds_table.py). Rows written before it was recorded have none.
+    finished_at: str | None = None
     training: list[dict[str, Any]] = Field(default_factory=list)
     # Against the baseline row (None when there is none, or when it has no drop or gain to compare with).
     general_drop_cut: float | None = None
@@ -164,6 +168,7 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
         peak_memory_mb=memory.peak / 2**20 if memory.peak else None, memory_measure=memory.measure,
         state_mb=_state_bytes(run.strategies) / 2**20, stores_raw_data=getattr(results, "stores_raw_data", []),
         wall_time_s=seconds, training=results.training,
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
 
 
