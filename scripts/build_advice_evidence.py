@@ -8,13 +8,14 @@ Reads the committed result tables, keeps each registered strategy's row at its d
 - docs/results/quality.md: `support` then `pydoc` (two tasks): general change ± s.e., drop cut, gain kept; its
   table of naive at other learning rates and step counts (naive's frontier): training less is a candidate; each
   row's change saved at equal gain against that frontier; and where a row was run at three seeds (its table
-  "strategy over seeds", benchmarks/seeds_table.py), its general change and change saved over the seeds.
+  "strategy over seeds", benchmarks/seeds_table.py), its general change, change saved and drop cut over the seeds
+  (its gain kept stays seed 0's: the least kept task's; the points of seeds 1 and 2 hold only the mean gain).
 - docs/results/quality-legal.md and docs/results/quality-jargon.md: `legal` alone and `jargon` alone (one task each).
   A strategy's one-task evidence is the worse general change of the two (a default must hold on both; each
   domain's is the mean over three seeds where its table "strategy over seeds" has the row, with its worst seed),
-  with the gain kept on `jargon` (on `legal` naive's own gain is within noise); naive's frontier was run on
-  `jargon` only, so the change saved against it is `jargon`'s, over its seeds (beside `legal`'s change when that
-  is the worse, with the seeds it is over: "frontier_seeds").
+  its drop cut, and the gain kept on `jargon` (on `legal` naive's own gain is within noise), over the seeds where
+  the row has three; naive's frontier was run on `jargon` only, so the change saved against it is `jargon`'s,
+  over its seeds (beside `legal`'s change when that is the worse, with the seeds it is over: "frontier_seeds").
 - docs/results/overhead.md: the full fine-tuning table's step ratio (a stack's: the sum of its members' extra).
 - docs/results/generation-checks.md: instruction pass rate and leakage-free share, change ± s.e., after `support`
   (kept for every task count: it is the only generation evidence shipped).
@@ -85,7 +86,8 @@ def quality_rows(path: Path, with_gain: bool) -> dict[str, dict]:
         if name and name not in rows:
             delta, se = _change(row["general delta ± s.e."])
             rows[name] = {"general_change": delta, "se": se, "drop_cut": _percent(row["drop cut vs naive"]),
-                          "gain_kept": _percent(row["gain kept vs naive"]) if with_gain else None}
+                          "gain_kept": _percent(row["gain kept vs naive"]) if with_gain else None,
+                          "gain_seeds": 1 if with_gain else None}
     return rows
 
 
@@ -110,7 +112,7 @@ def frontier_rows(path: Path) -> dict[str, dict]:
         if row["naive setting"] != "naive":
             delta, se = _change(row["general delta ± s.e."])
             rows[row["naive setting"]] = {"general_change": delta, "se": se, "drop_cut": None,
-                                          "gain_kept": _percent(row["gain kept vs naive"])}
+                                          "gain_kept": _percent(row["gain kept vs naive"]), "gain_seeds": 1}
     return rows
 
 
@@ -127,16 +129,26 @@ def frontier_distances(path: Path, column: str = "change saved") -> dict[str, di
 
 def seeds_rows(path: Path) -> dict[str, dict]:
     """Rows measured at several seeds (benchmarks/seeds_table.py: first header "strategy over seeds"): general
-    change as mean ± s.e. over seeds, the worst seed's, and the change saved against each seed's own frontier."""
+    change as mean ± s.e. over seeds, the worst seed's, the change saved against each seed's own frontier, and the
+    drop cut and gain kept against naive's means over the same seeds (the gain kept of its mean gain over the
+    tasks: the task with the least kept where there are several, as compare takes it, is not in these tables)."""
+    table = table_rows(path, "strategy over seeds")
+    naive = next((row for row in table if row["strategy over seeds"] == "naive"), None)
+    naive_gain = _change(naive["mean gain ± s.e."])[0] if naive else None
+    naive_change = _change(naive["general change ± s.e."])[0] if naive else None
     rows = {}
-    for row in table_rows(path, "strategy over seeds"):
+    for row in table:
         change, se = _change(row["general change ± s.e."])
+        gain = _change(row["mean gain ± s.e."])[0]
         # Always set, so that seed 0's one-seed distance never stands beside "over 3 seeds": "beyond the range" (at
         # every seed) has no mean, one defined seed no s.e., naive's own rows ("—") no distance.
         saved = [float(v) for v in re.findall(r"[-+]?\d+\.\d+", row["change saved at equal gain ± s.e."])]
         above = re.fullmatch(r"(\d+) of \d+", row["above naive's frontier at"])
         rows[_name(row["strategy over seeds"]) or row["strategy over seeds"]] = {
-            "general_change": change, "se": se, "worst_change": float(row["worst seed's change"]), "drop_cut": None,
+            "general_change": change, "se": se, "worst_change": float(row["worst seed's change"]),
+            "drop_cut": round(1 - change / naive_change, 2) if naive_change is not None and naive_change < 0 else None,
+            "gain_kept": round(gain / naive_gain, 2) if naive_gain is not None and naive_gain > 0 else None,
+            "gain_seeds": len(row["seeds"].split()) if naive_gain is not None and naive_gain > 0 else None,
             "seeds": len(row["seeds"].split()), "change_saved": saved[0] if saved else None,
             "change_saved_se": saved[1] if len(saved) > 1 else None, "above": int(above.group(1)) if above else None,
         }
@@ -164,7 +176,8 @@ def worse_domain(rows: dict[str, dict | None]) -> dict:
     domain, worst = min(measured.items(), key=lambda item: item[1]["general_change"])
     gains = {name: row["gain_kept"] for name, row in measured.items() if row["gain_kept"] is not None}
     gain_domain = min(gains, key=gains.get) if gains else None
-    return {**worst, "gain_kept": gains.get(gain_domain), "domain": domain, "gain_domain": gain_domain}
+    return {**worst, "gain_kept": gains.get(gain_domain), "domain": domain, "gain_domain": gain_domain,
+            "gain_seeds": measured[gain_domain]["gain_seeds"] if gain_domain else None}
 
 
 def build() -> dict:
@@ -182,14 +195,15 @@ def build() -> dict:
     sequence = quality_rows(quality, with_gain=True)
     training_less = frontier_rows(quality)
     sequence.update(training_less)
-    # Where a row was measured at several seeds its general change and its distance from naive's frontier are the
-    # means over seeds; its gain kept stays seed 0's (the over-seeds tables report no gain kept).
+    # Where a row was measured at several seeds its general change, distance from naive's frontier and drop cut are
+    # over the seeds. Its gain kept stays seed 0's: compare's is the task with the least kept (replay keeps 83 % of one
+    # task's gain at seed 0, 97 % of the mean), and the points kept for seeds 1 and 2 hold the mean gain alone.
     overlay(sequence, frontier_distances(quality))
-    overlay(sequence, seeds_rows(quality))
+    overlay(sequence, seeds_rows(quality), drop=("gain_kept", "gain_seeds"))
     # Naive's own gain on legal is within noise (the doc's reading): no gain kept there, and no frontier.
     legal_table = ROOT / "docs/results/quality-legal.md"
     legal = quality_rows(legal_table, with_gain=False)
-    overlay(legal, seeds_rows(legal_table), drop=DISTANCE)  # its change over the seeds; no frontier there
+    overlay(legal, seeds_rows(legal_table), drop=(*DISTANCE, "gain_kept", "gain_seeds"))  # its change over the seeds
     jargon_table = ROOT / "docs/results/quality-jargon.md"
     jargon = quality_rows(jargon_table, with_gain=True)
     jargon_less = frontier_rows(jargon_table)
@@ -227,13 +241,13 @@ def build() -> dict:
             "several_tasks": "docs/results/quality.md: default model, full fine-tuning, support then pydoc, "
                              "30 steps x batch 4 x 256 tokens at lr 5e-4, seed 0; the rows measured at seeds 0, 1 "
                              "and 2 (its table \"strategy over seeds\") give their general change and distance from "
-                             "naive's frontier over the seeds, their gain kept at seed 0",
+                             "naive's frontier and drop cut over the seeds, their gain kept at seed 0",
             "one_task": "docs/results/quality-legal.md and quality-jargon.md: the same set-up on legal alone and on "
                         "jargon alone, each strategy's worse general change of the two (naive's frontier: jargon "
                         "only, so it faces one domain where a strategy faces two; the defaults switched after these "
                         "runs: ewc's and l2sp's caps, stm's percentile); the rows run at seeds 0, 1 and 2 on each "
                         "(its table \"strategy over seeds\") give that domain's change over the seeds, and "
-                        "jargon's distance over them, their gain kept at seed 0",
+                        "jargon's distance and gain kept over them",
             "step_ratio": "docs/results/overhead.md, full fine-tuning table (a stack: 1 + the sum of its members' extra)",
             "generation": "docs/results/generation-checks.md: support alone, 30 steps at lr 5e-4",
             "built_by": "scripts/build_advice_evidence.py",

@@ -162,3 +162,26 @@ def test_the_committed_seeds_table_is_what_the_committed_points_give(page, point
     assert sorted(points) == [0, 1, 2]
     assert table.markdown(table.over_seeds(points)) in quality.read_text(encoding="utf-8")
 
+
+def test_the_advice_reads_drop_cut_and_gain_kept_against_naives_means(tmp_path):
+    """build_advice_evidence's drop cut and gain kept of a seeds table: against naive's means over the same seeds,
+    none where naive has no drop to cut or no gain to keep."""
+    spec = importlib.util.spec_from_file_location("build_advice_evidence", ROOT / "scripts" / "build_advice_evidence.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    table = tmp_path / "quality.md"
+
+    def rows(points):
+        table.write_text(_script().markdown(_script().over_seeds(points)) + "\n")
+        return build.seeds_rows(table)
+
+    # naive: gain 0.11, change -0.05 on the means; s: 0.09, -0.015 -> 1 - 0.015 / 0.05 = 70 % cut, 0.09 / 0.11 kept.
+    found = rows({0: {"naive": (0.10, -0.04), "s": (0.08, -0.01)}, 1: {"naive": (0.12, -0.06), "s": (0.10, -0.02)}})
+    assert (found["s"]["drop_cut"], found["s"]["gain_kept"], found["s"]["gain_seeds"]) == (0.7, 0.82, 2)
+    assert (found["naive"]["drop_cut"], found["naive"]["gain_kept"]) == (0.0, 1.0)
+    # Naive gained general score and lost in-domain score: nothing to cut or keep.
+    found = rows({0: {"naive": (-0.01, 0.01), "s": (0.08, -0.01)}, 1: {"naive": (-0.02, 0.02), "s": (0.10, -0.02)}})
+    assert (found["s"]["drop_cut"], found["s"]["gain_kept"], found["s"]["gain_seeds"]) == (None, None, None)
+    # No naive row at all (a table of other rows): none either.
+    found = rows({0: {"s": (0.08, -0.01)}, 1: {"s": (0.10, -0.02)}})
+    assert (found["s"]["drop_cut"], found["s"]["gain_kept"]) == (None, None)

@@ -94,6 +94,9 @@ class Candidate:
     # The seeds the frontier distance and `above` are over, where not `seeds` (shipped one-task evidence: legal's
     # change beside jargon's distance, which may be over other seeds).
     frontier_seeds: int | None = None
+    # The seeds the gain kept is over, where known (shipped evidence: the several-task gain kept is seed 0's, the
+    # one-task one `jargon`'s over its seeds); unset, it is seed 0's when there is no mean gain, else `seeds`.
+    gain_seeds: int | None = None
 
     @property
     def distance_seeds(self) -> int:
@@ -148,7 +151,7 @@ def shipped_evidence(tasks: int) -> tuple[list[Candidate], str]:
             _generation(row), found.get("domain"), found.get("gain_domain"),
             frontier=None if saved is None else (saved, found.get("change_saved_se")), seeds=found.get("seeds", 1),
             worst_change=found.get("worst_change"), above=found.get("above"), frontier_domain=found.get("frontier_domain"),
-            frontier_seeds=found.get("frontier_seeds"),
+            frontier_seeds=found.get("frontier_seeds"), gain_seeds=found.get("gain_seeds"),
         ))
     return candidates, (f"the shipped benchmark table ({data['provenance'][key]}; generation checks: "
                         f"{data['provenance']['generation']})")
@@ -308,9 +311,11 @@ def render(advice: Advice, constraints: Constraints) -> str:
             change += f" over {c.seeds} seeds{worst}"
         parts = [change + (f" (on {c.domain})" if c.domain else "")]
         if c.gain_kept is not None:
+            gain_seeds = c.gain_seeds or (1 if c.gain is None else c.seeds)
             parts.append(f"{100 * c.gain_kept:.0f} % of naive's in-domain gain kept"
                          + (f" (on {c.gain_domain})" if c.gain_domain and c.gain_domain != c.domain else "")
-                         + (" (at one seed)" if c.seeds > 1 and c.gain is None else ""))
+                         + ("" if gain_seeds == c.seeds else " (at one seed)" if gain_seeds == 1
+                            else f" (over {gain_seeds} seeds)"))
         elif c.gain is not None:
             parts.append(f"mean in-domain gain {c.gain:+.4f}")
         if c.frontier is not None:
