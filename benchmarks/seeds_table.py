@@ -14,9 +14,9 @@ label; --save writes the merged points back, so that a row measured once outlive
 committed, and a new checkout starts without it). Each point keeps when its run ended ("measured", from compare's
 finished_at), and a folder's row never replaces a committed point measured later: a folder kept from before a
 rerun (or a copy of it) cannot write the older run back. A point or row without that time (written before it was
-recorded) counts as older than one with it; of two without one (every point committed before 2026-12-05, every
-row of an older folder) the folder's replaces the committed, as before, so for those the order of --save still
-matters. A label enters only when it is at every seed. Each seed's rows are
+recorded) counts as older than one with it; of two without one (every point committed before commit 12ad350,
+fapm's and stm's of 2026-12-05 too; every row of an older folder) the folder's replaces the committed, as before,
+so for those the order of --save still matters. A label enters only when it is at every seed. Each seed's rows are
 measured against that seed's own frontier (forgetless.frontier) of the naive settings present at every seed, so seed
 0's frontier leaves out the settings the other seeds did not run.
 
