@@ -16,7 +16,9 @@ finished_at), and a folder's row never replaces a committed point measured later
 rerun (or a copy of it) cannot write the older run back. A point or row without that time (written before it was
 recorded) counts as older than one with it; of two without one (every point committed before commit 12ad350,
 fapm's and stm's of 2026-12-05 too; every row of an older folder) the folder's replaces the committed, as before,
-so for those the order of --save still matters. A label enters only when it is at every seed. Each seed's rows are
+so for those the order of --save still matters. A label enters only when it is at every seed of the table: all
+the seeds there are, or those named by --seeds (e.g. `--seeds 0 1 2` keeps the three-seed table whole once a few
+rows have seeds 3 and 4, and `--seeds 0 1 2 3 4` tables those rows alone). Each seed's rows are
 measured against that seed's own frontier (forgetless.frontier) of the naive settings present at every seed, so seed
 0's frontier leaves out the settings the other seeds did not run.
 
@@ -156,6 +158,17 @@ def over_seeds(points: Points) -> list[dict]:
     return rows
 
 
+def chosen(points: Points, seeds: list[int] | None) -> Points:
+    """The table's seeds: every seed there is, or `seeds` (each must have points; --save keeps every seed anyway)."""
+    if seeds is None:
+        return points
+    missing = sorted(set(seeds) - set(points))
+    if missing:
+        raise SystemExit(f"--seeds: no points at seed {', '.join(map(str, missing))} (there are: "
+                         f"{' '.join(map(str, sorted(points)))})")
+    return {seed: points[seed] for seed in sorted(set(seeds))}
+
+
 def _signed(value: float, se: float | None) -> str:
     return f"{value:+.4f}" + ("" if se is None else f" ± {se:.4f}")
 
@@ -180,6 +193,8 @@ def main() -> None:
     parser.add_argument("--points", type=Path, help="committed points of seeds 1, 2, ... (default: bundled-seeds.json "
                         "beside quality.md, jargon-seeds.json and legal-seeds.json beside the one-task tables)")
     parser.add_argument("--save", action="store_true", help="write the folder's points into --points")
+    parser.add_argument("--seeds", type=int, nargs="+", help="table these seeds only (default: every seed there is); "
+                        "a row enters when it is at each of them")
     args = parser.parse_args()
     if args.points is None:
         # Another table's points must never land in (or be read from) the bundled benchmark's file.
@@ -189,7 +204,7 @@ def main() -> None:
     later, measured = merged(committed_points(args.points), later_seeds(args.folder))
     if args.save:
         save_points(args.points, later, measured)
-    points = {0: seed0_points(args.table), **later}
+    points = chosen({0: seed0_points(args.table), **later}, args.seeds)
     print(markdown(over_seeds(points)))
 
 

@@ -185,3 +185,24 @@ def test_the_advice_reads_drop_cut_and_gain_kept_against_naives_means(tmp_path):
     # No naive row at all (a table of other rows): none either.
     found = rows({0: {"s": (0.08, -0.01)}, 1: {"s": (0.10, -0.02)}})
     assert (found["s"]["drop_cut"], found["s"]["gain_kept"]) == (None, None)
+
+
+def test_seeds_choose_the_table_so_rows_at_more_seeds_do_not_empty_it():
+    """Seeds 3 and 4 of one row and naive's settings: by default every other row drops out (not at every seed);
+    --seeds 0 1 2 keeps the three-seed table, --seeds 0 1 2 3 4 tables the five-seed rows; a seed without points
+    is refused."""
+    table = _script()
+    n15, n30 = "naive(lr=0.0002,steps=15)", "naive(lr=0.0002,steps=30)"
+    front = {n15: (0.10, -0.01), n30: (0.20, -0.03)}
+    points = {seed: {**front, "a": (0.15, -0.02), "b": (0.15, -0.01)} for seed in (0, 1, 2)}
+    points.update({seed: {**front, "a": (0.15, -0.02)} for seed in (3, 4)})
+
+    def labels(chosen):
+        return sorted(row["label"] for row in table.over_seeds(chosen))
+
+    assert labels(table.chosen(points, None)) == ["a", n15, n30]
+    assert labels(table.chosen(points, [0, 1, 2])) == ["a", "b", n15, n30]
+    five = {row["label"]: row for row in table.over_seeds(table.chosen(points, [0, 1, 2, 3, 4]))}
+    assert five["a"]["seeds"] == [0, 1, 2, 3, 4] and "b" not in five
+    with pytest.raises(SystemExit, match="no points at seed 5"):
+        table.chosen(points, [0, 5])
