@@ -144,12 +144,13 @@ def seeds_rows(path: Path) -> dict[str, dict]:
         # every seed) has no mean, one defined seed no s.e., naive's own rows ("—") no distance.
         saved = [float(v) for v in re.findall(r"[-+]?\d+\.\d+", row["change saved at equal gain ± s.e."])]
         above = re.fullmatch(r"(\d+) of \d+", row["above naive's frontier at"])
+        seeds = len(row["seeds"].split())
+        kept = round(gain / naive_gain, 2) if naive_gain is not None and naive_gain > 0 else None
         rows[_name(row["strategy over seeds"]) or row["strategy over seeds"]] = {
             "general_change": change, "se": se, "worst_change": float(row["worst seed's change"]),
             "drop_cut": round(1 - change / naive_change, 2) if naive_change is not None and naive_change < 0 else None,
-            "gain_kept": round(gain / naive_gain, 2) if naive_gain is not None and naive_gain > 0 else None,
-            "gain_seeds": len(row["seeds"].split()) if naive_gain is not None and naive_gain > 0 else None,
-            "seeds": len(row["seeds"].split()), "change_saved": saved[0] if saved else None,
+            "gain_kept": kept, "gain_seeds": seeds if kept is not None else None,
+            "seeds": seeds, "change_saved": saved[0] if saved else None,
             "change_saved_se": saved[1] if len(saved) > 1 else None, "above": int(above.group(1)) if above else None,
         }
     return rows
