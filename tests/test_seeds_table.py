@@ -8,18 +8,19 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("seeds_table", ROOT / "benchmarks" / "seeds_table.py")
+def _load(folder: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _script():
+    return _load("benchmarks", "seeds_table")
 
 
 def _advice_script():
-    spec = importlib.util.spec_from_file_location("build_advice_evidence", ROOT / "scripts" / "build_advice_evidence.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("scripts", "build_advice_evidence")
 
 
 def test_over_seeds_against_each_seeds_own_frontier_by_hand():
@@ -168,13 +169,11 @@ def test_the_committed_seeds_table_is_what_the_committed_points_give(page, point
     table = _script()
     quality = ROOT / "docs" / "results" / page
     points = {0: table.seed0_points(quality), **table.committed_points(ROOT / "docs" / "results" / points)[0]}
-    printed = table.markdown(table.over_seeds(table.chosen(points, seeds)))
-    assert printed in quality.read_text(encoding="utf-8")
+    rows = table.over_seeds(table.chosen(points, seeds))
+    assert table.markdown(rows) in quality.read_text(encoding="utf-8")
     if seeds == [0, 1, 2]:
-        build = _advice_script()
-        first = build.table_rows(quality, "strategy over seeds")
-        assert [row["strategy over seeds"] for row in first] == [row["label"] for row in
-                                                                 table.over_seeds(table.chosen(points, seeds))]
+        first = _advice_script().table_rows(quality, "strategy over seeds")
+        assert [row["strategy over seeds"] for row in first] == [row["label"] for row in rows]
 
 
 def test_the_advice_reads_drop_cut_and_gain_kept_against_naives_means(tmp_path):
