@@ -1,0 +1,75 @@
+"""benchmarks/defaults_table.py: every default's verdicts on the three sequences' means over seeds."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+N15 = "naive(lr=0.0002,steps=15)"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("defaults_table", ROOT / "benchmarks" / "defaults_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_cell_by_hand():
+    """naive's mean change -0.05, the default's -0.02: 60 % cut. Paired margins over half: -0.01 + 0.02 = 0.01 and
+    -0.03 + 0.03 = 0, mean 0.005 (the cut's 10 points above half), s.e. 0.005, 10 points of naive's mean drop."""
+    points = {0: {"naive": (0.10, -0.04), N15: (0.05, -0.005), "s": (0.08, -0.01)},
+              1: {"naive": (0.12, -0.06), N15: (0.05, -0.005), "s": (0.10, -0.03)}}
+    found = _script().cell(points, "s", with_gain=True)
+    assert found["seeds"] == [0, 1]
+    assert found["cut"] == pytest.approx(0.6) and found["cut_se"] == pytest.approx(0.1)
+    assert found["kept"] == pytest.approx(0.09 / 0.11)
+    # Seed 0's frontier at gain 0.08: -0.005 + 0.6 x (-0.035) = -0.026, so +0.016 saved; seed 1's at 0.10:
+    # -0.005 + (0.05 / 0.07) x (-0.055) = -0.04429, so +0.01429.
+    assert found["saved"] == pytest.approx([0.016, -0.03 - (-0.005 - 0.05 / 0.07 * 0.055)])
+    assert _script().cell(points, "s", with_gain=False)["kept"] is None
+    assert _script().cell(points, "missing", with_gain=True) is None
+
+
+def test_a_cell_takes_naive_at_its_own_seeds():
+    """A default run at seeds 0-2 is set against naive's mean at 0-2, one rerun at 3 and 4 against 0-4."""
+    table = _script()
+    points = {s: {"naive": (0.1, -0.02 * (s + 1)), "a": (0.1, -0.01 * (s + 1)), "b": (0.1, -0.02)} for s in range(3)}
+    points.update({s: {"naive": (0.1, -0.02 * (s + 1)), "a": (0.1, -0.01 * (s + 1))} for s in (3, 4)})
+    a, b = table.cell(points, "a", True), table.cell(points, "b", True)
+    assert a["seeds"] == [0, 1, 2, 3, 4] and a["cut"] == pytest.approx(0.5)
+    assert b["seeds"] == [0, 1, 2] and b["cut"] == pytest.approx(1 - 0.02 / 0.04)
+    assert a["saved"] is None  # naive at one setting: no frontier
+    assert table.cut_text(a) == "50 % ± 0 (100 %), 5 seeds"
+    # Naive without a drop: nothing to cut.
+    assert table.cell({0: {"naive": (0.1, 0.01), "a": (0.1, -0.01)}}, "a", True)["cut"] is None
+
+
+def _cell(cut, cut_se=0.05, saved=None):
+    return {"seeds": [0, 1, 2], "cut": cut, "cut_se": cut_se, "kept": None, "saved": saved}
+
+
+def test_the_cut_verdict_needs_half_on_every_sequence_and_names_the_close_ones():
+    verdict = _script().cut_verdict
+    assert verdict({"a": _cell(0.9), "b": _cell(0.6)}) == "**yes**"
+    assert verdict({"a": _cell(0.9), "b": _cell(0.47)}) == "no (b); within one s.e. of half on b"
+    assert verdict({"a": _cell(0.52), "b": _cell(0.3)}) == "no (b); within one s.e. of half on a"
+    assert verdict({"a": _cell(0.9), "b": None}) == "not on every sequence"
+
+
+def test_the_frontier_verdict_counts_seeds_over_the_sequences_with_a_frontier():
+    verdict = _script().frontier_verdict
+    assert verdict({"a": _cell(1, saved=[0.01, None]), "b": _cell(1, saved=[0.02, 0.01, 0.03])}) == "**above at all 5**"
+    assert verdict({"a": _cell(1, saved=[-0.01, 0.02]), "b": _cell(1)}) == "above at 1 of 2"
+    assert verdict({"a": _cell(1, saved=[-0.01, -0.02])}) == "below at all 2"
+    assert verdict({"a": _cell(1), "b": None}) == "—"
+
+
+def test_the_committed_defaults_table_is_what_the_committed_points_give():
+    """defaults.md's over-seeds table and naive's line reprint from the committed pages and points files alone."""
+    table = _script()
+    cells, naive = table.table()
+    page = (ROOT / "docs" / "results" / "defaults.md").read_text(encoding="utf-8")
+    assert table.markdown(cells) in page
+    assert table.naive_lines(naive) in page.replace("\n", " ")
