@@ -66,6 +66,18 @@ def test_the_frontier_verdict_counts_seeds_over_the_sequences_with_a_frontier():
     assert verdict({"a": _cell(1), "b": None}) == "—"
 
 
+def test_one_committed_cell_by_hand():
+    """`layerwise` on `jargon` over seeds 0-4: seed 0 from quality-jargon.md's first table (-0.0395 against naive's
+    -0.0461), seeds 1-4 from jargon-seeds.json. Changes -0.0395, -0.01198, -0.01161, +0.01570, -0.01769 (mean
+    -0.013015) against naive's -0.0461, -0.05069, -0.02121, -0.03116, -0.05976 (mean -0.041782): 1 - 0.31150."""
+    table = _script()
+    found = table.cell(table.page_points("quality-jargon.md"), "layerwise", with_gain=True)
+    assert found["seeds"] == [0, 1, 2, 3, 4]
+    assert found["cut"] == pytest.approx(0.6885, abs=2e-4)
+    assert found["cut_se"] == pytest.approx(0.1905, abs=2e-4)
+    assert table.cell(table.page_points("quality-legal.md"), "layerwise", with_gain=False)["seeds"] == [0, 1, 2]
+
+
 def test_the_committed_defaults_table_is_what_the_committed_points_give():
     """defaults.md's over-seeds table and naive's line reprint from the committed pages and points files alone."""
     table = _script()
