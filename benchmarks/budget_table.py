@@ -58,7 +58,7 @@ def budget_config(tasks: list[str], every: int, strategies: list, on_exceed: str
     """`on_exceed`: the mode's name, or the budget's fields beside its limit."""
     data = base_config("full", False, tasks, lr).model_dump()
     data["eval"]["every_steps"] = every
-    data["train"]["seed"] = seed  # also draws the tasks' held-out split
+    data["train"]["seed"] = seed  # and the held-out split of a `file` task without heldout_file (not a built-in's)
     fields = on_exceed if isinstance(on_exceed, dict) else {"on_exceed": on_exceed}
     return parse_config({**data, "strategies": strategies, "budget": {"max_general_drop": limit, **fields}}, "budget_table")
 
@@ -163,7 +163,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["support"])
     parser.add_argument("--every", type=int, default=5, help="full evaluation (and budget check) every N steps")
     parser.add_argument("--lr", type=float, help="learning rate of every budget run (default: quality.py's)")
-    parser.add_argument("--seed", type=int, default=0, help="train.seed (and the held-out split) of every budget run")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of every budget run "
+                        "(and the held-out split of a file task without heldout_file)")
     parser.add_argument("--limit", type=float, default=0.01, help="max_general_drop")
     parser.add_argument("--only", nargs="+", choices=[label for label, _, _ in ENTRIES], help="run only these entries")
     parser.add_argument("--table-only", action="store_true", help="run nothing: the table of the entries already finished")

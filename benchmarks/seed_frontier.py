@@ -9,7 +9,8 @@ compare folders of its fixed naive settings (`forgetless compare ... --frontier-
 run at that seed from one shared "before" evaluation. The training seed moves naive's general change by more than the test set's
 s.e. (docs/results/budget.md), so one seed's distance from the frontier, and its paired bootstrap, say nothing
 about the seed. This prints every budget run's distances from its own seed's frontier, their mean over seeds
-± s.e. (the seeds' spread / sqrt(n), so it holds the test set's noise too: each seed draws its own held-out split),
+± s.e. (the seeds' spread / sqrt(n): the training seed's noise; `support`'s held-out split and the general suite
+are the same items at every seed, so not the test items'),
 how many seeds put it above, and its distances from the frontier of the seed-averaged points (each naive setting's
 and the budget run's mean gain and change over the seeds).
 """

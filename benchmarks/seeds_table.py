@@ -24,7 +24,8 @@ measured against that seed's own frontier (forgetless.frontier) of the naive set
 
 The table printed (first header "strategy over seeds") is what scripts/build_advice_evidence.py reads for
 `forgetless advise` from quality.md, quality-jargon.md and quality-legal.md: mean ± s.e. over seeds (their s.d. /
-sqrt(n); each seed draws its own held-out split, so this holds the test set's noise too), the worst seed's general
+sqrt(n): the training seed's noise; the built-in tasks' held-out splits and the general suite are the same items at
+every seed, so not the test items'), the worst seed's general
 change, and the general change saved at equal gain against each seed's own frontier with the number of seeds where
 the row is above it (beyond the frontier's largest gain counts as above and is left out of the mean, as in
 forgetless.seeds). With naive at its one setting only (`legal`: naive's own gain there is within noise, so no

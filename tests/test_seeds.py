@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from forgetless.cli import main
 from forgetless.compare import ComparisonRow, against_frontier
+from forgetless.config import load_config
 from forgetless.errors import ForgetlessError
-from forgetless.seeds import across_seeds, seeds_figure, summarise
+from forgetless.seeds import across_seeds, reuse_before, seeds_figure, summarise, with_seed
 
 
 def _row(label, gain, change, spec=None):
@@ -63,7 +65,7 @@ def test_compare_over_seeds_runs_one_comparison_per_seed(tmp_path, compare_confi
     out = tmp_path / "seeds"
     assert main(["compare", str(compare_config), "--strategies", "naive", "l2sp", "--frontier-steps", "1",
                  "--seeds", "0", "1", "--out", str(out), "--quiet"]) == 0
-    assert stages.count("before") == 2  # each seed draws its own held-out split, so scores its own start
+    assert stages.count("before") == 2  # the seed draws each file task's held-out split, so each scores its own start
     tables = {}
     for seed in (0, 1):
         table = json.loads((out / f"seed-{seed}" / "compare.json").read_text())
@@ -83,6 +85,32 @@ def test_compare_over_seeds_runs_one_comparison_per_seed(tmp_path, compare_confi
     summary = json.loads((out / "seeds.json").read_text())
     assert summary["seeds"] == [0, 1, 2] and [row["strategy"] for row in summary["rows"]] == ["naive"]
     assert summary["left_out"] == ["l2sp", "naive(lr=0.01,steps=1)"]
+
+
+def test_a_seed_that_draws_no_split_reuses_the_before_evaluation(tmp_path, compare_config, evaluated_stages, capsys):
+    """With every task's held-out rows given, seed 1 scores the same items from the same start as seed 0: it reuses
+    seed 0's before.json, and that equals what seed 1 evaluates on its own."""
+    config = yaml.safe_load(compare_config.read_text())
+    for task in config["tasks"]:
+        task["heldout_file"] = task["file"]
+    given = tmp_path / "given.yaml"
+    given.write_text(yaml.safe_dump(config))
+    out = tmp_path / "seeds"
+    assert main(["compare", str(given), "--strategies", "naive", "--seeds", "0", "1", "--out", str(out)]) == 0
+    assert evaluated_stages.count("before") == 1
+    assert "seed-0's \"before\" evaluation is reused" in capsys.readouterr().out
+    alone = tmp_path / "alone"
+    assert main(["compare", str(given), "--strategies", "naive", "--seeds", "1", "--out", str(alone), "--quiet"]) == 0
+    assert evaluated_stages.count("before") == 2
+    reused, own = (json.loads((d / "seed-1" / "before.json").read_text()) for d in (out, alone))
+    assert reused == own
+    # A seed that draws the split (the file tasks without held-out files) never takes another seed's start.
+    assert reuse_before(out, with_seed(load_config(compare_config), 2), out / "seed-2") is None
+    # Nor does a folder that has its own, or where another seed's file is not compare's.
+    assert reuse_before(out, with_seed(load_config(given), 1), out / "seed-1") is None
+    (out / "seed-0" / "before.json").write_text("[]")
+    (out / "seed-1" / "before.json").unlink()
+    assert reuse_before(out, with_seed(load_config(given), 1), out / "seed-1") is None
 
 
 def test_seeds_and_one_seed_tables_do_not_mix(tmp_path, compare_config, capsys):

@@ -394,12 +394,18 @@ def trade_off_frame(axes, front: list[tuple[float, float]], front_label: str, xl
     axes.grid(alpha=0.3)
 
 
+def split_depends_on_seed(config: RunConfig) -> bool:
+    """Whether train.seed draws a task's held-out split: a `file` task without `heldout_file` is split by it; a
+    built-in task's split (and a given heldout_file) is the same at every seed."""
+    return any(task.file is not None and task.heldout_file is None for task in config.tasks)
+
+
 def before_key(config: RunConfig) -> dict[str, Any]:
-    """What the shared "before" evaluation depends on: the model, the tasks and their held-out split (its seed)
-    and the evaluation settings; not the strategies or how training runs."""
+    """What the shared "before" evaluation depends on: the model, the tasks and their held-out split (the seed,
+    where it draws one) and the evaluation settings; not the strategies or how training runs."""
     data = config.model_dump(mode="json", include={"model", "model_dtype", "trust_remote_code", "tasks", "eval"})
     data["eval"].pop("every_steps")
-    data["seed"] = config.train.seed
+    data["seed"] = config.train.seed if split_depends_on_seed(config) else None
     data["format"] = 2  # 2: generation tasks keep their answers (older files lack the start's, needed by leakage)
     return data
 

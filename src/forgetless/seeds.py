@@ -1,14 +1,18 @@
 """A comparison over several training seeds: `forgetless compare CONFIG ... --seeds 0 1 2 --out DIR`.
 
-The training seed (which also draws the tasks' held-out split) moves naive's general change by more than one test
-set's s.e.: on `support` at lr 2e-4 for 30 steps, -0.0361, -0.0149 and -0.0058 at seeds 0, 1 and 2 (s.d. 0.016
-against an s.e. of about 0.006; docs/results/budget.md). So a distance from naive's frontier measured at one seed,
-even with its bootstrap over the evaluation items, says nothing about the seed. Each seed runs as a comparison of
-its own (DIR/seed-K: its own held-out split, so its own "before" evaluation), and DIR/seeds.md (and .json)
-summarises every row present at all seeds:
+The training seed moves naive's general change by more than one run's test-set s.e.: on `support` at lr 2e-4 for
+30 steps, -0.0361, -0.0149 and -0.0058 at seeds 0, 1 and 2 (s.d. 0.016 against an s.e. of about 0.006;
+docs/results/budget.md). So a distance from naive's frontier measured at one seed, even with its bootstrap over
+the evaluation items, says nothing about the seed. Each seed runs as a comparison of its own (DIR/seed-K). The
+seed draws a task's held-out split only for a `file` task without `heldout_file`; where it draws none (built-in
+tasks, given held-out files) every seed scores the same items from the same start, so a seed folder reuses an
+earlier seed's "before" evaluation (its before.json) instead of repeating it. DIR/seeds.md (and .json) summarises
+every row present at all seeds:
 
-- in-domain gain and general change: mean ± s.e. over seeds (the seeds' s.d. / sqrt(n); each seed draws its own
-  held-out split, so this holds the test set's noise too);
+- in-domain gain and general change: mean ± s.e. over seeds (the seeds' s.d. / sqrt(n)): the training seed's
+  noise. The general suite is the same items at every seed, as is a held-out split the seed does not draw, so the
+  test items' own noise (one run's paired s.e., in each seed's compare.md) is not in it; where the seed draws the
+  split, the gain's s.e. holds that split's noise too;
 - each distance from naive's frontier, each seed's row against that seed's own frontier: mean ± s.e. over seeds
   and at how many seeds the row is above it (a positive distance, or beyond the frontier's range on the good side);
 - the distances of the row's seed-averaged point from the frontier of the seed-averaged naive points.
@@ -23,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .compare import ComparisonRow, compare, trade_off_frame
+from .compare import ComparisonRow, before_key, compare, trade_off_frame
 from .config import RunConfig, parse_config
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
@@ -125,8 +129,10 @@ def markdown(summary: dict[str, Any]) -> str:
                f"{KINDS[1]} (own seed's frontier)", "both against the averaged frontier", "per seed: gain, change"]
     seeds = ", ".join(map(str, summary["seeds"]))
     lines = [f"# Comparison over seeds {seeds}", "",
-             f"One comparison per seed in {_PREFIX}<seed>/ (its own held-out split and \"before\" evaluation). ± is the "
-             "s.e. over seeds (their s.d. / sqrt(n)): it holds the test set's noise as well as the training seed's. "
+             f"One comparison per seed in {_PREFIX}<seed>/. ± is the s.e. over seeds (their s.d. / sqrt(n)): the "
+             "training seed's noise. The general suite is the same items at every seed, as is a task's held-out split "
+             "unless the seed draws it (a `file` task without `heldout_file`), so the test items' own noise is not in "
+             "it: each seed's compare.md has one run's paired s.e. over them. "
              "Distances from naive's frontier are explained in forgetless.frontier (positive beats what naive reaches "
              "by training less); \"above\" counts the seeds where a row beats its own seed's frontier.", "",
              format_table(headers, body), ""]
@@ -186,6 +192,26 @@ def write_summary(out: Path) -> dict[str, Any]:
     return summary
 
 
+def reuse_before(out: Path, config: RunConfig, folder: Path) -> Path | None:
+    """Copy another seed folder's "before" evaluation into `folder` where its key matches `config`'s: the seed
+    draws no held-out split here (forgetless.compare.split_depends_on_seed), so it would score the same items from
+    the same start again. Returns the folder copied from, or None (a folder with its own before.json keeps it)."""
+    if (folder / "before.json").exists():
+        return None
+    key = before_key(config)
+    for other in sorted(out.glob(f"{_PREFIX}*/before.json")):
+        text = other.read_text(encoding="utf-8")
+        try:
+            found = json.loads(text).get("key")
+        except (json.JSONDecodeError, AttributeError):  # not a before.json compare wrote: that folder re-evaluates
+            continue
+        if found == key:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / "before.json", text)
+            return other.parent
+    return None
+
+
 def compare_over_seeds(config: RunConfig, specs: list, out_dir: str | Path, seeds: list[int], *,
                        progress: bool = True, **options) -> dict[str, Any]:
     """`compare` once per seed (train.seed), each into its own folder, then the summary over every seed folder
@@ -199,6 +225,10 @@ def compare_over_seeds(config: RunConfig, specs: list, out_dir: str | Path, seed
     for seed in seeds:
         if progress:
             print(f"\n##### seed {seed} #####", flush=True)
-        compare(with_seed(config, seed), specs, seed_folder(out, seed), progress=progress, **options)
+        seeded = with_seed(config, seed)
+        source = reuse_before(out, seeded, seed_folder(out, seed))
+        if source is not None and progress:
+            print(f"the seed draws no held-out split here: {source.name}'s \"before\" evaluation is reused", flush=True)
+        compare(seeded, specs, seed_folder(out, seed), progress=progress, **options)
         summary = write_summary(out)
     return summary
