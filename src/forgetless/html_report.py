@@ -140,7 +140,7 @@ def render_run_html(results: RunResults) -> str:
 
 
 def render_comparison_html(table: dict[str, Any]) -> str:
-    from .compare import ComparisonRow, pareto_png, signed_with_se
+    from .compare import SEED_NOISE, ComparisonRow, pareto_png, signed_with_se
 
     rows = [ComparisonRow(**row) for row in table["rows"]]
     baseline = table.get("baseline", "naive")
@@ -170,6 +170,7 @@ def render_comparison_html(table: dict[str, Any]) -> str:
               "—" if r.peak_memory_mb is None else f"{r.peak_memory_mb:,.0f} MiB", f"{r.state_mb:.1f} MiB",
               ", ".join(r.stores_raw_data) or "no"] for r in rows],
         ))
+        body.append(f"<p>{html.escape(SEED_NOISE)}</p>")
         body.append(_image(pareto_png(table), "trade-off between in-domain gain and general change"))
         links = "".join(f'<li><a href="{quote(r.strategy.replace("/", "_"))}/report.html">{html.escape(r.strategy)}</a></li>'
                         for r in rows)
