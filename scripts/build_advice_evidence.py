@@ -12,10 +12,11 @@ Reads the committed result tables, keeps each registered strategy's row at its d
   (its gain kept stays seed 0's: the least kept task's; the points of seeds 1 and 2 hold only the mean gain).
 - docs/results/quality-legal.md and docs/results/quality-jargon.md: `legal` alone and `jargon` alone (one task each).
   A strategy's one-task evidence is the worse general change of the two (a default must hold on both; each
-  domain's is the mean over three seeds where its table "strategy over seeds" has the row, with its worst seed),
-  its drop cut, and the gain kept on `jargon` (on `legal` naive's own gain is within noise), over the seeds where
-  the row has three; naive's frontier was run on `jargon` only, so the change saved against it is `jargon`'s,
-  over its seeds (beside `legal`'s change when that is the worse, with the seeds it is over: "frontier_seeds").
+  domain's is the mean over the seeds of its table "strategy over seeds" where that has the row, with its worst
+  seed: `legal`'s first table, three seeds, and `jargon`'s widest holding every row, five), its drop cut, and the
+  gain kept on `jargon` (on `legal` naive's own gain is within noise), over those seeds; naive's frontier was run
+  on `jargon` only, so the change saved against it is `jargon`'s, over its seeds (beside `legal`'s change when
+  that is the worse, with the seeds it is over: "frontier_seeds").
 - docs/results/overhead.md: the full fine-tuning table's step ratio (a stack's: the sum of its members' extra).
 - docs/results/generation-checks.md: instruction pass rate and leakage-free share, change ± s.e., after `support`
   (kept for every task count: it is the only generation evidence shipped).
@@ -39,21 +40,30 @@ DISTANCE = ("change_saved", "change_saved_se", "above")  # a row's distance from
 def table_rows(path: Path, first_header: str, having: str | None = None, optional: bool = False) -> list[dict[str, str]]:
     """The rows of the first markdown table in `path` whose first header cell is `first_header` (and which has a
     column `having`, when given); none if `optional` and there is no such table."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("|") and _cells(line)[0] == first_header
-                  and (having is None or having in _cells(line))), None)
-    if start is None:
+    tables = all_tables(path, first_header, having)
+    if not tables:
         if optional:
             return []
         raise ValueError(f"{path}: no table whose first header is {first_header!r}"
                          + (f" with a column {having!r}" if having else ""))
-    headers = _cells(lines[start])
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(dict(zip(headers, _cells(line))))
-    return rows
+    return tables[0]
+
+
+def all_tables(path: Path, first_header: str, having: str | None = None) -> list[list[dict[str, str]]]:
+    """Every markdown table in `path` whose first header cell is `first_header` (and has a column `having`), in order."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    tables = []
+    for start, line in enumerate(lines):
+        if not (line.startswith("|") and _cells(line)[0] == first_header and (having is None or having in _cells(line))):
+            continue
+        headers = _cells(line)
+        rows = []
+        for body in lines[start + 2:]:
+            if not body.startswith("|"):
+                break
+            rows.append(dict(zip(headers, _cells(body))))
+        tables.append(rows)
+    return tables
 
 
 def _cells(line: str) -> list[str]:
@@ -127,12 +137,22 @@ def frontier_distances(path: Path, column: str = "change saved") -> dict[str, di
     return rows
 
 
-def seeds_rows(path: Path) -> dict[str, dict]:
+def seeds_rows(path: Path, widest: bool = False) -> dict[str, dict]:
     """Rows measured at several seeds (benchmarks/seeds_table.py: first header "strategy over seeds"): general
     change as mean ± s.e. over seeds, the worst seed's, the change saved against each seed's own frontier, and the
     drop cut and gain kept against naive's means over the same seeds (the gain kept of its mean gain over the
-    tasks: the task with the least kept where there are several, as compare takes it, is not in these tables)."""
-    table = table_rows(path, "strategy over seeds")
+    tasks: the task with the least kept where there are several, as compare takes it, is not in these tables).
+
+    The page's first such table, or with `widest` the one over the most seeds among those holding every row of the
+    first (`jargon`: every row at five seeds; a table of a few rows rerun at more seeds is not enough)."""
+    tables = all_tables(path, "strategy over seeds")
+    if not tables:
+        raise ValueError(f"{path}: no table whose first header is 'strategy over seeds'")
+    table = tables[0]
+    if widest:
+        labels = {row["strategy over seeds"] for row in table}
+        covering = [t for t in tables if labels <= {row["strategy over seeds"] for row in t}]
+        table = max(covering, key=lambda t: len(t[0]["seeds"].split()))
     naive = next((row for row in table if row["strategy over seeds"] == "naive"), None)
     naive_gain = _change(naive["mean gain ± s.e."])[0] if naive else None
     naive_change = _change(naive["general change ± s.e."])[0] if naive else None
@@ -214,7 +234,7 @@ def build() -> dict:
     # Naive's frontier was run on jargon only, so a strategy's one-task distance from it is jargon's: seed 0's, or
     # over the seeds where the row was run at three (with its general change over them).
     overlay(jargon, frontier_distances(jargon_table, "change saved vs frontier"))
-    overlay(jargon, seeds_rows(jargon_table))
+    overlay(jargon, seeds_rows(jargon_table, widest=True))
     jargon = {name: {**row, "frontier_domain": "jargon"} if _has_distance(row) else row for name, row in jargon.items()}
     single = {name: worse_domain({"legal": legal.get(name), "jargon": jargon.get(name)}) for name in set(legal) | set(jargon)}
     for name, row in single.items():
@@ -246,9 +266,10 @@ def build() -> dict:
             "one_task": "docs/results/quality-legal.md and quality-jargon.md: the same set-up on legal alone and on "
                         "jargon alone, each strategy's worse general change of the two (naive's frontier: jargon "
                         "only, so it faces one domain where a strategy faces two; the defaults switched after these "
-                        "runs: ewc's and l2sp's caps, stm's percentile); the rows run at seeds 0, 1 and 2 on each "
-                        "(its table \"strategy over seeds\") give that domain's change over the seeds, and "
-                        "jargon's distance and gain kept over them",
+                        "runs: ewc's and l2sp's caps, stm's percentile); the rows run at seeds 0, 1 and 2 on legal "
+                        "and at seeds 0 to 4 on jargon (each page's table \"strategy over seeds\" holding every row "
+                        "over the most seeds) give that domain's change over the seeds, and jargon's distance and gain "
+                        "kept over them",
             "step_ratio": "docs/results/overhead.md, full fine-tuning table (a stack: 1 + the sum of its members' extra)",
             "generation": "docs/results/generation-checks.md: support alone, 30 steps at lr 5e-4",
             "built_by": "scripts/build_advice_evidence.py",

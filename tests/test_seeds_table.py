@@ -217,3 +217,23 @@ def test_seeds_choose_the_table_so_rows_at_more_seeds_do_not_empty_it():
     assert five["a"]["seeds"] == [0, 1, 2, 3, 4] and "b" not in five
     with pytest.raises(SystemExit, match="no points at seed 5"):
         table.chosen(points, [0, 5])
+
+
+def test_the_advice_reads_the_widest_seeds_table_that_holds_every_row(tmp_path):
+    """With `widest`, the table over the most seeds among those holding every row of the first: a five-seed table of
+    a few rerun rows is passed over, one of every row is read."""
+    table, build = _script(), _advice_script()
+    points = {seed: {"naive": (0.10, -0.04 - 0.01 * seed), "a": (0.08, -0.01), "b": (0.09, -0.02 * seed)}
+              for seed in range(5)}
+    three = table.markdown(table.over_seeds(table.chosen(points, [0, 1, 2])))
+    few = table.markdown(table.over_seeds(table.chosen({s: {k: v for k, v in p.items() if k != "b"}
+                                                        for s, p in points.items()}, None)))
+    every = table.markdown(table.over_seeds(table.chosen(points, None)))
+    page = tmp_path / "quality-jargon.md"
+    page.write_text(f"{three}\n\ntext\n\n{few}\n", encoding="utf-8")
+    assert build.seeds_rows(page, widest=True)["b"]["seeds"] == 3 and build.seeds_rows(page)["a"]["seeds"] == 3
+    page.write_text(f"{three}\n\ntext\n\n{few}\n\n{every}\n", encoding="utf-8")
+    found = build.seeds_rows(page, widest=True)
+    assert (found["a"]["seeds"], found["b"]["seeds"]) == (5, 5)
+    assert found["b"]["general_change"] == -0.04  # the mean of 0, -0.02, ..., -0.08
+    assert build.seeds_rows(page)["b"]["seeds"] == 3  # without `widest`: the first table, as for legal and bundled

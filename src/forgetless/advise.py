@@ -4,7 +4,7 @@ The evidence is the user's own `forgetless compare` / `tune` folders when given 
 folder gives each row's means over its seeds), otherwise the
 shipped benchmark tables (data/assets/advice/evidence.json, built from docs/results by
 scripts/build_advice_evidence.py: several tasks from the bundled sequence, one task from the worse of `legal` and
-`jargon` per strategy; the rows run at three seeds give their means over the seeds); the answer says which. The
+`jargon` per strategy; the rows run at several seeds give their means over the seeds); the answer says which. The
 decision is the small table below:
 
 | constraint                   | rule                                                                     |
