@@ -232,7 +232,7 @@ def build() -> dict:
     training_less = {**training_less, **jargon_less}
     overhead.update({name: 1.0 for name in training_less})
     # Naive's frontier was run on jargon only, so a strategy's one-task distance from it is jargon's: seed 0's, or
-    # over the seeds where the row was run at three (with its general change over them).
+    # over the seeds of the widest table holding every row (five since 2026-12-05), with its general change over them.
     overlay(jargon, frontier_distances(jargon_table, "change saved vs frontier"))
     overlay(jargon, seeds_rows(jargon_table, widest=True))
     jargon = {name: {**row, "frontier_domain": "jargon"} if _has_distance(row) else row for name, row in jargon.items()}
