@@ -63,9 +63,13 @@ def cell(points: Points, label: str, with_gain: bool) -> dict | None:
     }
 
 
-def table(results: Path = RESULTS) -> tuple[dict[str, dict[str, dict | None]], dict[str, dict[tuple, tuple]]]:
+def all_points(results: Path = RESULTS) -> dict[str, Points]:
+    """Each sequence's points at every seed, by the sequence's name."""
+    return {name: page_points(page, results) for name, page in SEQUENCES.items()}
+
+
+def table(pages: dict[str, Points]) -> tuple[dict[str, dict[str, dict | None]], dict[str, dict[tuple, tuple]]]:
     """Each default's cell on each sequence, and naive's mean change over each set of seeds a cell used."""
-    pages = {name: page_points(page, results) for name, page in SEQUENCES.items()}
     cells = {label: {name: cell(points, label, name not in WITHOUT_GAIN) for name, points in pages.items()}
              for label in DEFAULTS}
     naive = {name: {} for name in SEQUENCES}
@@ -147,12 +151,12 @@ def naive_lines(naive: dict[str, dict[tuple, tuple]]) -> str:
 
 
 def main() -> None:
-    cells, naive = table()
+    pages = all_points()
+    cells, naive = table(pages)
     print(markdown(cells))
     print()
     print(naive_lines(naive))
-    spreads = {name: statistics.stdev(points[s]["naive"][1] for s in points)
-               for name, points in ((n, page_points(p)) for n, p in SEQUENCES.items())}
+    spreads = {name: statistics.stdev(points[s]["naive"][1] for s in points) for name, points in pages.items()}
     print("Naive's seed s.d. of its general change: " + "; ".join(f"{n} {v:.4f}" for n, v in spreads.items()) + ".")
 
 

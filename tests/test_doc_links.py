@@ -3,6 +3,7 @@
 The results pages link each other's sections by GitHub's heading anchors, and a renamed heading breaks them silently.
 """
 
+import functools
 import re
 from pathlib import Path
 
@@ -10,7 +11,8 @@ ROOT = Path(__file__).parent.parent
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
-def anchors(page: Path) -> set[str]:
+@functools.cache  # a page is linked many times; read its headings once
+def anchors(page: Path) -> frozenset[str]:
     """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces to hyphens, repeats numbered."""
     seen: dict[str, int] = {}
     found, in_code = set(), False
@@ -23,7 +25,7 @@ def anchors(page: Path) -> set[str]:
             count = seen.get(slug, 0)
             seen[slug] = count + 1
             found.add(slug if count == 0 else f"{slug}-{count}")
-    return found
+    return frozenset(found)
 
 
 def broken_links(page: Path) -> list[str]:
