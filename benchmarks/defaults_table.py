@@ -1,6 +1,7 @@
 """Every default on the three sequences over seeds: docs/results/defaults.md's verdicts on the means, not one seed.
 
-    .venv/bin/python benchmarks/defaults_table.py
+    .venv/bin/python benchmarks/defaults_table.py            # defaults.md's table
+    .venv/bin/python benchmarks/defaults_table.py --short    # the README's compact form of it
 
 Reads the committed points only (each page's table for seed 0, its points file for seeds 1, 2, ...: the same
 points benchmarks/seeds_table.py tables), so it needs no run folder. Each default is taken at every seed it was
@@ -85,14 +86,14 @@ def _seeds(seeds: list[int] | tuple[int, ...]) -> str:
     return f"{len(seeds)} seeds" if list(seeds) == list(range(len(seeds))) else "seeds " + " ".join(map(str, seeds))
 
 
-def cut_text(found: dict | None) -> str:
+def cut_text(found: dict | None, with_seeds: bool = True) -> str:
     if found is None:
         return "not run"
     if found["cut"] is None:
         return "no drop to cut"
     noise = "" if found["cut_se"] is None else f" ± {100 * found['cut_se']:.0f}"
     kept = "" if found["kept"] is None else f" ({100 * found['kept']:.0f} %)"
-    return f"{100 * found['cut']:.0f} %{noise}{kept}, {_seeds(found['seeds'])}"
+    return f"{100 * found['cut']:.0f} %{noise}{kept}" + (f", {_seeds(found['seeds'])}" if with_seeds else "")
 
 
 def saved_text(found: dict | None) -> str:
@@ -142,6 +143,22 @@ def markdown(cells: dict[str, dict[str, dict | None]]) -> str:
     return format_table(HEADERS, body)
 
 
+def short_markdown(cells: dict[str, dict[str, dict | None]]) -> str:
+    """The README's form: the cuts and both verdicts, each sequence's seeds said once in its header where every
+    default has the same (in each cell otherwise)."""
+    counts = {name: {tuple(found[name]["seeds"]) for found in cells.values() if found[name] is not None}
+              for name in SEQUENCES}
+    same = {name: len(seeds) == 1 for name, seeds in counts.items()}
+    headers = ["default", *(f"{name} ({_seeds(next(iter(counts[name])))})" if same[name] else name for name in SEQUENCES),
+               "cut >= 50 % everywhere?", "above naive's frontier at"]
+    body = []
+    for label, found in cells.items():
+        name = "[replay, wise]" if label == "replay+wise" else label
+        body.append([f"`{name}`", *(cut_text(found[s], with_seeds=not same[s]) for s in SEQUENCES),
+                     cut_verdict(found), frontier_verdict(found)])
+    return format_table(headers, body)
+
+
 def naive_lines(naive: dict[str, dict[tuple, tuple]]) -> str:
     parts = []
     for name, by_seeds in naive.items():
@@ -153,6 +170,9 @@ def naive_lines(naive: dict[str, dict[tuple, tuple]]) -> str:
 def main() -> None:
     pages = all_points()
     cells, naive = table(pages)
+    if "--short" in sys.argv[1:]:
+        print(short_markdown(cells))
+        return
     print(markdown(cells))
     print()
     print(naive_lines(naive))

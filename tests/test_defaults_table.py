@@ -66,6 +66,20 @@ def test_the_frontier_verdict_counts_seeds_over_the_sequences_with_a_frontier():
     assert verdict({"a": _cell(1), "b": None}) == "—"
 
 
+def test_the_short_table_says_a_sequences_seeds_once_where_every_default_has_the_same():
+    """The README's form: 'a' has the same seeds on both sequences' cells except 'y', where one default has more."""
+    table = _script()
+    five = {**_cell(0.7), "seeds": [0, 1, 2, 3, 4]}
+    cells = {"ewc": {"bundled": _cell(0.6), "`legal`": _cell(0.8), "`jargon`": _cell(0.7)},
+             "replay+wise": {"bundled": _cell(0.9), "`legal`": _cell(0.4), "`jargon`": five}}
+    header, _, ewc, stack = table.short_markdown(cells).splitlines()
+    assert [c.strip() for c in header.strip("|").split("|")][:4] == [
+        "default", "bundled (3 seeds)", "`legal` (3 seeds)", "`jargon`"]
+    assert [c.strip() for c in ewc.strip("|").split("|")][1:4] == ["60 % ± 5", "80 % ± 5", "70 % ± 5, 3 seeds"]
+    assert [c.strip() for c in stack.strip("|").split("|")] == [
+        "`[replay, wise]`", "90 % ± 5", "40 % ± 5", "70 % ± 5, 5 seeds", "no (`legal`)", "—"]
+
+
 def test_one_committed_cell_by_hand():
     """`layerwise` on `jargon` over seeds 0-4: seed 0 from quality-jargon.md's first table (-0.0395 against naive's
     -0.0461), seeds 1-4 from jargon-seeds.json. Changes -0.0395, -0.01198, -0.01161, +0.01570, -0.01769 (mean
@@ -85,3 +99,9 @@ def test_the_committed_defaults_table_is_what_the_committed_points_give():
     page = (ROOT / "docs" / "results" / "defaults.md").read_text(encoding="utf-8")
     assert table.markdown(cells) in page
     assert table.naive_lines(naive) in page.replace("\n", " ")
+
+
+def test_the_readme_holds_the_short_table_the_committed_points_give():
+    table = _script()
+    cells, _ = table.table(table.all_points())
+    assert table.short_markdown(cells) in (ROOT / "README.md").read_text(encoding="utf-8")
