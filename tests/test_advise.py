@@ -94,7 +94,7 @@ def test_shipped_evidence_matches_the_committed_result_tables():
     assert wise.gain_seeds == 1 and "99 % of naive's in-domain gain kept (at one seed)" in text
     less = by_name["naive(lr=0.0002,steps=15)"]  # naive's frontier: jargon only
     assert (less.domain, less.general_change, less.seeds, less.worst_change) == ("jargon", -0.0025, 5, -0.0216)
-    # The README's one-task answer on the shipped evidence with the default constraints: wise's worse domain is now
+    # The README's one-task answer on the shipped evidence with the default constraints: wise's worse domain is
     # legal (+0.0139 over five seeds, against jargon's +0.0180 over five); training less at lr 2e-4 for 30 steps
     # (+0.0013 ± 0.0061 over five) is within budget on average, 15 steps (-0.0025) too but with less gain.
     advice = advise(Constraints(tasks=1), single, source)
