@@ -134,11 +134,15 @@ HEADERS = ["default", *(f"{name}: drop cut ± s.e. (gain kept)" for name in SEQU
            "`jargon`: change saved at equal gain", "above naive's frontier at (seeds of both)"]
 
 
+def _shown_label(label: str) -> str:
+    """A points label as the docs write it: the stack as its config spelling."""
+    return "`[replay, wise]`" if label == "replay+wise" else f"`{label}`"
+
+
 def markdown(cells: dict[str, dict[str, dict | None]]) -> str:
     body = []
     for label, found in cells.items():
-        name = "[replay, wise]" if label == "replay+wise" else label
-        body.append([f"`{name}`", *(cut_text(found[s]) for s in SEQUENCES), cut_verdict(found),
+        body.append([_shown_label(label), *(cut_text(found[s]) for s in SEQUENCES), cut_verdict(found),
                      saved_text(found["bundled"]), saved_text(found["`jargon`"]), frontier_verdict(found)])
     return format_table(HEADERS, body)
 
@@ -153,8 +157,7 @@ def short_markdown(cells: dict[str, dict[str, dict | None]]) -> str:
                "cut >= 50 % everywhere?", "above naive's frontier at"]
     body = []
     for label, found in cells.items():
-        name = "[replay, wise]" if label == "replay+wise" else label
-        body.append([f"`{name}`", *(cut_text(found[s], with_seeds=not same[s]) for s in SEQUENCES),
+        body.append([_shown_label(label), *(cut_text(found[s], with_seeds=not same[s]) for s in SEQUENCES),
                      cut_verdict(found), frontier_verdict(found)])
     return format_table(headers, body)
 

@@ -67,7 +67,8 @@ def test_the_frontier_verdict_counts_seeds_over_the_sequences_with_a_frontier():
 
 
 def test_the_short_table_says_a_sequences_seeds_once_where_every_default_has_the_same():
-    """The README's form: 'a' has the same seeds on both sequences' cells except 'y', where one default has more."""
+    """The README's form: bundled and `legal` have the same seeds in every default's cell, so their headers say them;
+    on `jargon` one default has five, so each cell says its own."""
     table = _script()
     five = {**_cell(0.7), "seeds": [0, 1, 2, 3, 4]}
     cells = {"ewc": {"bundled": _cell(0.6), "`legal`": _cell(0.8), "`jargon`": _cell(0.7)},
