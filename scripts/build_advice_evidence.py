@@ -7,13 +7,14 @@ Reads the committed result tables, keeps each registered strategy's row at its d
 
 - docs/results/quality.md: `support` then `pydoc` (two tasks): general change ± s.e., drop cut, gain kept; its
   table of naive at other learning rates and step counts (naive's frontier): training less is a candidate; each
-  row's change saved at equal gain against that frontier; and where a row was run at three seeds (its table
-  "strategy over seeds", benchmarks/seeds_table.py), its general change, change saved and drop cut over the seeds
-  (its gain kept stays seed 0's: the least kept task's; the points of seeds 1 and 2 hold only the mean gain).
+  row's change saved at equal gain against that frontier; and where a row was run at several seeds (a table
+  "strategy over seeds", benchmarks/seeds_table.py; each row from the one over the most seeds that holds it), its
+  general change, change saved and drop cut over those seeds (its gain kept stays seed 0's: the least kept task's;
+  the points of later seeds hold only the mean gain).
 - docs/results/quality-legal.md and docs/results/quality-jargon.md: `legal` alone and `jargon` alone (one task each).
   A strategy's one-task evidence is the worse general change of the two (a default must hold on both; each
   domain's is the mean over the seeds of its table "strategy over seeds" where that has the row, with its worst
-  seed: each page's widest such table holding every row, five seeds on both), its drop cut, and the
+  seed: the page's widest such table holding it, five seeds for every row on both), its drop cut, and the
   gain kept on `jargon` (on `legal` naive's own gain is within noise), over those seeds; naive's frontier was run
   on `jargon` only, so the change saved against it is `jargon`'s, over its seeds (beside `legal`'s change when
   that is the worse, with the seeds it is over: "frontier_seeds").
@@ -137,22 +138,27 @@ def frontier_distances(path: Path, column: str = "change saved") -> dict[str, di
     return rows
 
 
-def seeds_rows(path: Path, widest: bool = False) -> dict[str, dict]:
+def seeds_rows(path: Path) -> dict[str, dict]:
     """Rows measured at several seeds (benchmarks/seeds_table.py: first header "strategy over seeds"): general
     change as mean ± s.e. over seeds, the worst seed's, the change saved against each seed's own frontier, and the
     drop cut and gain kept against naive's means over the same seeds (the gain kept of its mean gain over the
     tasks: the task with the least kept where there are several, as compare takes it, is not in these tables).
 
-    The page's first such table, or with `widest` the one over the most seeds among those holding every row of the
-    first (`jargon`: every row at five seeds; a table of a few rows rerun at more seeds is not enough)."""
+    Each row from the page's table over the most seeds that holds it (the first of those in a tie), against that
+    table's naive row: a row rerun at more seeds (bundled: a few rows at a fourth seed) is read over all of them, as
+    benchmarks/defaults_table.py takes every seed a default was measured at, while the rest keep their table."""
     tables = all_tables(path, "strategy over seeds")
     if not tables:
         raise ValueError(f"{path}: no table whose first header is 'strategy over seeds'")
-    table = tables[0]
-    if widest:
-        labels = {row["strategy over seeds"] for row in table}
-        covering = [t for t in tables if labels <= {row["strategy over seeds"] for row in t}]
-        table = max(covering, key=lambda t: len(t[0]["seeds"].split()))
+    rows = {}
+    for table in sorted(tables, key=lambda t: -len(t[0]["seeds"].split())):  # stable: the first of a width first
+        for label, row in table_seeds_rows(table).items():
+            rows.setdefault(label, row)
+    return rows
+
+
+def table_seeds_rows(table: list[dict[str, str]]) -> dict[str, dict]:
+    """seeds_rows of one table."""
     naive = next((row for row in table if row["strategy over seeds"] == "naive"), None)
     naive_gain = _change(naive["mean gain ± s.e."])[0] if naive else None
     naive_change = _change(naive["general change ± s.e."])[0] if naive else None
@@ -218,14 +224,14 @@ def build() -> dict:
     sequence.update(training_less)
     # Where a row was measured at several seeds its general change, distance from naive's frontier and drop cut are
     # over the seeds. Its gain kept stays seed 0's: compare's is the task with the least kept (replay keeps 83 % of one
-    # task's gain at seed 0, 97 % of the mean), and the points kept for seeds 1 and 2 hold the mean gain alone.
+    # task's gain at seed 0, 97 % of the mean), and the points kept for later seeds hold the mean gain alone.
     overlay(sequence, frontier_distances(quality))
     overlay(sequence, seeds_rows(quality), drop=("gain_kept", "gain_seeds"))
     # Naive's own gain on legal is within noise (the doc's reading): no gain kept there, and no frontier.
     legal_table = ROOT / "docs/results/quality-legal.md"
     legal = quality_rows(legal_table, with_gain=False)
-    # Its change over the seeds of the widest table holding every row (five since 2026-12-05, as jargon's).
-    overlay(legal, seeds_rows(legal_table, widest=True), drop=(*DISTANCE, "gain_kept", "gain_seeds"))
+    # Its change over the seeds of its widest table (five for every row since 2026-12-05, as jargon's).
+    overlay(legal, seeds_rows(legal_table), drop=(*DISTANCE, "gain_kept", "gain_seeds"))
     jargon_table = ROOT / "docs/results/quality-jargon.md"
     jargon = quality_rows(jargon_table, with_gain=True)
     jargon_less = frontier_rows(jargon_table)
@@ -233,9 +239,9 @@ def build() -> dict:
     training_less = {**training_less, **jargon_less}
     overhead.update({name: 1.0 for name in training_less})
     # Naive's frontier was run on jargon only, so a strategy's one-task distance from it is jargon's: seed 0's, or
-    # over the seeds of the widest table holding every row (five since 2026-12-05), with its general change over them.
+    # over the seeds of its widest table (five for every row since 2026-12-05), with its general change over them.
     overlay(jargon, frontier_distances(jargon_table, "change saved vs frontier"))
-    overlay(jargon, seeds_rows(jargon_table, widest=True))
+    overlay(jargon, seeds_rows(jargon_table))
     jargon = {name: {**row, "frontier_domain": "jargon"} if _has_distance(row) else row for name, row in jargon.items()}
     single = {name: worse_domain({"legal": legal.get(name), "jargon": jargon.get(name)}) for name in set(legal) | set(jargon)}
     for name, row in single.items():

@@ -219,21 +219,24 @@ def test_seeds_choose_the_table_so_rows_at_more_seeds_do_not_empty_it():
         table.chosen(points, [0, 5])
 
 
-def test_the_advice_reads_the_widest_seeds_table_that_holds_every_row(tmp_path):
-    """With `widest`, the table over the most seeds among those holding every row of the first: a five-seed table of
-    a few rerun rows is passed over, one of every row is read."""
+def test_the_advice_reads_each_row_from_the_widest_seeds_table_that_holds_it(tmp_path):
+    """Each row from the table over the most seeds that holds it, against that table's naive: a row rerun at more
+    seeds is read over all of them, one that was not keeps its table; of two tables as wide, the first."""
     table, build = _script(), _advice_script()
     points = {seed: {"naive": (0.10, -0.04 - 0.01 * seed), "a": (0.08, -0.01), "b": (0.09, -0.02 * seed)}
               for seed in range(5)}
     three = table.markdown(table.over_seeds(table.chosen(points, [0, 1, 2])))
-    few = table.markdown(table.over_seeds(table.chosen({s: {k: v for k, v in p.items() if k != "b"}
-                                                        for s, p in points.items()}, None)))
-    every = table.markdown(table.over_seeds(table.chosen(points, None)))
+    without_b = {s: {k: v for k, v in p.items() if k != "b"} for s, p in points.items()}
+    few = table.markdown(table.over_seeds(table.chosen(without_b, None)))
     page = tmp_path / "quality-jargon.md"
     page.write_text(f"{three}\n\ntext\n\n{few}\n", encoding="utf-8")
-    assert build.seeds_rows(page, widest=True)["b"]["seeds"] == 3 and build.seeds_rows(page)["a"]["seeds"] == 3
-    page.write_text(f"{three}\n\ntext\n\n{few}\n\n{every}\n", encoding="utf-8")
-    found = build.seeds_rows(page, widest=True)
-    assert (found["a"]["seeds"], found["b"]["seeds"]) == (5, 5)
-    assert found["b"]["general_change"] == -0.04  # the mean of 0, -0.02, ..., -0.08
-    assert build.seeds_rows(page)["b"]["seeds"] == 3  # without `widest`: the first table, as for legal and bundled
+    found = build.seeds_rows(page)
+    assert (found["a"]["seeds"], found["b"]["seeds"], found["naive"]["seeds"]) == (5, 3, 5)
+    # a's cut against naive's mean over the five seeds (-0.06): 1 - 0.01 / 0.06 = 83 %; over three (-0.05) 80 %.
+    assert found["a"]["drop_cut"] == 0.83
+    assert (found["b"]["general_change"], found["b"]["drop_cut"]) == (-0.02, 0.6)  # 1 - 0.02 / 0.05
+    # The same five seeds twice: the first table's row.
+    shifted = {s: {**p, "a": (0.08, -0.02)} for s, p in without_b.items()}
+    later = table.markdown(table.over_seeds(table.chosen(shifted, None)))
+    page.write_text(f"{three}\n\n{few}\n\n{later}\n", encoding="utf-8")
+    assert build.seeds_rows(page)["a"]["general_change"] == -0.01
