@@ -267,9 +267,10 @@ def build() -> dict:
     return {
         "provenance": {
             "several_tasks": "docs/results/quality.md: default model, full fine-tuning, support then pydoc, "
-                             "30 steps x batch 4 x 256 tokens at lr 5e-4, seed 0; the rows measured at seeds 0, 1 "
-                             "and 2 (its table \"strategy over seeds\") give their general change and distance from "
-                             "naive's frontier and drop cut over the seeds, their gain kept at seed 0",
+                             "30 steps x batch 4 x 256 tokens at lr 5e-4, seed 0; the rows measured at several seeds "
+                             "(its tables \"strategy over seeds\": every row at seeds 0 to 2, some at 0 to 3; each "
+                             "row from the widest holding it) give their general change and distance from naive's "
+                             "frontier and drop cut over those seeds, their gain kept at seed 0",
             "one_task": "docs/results/quality-legal.md and quality-jargon.md: the same set-up on legal alone and on "
                         "jargon alone, each strategy's worse general change of the two (naive's frontier: jargon "
                         "only, so it faces one domain where a strategy faces two; the defaults switched after these "
