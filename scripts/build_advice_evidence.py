@@ -275,8 +275,8 @@ def build() -> dict:
                         "jargon alone, each strategy's worse general change of the two (naive's frontier: jargon "
                         "only, so it faces one domain where a strategy faces two; the defaults switched after these "
                         "runs: ewc's and l2sp's caps, stm's percentile); the rows run at seeds 0 to 4 on legal "
-                        "and on jargon (each page's table \"strategy over seeds\" holding every row "
-                        "over the most seeds) give that domain's change over the seeds, and jargon's distance and gain "
+                        "and on jargon (each row from the page's widest table \"strategy over seeds\" "
+                        "holding it) give that domain's change over the seeds, and jargon's distance and gain "
                         "kept over them",
             "step_ratio": "docs/results/overhead.md, full fine-tuning table (a stack: 1 + the sum of its members' extra)",
             "generation": "docs/results/generation-checks.md: support alone, 30 steps at lr 5e-4",

@@ -61,7 +61,7 @@ def test_shipped_evidence_matches_the_committed_result_tables():
     replay = next(c for c in several if c.name == "replay")
     assert replay.stores_raw_data
     # One task: the worse general change of quality-legal.md and quality-jargon.md, each the mean over the seeds of
-    # its widest table "strategy over seeds" holding every row (five seeds on each since 2026-12-05). ewc's cap
+    # its widest table "strategy over seeds" holding the row (five seeds on each since 2026-12-05). ewc's cap
     # lost less on legal (-0.0047 ± 0.0040 over five) than on jargon (-0.0151 ± 0.0057 over five, worst -0.0266).
     # The gain kept is jargon's over its seeds (legal's is noise): mean gain +0.0401 against naive's +0.0330, 122 %.
     single, source = shipped_evidence(tasks=1)
