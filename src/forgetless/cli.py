@@ -1,4 +1,4 @@
-"""Command line: `forgetless run CONFIG --out DIR`, `compare`, `tune`, `advise`, `eval`, `demo`, `strategies`."""
+"""Command line: `forgetless run CONFIG --out DIR`, `compare`, `merge`, `tune`, `advise`, `eval`, `demo`, `strategies`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,16 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         compare(config, specs, args.out, **options)
         written = Path(args.out) / "compare.md"
         print(f"\nwrote {written}, compare.json and pareto.png")
+    print(written.read_text(encoding="utf-8"))
+
+
+def _cmd_merge(args: argparse.Namespace) -> None:
+    import shlex
+
+    from .merge import merge
+
+    written = merge(args.sources, args.out, command=shlex.join(["forgetless", "merge", *args.sources, "--out", args.out]))
+    print(f"wrote {written}\n")
     print(written.read_text(encoding="utf-8"))
 
 
@@ -194,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "over seeds in --out/seeds.md: mean ± s.e., distances from each seed's own naive frontier")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
+
+    mrg = commands.add_parser("merge", help="one comparison from several folders run on the same config")
+    mrg.add_argument("sources", nargs="+", help="comparison folders (compare --out), or folders of comparisons over seeds")
+    mrg.add_argument("--out", required=True, help="a new folder: the merged compare.md/.json (or seeds.md), run folders")
+    mrg.set_defaults(func=_cmd_merge)
 
     tn = commands.add_parser("tune", help="find the weakest strategy setting whose general drop is within a budget")
     tn.add_argument("config", help="YAML run config (the strategy is added to its stack if absent)")
