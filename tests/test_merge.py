@@ -36,7 +36,7 @@ def test_a_merged_comparison_equals_one_run_in_one_folder(tmp_path, compare_conf
     fields = ("general_drop_cut", "in_domain_gain_kept", "change_saved_vs_frontier", "gain_added_vs_frontier",
               "change_saved_vs_frontier_se", "gain_added_vs_frontier_se")
     assert {f: getattr(rows["l2sp"], f) for f in fields} == pytest.approx({f: getattr(reference["l2sp"], f) for f in fields})
-    assert rows["l2sp"].change_saved_vs_frontier is not None or rows["l2sp"].gain_added_vs_frontier is not None
+    assert rows["l2sp"].gain_added_vs_frontier_se is not None  # as in test_compare: the pairing did take place
     table = json.loads((merged / "compare.json").read_text())
     assert table["commands"][-1].startswith("forgetless merge ") and len(table["commands"]) == 3
     assert (merged / "l2sp" / "evaluations.json").exists() and "l2sp" in (merged / "compare.md").read_text()
@@ -52,41 +52,76 @@ def test_a_merged_comparison_equals_one_run_in_one_folder(tmp_path, compare_conf
     for folder in (first, second):
         (folder / "seeds.json").write_text("{}")
     assert main(["merge", str(first), str(second), "--out", str(over)]) == 0
-    assert list(_rows(over / "seed-0")) == ["naive", "naive(lr=0.001,steps=1)", "l2sp"]
+    seed0 = _rows(over / "seed-0")
+    assert list(seed0) == ["naive", "naive(lr=0.001,steps=1)", "l2sp"]
+    assert seed0["l2sp"].gain_added_vs_frontier == pytest.approx(rows["l2sp"].gain_added_vs_frontier)  # measured again
     assert list(_rows(over / "seed-1")) == ["naive", "naive(lr=0.001,steps=1)"]
     summary = json.loads((over / "seeds.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["left_out"] == ["l2sp"]  # l2sp ran at seed 0 only
     assert [row["strategy"] for row in summary["rows"]] == ["naive", "naive(lr=0.001,steps=1)"]
 
 
-def _fake(folder, setting, rows, log):
+def _fake(folder, setting, rows, log, baseline="naive"):
     folder.mkdir(parents=True)
-    (folder / "compare.json").write_text(json.dumps({"setting": setting, "baseline": "naive", "rows": rows}))
-    (folder / "before.json").write_text(json.dumps({"key": {}, "log": log}))
+    (folder / "compare.json").write_text(json.dumps({"setting": setting, "baseline": baseline, "rows": rows}))
+    (folder / "before.json").write_text(json.dumps({"key": {"format": 2}, "log": log}))
     return str(folder)
 
 
 @pytest.mark.parametrize("case, message", [
     ("same label", "row 'naive' is in both"),
+    ("same run folder", "is in both"),
     ("other config", "differs in ['train']"),
+    ("other baseline", "compares with 'ewc'"),
     ("other start", "scored the start differently"),
     ("not empty", "is not empty"),
     ("no comparison", "holds no comparison"),
+    ("same folder twice", "the same folder is given twice"),
+    ("out inside a source", "holds or lies inside it"),
+    ("seeds and not", "some folders hold comparisons over seeds"),
+    ("seeds on two configs", "differs in ['train'], the seed aside"),
+    ("malformed", "not a file compare wrote (no rows)"),
 ])
 def test_merge_refuses_what_is_not_one_comparison(tmp_path, capsys, case, message):
-    setting = {"model": "tiny", "train": {"lr": 0.001}}
-    a = _fake(tmp_path / "a", setting, [{"strategy": "naive"}], {"general": [0.5]})
-    b_setting = {**setting, "train": {"lr": 0.01}} if case == "other config" else setting
-    b_rows = [{"strategy": "naive" if case == "same label" else "l2sp"}]
-    b_log = {"general": [0.6]} if case == "other start" else {"general": [0.5]}
-    b = _fake(tmp_path / "b", b_setting, b_rows, b_log)
+    setting = {"model": "tiny", "train": {"lr": 0.001, "seed": 0}}
+    labels = {"same label": ("naive", "naive"), "same run folder": ("a/b", "a_b")}.get(case, ("naive", "l2sp"))
+    a = _fake(tmp_path / "a", setting, [{"strategy": labels[0]}], {"general": [0.5]})
+    other = {**setting, "train": {"lr": 0.01, "seed": 0}} if case in ("other config", "seeds on two configs") else setting
+    b = _fake(tmp_path / "b", other, [{"strategy": labels[1]}], {"general": [0.6 if case == "other start" else 0.5]},
+              baseline="ewc" if case == "other baseline" else "naive")
     if case == "no comparison":
         (tmp_path / "b" / "compare.json").unlink()
+    if case == "malformed":
+        (tmp_path / "b" / "compare.json").write_text(json.dumps({"setting": setting}))
+    if case in ("seeds and not", "seeds on two configs"):
+        for name in ("a", "b")[: 1 if case == "seeds and not" else 2]:
+            shutil.copytree(tmp_path / name, tmp_path / "s" / name / ("seed-0" if name == "a" else "seed-1"))
+            (tmp_path / "s" / name / "seeds.json").write_text("{}")
+        a = str(tmp_path / "s" / "a")
+        b = str(tmp_path / "s" / "b") if case == "seeds on two configs" else b
     out = tmp_path / "out"
     if case == "not empty":
         out.mkdir()
         (out / "keep.txt").write_text("mine")
+    if case == "same folder twice":
+        b = a
+    if case == "out inside a source":
+        out = tmp_path / "a" / "merged"
     assert main(["merge", a, b, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine" if case == "not empty" else not out.exists()
-    assert not (tmp_path / ".out.partial").exists()
+    assert not list(tmp_path.glob(".out.*"))  # no partial folder left behind
+
+
+def test_a_merge_that_fails_midway_leaves_nothing(tmp_path, capsys):
+    """Seed 0 merges, seed 1's folders then conflict: the partial folder (seed 0 written) goes, --out is never made."""
+    setting = {"model": "tiny", "train": {"lr": 0.001, "seed": 0}}
+    for name, seed, label in (("a", 0, "naive"), ("b", 0, "l2sp"), ("a", 1, "naive"), ("b", 1, "naive")):
+        _fake(tmp_path / name / f"seed-{seed}", setting, [{"strategy": label, "spec": label,
+                                                          "in_domain_gain": {"t": 0.1}}], {"general": [0.5]})
+    for name in ("a", "b"):
+        (tmp_path / name / "seeds.json").write_text("{}")
+    out = tmp_path / "out"
+    assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 2
+    assert "row 'naive' is in both" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))

@@ -9,8 +9,9 @@ where the folders differ in config or in the "before" evaluation they scored aga
 comparison), or where two hold a row of the same label (keep one by hand). Folders of per-seed comparisons
 (`compare --seeds`) merge seed by seed, and the summary over seeds is written again.
 
-The merged folder is built beside DIR and renamed into place at the end: a merge that dies leaves no half-written
-DIR.
+A step-time ratio is kept only for rows timed in the baseline's folder: another folder may have run on another
+machine. The merged folder is built beside DIR and renamed into place at the end, so a merge that dies leaves no
+half-written DIR (only a hidden `.DIR.*.partial` beside it, which a later merge does not reuse).
 """
 
 from __future__ import annotations
@@ -18,77 +19,136 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from .compare import ComparisonRow, against_baseline, before_key, frontier_noise, write_table
-from .config import parse_config
+from pydantic import ValidationError
+
+from .compare import ComparisonRow, against_baseline, frontier_noise, write_table
 from .errors import ForgetlessError
-from .fileio import atomic_write_json, check_output_path
+from .fileio import check_output_path
+
+_TWO_MACHINES = ("to compare on a second machine, copy the first folder's before.json into that machine's --out "
+                 "before its `compare` (compare reuses it)")
 
 
-def _read_json(path: Path) -> Any:
+def _read_object(path: Path, needs: tuple[str, ...]) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ForgetlessError(f"{path}: cannot be read as a comparison's file ({exc})") from None
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ForgetlessError(f"{path}: cannot be read ({exc})") from None
+    missing = [key for key in needs if not isinstance(found, dict) or key not in found]
+    if missing:
+        raise ForgetlessError(f"{path}: not a file compare wrote (no {', '.join(missing)})")
+    return found
 
 
 def _run_folder(label: str) -> str:
     return label.replace("/", "_")  # as compare names it
 
 
+def _rows(source: Path, table: dict[str, Any]) -> list[ComparisonRow]:
+    try:
+        return [ComparisonRow(**row) for row in table["rows"]]
+    except (TypeError, ValidationError) as exc:  # TypeError: rows not a list of mappings
+        raise ForgetlessError(f"{source / 'compare.json'}: a row is not one compare wrote ({exc})") from None
+
+
+def _differs(one: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(one) | set(other) if one.get(k) != other.get(k))
+
+
 def merge_tables(sources: list[Path], out: Path, command: str | None = None) -> list[ComparisonRow]:
     """Write one comparison in `out` (which must not exist) from the comparison folders `sources`."""
-    tables = []
-    for source in sources:
-        if not (source / "compare.json").is_file():
-            raise ForgetlessError(f"{source} holds no comparison (compare.json)")
-        tables.append(_read_json(source / "compare.json"))
+    tables = [_read_object(s / "compare.json", ("setting", "rows")) for s in sources]
+    for source, table in zip(sources, tables):
+        if not isinstance(table["setting"], dict) or not isinstance(table["rows"], list):
+            raise ForgetlessError(f"{source / 'compare.json'}: not a file compare wrote (setting or rows malformed)")
+    befores = [_read_object(s / "before.json", ("key", "log")) for s in sources]
     first = tables[0]
-    for source, table in zip(sources[1:], tables[1:]):
-        if table.get("setting") != first.get("setting"):
-            changed = sorted(k for k in set(table.get("setting", {})) | set(first.get("setting", {}))
-                             if table["setting"].get(k) != first["setting"].get(k))
-            raise ForgetlessError(f"{source} was run on another config than {sources[0]} (differs in {changed}): "
-                                  "not one comparison")
+    for source, table, before in zip(sources[1:], tables[1:], befores[1:]):
+        if table["setting"] != first["setting"]:
+            raise ForgetlessError(f"{source} was run on another config than {sources[0]} (differs in "
+                                  f"{_differs(table['setting'], first['setting'])}): not one comparison")
         if table.get("baseline", "naive") != first.get("baseline", "naive"):
-            raise ForgetlessError(f"{source} compares with {table.get('baseline')!r}, {sources[0]} with "
-                                  f"{first.get('baseline')!r}")
-    befores = [_read_json(s / "before.json") if (s / "before.json").is_file() else None for s in sources]
-    for source, before in zip(sources, befores):
-        if before is None:
-            raise ForgetlessError(f"{source} has no before.json: its rows cannot be paired with the others'")
-        if before.get("log") != befores[0].get("log"):
-            # The key may differ by format only (an older forgetless wrote the seed where the split ignores it);
-            # the scores themselves must be the same, item by item.
-            raise ForgetlessError(f"{source} and {sources[0]} scored the start differently (before.json): "
-                                  "another model, tasks or evaluation settings; not one comparison")
+            raise ForgetlessError(f"{source} compares with {table.get('baseline', 'naive')!r}, {sources[0]} with "
+                                  f"{first.get('baseline', 'naive')!r}: not one comparison")
+        if before["log"] != befores[0]["log"]:
+            # The key may differ by format (an older forgetless wrote the seed where the split ignores it); the
+            # scores must be the same, item by item, for the rows' items to pair.
+            older = {b["key"].get("format") for b in (before, befores[0]) if isinstance(b["key"], dict)}
+            why = (f"written by forgetless versions that save it differently (formats {sorted(older, key=str)})"
+                   if len(older) > 1 else "another model, tasks or evaluation settings, or another machine's numerics")
+            raise ForgetlessError(f"{source} and {sources[0]} scored the start differently (before.json): {why}; "
+                                  f"their rows cannot be paired ({_TWO_MACHINES})")
     owner: dict[str, Path] = {}
     for source, table in zip(sources, tables):
         for row in table["rows"]:
-            if row["strategy"] in owner:
-                raise ForgetlessError(f"row {row['strategy']!r} is in both {owner[row['strategy']]} and {source}: "
-                                      "keep one (remove it from one folder's compare.json) and merge again")
-            owner[row["strategy"]] = source
+            label = row.get("strategy") if isinstance(row, dict) else None
+            if not isinstance(label, str):
+                raise ForgetlessError(f"{source / 'compare.json'}: a row without a label (strategy) is not one compare wrote")
+            if _run_folder(label) in owner:
+                raise ForgetlessError(f"row {label!r} is in both {owner[_run_folder(label)]} and {source} (run folder "
+                                      f"{_run_folder(label)!r}): keep one (remove it from one folder's compare.json) "
+                                      "and merge again")
+            owner[_run_folder(label)] = source
+    rows_of = [_rows(source, table) for source, table in zip(sources, tables)]
 
-    config = parse_config({**first["setting"], "strategies": []}, str(sources[0] / "compare.json"))
     out.mkdir(parents=True)
-    for source, table in zip(sources, tables):
-        for row in table["rows"]:
-            folder = source / _run_folder(row["strategy"])
-            if folder.is_dir():  # rows from before 2026-12-03 kept no run folder worth pairing; copy what is there
-                shutil.copytree(folder, out / _run_folder(row["strategy"]))
-    atomic_write_json(out / "before.json", {"key": before_key(config), "log": befores[0]["log"]})
-    rows = [ComparisonRow(**row) for table in tables for row in table["rows"]]
+    for source, rows in zip(sources, rows_of):
+        for row in rows:
+            folder = source / _run_folder(row.strategy)
+            if folder.is_dir():  # rows from before 2026-12-03 kept no items: they get no s.e., as in compare
+                shutil.copytree(folder, out / _run_folder(row.strategy))
+    shutil.copyfile(sources[0] / "before.json", out / "before.json")  # its key as written: a later compare checks it
+    rows = [row for found in rows_of for row in found]
     baseline = first.get("baseline", "naive")
     against_baseline(rows, baseline)
+    timed_with = owner.get(_run_folder(baseline))
+    for row in rows:
+        if owner[_run_folder(row.strategy)] != timed_with:
+            row.step_time_ratio = None
     frontier_noise(rows, out)
     merged = {"setting": first["setting"], "baseline": baseline,
               "commands": [c for table in tables for c in table.get("commands", [])] + ([command] if command else []),
               "rows": [r.model_dump(mode="json") for r in rows]}
     write_table(merged, out)
     return rows
+
+
+def _seed_folders(source: Path) -> dict[int, Path]:
+    """Each seed's comparison folder, by the names compare --seeds writes (seed-3, seed--1)."""
+    found = {}
+    for folder in source.glob("seed-*"):
+        text = folder.name[len("seed-"):]
+        if text.lstrip("-").isdigit() and str(int(text)) == text and (folder / "compare.json").is_file():
+            found[int(text)] = folder
+    return found
+
+
+def _check_seeds_are_one_config(folders: list[Path]) -> None:
+    """Every seed table of every source on one config, but for the training seed itself."""
+    def setting(folder: Path) -> dict[str, Any]:
+        found = _read_object(folder / "compare.json", ("setting", "rows"))["setting"]
+        train = found.get("train") if isinstance(found, dict) else None
+        return {**found, "train": {k: v for k, v in train.items() if k != "seed"}} if isinstance(train, dict) else found
+
+    first = setting(folders[0])
+    for folder in folders[1:]:
+        if setting(folder) != first:
+            raise ForgetlessError(f"{folder} was run on another config than {folders[0]} (differs in "
+                                  f"{_differs(setting(folder), first)}, the seed aside): not one comparison")
+
+
+def _check_places(sources: list[Path], out: Path) -> None:
+    resolved = [s.resolve() for s in sources]
+    if len(set(resolved)) != len(resolved):
+        raise ForgetlessError("merge: the same folder is given twice")
+    target = out.resolve()
+    for source, path in zip(sources, resolved):
+        if target == path or path in target.parents or target in path.parents:
+            raise ForgetlessError(f"--out {out} is {source} or holds or lies inside it: choose a folder apart")
 
 
 def merge(sources: list[str | Path], out_dir: str | Path, command: str | None = None) -> Path:
@@ -99,32 +159,39 @@ def merge(sources: list[str | Path], out_dir: str | Path, command: str | None = 
     out = Path(out_dir)
     if len(sources) < 2:
         raise ForgetlessError("merge: give at least two comparison folders")
-    if len({s.resolve() for s in sources}) != len(sources):
-        raise ForgetlessError("merge: the same folder is given twice")
-    check_output_path(out, "--out", folder=True)
-    if out.exists() and any(out.iterdir()):
-        raise ForgetlessError(f"--out {out} is not empty: merge writes a new folder")
     for source in sources:
         if not source.is_dir():
             raise ForgetlessError(f"{source} is not a folder")
+    if out.name in ("", ".", ".."):
+        raise ForgetlessError(f"--out {out}: name a new folder (merge renames its result into place)")
+    _check_places(sources, out)
+    check_output_path(out, "--out", folder=True)
+    if out.exists() and any(out.iterdir()):
+        raise ForgetlessError(f"--out {out} is not empty: merge writes a new folder")
     over_seeds = [(s / "seeds.json").exists() for s in sources]
     if any(over_seeds) and not all(over_seeds):
         raise ForgetlessError("merge: some folders hold comparisons over seeds (seeds.json) and some do not")
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)  # what a merge that died left
+    if not all(over_seeds):
+        for source in sources:
+            if not (source / "compare.json").is_file():
+                raise ForgetlessError(f"{source} holds no comparison (compare.json)")
+    seeds = [_seed_folders(s) for s in sources] if all(over_seeds) else []
+    if seeds:
+        _check_seeds_are_one_config([folder for found in seeds for folder in found.values()])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        if all(over_seeds):
-            seeds = sorted({int(f.name.split("-", 1)[1]) for s in sources for f in s.glob("seed-*")
-                            if (f / "compare.json").is_file() and f.name.split("-", 1)[1].lstrip("-").isdigit()})
-            for seed in seeds:
-                having = [seed_folder(s, seed) for s in sources if (seed_folder(s, seed) / "compare.json").is_file()]
-                if len(having) == 1:  # a seed only one folder ran: its table as it was
+        if seeds:
+            for seed in sorted({seed for found in seeds for seed in found}):
+                having = [found[seed] for found in seeds if seed in found]
+                if len(having) == 1:  # a seed only one folder ran: its table as it was (no other rows to measure)
                     shutil.copytree(having[0], seed_folder(partial, seed))
                 else:
                     merge_tables(having, seed_folder(partial, seed), command)
             write_summary(partial)
             written = "seeds.md"
         else:
+            shutil.rmtree(partial)  # merge_tables creates its folder
             merge_tables(sources, partial, command)
             written = "compare.md"
         if out.exists():
