@@ -172,6 +172,16 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
     )
 
 
+def run_folder(label: str) -> str:
+    """The folder, inside a comparison's folder, of the row labelled `label` (a label may hold "/")."""
+    return label.replace("/", "_")
+
+
+def differing_keys(one: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """The top-level keys whose values differ between two settings: what a refusal to mix them names."""
+    return sorted(k for k in set(one) | set(other) if one.get(k) != other.get(k))
+
+
 def against_baseline(rows: list[ComparisonRow], baseline: str = "naive") -> None:
     """Fill each row's drop cut, gain kept and step-time ratio against the row labelled `baseline`, if present.
 
@@ -224,7 +234,7 @@ def frontier_noise(rows: list[ComparisonRow], out: Path) -> None:
     tasks = list(rows[0].in_domain_gain) if rows else []
 
     def items(row: ComparisonRow) -> RunItems | None:
-        path = out / row.strategy.replace("/", "_") / "evaluations.json"  # rows from before 2026-12-03 have none
+        path = out / run_folder(row.strategy) / "evaluations.json"  # rows from before 2026-12-03 have none
         return RunItems.from_log(EvaluationLog.read(path), tasks) if path.exists() else None
 
     for row in rows:
@@ -485,7 +495,7 @@ def compare(
     table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"commands": [], "rows": []}
     setting = {**table_setting(config), **(setting or {})}
     if table.setdefault("setting", setting) != setting:
-        changed = sorted(k for k in set(setting) | set(table["setting"]) if setting.get(k) != table["setting"].get(k))
+        changed = differing_keys(setting, table["setting"])
         raise ForgetlessError(f"{path} holds rows for another config (differs in {changed}): choose another --out")
     table["baseline"] = baseline
     if command:
@@ -513,7 +523,7 @@ def compare(
             print(f"\n=== {label} ===", flush=True)
         started = time.perf_counter()
         with _PeakMemory() as memory:
-            run = run_factory(row_config, out / label.replace("/", "_"), before)
+            run = run_factory(row_config, out / run_folder(label), before)
             results = run.execute()
         if before is None:
             before = run.evaluator.log.first()

@@ -140,7 +140,7 @@ def render_run_html(results: RunResults) -> str:
 
 
 def render_comparison_html(table: dict[str, Any]) -> str:
-    from .compare import SEED_NOISE, ComparisonRow, pareto_png, signed_with_se
+    from .compare import SEED_NOISE, ComparisonRow, pareto_png, run_folder, signed_with_se
 
     rows = [ComparisonRow(**row) for row in table["rows"]]
     baseline = table.get("baseline", "naive")
@@ -172,7 +172,7 @@ def render_comparison_html(table: dict[str, Any]) -> str:
         ))
         body.append(f"<p>{html.escape(SEED_NOISE)}</p>")
         body.append(_image(pareto_png(table), "trade-off between in-domain gain and general change"))
-        links = "".join(f'<li><a href="{quote(r.strategy.replace("/", "_"))}/report.html">{html.escape(r.strategy)}</a></li>'
+        links = "".join(f'<li><a href="{quote(run_folder(r.strategy))}/report.html">{html.escape(r.strategy)}</a></li>'
                         for r in rows)
         body.append(f"<h2>Each run</h2><ul>{links}</ul>")
     return _page("forgetless comparison", body)

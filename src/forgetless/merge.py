@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .compare import ComparisonRow, against_baseline, frontier_noise, write_table
+from .compare import ComparisonRow, against_baseline, differing_keys, frontier_noise, run_folder, write_table
 from .errors import ForgetlessError
 from .fileio import check_output_path
 
@@ -44,10 +44,6 @@ def _read_object(path: Path, needs: tuple[str, ...]) -> dict[str, Any]:
     return found
 
 
-def _run_folder(label: str) -> str:
-    return label.replace("/", "_")  # as compare names it
-
-
 def _rows(source: Path, table: dict[str, Any]) -> list[ComparisonRow]:
     try:
         return [ComparisonRow(**row) for row in table["rows"]]
@@ -55,12 +51,8 @@ def _rows(source: Path, table: dict[str, Any]) -> list[ComparisonRow]:
         raise ForgetlessError(f"{source / 'compare.json'}: a row is not one compare wrote ({exc})") from None
 
 
-def _differs(one: dict[str, Any], other: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(one) | set(other) if one.get(k) != other.get(k))
-
-
 def merge_tables(sources: list[Path], out: Path, command: str | None = None) -> list[ComparisonRow]:
-    """Write one comparison in `out` (which must not exist) from the comparison folders `sources`."""
+    """Write one comparison in `out` (new, or empty) from the comparison folders `sources`."""
     tables = [_read_object(s / "compare.json", ("setting", "rows")) for s in sources]
     for source, table in zip(sources, tables):
         if not isinstance(table["setting"], dict) or not isinstance(table["rows"], list):
@@ -70,7 +62,7 @@ def merge_tables(sources: list[Path], out: Path, command: str | None = None) -> 
     for source, table, before in zip(sources[1:], tables[1:], befores[1:]):
         if table["setting"] != first["setting"]:
             raise ForgetlessError(f"{source} was run on another config than {sources[0]} (differs in "
-                                  f"{_differs(table['setting'], first['setting'])}): not one comparison")
+                                  f"{differing_keys(table['setting'], first['setting'])}): not one comparison")
         if table.get("baseline", "naive") != first.get("baseline", "naive"):
             raise ForgetlessError(f"{source} compares with {table.get('baseline', 'naive')!r}, {sources[0]} with "
                                   f"{first.get('baseline', 'naive')!r}: not one comparison")
@@ -88,26 +80,26 @@ def merge_tables(sources: list[Path], out: Path, command: str | None = None) -> 
             label = row.get("strategy") if isinstance(row, dict) else None
             if not isinstance(label, str):
                 raise ForgetlessError(f"{source / 'compare.json'}: a row without a label (strategy) is not one compare wrote")
-            if _run_folder(label) in owner:
-                raise ForgetlessError(f"row {label!r} is in both {owner[_run_folder(label)]} and {source} (run folder "
-                                      f"{_run_folder(label)!r}): keep one (remove it from one folder's compare.json) "
+            if run_folder(label) in owner:
+                raise ForgetlessError(f"row {label!r} is in both {owner[run_folder(label)]} and {source} (run folder "
+                                      f"{run_folder(label)!r}): keep one (remove it from one folder's compare.json) "
                                       "and merge again")
-            owner[_run_folder(label)] = source
+            owner[run_folder(label)] = source
     rows_of = [_rows(source, table) for source, table in zip(sources, tables)]
 
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     for source, rows in zip(sources, rows_of):
         for row in rows:
-            folder = source / _run_folder(row.strategy)
+            folder = source / run_folder(row.strategy)
             if folder.is_dir():  # rows from before 2026-12-03 kept no items: they get no s.e., as in compare
-                shutil.copytree(folder, out / _run_folder(row.strategy))
+                shutil.copytree(folder, out / run_folder(row.strategy))
     shutil.copyfile(sources[0] / "before.json", out / "before.json")  # its key as written: a later compare checks it
     rows = [row for found in rows_of for row in found]
     baseline = first.get("baseline", "naive")
     against_baseline(rows, baseline)
-    timed_with = owner.get(_run_folder(baseline))
+    timed_with = owner.get(run_folder(baseline))
     for row in rows:
-        if owner[_run_folder(row.strategy)] != timed_with:
+        if owner[run_folder(row.strategy)] != timed_with:
             row.step_time_ratio = None
     frontier_noise(rows, out)
     merged = {"setting": first["setting"], "baseline": baseline,
@@ -115,16 +107,6 @@ def merge_tables(sources: list[Path], out: Path, command: str | None = None) -> 
               "rows": [r.model_dump(mode="json") for r in rows]}
     write_table(merged, out)
     return rows
-
-
-def _seed_folders(source: Path) -> dict[int, Path]:
-    """Each seed's comparison folder, by the names compare --seeds writes (seed-3, seed--1)."""
-    found = {}
-    for folder in source.glob("seed-*"):
-        text = folder.name[len("seed-"):]
-        if text.lstrip("-").isdigit() and str(int(text)) == text and (folder / "compare.json").is_file():
-            found[int(text)] = folder
-    return found
 
 
 def _check_seeds_are_one_config(folders: list[Path]) -> None:
@@ -138,7 +120,7 @@ def _check_seeds_are_one_config(folders: list[Path]) -> None:
     for folder in folders[1:]:
         if setting(folder) != first:
             raise ForgetlessError(f"{folder} was run on another config than {folders[0]} (differs in "
-                                  f"{_differs(setting(folder), first)}, the seed aside): not one comparison")
+                                  f"{differing_keys(setting(folder), first)}, the seed aside): not one comparison")
 
 
 def _check_places(sources: list[Path], out: Path) -> None:
@@ -153,7 +135,7 @@ def _check_places(sources: list[Path], out: Path) -> None:
 
 def merge(sources: list[str | Path], out_dir: str | Path, command: str | None = None) -> Path:
     """Merge comparison folders (or folders of per-seed comparisons) into `out_dir`; returns the table written."""
-    from .seeds import seed_folder, write_summary
+    from .seeds import seed_folder, seed_folders, write_summary
 
     sources = [Path(s) for s in sources]
     out = Path(out_dir)
@@ -175,7 +157,7 @@ def merge(sources: list[str | Path], out_dir: str | Path, command: str | None = 
         for source in sources:
             if not (source / "compare.json").is_file():
                 raise ForgetlessError(f"{source} holds no comparison (compare.json)")
-    seeds = [_seed_folders(s) for s in sources] if all(over_seeds) else []
+    seeds = [seed_folders(s) for s in sources] if all(over_seeds) else []
     if seeds:
         _check_seeds_are_one_config([folder for found in seeds for folder in found.values()])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +173,6 @@ def merge(sources: list[str | Path], out_dir: str | Path, command: str | None = 
             write_summary(partial)
             written = "seeds.md"
         else:
-            shutil.rmtree(partial)  # merge_tables creates its folder
             merge_tables(sources, partial, command)
             written = "compare.md"
         if out.exists():

@@ -169,15 +169,16 @@ def seeds_figure(summary: dict[str, Any]):
     return figure
 
 
+def seed_folders(out: Path) -> dict[int, Path]:
+    """Each seed's comparison folder in `out` (seed-<seed>/ holding a compare.json), by seed."""
+    return {int(folder.name[len(_PREFIX):]): folder for folder in sorted(out.glob(f"{_PREFIX}*"))
+            if folder.name[len(_PREFIX):].lstrip("-").isdigit() and (folder / "compare.json").exists()}
+
+
 def read_tables(out: Path) -> dict[int, list[ComparisonRow]]:
     """Each seed folder's rows, as compare wrote them."""
-    tables = {}
-    for folder in sorted(out.glob(f"{_PREFIX}*")):
-        path = folder / "compare.json"
-        if folder.name[len(_PREFIX):].lstrip("-").isdigit() and path.exists():
-            rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
-            tables[int(folder.name[len(_PREFIX):])] = [ComparisonRow(**row) for row in rows]
-    return tables
+    return {seed: [ComparisonRow(**row) for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]]
+            for seed, folder in seed_folders(out).items()}
 
 
 def write_summary(out: Path) -> dict[str, Any]:
