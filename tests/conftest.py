@@ -6,7 +6,9 @@ exercise the real chat template and vocabulary while the network stays tiny and 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,10 +17,20 @@ import yaml
 from forgetless.config import parse_config
 from forgetless.models import load_tokenizer
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture(scope="session")
 def tokenizer():
     return load_tokenizer("default")
+
+
+def load_script(folder: str, name: str):
+    """A script beside the package (benchmarks/, scripts/) as a module: they are not installed."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tiny_lm(vocab_size: int, seed: int = 0, hidden_size: int = 32, layers: int = 2):

@@ -1,19 +1,17 @@
 """benchmarks/defaults_table.py: every default's verdicts on the three sequences' means over seeds."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from .conftest import load_script
 
 ROOT = Path(__file__).parent.parent
 N15 = "naive(lr=0.0002,steps=15)"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("defaults_table", ROOT / "benchmarks" / "defaults_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks", "defaults_table")
 
 
 def test_a_cell_by_hand():

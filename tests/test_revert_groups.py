@@ -1,19 +1,13 @@
 """benchmarks/revert_groups.py: its tensor groups and per-tensor moves, against hand-computed values."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).parent.parent
+from .conftest import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("revert_groups", ROOT / "benchmarks" / "revert_groups.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks", "revert_groups")
 
 
 def test_groups_split_by_kind_and_by_depth_third():

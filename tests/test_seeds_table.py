@@ -1,26 +1,21 @@
 """benchmarks/seeds_table.py: the bundled benchmark over seeds, seed 0 from the committed table."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from .conftest import load_script
+
 ROOT = Path(__file__).parent.parent
 
 
-def _load(folder: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def _script():
-    return _load("benchmarks", "seeds_table")
+    return load_script("benchmarks", "seeds_table")
 
 
 def _advice_script():
-    return _load("scripts", "build_advice_evidence")
+    return load_script("scripts", "build_advice_evidence")
 
 
 def test_over_seeds_against_each_seeds_own_frontier_by_hand():
