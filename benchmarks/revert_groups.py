@@ -1,31 +1,38 @@
 """Which tensors' move during a run's last task cost a general task: revert groups of tensors to their values
 after the task before it, in the final model, and score that general task again.
 
-    .venv/bin/forgetless run CONFIG --out RUN      # with `checkpoints: every_task` (and two tasks or more)
-    .venv/bin/python benchmarks/revert_groups.py RUN --task word_definitions
+    .venv/bin/forgetless run CONFIG --out RUN      # full fine-tuning, `checkpoints: every_task`, two tasks or more
+    .venv/bin/python benchmarks/revert_groups.py RUN --task word_definitions [--radius 0.01]
 
-Full fine-tuning checkpoints only (model.safetensors per task). Prints, per tensor, how far the last task moved it
-(|W_last - W_before| / |W_start|) and the cosine between its move from the start before and after that task, then
-the task's score at the start, before the last task, at the end, and at the end with each group (embeddings, norms,
-attention q/k and v/o, MLP gate/up and down, thirds of the layers by depth) at its before-the-last-task values.
-A group whose revert restores the score holds what the last task did to it. Writes RUN/revert_groups.json.
+The starting model, its dtype, `trust_remote_code` and the evaluation's item limit are the run's (its
+results.json). Prints the tensors' distances from the start before and after the last task (median, largest, and
+with --radius how many are inside it), the cosine between those two moves (median and range), the tensors the last
+task moved most (|W_end - W_before| / |W_start|), then the task's score at the start, before the last task, at the
+end, and at the end with each group (embeddings and output head, norms, attention q/k and v/o, MLP gate/up and
+down, thirds of the layers by depth) at its before-the-last-task values. A group whose revert gives back the score
+holds the part of the last task's change that cost it; groups overlap, and one task's scores carry no s.e. here
+(one item of n is 1/n). Writes RUN/revert_groups.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
+import statistics
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from forgetless.config import parse_config
 from forgetless.evaluation.suites import general_suite
-from forgetless.models import default_model_path, load_model, load_tokenizer
+from forgetless.fileio import atomic_write_json
+from forgetless.models import load_model_and_tokenizer
+from forgetless.results import RunResults
 
 PROJECTIONS = {"attention q,k": ("q_proj", "k_proj"), "attention v,o": ("v_proj", "o_proj"),
                "mlp gate,up": ("gate_proj", "up_proj"), "mlp down": ("down_proj",)}
+SHOWN = 10  # tensors listed as moved most
 
 
 def _layer(name: str) -> int | None:
@@ -34,58 +41,78 @@ def _layer(name: str) -> int | None:
 
 
 def groups(names: list[str]) -> dict[str, list[str]]:
-    """Tensor names by kind and by depth third."""
-    layers = [n for n in (_layer(k) for k in names) if n is not None]
-    depth = max(layers) + 1 if layers else 0
-    out = {"embeddings": [k for k in names if "embed" in k], "norms": [k for k in names if "norm" in k]}
+    """Tensor names by kind and, for three layers or more, by depth third."""
+    out = {"embeddings and head": [k for k in names if "embed" in k or "lm_head" in k],
+           "norms": [k for k in names if "norm" in k]}
     out.update({g: [k for k in names if any(p in k for p in parts)] for g, parts in PROJECTIONS.items()})
-    for third in range(3):
-        lo, hi = third * depth // 3, (third + 1) * depth // 3
-        out[f"layers {lo}-{hi - 1}"] = [k for k in names if _layer(k) is not None and lo <= _layer(k) < hi]
+    depth = max((n for n in map(_layer, names) if n is not None), default=-1) + 1
+    if depth >= 3:
+        for third in range(3):
+            lo, hi = third * depth // 3, (third + 1) * depth // 3
+            out[f"layers {lo}-{hi - 1}"] = [k for k in names if _layer(k) is not None and lo <= _layer(k) < hi]
     return out
 
 
-def moves(start: dict, before: dict, end: dict, names: list[str]) -> list[tuple[str, float, float]]:
-    """(name, |end - before| / |start|, cosine of (before - start) and (end - start)) per tensor."""
+def moves(start: dict, before: dict, end: dict, names: list[str]) -> list[dict]:
+    """Per tensor: its distance from the start before and after the last task and the last task's step, each over
+    the start's norm, and the cosine of the two moves from the start (nan where either is zero)."""
     rows = []
     for k in names:
-        d1, d2 = (before[k] - start[k]).float().flatten(), (end[k] - start[k]).float().flatten()
-        step = (end[k] - before[k]).float().norm().item() / max(start[k].float().norm().item(), 1e-12)
-        cos = torch.nn.functional.cosine_similarity(d1, d2, dim=0).item() if d1.norm() > 0 < d2.norm() else float("nan")
-        rows.append((k, step, cos))
+        w0, w1, w2 = start[k].float(), before[k].float(), end[k].float()
+        norm = max(w0.norm().item(), 1e-12)
+        d1, d2 = (w1 - w0).flatten(), (w2 - w0).flatten()
+        cos = (torch.nn.functional.cosine_similarity(d1, d2, dim=0).item()
+               if d1.norm() > 0 and d2.norm() > 0 else float("nan"))
+        rows.append({"name": k, "before": d1.norm().item() / norm, "end": d2.norm().item() / norm,
+                     "step": (w2 - w1).norm().item() / norm, "cosine": cos})
     return rows
+
+
+def _checkpoints(run: Path) -> list[Path]:
+    found = sorted((run / "checkpoints").glob("after-*/model.safetensors"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if len(found) < 2:
+        raise SystemExit(f"{run}/checkpoints: needs one model.safetensors per task for two tasks at least (full "
+                         "fine-tuning with `checkpoints: every_task`; adapters or a sharded checkpoint are not read)")
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a `forgetless run` folder written with checkpoints: every_task")
+    parser.add_argument("run", type=Path, help="a `forgetless run` folder (full fine-tuning, checkpoints: every_task)")
     parser.add_argument("--task", default="word_definitions", help="a task of the general suite")
-    parser.add_argument("--model", default=None, help="the run's starting model (default: the bundled one)")
+    parser.add_argument("--radius", type=float, default=None,
+                        help="count the tensors inside this relative distance from the start (l2sp's target: 0.01)")
     args = parser.parse_args()
-    checkpoints = sorted((args.run / "checkpoints").glob("after-*/model.safetensors"),
-                         key=lambda p: int(p.parent.name.split("-")[1]))
-    if len(checkpoints) < 2:
-        raise SystemExit(f"{args.run}/checkpoints: need model.safetensors after two tasks at least "
-                         "(run with `checkpoints: every_task`)")
+    checkpoints = _checkpoints(args.run)
+    config = parse_config(RunResults.read(args.run / "results.json").config, f"{args.run}/results.json")
     suite = {t.name: t for t in general_suite()}
     if args.task not in suite:
         raise SystemExit(f"--task: {args.task!r} is not a general task ({', '.join(sorted(suite))})")
-    path = args.model or default_model_path()
-    tokenizer, model = load_tokenizer(path), load_model(path)
+    model, tokenizer = load_model_and_tokenizer(config.model, config.trust_remote_code, getattr(torch, config.model_dtype))
     start = {k: v.clone() for k, v in model.state_dict().items()}
     before, end = load_file(str(checkpoints[-2])), load_file(str(checkpoints[-1]))
     names = [k for k in start if k in end]  # a tied output head is saved once, as the embeddings
+    left_out = sorted(set(start) - set(names))
+    if sorted(set(end) - set(start)) or left_out not in ([], ["lm_head.weight"]):
+        raise SystemExit(f"{checkpoints[-1]}: its tensors are not the starting model's (missing {left_out[:3]}, "
+                         f"extra {sorted(set(end) - set(start))[:3]})")
 
     rows = moves(start, before, end, names)
-    cosines = sorted(c for _, _, c in rows if c == c)
-    print(f"{checkpoints[-2].parent.name} -> {checkpoints[-1].parent.name}: cosine of each tensor's move from the "
-          f"start before and after: median {cosines[len(cosines) // 2]:.3f}, range {cosines[0]:.3f} to {cosines[-1]:.3f}")
-    for name, step, cos in sorted(rows, key=lambda r: -r[1])[:8]:
-        print(f"  moved most in the last task: {name} {step:.4f} of its norm (cosine {cos:+.3f})")
+    cosines = [r["cosine"] for r in rows if r["cosine"] == r["cosine"]]
+    for when in ("before", "end"):
+        inside = "" if args.radius is None else (
+            f"; {sum(r[when] < 0.99 * args.radius for r in rows)} of {len(rows)} inside 99 % of {args.radius}")
+        print(f"{when}: median distance from the start {statistics.median(r[when] for r in rows):.4f} of the "
+              f"tensor's norm, largest {max(r[when] for r in rows):.4f}{inside}")
+    if cosines:
+        print(f"cosine of each tensor's move from the start before and after the last task: median "
+              f"{statistics.median(cosines):.3f}, range {min(cosines):.3f} to {max(cosines):.3f}")
+    for r in sorted(rows, key=lambda r: -r["step"])[:SHOWN]:
+        print(f"  moved most in the last task: {r['name']} {r['step']:.4f} of its norm (cosine {r['cosine']:+.3f})")
 
     def score(state: dict) -> float:
-        model.load_state_dict(state, strict=False)
-        return suite[args.task].evaluate(model, tokenizer).summary["score"]
+        model.load_state_dict(state, strict=False)  # checked above: only a tied head is absent
+        return suite[args.task].evaluate(model, tokenizer, limit=config.eval.limit).summary["score"]
 
     found = {"start": score(start), "before the last task": score(before), "end": score(end)}
     print(f"{args.task}: " + ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
@@ -95,7 +122,7 @@ def main() -> None:
         reverted[group] = score({k: (before[k] if k in chosen else end[k]) for k in names})
         print(f"  end with {group} ({len(members)} tensors) as before the last task: {reverted[group]:.3f}", flush=True)
     out = args.run / "revert_groups.json"
-    out.write_text(json.dumps({"task": args.task, "scores": found, "reverted": reverted}, indent=1) + "\n")
+    atomic_write_json(out, {"task": args.task, "scores": found, "reverted": reverted, "moves": rows})
     print(f"wrote {out}")
 
 
