@@ -61,9 +61,9 @@ def moves(start: dict, before: dict, end: dict, names: list[str]) -> list[dict]:
         w0, w1, w2 = start[k].float(), before[k].float(), end[k].float()
         norm = max(w0.norm().item(), 1e-12)
         d1, d2 = (w1 - w0).flatten(), (w2 - w0).flatten()
-        cos = (torch.nn.functional.cosine_similarity(d1, d2, dim=0).item()
-               if d1.norm() > 0 and d2.norm() > 0 else float("nan"))
-        rows.append({"name": k, "before": d1.norm().item() / norm, "end": d2.norm().item() / norm,
+        n1, n2 = d1.norm().item(), d2.norm().item()
+        cos = torch.nn.functional.cosine_similarity(d1, d2, dim=0).item() if n1 > 0 and n2 > 0 else float("nan")
+        rows.append({"name": k, "before": n1 / norm, "end": n2 / norm,
                      "step": (w2 - w1).norm().item() / norm, "cosine": cos})
     return rows
 
@@ -92,10 +92,10 @@ def main() -> None:
     start = {k: v.clone() for k, v in model.state_dict().items()}
     before, end = load_file(str(checkpoints[-2])), load_file(str(checkpoints[-1]))
     names = [k for k in start if k in end]  # a tied output head is saved once, as the embeddings
-    left_out = sorted(set(start) - set(names))
-    if sorted(set(end) - set(start)) or left_out not in ([], ["lm_head.weight"]):
+    left_out, extra = sorted(set(start) - set(names)), sorted(set(end) - set(start))
+    if extra or left_out not in ([], ["lm_head.weight"]):
         raise SystemExit(f"{checkpoints[-1]}: its tensors are not the starting model's (missing {left_out[:3]}, "
-                         f"extra {sorted(set(end) - set(start))[:3]})")
+                         f"extra {extra[:3]})")
 
     rows = moves(start, before, end, names)
     cosines = [r["cosine"] for r in rows if r["cosine"] == r["cosine"]]
