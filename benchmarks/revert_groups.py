@@ -9,9 +9,9 @@ results.json). Prints the tensors' distances from the start before and after the
 with --radius how many are inside it), the cosine between those two moves (median and range), the tensors the last
 task moved most (|W_end - W_before| / |W_start|), then the task's score at the start, before the last task, at the
 end, and at the end with each group (embeddings and output head, norms, attention q/k and v/o, MLP gate/up and
-down, thirds of the layers by depth) at its before-the-last-task values. A group whose revert gives back the score
-holds the part of the last task's change that cost it; groups overlap, and one task's scores carry no s.e. here
-(one item of n is 1/n). Writes RUN/revert_groups.json.
+down, thirds of the layers by depth) at its before-the-last-task values, each with its change from the end and that
+change's paired bootstrap s.e. over the task's items (forgetless.metrics.paired_delta). A group whose revert gives
+back the score holds the part of the last task's change that cost it; groups overlap. Writes RUN/revert_groups.json.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from forgetless.config import parse_config
 from forgetless.evaluation.suites import general_suite
 from forgetless.fileio import atomic_write_json
+from forgetless.metrics import paired_delta
 from forgetless.models import load_model_and_tokenizer
 from forgetless.results import RunResults
 
@@ -110,19 +111,24 @@ def main() -> None:
     for r in sorted(rows, key=lambda r: -r["step"])[:SHOWN]:
         print(f"  moved most in the last task: {r['name']} {r['step']:.4f} of its norm (cosine {r['cosine']:+.3f})")
 
-    def score(state: dict) -> float:
+    def samples(state: dict):
         model.load_state_dict(state, strict=False)  # checked above: only a tied head is absent
-        return suite[args.task].evaluate(model, tokenizer, limit=config.eval.limit).summary["score"]
+        return suite[args.task].evaluate(model, tokenizer, limit=config.eval.limit).samples
 
-    found = {"start": score(start), "before the last task": score(before), "end": score(end)}
-    print(f"{args.task}: " + ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
+    found = {"start": samples(start), "before the last task": samples(before), "end": samples(end)}
+    last_change = paired_delta(found["before the last task"], found["end"])
+    print(f"{args.task}: " + ", ".join(f"{k} {v.score():.3f}" for k, v in found.items())
+          + f" (the last task's change {last_change[0]:+.3f} ± {last_change[1]:.3f})")
     reverted = {}
     for group, members in groups(names).items():
         chosen = set(members)
-        reverted[group] = score({k: (before[k] if k in chosen else end[k]) for k in names})
-        print(f"  end with {group} ({len(members)} tensors) as before the last task: {reverted[group]:.3f}", flush=True)
+        delta, se = paired_delta(found["end"], samples({k: (before[k] if k in chosen else end[k]) for k in names}))
+        reverted[group] = {"score": found["end"].score() + delta, "change": delta, "se": se}
+        print(f"  end with {group} ({len(members)} tensors) as before the last task: {found['end'].score() + delta:.3f} "
+              f"({delta:+.3f} ± {se:.3f} from the end)", flush=True)
     out = args.run / "revert_groups.json"
-    atomic_write_json(out, {"task": args.task, "scores": found, "reverted": reverted, "moves": rows})
+    atomic_write_json(out, {"task": args.task, "scores": {k: v.score() for k, v in found.items()},
+                            "last_task_change_se": last_change[1], "reverted": reverted, "moves": rows})
     print(f"wrote {out}")
 
 
