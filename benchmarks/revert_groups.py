@@ -8,10 +8,12 @@ The starting model, its dtype, `trust_remote_code` and the evaluation's item lim
 results.json). Prints the tensors' distances from the start before and after the last task (median, largest, and
 with --radius how many are inside it), the cosine between those two moves (median and range), the tensors the last
 task moved most (|W_end - W_before| / |W_start|), then the task's score at the start, before the last task, at the
-end, and at the end with each group (embeddings and output head, norms, attention q/k and v/o, MLP gate/up and
-down, thirds of the layers by depth) at its before-the-last-task values, each with its change from the end and that
-change's paired bootstrap s.e. over the task's items (forgetless.metrics.paired_delta). A group whose revert gives
-back the score holds the part of the last task's change that cost it; groups overlap. Writes RUN/revert_groups.json.
+end (with the last task's change and its s.e.), and at the end with each group (embeddings and output head, norms,
+attention q/k and v/o, MLP gate/up and down, thirds of the layers by depth) at its before-the-last-task values, each
+with its change from the end and that change's paired bootstrap s.e. over the task's items
+(forgetless.metrics.paired_delta, the same resamples for every group). A group whose revert gives back the score
+holds the part of the last task's change that cost it; groups overlap. Writes RUN/revert_groups.json: "scores",
+"last_task_change" (change, se), "reverted" (group -> score, change from the end, se) and "moves" (per tensor).
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def main() -> None:
               f"({delta:+.3f} ± {se:.3f} from the end)", flush=True)
     out = args.run / "revert_groups.json"
     atomic_write_json(out, {"task": args.task, "scores": {k: v.score() for k, v in found.items()},
-                            "last_task_change_se": last_change[1], "reverted": reverted, "moves": rows})
+                            "last_task_change": {"change": last_change[0], "se": last_change[1]},
+                            "reverted": reverted, "moves": rows})
     print(f"wrote {out}")
 
 
