@@ -71,6 +71,16 @@ def moves(start: dict, before: dict, end: dict, names: list[str]) -> list[dict]:
     return rows
 
 
+def reverted_scores(samples_of, at_end, before: dict, end: dict, names: list[str]):
+    """Per group: (group, its tensor names, {score, change, se}) with the group at its `before` values and every
+    other tensor at its `end` value; change = that state's score minus the end's, se its paired bootstrap s.e."""
+    for group, members in groups(names).items():
+        chosen = set(members)
+        put_back = samples_of({k: (before[k] if k in chosen else end[k]) for k in names})
+        change, se = paired_delta(at_end, put_back)
+        yield group, members, {"score": put_back.score(), "change": change, "se": se}
+
+
 def _checkpoints(run: Path) -> list[Path]:
     found = sorted((run / "checkpoints").glob("after-*/model.safetensors"), key=lambda p: int(p.parent.name.split("-")[1]))
     if len(found) < 2:
@@ -122,12 +132,10 @@ def main() -> None:
     print(f"{args.task}: " + ", ".join(f"{k} {v.score():.3f}" for k, v in found.items())
           + f" (the last task's change {last_change[0]:+.3f} ± {last_change[1]:.3f})")
     reverted = {}
-    for group, members in groups(names).items():
-        chosen = set(members)
-        delta, se = paired_delta(found["end"], samples({k: (before[k] if k in chosen else end[k]) for k in names}))
-        reverted[group] = {"score": found["end"].score() + delta, "change": delta, "se": se}
-        print(f"  end with {group} ({len(members)} tensors) as before the last task: {found['end'].score() + delta:.3f} "
-              f"({delta:+.3f} ± {se:.3f} from the end)", flush=True)
+    for group, members, row in reverted_scores(samples, found["end"], before, end, names):
+        reverted[group] = row
+        print(f"  end with {group} ({len(members)} tensors) as before the last task: {row['score']:.3f} "
+              f"({row['change']:+.3f} ± {row['se']:.3f} from the end)", flush=True)
     out = args.run / "revert_groups.json"
     atomic_write_json(out, {"task": args.task, "scores": {k: v.score() for k, v in found.items()},
                             "last_task_change": {"change": last_change[0], "se": last_change[1]},

@@ -40,3 +40,31 @@ def test_moves_by_hand():
     assert row["step"] == pytest.approx(1 / 5) and row["cosine"] == pytest.approx(1.0)
     (row,) = _script().moves(start, start, end, ["w"])  # no move before the last task: no cosine
     assert math.isnan(row["cosine"]) and row["step"] == pytest.approx(0.2)
+
+
+def test_reverted_scores_put_back_one_group_at_a_time():
+    from forgetless.metrics import ScoreSamples
+
+    names = ["model.embed_tokens.weight"] + [f"model.layers.{i}.self_attn.v_proj.weight" for i in range(3)]
+    before = {k: torch.zeros(2) for k in names}
+    end = {k: torch.ones(2) for k in names}
+    seen = []
+
+    def samples_of(state):  # ten items; each tensor still at its end value gets one more of them right
+        seen.append({k for k in names if torch.equal(state[k], before[k])})
+        right = sum(torch.equal(state[k], end[k]) for k in names)
+        return ScoreSamples("mean", [1.0] * right + [0.0] * (10 - right))
+
+    at_end = ScoreSamples("mean", [1.0] * 4 + [0.0] * 6)
+    rows = {group: (members, row) for group, members, row in
+            _script().reverted_scores(samples_of, at_end, before, end, names)}
+    # The v projections put back: three tensors no longer at their end values, so 0.1 right against 0.4 at the end.
+    members, row = rows["attention v,o"]
+    assert sorted(members) == names[1:] and seen[list(rows).index("attention v,o")] == set(names[1:])
+    assert row["score"] == pytest.approx(0.1) and row["change"] == pytest.approx(-0.3)
+    # Three items flip 1 -> 0 together: a resample of n = 10 items holds Binomial(10, 0.3) of them, so the change's
+    # s.e. is sqrt(0.3 * 0.7 / 10) = 0.145 (1000 resamples: within 10 %).
+    assert row["se"] == pytest.approx((0.3 * 0.7 / 10) ** 0.5, rel=0.1)
+    assert rows["embeddings and head"][1]["change"] == pytest.approx(-0.1)
+    assert rows["norms"][1]["change"] == pytest.approx(0.0) and rows["norms"][1]["se"] == 0.0  # empty group
+    assert rows["layers 0-0"][1]["change"] == pytest.approx(-0.1)  # one layer per third
