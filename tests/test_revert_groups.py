@@ -1,4 +1,4 @@
-"""benchmarks/revert_groups.py: its tensor groups and per-tensor moves, against hand-computed values."""
+"""benchmarks/revert_groups.py: its tensor groups, per-tensor moves and put-back scores, against hand-computed values."""
 
 import math
 
