@@ -2,16 +2,16 @@
 after the task before it, in the final model, and score that general task again.
 
     .venv/bin/forgetless run CONFIG --out RUN      # full fine-tuning, `checkpoints: every_task`, two tasks or more
-    .venv/bin/python benchmarks/revert_groups.py RUN --task word_definitions [--radius 0.01]
+    .venv/bin/python benchmarks/revert_groups.py RUN --task word_definitions [--radius 0.01] [--match REGEX ...]
 
 The starting model, its dtype, `trust_remote_code` and the evaluation's item limit are the run's (its
 results.json). Prints the tensors' distances from the start before and after the last task (median, largest, and
 with --radius how many are inside it), the cosine between those two moves (median and range), the tensors the last
 task moved most (|W_end - W_before| / |W_start|), then the task's score at the start, before the last task, at the
 end (with the last task's change and its s.e.), and at the end with each group (embeddings and output head, norms,
-attention q/k and v/o, MLP gate/up and down, thirds of the layers by depth) at its before-the-last-task values, each
-with its change from the end and that change's paired bootstrap s.e. over the task's items
-(forgetless.metrics.paired_delta, the same resamples for every group). A group whose revert gives back the score
+attention q/k and v/o, MLP gate/up and down, thirds of the layers by depth, and each --match REGEX's tensors) at
+its before-the-last-task values, each with its change from the end and that change's paired bootstrap s.e. over
+the task's items (forgetless.metrics.paired_delta, the same resamples for every group). A group whose revert gives back the score
 holds the part of the last task's change that cost it; groups overlap. Writes RUN/revert_groups.json: "scores",
 "last_task_change" (change, se), "reverted" (group -> score, change from the end, se) and "moves" (per tensor).
 """
@@ -43,8 +43,9 @@ def _layer(name: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def groups(names: list[str]) -> dict[str, list[str]]:
-    """Tensor names by kind and, for three layers or more, by depth third."""
+def groups(names: list[str], patterns: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Tensor names by kind and, for three layers or more, by depth third; then one group per regular expression
+    in `patterns` (the names it finds anywhere in)."""
     out = {"embeddings and head": [k for k in names if "embed" in k or "lm_head" in k],
            "norms": [k for k in names if "norm" in k]}
     out.update({g: [k for k in names if any(p in k for p in parts)] for g, parts in PROJECTIONS.items()})
@@ -53,6 +54,8 @@ def groups(names: list[str]) -> dict[str, list[str]]:
         for third in range(3):
             lo, hi = third * depth // 3, (third + 1) * depth // 3
             out[f"layers {lo}-{hi - 1}"] = [k for k in names if _layer(k) is not None and lo <= _layer(k) < hi]
+    for pattern in patterns:
+        out[f"matching {pattern}"] = [k for k in names if re.search(pattern, k)]
     return out
 
 
@@ -71,10 +74,10 @@ def moves(start: dict, before: dict, end: dict, names: list[str]) -> list[dict]:
     return rows
 
 
-def reverted_scores(samples_of, at_end, before: dict, end: dict, names: list[str]):
+def reverted_scores(samples_of, at_end, before: dict, end: dict, names: list[str], patterns: tuple[str, ...] = ()):
     """Per group: (group, its tensor names, {score, change, se}) with the group at its `before` values and every
     other tensor at its `end` value; change = that state's score minus the end's, se its paired bootstrap s.e."""
-    for group, members in groups(names).items():
+    for group, members in groups(names, patterns).items():
         chosen = set(members)
         put_back = samples_of({k: (before[k] if k in chosen else end[k]) for k in names})
         change, se = paired_delta(at_end, put_back)
@@ -95,7 +98,15 @@ def main() -> None:
     parser.add_argument("--task", default="word_definitions", help="a task of the general suite")
     parser.add_argument("--radius", type=float, default=None,
                         help="count the tensors inside this relative distance from the start (l2sp's target: 0.01)")
+    parser.add_argument("--match", action="append", default=[], metavar="REGEX",
+                        help="also put back the tensors whose name this regular expression finds (repeatable), e.g. "
+                        r"'layers\.[0-9]\.self_attn\.(v|o)_proj'")
     args = parser.parse_args()
+    for pattern in args.match:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise SystemExit(f"--match {pattern!r}: not a regular expression ({error})") from None
     checkpoints = _checkpoints(args.run)
     config = parse_config(RunResults.read(args.run / "results.json").config, f"{args.run}/results.json")
     suite = {t.name: t for t in general_suite()}
@@ -132,7 +143,10 @@ def main() -> None:
     print(f"{args.task}: " + ", ".join(f"{k} {v.score():.3f}" for k, v in found.items())
           + f" (the last task's change {last_change[0]:+.3f} ± {last_change[1]:.3f})")
     reverted = {}
-    for group, members, row in reverted_scores(samples, found["end"], before, end, names):
+    empty = [p for p in args.match if not any(re.search(p, k) for k in names)]
+    if empty:
+        raise SystemExit(f"--match {empty[0]!r}: no tensor of the model has a name it finds (e.g. {names[1]})")
+    for group, members, row in reverted_scores(samples, found["end"], before, end, names, tuple(args.match)):
         reverted[group] = row
         print(f"  end with {group} ({len(members)} tensors) as before the last task: {row['score']:.3f} "
               f"({row['change']:+.3f} ± {row['se']:.3f} from the end)", flush=True)
