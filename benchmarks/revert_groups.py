@@ -2,7 +2,7 @@
 after the task before it, in the final model, and score that general task again.
 
     .venv/bin/forgetless run CONFIG --out RUN      # full fine-tuning, `checkpoints: every_task`, two tasks or more
-    .venv/bin/python benchmarks/revert_groups.py RUN --task word_definitions [--radius 0.01] [--match REGEX ...]
+    .venv/bin/python benchmarks/revert_groups.py RUN --task word_definitions [--radius 0.01] [--match REGEX]...
 
 The starting model, its dtype, `trust_remote_code` and the evaluation's item limit are the run's (its
 results.json). Prints the tensors' distances from the start before and after the last task (median, largest, and
@@ -45,7 +45,7 @@ def _layer(name: str) -> int | None:
 
 def groups(names: list[str], patterns: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """Tensor names by kind and, for three layers or more, by depth third; then one group per regular expression
-    in `patterns` (the names it finds anywhere in)."""
+    in `patterns` (the names in which re.search finds it)."""
     out = {"embeddings and head": [k for k in names if "embed" in k or "lm_head" in k],
            "norms": [k for k in names if "norm" in k]}
     out.update({g: [k for k in names if any(p in k for p in parts)] for g, parts in PROJECTIONS.items()})
@@ -72,6 +72,18 @@ def moves(start: dict, before: dict, end: dict, names: list[str]) -> list[dict]:
         rows.append({"name": k, "before": n1 / norm, "end": n2 / norm,
                      "step": (w2 - w1).norm().item() / norm, "cosine": cos})
     return rows
+
+
+def check_patterns(patterns: list[str], names: list[str]) -> None:
+    """Each --match pattern must compile and find at least one tensor name."""
+    for pattern in patterns:
+        try:
+            found = [k for k in names if re.search(pattern, k)]
+        except re.error as error:
+            raise SystemExit(f"--match {pattern!r}: not a regular expression ({error})") from None
+        if not found:
+            example = next((k for k in names if _layer(k) is not None), names[0])
+            raise SystemExit(f"--match {pattern!r}: no tensor of the model has a name it finds (e.g. {example})")
 
 
 def reverted_scores(samples_of, at_end, before: dict, end: dict, names: list[str], patterns: tuple[str, ...] = ()):
@@ -102,11 +114,7 @@ def main() -> None:
                         help="also put back the tensors whose name this regular expression finds (repeatable), e.g. "
                         r"'layers\.[0-9]\.self_attn\.(v|o)_proj'")
     args = parser.parse_args()
-    for pattern in args.match:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise SystemExit(f"--match {pattern!r}: not a regular expression ({error})") from None
+
     checkpoints = _checkpoints(args.run)
     config = parse_config(RunResults.read(args.run / "results.json").config, f"{args.run}/results.json")
     suite = {t.name: t for t in general_suite()}
@@ -120,6 +128,7 @@ def main() -> None:
     if extra or left_out not in ([], ["lm_head.weight"]):
         raise SystemExit(f"{checkpoints[-1]}: its tensors are not the starting model's (missing {left_out[:3]}, "
                          f"extra {extra[:3]})")
+    check_patterns(args.match, names)  # before any scoring: a mistyped pattern costs nothing
 
     rows = moves(start, before, end, names)
     cosines = [r["cosine"] for r in rows if r["cosine"] == r["cosine"]]
@@ -143,9 +152,6 @@ def main() -> None:
     print(f"{args.task}: " + ", ".join(f"{k} {v.score():.3f}" for k, v in found.items())
           + f" (the last task's change {last_change[0]:+.3f} ± {last_change[1]:.3f})")
     reverted = {}
-    empty = [p for p in args.match if not any(re.search(p, k) for k in names)]
-    if empty:
-        raise SystemExit(f"--match {empty[0]!r}: no tensor of the model has a name it finds (e.g. {names[1]})")
     for group, members, row in reverted_scores(samples, found["end"], before, end, names, tuple(args.match)):
         reverted[group] = row
         print(f"  end with {group} ({len(members)} tensors) as before the last task: {row['score']:.3f} "

@@ -25,10 +25,16 @@ def test_groups_split_by_kind_and_by_depth_third():
     assert "model.layers.3.mlp.gate_proj.weight" in groups["mlp gate,up"]
     # Seven layers in thirds of 2, 2 and 3 (floor of i * 7 / 3); a layer's eight tensors in its third only.
     assert [len(groups[g]) for g in ("layers 0-1", "layers 2-3", "layers 4-6")] == [16, 16, 24]
-    # A --match pattern: the v and o projections of the first two layers only, as a group of its own.
+    # A --match pattern: the v and o projections of the first two layers only (not layers 10 or 11), a group of its own.
     pattern = r"layers\.[0-1]\.self_attn\.(v|o)_proj"
-    assert _script().groups(names, (pattern,))[f"matching {pattern}"] == [
+    deeper = [f"model.layers.{i}.self_attn.{p}_proj.weight" for i in (10, 11) for p in "vo"]
+    assert _script().groups(names + deeper, (pattern,))[f"matching {pattern}"] == [
         f"model.layers.{i}.self_attn.{p}_proj.weight" for i in (0, 1) for p in "vo"]
+    with pytest.raises(SystemExit, match="not a regular expression"):
+        _script().check_patterns(["layers.(0"], names)
+    with pytest.raises(SystemExit, match="no tensor of the model"):
+        _script().check_patterns([pattern, r"layers\.7\."], names)  # seven layers: 0 to 6
+    _script().check_patterns([pattern], names)
     # Two layers: no thirds.
     assert not [g for g in _script().groups(names[:3] + names[3:19]) if g.startswith("layers")]
 
