@@ -11,8 +11,8 @@ task moved most (|W_end - W_before| / |W_start|), then the task's score at the s
 end (with the last task's change and its s.e.), and at the end with each group (embeddings and output head, norms,
 attention q/k and v/o, MLP gate/up and down, thirds of the layers by depth, and each --match REGEX's tensors) at
 its before-the-last-task values, each with its change from the end and that change's paired bootstrap s.e. over
-the task's items (forgetless.metrics.paired_delta, the same resamples for every group). A group whose revert gives back the score
-holds the part of the last task's change that cost it; groups overlap. Writes RUN/revert_groups.json: "scores",
+the task's items (forgetless.metrics.paired_delta, the same resamples for every group). A group whose revert gives
+back the score holds the part of the last task's change that cost it; groups overlap. Writes RUN/revert_groups.json: "scores",
 "last_task_change" (change, se), "reverted" (group -> score, change from the end, se) and "moves" (per tensor).
 """
 

@@ -1,12 +1,9 @@
 """benchmarks/defaults_table.py: every default's verdicts on the three sequences' means over seeds."""
 
-from pathlib import Path
-
 import pytest
 
-from .conftest import load_script
+from .conftest import ROOT, load_script
 
-ROOT = Path(__file__).parent.parent
 N15 = "naive(lr=0.0002,steps=15)"
 
 

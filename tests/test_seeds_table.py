@@ -1,13 +1,8 @@
 """benchmarks/seeds_table.py: the bundled benchmark over seeds, seed 0 from the committed table."""
 
-from pathlib import Path
-
 import pytest
 
-from .conftest import load_script
-
-ROOT = Path(__file__).parent.parent
-
+from .conftest import ROOT, load_script
 
 
 def _script():
