@@ -146,6 +146,55 @@ def test_the_cap_puts_each_tensor_past_it_back_on_its_sphere(tokenizer):
     assert (l2sp._projected_steps, l2sp._largest_ratio) == (0, 0.0)
 
 
+def test_target_scale_caps_the_matching_tensors_at_their_multiple_and_strengthen_keeps_the_ratio(tokenizer):
+    model = make_tiny_lm(len(tokenizer), hidden_size=16)
+    ctx = _context(model, tokenizer)
+    # layer 0's v and o at a fifth of the cap; the first pattern that matches wins, so layer 0's o is not at 3x.
+    scale = {r"layers\.0\.self_attn\.(v|o)_proj": 0.2, r"o_proj": 3.0}
+    l2sp = build_strategy({"name": "l2sp", "target": 0.05, "target_scale": scale})
+    l2sp.on_task_start(ctx)
+    parameters = dict(model.named_parameters())
+    anchors = {n: p.detach().clone() for n, p in parameters.items()}
+    caps = {n: 0.05 * (0.2 if "layers.0.self_attn.v_proj" in n or "layers.0.self_attn.o_proj" in n
+                       else 3.0 if "o_proj" in n else 1.0) for n in parameters}
+    assert sorted(set(caps.values())) == [pytest.approx(0.01), 0.05, pytest.approx(0.15)]
+    torch.manual_seed(0)
+    with torch.no_grad():  # every tensor at 2x its default cap: past 0.01 and 0.05, inside 0.15
+        for p in parameters.values():
+            direction = torch.randn_like(p)
+            p.add_(direction * 0.1 * p.norm() / direction.norm())
+    before = {n: p.detach().clone() for n, p in parameters.items()}
+    l2sp.after_optimizer_step(ctx, model)
+    after = {n: p.detach().clone() for n, p in parameters.items()}
+    for cap in set(caps.values()):
+        group = {n: a for n, a in anchors.items() if caps[n] == cap and a.norm() > 0}
+        moved = _pull_back_checks({n: before[n] for n in group}, {n: after[n] for n in group}, group, cap)
+        assert moved == (0 if cap > 0.1 else len(group)) and group, cap
+    assert l2sp.strengthen(2.0) == (0.05, 0.025)  # the budget's move: every cap halves, the ratios stay
+    l2sp.after_optimizer_step(ctx, model)
+    for name, anchor in anchors.items():
+        if anchor.norm() > 0 and caps[name] < 0.1:  # were on their sphere, now on the halved one
+            ratio = ((parameters[name] - anchor).norm() / anchor.norm()).item()
+            assert ratio == pytest.approx(caps[name] / 2, rel=1e-4), name
+
+
+def test_target_scale_is_validated():
+    with pytest.raises(ForgetlessError, match="target_scale.*not a regular expression"):
+        build_strategy({"name": "l2sp", "target_scale": {"layers\\.(": 0.5}})
+    with pytest.raises(ForgetlessError, match="target_scale.*must be > 0"):
+        build_strategy({"name": "l2sp", "target_scale": {"v_proj": 0.0}})
+    with pytest.raises(ForgetlessError, match="give a target too"):
+        build_strategy({"name": "l2sp", "lam": 0.5, "target_scale": {"v_proj": 0.5}})
+    assert build_strategy({"name": "l2sp", "target_scale": {"v_proj": 0.5}}).target == DEFAULT_TARGET
+
+
+def test_a_target_scale_pattern_matching_no_weight_is_refused_at_the_start(tokenizer):
+    ctx = _context(make_tiny_lm(len(tokenizer), hidden_size=16), tokenizer)
+    l2sp = build_strategy({"name": "l2sp", "target_scale": {"v_proj": 0.5, "vproj": 0.5}})
+    with pytest.raises(ForgetlessError, match="'vproj' matches no trained weight"):
+        l2sp.on_task_start(ctx)
+
+
 def test_a_bf16_tensor_put_back_stays_inside_and_a_zero_start_is_left_free(tokenizer):
     # bf16's rounding error is about a tenth of a 1 % cap: rounding away from the start could leave the ball.
     model = make_tiny_lm(len(tokenizer), hidden_size=16).to(torch.bfloat16)

@@ -12,15 +12,19 @@ on the weights' scale. `target` instead caps each weight tensor's relative dista
 same on any data and any model: after every optimizer step, a tensor W with ||W - W0|| > target * ||W0||
 (Frobenius norms; under LoRA ||scaling B A|| against the base weight's norm) is pulled straight back to
 that sphere, W <- W0 + (W - W0) * target * ||W0|| / ||W - W0||, the Euclidean projection onto the ball.
+`target_scale` caps chosen tensors (by a regular expression on their names) at a multiple of target, so that a
+budget's `strengthen`, which lowers target, keeps their ratio.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
+from ..errors import ForgetlessError
 from ..task_weights import TaskWeights
 from . import register_strategy
 from ._trust_region import SPHERE_TOLERANCE, CapByDefault, scaled_toward
@@ -53,11 +57,35 @@ class L2SP(Strategy):
             None, gt=0, description="Cap on each weight tensor's relative distance ||W - W0|| / ||W0|| after every step "
             f"(None: off). When neither lam nor target is given: {DEFAULT_TARGET}.",
         )
+        target_scale: dict[str, float] = Field(
+            default_factory=dict, description="Per-tensor caps: {regex: factor}; a weight whose name matches a regex "
+            "(re.search, the first that matches in the order given) is capped at target * factor, the rest at target. "
+            "Every regex must match a trained weight.",
+        )
+
+        @field_validator("target_scale")
+        @classmethod
+        def _patterns_and_factors(cls, value: dict[str, float]) -> dict[str, float]:
+            for pattern, factor in value.items():
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+                if not factor > 0:
+                    raise ValueError(f"{pattern!r}: the factor must be > 0, got {factor}")
+            return value
+
+        @model_validator(mode="after")
+        def _scale_needs_a_cap(self):
+            if self.target_scale and self.target is None:
+                raise ValueError("target_scale scales the cap: give a target too (or drop lam for the default cap)")
+            return self
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         self.anchor: dict[str, torch.Tensor] = {}  # theta0 by weight name (full fine-tuning only)
         self._weights: TaskWeights | None = None
+        self._factors: dict[str, float] = {}  # target_scale's factor per weight name it matches
         self._anchor_norms: dict[str, float] = {}  # ||W0|| per weight, for the cap
         self._projected_steps, self._largest_ratio = 0, 0.0  # per task: steps the cap acted on, largest ratio seen
 
@@ -66,6 +94,7 @@ class L2SP(Strategy):
         if self._weights.change_is_stored and not self.anchor:  # the run's start (unless restored from a state)
             self.anchor = {name: w.detach().float().clone() for name, w in self._weights.weights().items()}
         self._anchor_norms = {}  # under LoRA the base may have been merged since the last task
+        self._factors = self._tensor_factors(self._weights.names())
         self._projected_steps, self._largest_ratio = 0, 0.0  # (a resumed task restores its counts after this)
 
     def extra_loss(self, ctx: TaskContext, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any):
@@ -79,11 +108,12 @@ class L2SP(Strategy):
             return
         ratios = self.relative_distances()
         self._largest_ratio = max(self._largest_ratio, max(ratios.values(), default=0.0))
+        caps = {name: self.target * self._factors.get(name, 1.0) for name in ratios}
         # A tensor put on the sphere at the last step may read a hair outside it (rounding): not a new move.
-        over = {name: ratio for name, ratio in ratios.items() if ratio > self.target * (1 + SPHERE_TOLERANCE)}
+        over = {name: ratio for name, ratio in ratios.items() if ratio > caps[name] * (1 + SPHERE_TOLERANCE)}
         with torch.no_grad():
             for name, ratio in over.items():
-                shrink = self.target / ratio
+                shrink = caps[name] / ratio
                 if self._weights.change_is_stored:
                     weight = self._weights.weight(name)
                     anchor = self._anchor_on(name, weight)
@@ -102,6 +132,18 @@ class L2SP(Strategy):
             ctx.log["l2sp_projected_steps"] = self._projected_steps
             ctx.log["l2sp_largest_relative_distance_seen"] = self._largest_ratio
         self._projected_steps, self._largest_ratio = 0, 0.0
+
+    def _tensor_factors(self, names: list[str]) -> dict[str, float]:
+        """target_scale's factor by weight name (the first regex that matches); a regex matching none is refused."""
+        factors: dict[str, float] = {}
+        for name in names:
+            factor = next((f for pattern, f in self.target_scale.items() if re.search(pattern, name)), None)
+            if factor is not None:
+                factors[name] = factor
+        for pattern in self.target_scale:
+            if not any(re.search(pattern, name) for name in names):
+                raise ForgetlessError(f"l2sp target_scale: {pattern!r} matches no trained weight (e.g. {names[0]!r})")
+        return factors
 
     def squared_distance(self) -> torch.Tensor:
         """sum (theta - theta0)^2 over the trained weights, or sum (scaling B A)^2 under LoRA."""
