@@ -42,6 +42,14 @@ def test_the_decision_table():
         Constraints(compute="lots")
 
 
+def test_a_stack_splits_at_its_top_level_plus_only():
+    from forgetless.advise import _stack_text
+
+    assert _stack_text("replay+wise") == "[replay, wise]"
+    one = r"l2sp(target_scale={layers\.[0-9]+\.: 0.5})"  # a regex's "+" is not a stack
+    assert _stack_text(one) == one and _stack_text(one + "+wise") == f"[{one}, wise]"
+
+
 def test_shipped_evidence_matches_the_committed_result_tables():
     script = Path(__file__).resolve().parents[1] / "scripts" / "build_advice_evidence.py"
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)

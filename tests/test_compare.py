@@ -23,6 +23,18 @@ def test_parse_strategy_reads_names_mappings_and_stacks():
             parse_strategy(bad)
 
 
+def test_labels_show_a_mapping_knob_as_written_and_long_ones_get_a_short_folder():
+    from forgetless.compare import label_of, run_folder
+
+    spec = {"name": "l2sp", "target": 0.01, "target_scale": {r"layers\.[0-9]+\.self_attn\.(v|o)_proj": 0.5}}
+    assert label_of(spec) == r"l2sp(target=0.01,target_scale={layers\.[0-9]+\.self_attn\.(v|o)_proj: 0.5})"
+    assert label_of([spec, "wise"]) == label_of(spec) + "+wise"
+    long = [label_of({"name": "l2sp", "target_scale": {"x" * 300 + end: 0.5}}) for end in "ab"]
+    folders = [run_folder(label) for label in long]
+    assert all(len(f.encode()) <= 200 for f in folders) and folders[0] != folders[1]
+    assert run_folder("replay+wise") == "replay+wise" and run_folder("a/b") == "a_b"
+
+
 def _row(label, delta, gains, seconds):
     return ComparisonRow(strategy=label, spec=label, in_domain_gain=gains, general_delta_abs=delta, seconds_per_step=seconds)
 

@@ -209,6 +209,18 @@ def test_resume_refuses_a_state_whose_strategy_defaults_resolved_otherwise(task_
     _run(config, tmp_path / "old", tokenizer, resume=True)
 
 
+def test_resume_refuses_a_reordered_or_changed_mapping_knob(task_files, tmp_path, tokenizer, monkeypatch):
+    """l2sp's target_scale is compared whole and in order (its first matching regex wins), not regex by regex."""
+    scale = {r"layers\.0\.": 0.5, "o_proj": 2.0}
+    config = _config(task_files).model_copy(update={"strategies": [{"name": "l2sp", "target_scale": scale}]})
+    _killed_state(config, tmp_path / "cut", tokenizer, monkeypatch)
+    for other in ({"o_proj": 2.0, r"layers\.0\.": 0.5}, {**scale, "v_proj": 0.5}):
+        changed = config.model_copy(update={"strategies": [{"name": "l2sp", "target_scale": other}]})
+        with pytest.raises(ForgetlessError, match=r"at \['l2sp.target_scale'\]"):
+            _run(changed, tmp_path / "cut", tokenizer, resume=True)
+    _run(config, tmp_path / "cut", tokenizer, resume=True)
+
+
 def test_a_half_written_state_folder_is_ignored_and_removed(task_files, tmp_path, tokenizer, monkeypatch):
     config = _config(task_files)
     _run(config, tmp_path / "whole", tokenizer)

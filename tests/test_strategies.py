@@ -72,6 +72,8 @@ def test_cli_prints_a_strategys_parameters(capsys):
     assert main(["strategies", "--params", "ewc"]) == 0
     out = capsys.readouterr().out
     assert "| lam " in out and "| 0.0 " in out and "Penalty weight" in out
+    assert main(["strategies", "--params", "l2sp"]) == 0
+    assert re.search(r"\| target_scale +\| \{str: float\} +\| \{\} +\|", capsys.readouterr().out)
     # ewc's default cap is set by a validator when neither knob is named; the table shows what a bare `ewc` gets.
     assert re.search(r"\| target +\| float \\\| null +\| 0\.004 +\|", out), out
     assert main(["strategies", "--params", "nope"]) == 2

@@ -221,6 +221,19 @@ def test_lora_targets_that_match_nothing_are_refused_before_any_evaluation(tmp_p
         run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
 
 
+def test_a_weight_pattern_that_matches_nothing_is_refused_before_any_evaluation(tmp_path, tokenizer, task_files,
+                                                                                monkeypatch):
+    from forgetless.errors import ForgetlessError
+    from forgetless.evaluation.evaluator import Evaluator
+
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated before the refusal"))
+    config = training_config(task_files).model_copy(
+        update={"strategies": ["naive", {"name": "l2sp", "target_scale": {"v_proj": 0.5, "vproj": 0.5}}]})
+    with pytest.raises(ForgetlessError, match=r"^strategies\[1\]: l2sp target_scale: 'vproj' matches no trained weight "
+                       r"\(names look like 'model\.embed_tokens\.weight'\)"):
+        run_continual(config, tmp_path / "out", model=make_tiny_lm(len(tokenizer)), tokenizer=tokenizer, progress=False)
+
+
 def test_a_lora_pattern_that_matches_nothing_and_a_module_peft_rejects_are_one_line(tmp_path, tokenizer, task_files,
                                                                                      monkeypatch):
     from forgetless.adapters import prepare_for_task

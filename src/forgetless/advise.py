@@ -289,12 +289,25 @@ def train_override(name: str) -> dict[str, str] | None:
     return dict(part.split("=", 1) for part in name[len("naive("):-1].split(",") if "=" in part)
 
 
+def _stack_text(label: str) -> str:
+    """A compare label as a config's strategy: "replay+wise" -> "[replay, wise]"; a "+" inside a knob's value (a regex
+    in parentheses) does not split."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(label):
+        depth += (char in "([{") - (char in ")]}")
+        if char == "+" and depth == 0:
+            parts.append(label[start:i])
+            start = i + 1
+    parts.append(label[start:])
+    return "[" + ", ".join(parts) + "]" if len(parts) > 1 else label
+
+
 def _as_config(name: str) -> str:
     """How a candidate goes into a config: `strategies: [...]`, or `train: {...}` for training less."""
     override = train_override(name)
     if override is not None:
         return "no strategy; plain fine-tuning trained less: " + _train_setting(override)
-    return "strategies: " + ("[" + ", ".join(name.split("+")) + "]" if "+" in name else name)
+    return "strategies: " + _stack_text(name)
 
 
 def _train_setting(override: dict[str, str]) -> str:
@@ -336,7 +349,7 @@ def render(advice: Advice, constraints: Constraints) -> str:
     if advice.recommended is None:
         return "No strategy fits these constraints:\n" + "\n".join(f"- {n}: {why}" for n, why in advice.excluded.items())
     best = advice.recommended
-    stack = "[" + ", ".join(best.name.split("+")) + "]" if "+" in best.name else best.name
+    stack = _stack_text(best.name)
     lines = [f"Recommended: {_as_config(best.name)}", f"  evidence: {evidence(best)}"]
     less = advice.training_less
     if advice.met_budget and _beyond_at_a_seed(best, constraints.budget):
@@ -378,7 +391,7 @@ def render(advice: Advice, constraints: Constraints) -> str:
     if advice.source.startswith("the shipped"):
         override = train_override(best.name)
         check = (f"naive --frontier-lr {override.get('lr', 'LR')} --frontier-steps {override.get('steps', 'STEPS')}"
-                 if override is not None else f"naive {repr(stack) if '+' in best.name else stack}")
+                 if override is not None else f"naive {repr(stack) if stack.startswith('[') else stack}")
         lines.append("The shipped numbers come from one benchmark on one model; defaults that protect there did not "
                      f"always travel to new domains. Check on your own data: forgetless compare CONFIG --strategies {check}")
     if constraints.adapter == "lora" and advice.source.startswith("the shipped"):

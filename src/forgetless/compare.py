@@ -93,12 +93,19 @@ def parse_strategy(text: str):
     return spec
 
 
+def _value_text(value) -> str:
+    """A knob's value in a label: a mapping (l2sp's target_scale) as {key: value, ...}, a regex as written."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_value_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def label_of(spec) -> str:
     if isinstance(spec, list):
         return "+".join(map(label_of, spec))
     if isinstance(spec, str):
         return spec
-    params = ",".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+    params = ",".join(f"{k}={_value_text(v)}" for k, v in spec.items() if k != "name")
     return f"{spec['name']}({params})" if params else spec["name"]
 
 
@@ -173,8 +180,14 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
 
 
 def run_folder(label: str) -> str:
-    """The folder, inside a comparison's folder, of the row labelled `label` (a label may hold "/")."""
-    return label.replace("/", "_")
+    """The folder, inside a comparison's folder, of the row labelled `label` (a label may hold "/"); a label past
+    file systems' 255-byte names (long regexes in a knob) keeps its start and a hash of the whole."""
+    folder = label.replace("/", "_")
+    if len(folder.encode()) <= 200:
+        return folder
+    import hashlib
+
+    return folder.encode()[:180].decode(errors="ignore") + "-" + hashlib.sha256(label.encode()).hexdigest()[:12]
 
 
 def differing_keys(one: dict[str, Any], other: dict[str, Any]) -> list[str]:

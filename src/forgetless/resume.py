@@ -47,6 +47,12 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+def _knob_values(knobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """strategy.knob -> value; a mapping knob (l2sp's target_scale) whole, as its items in order: its order matters."""
+    return {f"{strategy}.{knob}": [list(item) for item in value.items()] if isinstance(value, dict) else value
+            for strategy, values in knobs.items() for knob, value in values.items()}
+
+
 def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted config keys whose values differ between two configs (model_dump(mode="json") of each)."""
     a, b = _flatten(recorded), _flatten(current)
@@ -200,7 +206,7 @@ def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params:
                               "resume with the same config, or pass --overwrite to start again")
     if knobs is not None:
         # A knob that only one version has (added or removed since) cannot be named either way: not compared.
-        before, now = _flatten(knobs), _flatten(strategy_params)
+        before, now = _knob_values(knobs), _knob_values(strategy_params)
         changed = sorted(key for key in set(before) & set(now) if before[key] != now[key])
         if changed:
             was = {key: before[key] for key in changed}

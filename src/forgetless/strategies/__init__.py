@@ -77,6 +77,9 @@ def _type_name(annotation: Any) -> str:
         return " | ".join(repr(value) for value in typing.get_args(annotation))
     if typing.get_origin(annotation) is typing.Annotated:
         return _type_name(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) is dict:
+        key, value = typing.get_args(annotation)
+        return f"{{{_type_name(key)}: {_type_name(value)}}}"
     if typing.get_args(annotation):  # a union
         return " | ".join(_type_name(member) for member in typing.get_args(annotation))
     return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))

@@ -223,6 +223,10 @@ class Strategy:
         self.set_knob(strength.knob, new)
         return float(old), float(new)
 
+    def check_weight_names(self, names: list[str]) -> None:
+        """Knobs that name weights (l2sp's target_scale) checked against the model's parameter names once it is loaded,
+        before any evaluation; raise ForgetlessError on a name that matches nothing. Nothing to check by default."""
+
     def on_task_start(self, ctx: TaskContext) -> None:
         """Before a task's examples are prepared and training starts."""
 

@@ -18,6 +18,7 @@ budget's `strengthen`, which lowers target, keeps their ratio.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -71,8 +72,8 @@ class L2SP(Strategy):
                     re.compile(pattern)
                 except re.error as exc:
                     raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
-                if not factor > 0:
-                    raise ValueError(f"{pattern!r}: the factor must be > 0, got {factor}")
+                if not 0 < factor < math.inf:
+                    raise ValueError(f"{pattern!r}: the factor must be > 0 and finite, got {factor}")
             return value
 
         @model_validator(mode="after")
@@ -142,8 +143,12 @@ class L2SP(Strategy):
                 factors[name] = factor
         for pattern in self.target_scale:
             if not any(re.search(pattern, name) for name in names):
-                raise ForgetlessError(f"l2sp target_scale: {pattern!r} matches no trained weight (e.g. {names[0]!r})")
+                example = f" (names look like {names[0]!r})" if names else ""
+                raise ForgetlessError(f"l2sp target_scale: {pattern!r} matches no trained weight{example}")
         return factors
+
+    def check_weight_names(self, names: list[str]) -> None:
+        self._tensor_factors(names)
 
     def squared_distance(self) -> torch.Tensor:
         """sum (theta - theta0)^2 over the trained weights, or sum (scaling B A)^2 under LoRA."""
