@@ -19,6 +19,7 @@ Columns beyond the run's own metrics:
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from datetime import datetime, timezone
@@ -185,8 +186,6 @@ def run_folder(label: str) -> str:
     folder = label.replace("/", "_")
     if len(folder.encode()) <= 200:
         return folder
-    import hashlib
-
     return folder.encode()[:180].decode(errors="ignore") + "-" + hashlib.sha256(label.encode()).hexdigest()[:12]
 
 

@@ -213,17 +213,6 @@ def _check_lora_targets(config: RunConfig, model) -> None:
         raise ForgetlessError(f"lora.target_modules: {missing} match no linear layer of this model; it has {linear}")
 
 
-def _check_weight_names(strategies: list[Strategy], model) -> None:
-    """Knobs that name weights by regex, against every parameter of the model, before any evaluation. (Under LoRA only
-    the adapted layers' weights are trained: a regex matching only others is refused at the task's start.)"""
-    names = [name for name, _ in model.named_parameters()]
-    for index, strategy in enumerate(strategies):
-        try:
-            strategy.check_weight_names(names)
-        except ForgetlessError as exc:
-            raise ForgetlessError(f"strategies[{index}]: {exc}") from None
-
-
 def _check_lora_pattern(config: RunConfig, model) -> None:
     """A single string is a regular expression over full module names (PEFT's rule, checked with PEFT's own matcher):
     `target_modules: q_proj` matches nothing, which PEFT would only say after the evaluation before training."""
@@ -311,7 +300,7 @@ class ContinualRun:
             match_pad_token(model, tokenizer)
         self.model, self.tokenizer = model, tokenizer
         _check_lora_targets(config, model)
-        _check_weight_names(self.stack.strategies, model)
+        self.stack.check_weight_names([name for name, _ in model.named_parameters()])
         held_out = [heldout_task(t, config.eval.task_choices) for t in self.tasks]
         self.evaluator = Evaluator(general, held_out, tokenizer, config.eval.limit, progress)
         self.before = before  # another run's evaluation of the same starting model, to skip a repeat

@@ -136,15 +136,14 @@ class L2SP(Strategy):
 
     def _tensor_factors(self, names: list[str]) -> dict[str, float]:
         """target_scale's factor by weight name (the first regex that matches); a regex matching none is refused."""
-        factors: dict[str, float] = {}
-        for name in names:
-            factor = next((f for pattern, f in self.target_scale.items() if re.search(pattern, name)), None)
-            if factor is not None:
-                factors[name] = factor
-        for pattern in self.target_scale:
-            if not any(re.search(pattern, name) for name in names):
+        matched = {pattern: [name for name in names if re.search(pattern, name)] for pattern in self.target_scale}
+        for pattern, found in matched.items():
+            if not found:
                 example = f" (names look like {names[0]!r})" if names else ""
                 raise ForgetlessError(f"l2sp target_scale: {pattern!r} matches no trained weight{example}")
+        factors: dict[str, float] = {}
+        for pattern, found in reversed(matched.items()):  # an earlier regex overwrites a later one: the first wins
+            factors.update(dict.fromkeys(found, self.target_scale[pattern]))
         return factors
 
     def check_weight_names(self, names: list[str]) -> None:

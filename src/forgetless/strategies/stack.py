@@ -74,6 +74,15 @@ class StrategyStack:
         for strategy in self.strategies:
             strategy.check(setup, self.strategies, world_size)
 
+    def check_weight_names(self, names: list[str]) -> None:
+        """Knobs that name weights by regex, against the model's parameter names, before any evaluation. (Under LoRA
+        only the adapted layers' weights are trained: a regex matching only others is refused at the task's start.)"""
+        for index, strategy in enumerate(self.strategies):
+            try:
+                strategy.check_weight_names(names)
+            except ForgetlessError as exc:
+                raise ForgetlessError(f"strategies[{index}]: {exc}") from None
+
     # -- one task ----------------------------------------------------------------------------------------
 
     def start_task(self, setup: TrainingSetup, model, tokenizer, task: TaskData, adapter: str | None = None) -> TaskContext:
