@@ -150,6 +150,7 @@ def test_a_folder_may_not_hold_seed_0(tmp_path):
 @pytest.mark.parametrize("page, points, seeds", [
     ("quality.md", "bundled-seeds.json", [0, 1, 2]), ("quality.md", "bundled-seeds.json", [0, 1, 2, 3]),
     ("quality.md", "bundled-seeds.json", [0, 1, 2, 3, 4]), ("quality.md", "bundled-seeds.json", [0, 1, 2, 3, 4, 5]),
+    ("quality.md", "bundled-seeds.json", [0, 1, 2, 3, 4, 5, 6]),
     ("quality-jargon.md", "jargon-seeds.json", [0, 1, 2]),
     ("quality-jargon.md", "jargon-seeds.json", [0, 1, 2, 3, 4]), ("quality-legal.md", "legal-seeds.json", [0, 1, 2]),
     ("quality-legal.md", "legal-seeds.json", [0, 1, 2, 3, 4])])
@@ -157,7 +158,7 @@ def test_the_committed_seeds_table_is_what_the_committed_points_give(page, point
     """Each page's "strategy over seeds" tables reprint from committed data alone: seed 0 from the page's own first
     tables, later seeds from the points file, no run folder. The three-seed table is the one whose rows are all at
     seeds 0, 1, 2; `jargon` and `legal` also have a five-seed table of every row (seeds 3 and 4 run for each), the
-    bundled page four-, five- and six-seed ones of the rows run at seeds 3 to 5. `forgetless advise` reads each row
+    bundled page four- to seven-seed ones of the rows run at seeds 3 to 6. `forgetless advise` reads each row
     from the widest."""
     table = _script()
     quality = ROOT / "docs" / "results" / page
