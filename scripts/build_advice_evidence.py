@@ -268,7 +268,7 @@ def build() -> dict:
         "provenance": {
             "several_tasks": "docs/results/quality.md: default model, full fine-tuning, support then pydoc, "
                              "30 steps x batch 4 x 256 tokens at lr 5e-4, seed 0; the rows measured at several seeds "
-                             "(its tables \"strategy over seeds\": every row at seeds 0 to 2, some at 0 to 5; each "
+                             "(its tables \"strategy over seeds\": every row at seeds 0 to 2, some at 0 to 6; each "
                              "row from the widest holding it) give their general change and distance from naive's "
                              "frontier and drop cut over those seeds, their gain kept at seed 0",
             "one_task": "docs/results/quality-legal.md and quality-jargon.md: the same set-up on legal alone and on "
