@@ -351,11 +351,13 @@ def markdown(table: dict[str, Any]) -> str:
 
 # One table is one training seed, and its s.e. is over the evaluation items only. Measured on the default model:
 # naive's general change at one setting moved with the seed by an s.d. of 0.0100 (`legal` at lr 5e-4, five seeds;
-# quality-legal.md) to 0.022 (bundled at lr 3e-4 for 30 steps, six seeds; quality.md, 0.0191 at lr 5e-4), against
-# one run's s.e. of about 0.009.
+# quality-legal.md) to 0.022 (bundled at lr 3e-4 for 30 steps, seeds 0-5; quality.md, 0.0191 at lr 5e-4), and to
+# 0.049 at lr 5e-4 once seed 6 was added (naive lost 0.187 there; its pydoc training was unstable), against one
+# run's s.e. of about 0.009.
 SEED_NOISE = ("One training seed: each s.e. is over the evaluation items of this run, not over training seeds. On "
               "forgetless's benchmark sequences naive's general change at one setting moved with the seed by an s.d. "
-              "of 0.010 to 0.022, more than one run's s.e. of about 0.009, so a difference within about twice its "
+              "of 0.010 to 0.022 (0.049 with one seed whose training was unstable), more than one run's s.e. of "
+              "about 0.009, so a difference within about twice its "
               "s.e. (or a frontier verdict) needs `--seeds 0 1 2` before it is a finding.")
 
 
