@@ -199,3 +199,16 @@ def test_monitor_scores_the_task_after_post_task_edits(tmp_path, tokenizer, task
     assert scores[1][1] != pytest.approx(scores[0][1], abs=1e-4)  # training moved the model ...
     assert scores[2][1] == pytest.approx(scores[0][1], abs=1e-6)  # ... and WiSE put it back before the end score
     assert monitor.results().training[0]["wise_alpha"] == 0.0
+
+
+def test_the_logged_gradient_norms_are_the_largest_its_step_and_the_median_of_the_finite_logs():
+    """From a Trainer's log history: entries without a gradient norm (the end-of-training summary, evaluations) and a
+    non-finite norm (an overflowed step) are not logs of it; the median of 2, 3, 9 is 3."""
+    from forgetless.integrations.strategy_trainer import logged_gradient_norms
+
+    history = [{"loss": 2.1, "grad_norm": 2.0, "step": 1}, {"loss": 2.0, "grad_norm": float("nan"), "step": 2},
+               {"loss": 1.9, "grad_norm": 9.0, "step": 3}, {"eval_loss": 1.5, "step": 3},
+               {"loss": 1.8, "grad_norm": 3.0, "step": 4}, {"train_runtime": 1.0, "train_loss": 2.0, "step": 4}]
+    assert logged_gradient_norms(history) == {"grad_norm_max": 9.0, "grad_norm_max_step": 3, "grad_norm_median": 3.0,
+                                              "grad_norm_logs": 3}
+    assert logged_gradient_norms([{"train_runtime": 1.0, "step": 4}]) == {}

@@ -157,6 +157,9 @@ def test_strategy_hooks_run_in_order_and_their_loss_is_added(tmp_path, tokenizer
     assert len(backward) == 12 and all(int(c.split(":")[2]) > 0 for c in backward)
     assert recorder.extra_seen == 12  # one extra_loss per step, 6 steps x 2 tasks
     assert results.training[0]["examples"] == 2
+    # Every step logged its gradient norm (6 steps, logging_steps 1), each task's own steps counted from 1.
+    assert [(t["grad_norm_logs"], 1 <= t["grad_norm_max_step"] <= 6) for t in results.training] == [(6, True)] * 2
+    assert all(t["grad_norm_max"] >= t["grad_norm_median"] > 0 for t in results.training)
     # The reported training loss includes the constant extra term.
     assert results.training[0]["train_loss"] > 5.0
     from safetensors.torch import load_file
