@@ -211,4 +211,4 @@ def test_the_logged_gradient_norms_are_the_largest_its_step_and_the_median_of_th
                {"loss": 1.8, "grad_norm": 3.0, "step": 4}, {"train_runtime": 1.0, "train_loss": 2.0, "step": 4}]
     assert logged_gradient_norms(history) == {"grad_norm_max": 9.0, "grad_norm_max_step": 3, "grad_norm_median": 3.0,
                                               "grad_norm_logs": 3}
-    assert logged_gradient_norms([{"train_runtime": 1.0, "step": 4}]) == {}
+    assert logged_gradient_norms([{"train_runtime": 1.0, "step": 4}, {"loss": 2.0, "grad_norm": None, "step": 5}]) == {}

@@ -45,7 +45,7 @@ def logged_gradient_norms(history: list[dict[str, Any]]) -> dict[str, Any]:
     seeds (docs/results/quality.md), so these are reported, not judged. A resumed task's restored history covers its
     steps before the resume too."""
     logged = [(entry["step"], float(entry["grad_norm"])) for entry in history
-              if "grad_norm" in entry and "step" in entry and math.isfinite(float(entry["grad_norm"]))]
+              if entry.get("grad_norm") is not None and "step" in entry and math.isfinite(float(entry["grad_norm"]))]
     if not logged:
         return {}
     step, largest = max(logged, key=lambda pair: pair[1])
