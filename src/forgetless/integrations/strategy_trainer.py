@@ -41,9 +41,9 @@ def logged_gradient_norms(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The gradient norms the Trainer logged over a task (before its clipping at max_grad_norm): the largest, at which
     step, and the median, so that unstable training shows in results.json and the HTML report, not only in the
     console (steps are the task's own). Naive on the bundled benchmark at seed 6 logged 22-107 at four of ten `pydoc`
-    logs and lost 0.187 of general score, while runs at lower rates that logged one norm of 12-60 ended as at other
-    seeds (docs/results/quality.md), so these are reported, not judged. A resumed task's restored history covers its
-    steps before the resume too."""
+    logs and lost 0.187 of general score, while runs at lower rates that logged one norm of 12-60 ended no lower than
+    their settings had at other seeds (docs/results/quality.md), so these are reported, not judged. A resumed task's
+    restored history covers its steps before the resume too."""
     logged = [(entry["step"], float(entry["grad_norm"])) for entry in history
               if entry.get("grad_norm") is not None and "step" in entry and math.isfinite(float(entry["grad_norm"]))]
     if not logged:
