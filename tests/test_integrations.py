@@ -212,3 +212,8 @@ def test_the_logged_gradient_norms_are_the_largest_its_step_and_the_median_of_th
     assert logged_gradient_norms(history) == {"grad_norm_max": 9.0, "grad_norm_max_step": 3, "grad_norm_median": 3.0,
                                               "grad_norm_logs": 3}
     assert logged_gradient_norms([{"train_runtime": 1.0, "step": 4}, {"loss": 2.0, "grad_norm": None, "step": 5}]) == {}
+    # Logging every 2 steps, a checkpoint's (or a Ctrl-C's) own log at step 3 is not one of the regular logs, and
+    # step 1 counts only when the Trainer logs the first step.
+    regular = logged_gradient_norms(history, every=2)
+    assert (regular["grad_norm_logs"], regular["grad_norm_max"], regular["grad_norm_median"]) == (1, 3.0, 3.0)
+    assert logged_gradient_norms(history, every=2, first=True)["grad_norm_logs"] == 2

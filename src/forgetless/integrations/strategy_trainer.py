@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import IntervalStrategy
 
 from ..data.encoding import IGNORE_INDEX, PaddingCollator
 from ..errors import ForgetlessError
@@ -37,15 +38,18 @@ def _fuses_lm_head(model: torch.nn.Module) -> bool:
     return False
 
 
-def logged_gradient_norms(history: list[dict[str, Any]]) -> dict[str, Any]:
+def logged_gradient_norms(history: list[dict[str, Any]], every: int | None = None, first: bool = False) -> dict[str, Any]:
     """The gradient norms the Trainer logged over a task (before its clipping at max_grad_norm): the largest, at which
     step, and the median, so that unstable training shows in results.json and the HTML report, not only in the
     console (steps are the task's own). Naive on the bundled benchmark at seed 6 logged 22-107 at four of ten `pydoc`
     logs and lost 0.187 of general score, while runs at lower rates that logged one norm of 12-60 ended no lower than
     their settings had at other seeds (docs/results/quality.md), so these are reported, not judged. A resumed task's
-    restored history covers its steps before the resume too."""
+    restored history covers its steps before the resume too. With `every` (the Trainer's logging interval in steps)
+    only its regular logs count (and step 1 with `first`): a checkpoint or a Ctrl-C logs its step too, so without
+    this a resumed run would count one log more than the same run uninterrupted."""
     logged = [(entry["step"], float(entry["grad_norm"])) for entry in history
-              if entry.get("grad_norm") is not None and "step" in entry and math.isfinite(float(entry["grad_norm"]))]
+              if entry.get("grad_norm") is not None and "step" in entry and math.isfinite(float(entry["grad_norm"]))
+              and (every is None or entry["step"] % every == 0 or (first and entry["step"] == 1))]
     if not logged:
         return {}
     step, largest = max(logged, key=lambda pair: pair[1])
@@ -232,9 +236,15 @@ class StrategyTrainerMixin:
         stack.step_done(self.state.global_step, self.state.max_steps)
         log = stack.end_task(self.model)
         self.forgetless_task_logs.append({"task": task.name, "examples": self._trained_examples,
-                                          **logged_gradient_norms(self.state.log_history), **log})
+                                          **logged_gradient_norms(self.state.log_history, **self._regular_logs()), **log})
         if setup.adapter == "lora":
             self._forgetless_trained_adapter = adapter
+
+    def _regular_logs(self) -> dict[str, Any]:
+        """Which steps the Trainer logs by itself: every `logging_steps` under the steps strategy (else all logs)."""
+        if self.args.logging_strategy != IntervalStrategy.STEPS:
+            return {}
+        return {"every": self.state.logging_steps, "first": bool(self.args.logging_first_step)}
 
     def create_optimizer(self, *args, **kwargs):
         layout = getattr(self, "_forgetless_layout", None)
