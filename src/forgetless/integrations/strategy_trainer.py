@@ -47,9 +47,12 @@ def logged_gradient_norms(history: list[dict[str, Any]], every: int | None = Non
     restored history covers its steps before the resume too. With `every` (the Trainer's logging interval in steps)
     only its regular logs count (and step 1 with `first`): a checkpoint or a Ctrl-C logs its step too, so without
     this a resumed run would count one log more than the same run uninterrupted."""
+    def regular(step: int) -> bool:
+        return every is None or step % every == 0 or (first and step == 1)
+
     logged = [(entry["step"], float(entry["grad_norm"])) for entry in history
-              if entry.get("grad_norm") is not None and "step" in entry and math.isfinite(float(entry["grad_norm"]))
-              and (every is None or entry["step"] % every == 0 or (first and entry["step"] == 1))]
+              if entry.get("grad_norm") is not None and "step" in entry and regular(entry["step"])]
+    logged = [(step, norm) for step, norm in logged if math.isfinite(norm)]
     if not logged:
         return {}
     step, largest = max(logged, key=lambda pair: pair[1])
