@@ -41,7 +41,7 @@ def _config(task_files, strategy="naive", mode="full", **overrides):
     evaluation = {"suites": [], "tasks": [{"name": "mc", "file": task_files["mc"]}], "every_steps": 2,
                   "probe": {"items_per_step": 2, "window": 3}}
     return tiny_config(task_files, strategies=[SPECS.get(strategy, strategy)], train=train, eval=evaluation,
-                       checkpoints="every_task", checkpoint_every_steps=1, **{**MODES[mode], **overrides})
+                       **{"checkpoints": "every_task", "checkpoint_every_steps": 1, **MODES[mode], **overrides})
 
 
 def _run(config, out, tokenizer, resume=False):
@@ -109,6 +109,40 @@ def test_resume_at_task_starts_and_under_lora(strategy, mode, task_index, step, 
     monkeypatch.undo()
     _run(config, tmp_path / "cut", tokenizer, resume=True)
     _assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_checkpoints_and_ctrl_c_off_the_logging_grid_leave_the_gradient_norms(task_files, tmp_path, tokenizer, monkeypatch):
+    # 20 steps log every 2 (training.py: steps // 10). A checkpoint (every 3 steps) and a Ctrl-C (here after the second
+    # task's step 7) make the Trainer log their step too, off that grid; the gradient-norm summary must count the ten
+    # regular logs only, so a run checkpointed, stopped and resumed reports what a run without either reports.
+    from forgetless.errors import ForgetlessError
+    from forgetless.training import _ResumeCallback
+
+    def configured(every):
+        config = _config(task_files, "naive", checkpoint_every_steps=every)
+        return config.model_copy(update={"train": config.train.model_copy(update={"steps": 20, "lr": 5e-3}),
+                                         "eval": config.eval.model_copy(update={"every_steps": 10, "probe": None})})
+
+    _run(configured(None), tmp_path / "plain", tokenizer)
+    cut = configured(3)
+    step_end = _ResumeCallback.on_step_end
+
+    def ctrl_c_at_step_7(self, args, state, control, **kwargs):
+        self.run.interrupted = self.run.interrupted or (self.task_index == 1 and state.global_step == 7)
+        return step_end(self, args, state, control, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_ResumeCallback, "on_step_end", ctrl_c_at_step_7)
+        with pytest.raises(ForgetlessError, match="interrupted at step 7"):
+            _run(cut, tmp_path / "cut", tokenizer)
+    _run(cut, tmp_path / "cut", tokenizer, resume=True)
+    keys = ("grad_norm_max", "grad_norm_max_step", "grad_norm_median", "grad_norm_logs")
+    plain, resumed = ([{key: entry[key] for key in keys} for entry in _scores(out)["training"]]
+                      for out in (tmp_path / "plain", tmp_path / "cut"))
+    assert [entry["grad_norm_logs"] for entry in plain] == [10, 10]
+    assert resumed == plain
+    ta, tb = _final_tensors(tmp_path / "plain"), _final_tensors(tmp_path / "cut")
+    assert sorted(ta) == sorted(tb) and all(torch.equal(ta[key], tb[key]) for key in ta)
 
 
 def test_a_budget_that_strengthens_resumes_with_its_knob_and_decisions(task_files, tmp_path, tokenizer, monkeypatch):
