@@ -72,6 +72,10 @@ def _final_tensors(out) -> dict[str, torch.Tensor]:
 
 def _assert_same_run(a, b):
     assert _scores(a) == _scores(b)
+    _assert_same_weights(a, b)
+
+
+def _assert_same_weights(a, b):
     ta, tb = _final_tensors(a), _final_tensors(b)
     assert sorted(ta) == sorted(tb)
     different = [key for key in ta if not torch.equal(ta[key], tb[key])]
@@ -115,7 +119,6 @@ def test_checkpoints_and_ctrl_c_off_the_logging_grid_leave_the_gradient_norms(ta
     # 20 steps log every 2 (training.py: steps // 10). A checkpoint (every 3 steps) and a Ctrl-C (here after the second
     # task's step 7) make the Trainer log their step too, off that grid; the gradient-norm summary must count the ten
     # regular logs only, so a run checkpointed, stopped and resumed reports what a run without either reports.
-    from forgetless.errors import ForgetlessError
     from forgetless.training import _ResumeCallback
 
     def configured(every):
@@ -141,8 +144,7 @@ def test_checkpoints_and_ctrl_c_off_the_logging_grid_leave_the_gradient_norms(ta
                       for out in (tmp_path / "plain", tmp_path / "cut"))
     assert [entry["grad_norm_logs"] for entry in plain] == [10, 10]
     assert resumed == plain
-    ta, tb = _final_tensors(tmp_path / "plain"), _final_tensors(tmp_path / "cut")
-    assert sorted(ta) == sorted(tb) and all(torch.equal(ta[key], tb[key]) for key in ta)
+    _assert_same_weights(tmp_path / "plain", tmp_path / "cut")
 
 
 def test_a_budget_that_strengthens_resumes_with_its_knob_and_decisions(task_files, tmp_path, tokenizer, monkeypatch):

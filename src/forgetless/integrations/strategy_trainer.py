@@ -46,7 +46,7 @@ def logged_gradient_norms(history: list[dict[str, Any]], every: int | None = Non
     their settings had at other seeds (docs/results/quality.md), so these are reported, not judged. A resumed task's
     restored history covers its steps before the resume too. With `every` (the Trainer's logging interval in steps)
     only its regular logs count (and step 1 with `first`): a checkpoint or a Ctrl-C logs its step too, so without
-    this a resumed run would count one log more than the same run uninterrupted."""
+    this a run that checkpoints off that grid, or is stopped and resumed, would count more logs than one that does not."""
     def regular(step: int) -> bool:
         return every is None or step % every == 0 or (first and step == 1)
 
