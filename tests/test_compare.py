@@ -56,6 +56,33 @@ def test_against_baseline_by_hand():
     assert x.general_drop_cut is None and x.step_time_ratio is None
 
 
+def test_the_table_shows_the_lowest_general_change_at_a_task_end():
+    from forgetless.compare import markdown, task_end_text
+
+    # Ends within a point of where it started after a drop of 4 points at the first task's end (seed 6's naive at
+    # lr 2e-4 for 30 steps, rounded): the final change alone would hide it.
+    dipped = ComparisonRow(strategy="naive", spec="naive", in_domain_gain={"a": 0.2, "b": 0.1}, general_before=0.40,
+                           general_delta_abs=0.0006, general_delta_se=0.0074,
+                           general_change_after_each_task={"a": (-0.0390, 0.0073), "b": (0.0006, 0.0074)})
+    assert task_end_text(dipped) == "a -0.0390 ± 0.0073"
+    # A row written before the changes were kept: from the general means, without an s.e.
+    old = ComparisonRow(strategy="x", spec="x", in_domain_gain={"a": 0.2, "b": 0.1}, general_before=0.40,
+                        general_delta_abs=-0.01, general_delta_se=0.007,
+                        general_after_each_task={"a": 0.405, "b": 0.39})
+    assert task_end_text(old) == "b -0.0100"
+    assert task_end_text(ComparisonRow(strategy="y", spec="y", in_domain_gain={"a": 0.2, "b": 0.1})) == "—"
+    table = markdown({"rows": [dipped.model_dump(mode="json"), old.model_dump(mode="json")]})
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("|")]
+    column = rows[0].index("lowest general change at a task end ± s.e.")
+    assert [row[column] for row in rows[2:]] == ["a -0.0390 ± 0.0073", "b -0.0100"]
+    one_task = dipped.model_copy(update={"in_domain_gain": {"a": 0.2}})
+    assert "at a task end" not in markdown({"rows": [one_task.model_dump(mode="json")]})
+    from forgetless.html_report import render_comparison_html
+
+    page = render_comparison_html({"rows": [dipped.model_dump(mode="json")]})
+    assert "lowest general change at a task end" in page and "a -0.0390 ± 0.0073" in page
+
+
 def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_path, compare_config, evaluated_stages, capsys):
     stages = evaluated_stages
     out = tmp_path / "cmp"
@@ -74,6 +101,18 @@ def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_pat
         assert row.in_domain_gain == pytest.approx({"chat": matrix[1][0] - matrix[0][0], "text": matrix[2][1] - matrix[0][1]})
         assert row.general_delta_abs == pytest.approx(results[row.strategy]["metrics"]["general_delta_abs"])
     assert results["naive"]["general"][0] == results["l2sp(lam=10)"]["general"][0]  # the same "before" record
+    # The change at each task's end, straight from the run's evaluation samples: the drop a final change can hide.
+    from forgetless.evaluation.evaluator import EvaluationLog
+    from forgetless.metrics import general_change
+
+    for row in (naive, l2sp):
+        log = EvaluationLog.read(out / row.strategy / "evaluations.json")
+        ends = [i for i, r in enumerate(log.general) if r["stage"] == "after_task"]
+        direct = {log.general[i]["task"]: general_change(log.general_samples[0], log.general_samples[i]) for i in ends}
+        assert list(row.general_change_after_each_task) == list(direct) == ["chat", "text"]
+        for task, (change, se) in row.general_change_after_each_task.items():
+            assert (change, se) == pytest.approx((direct[task]["delta_abs"], direct[task]["delta_se"]))
+        assert direct["text"]["delta_abs"] == pytest.approx(row.general_delta_abs)  # the last task's end is the end
     drop = -naive.general_delta_abs  # a random tiny model may gain on the general files: then no drop to cut
     assert l2sp.general_drop_cut == (pytest.approx(1 + l2sp.general_delta_abs / drop) if drop > 0 else None)
     assert l2sp.in_domain_gain_kept == pytest.approx(

@@ -48,6 +48,10 @@ class ComparisonRow(GeneralSummary):
     in_domain_gain: dict[str, float]
     in_domain_gain_se: dict[str, float] = Field(default_factory=dict)
     general_after_each_task: dict[str, float | None] = Field(default_factory=dict)
+    # The general change from before training at each task's end, with its paired s.e.: a sequence's final change
+    # can hide a larger drop in the middle, at a state a user may have deployed. Rows written before 2026-12-06
+    # have none (lowest_task_end_change falls back on general_after_each_task, without an s.e.).
+    general_change_after_each_task: dict[str, tuple[float, float]] = Field(default_factory=dict)
     # Generation-based checks when the run scored them (the instructions suite and its leakage task): change, s.e.
     generation: dict[str, tuple[float, float]] = Field(default_factory=dict)
     bwt: float | None = None
@@ -81,6 +85,17 @@ class ComparisonRow(GeneralSummary):
     @property
     def mean_gain(self) -> float:
         return sum(self.in_domain_gain.values()) / len(self.in_domain_gain)
+
+    def lowest_task_end_change(self) -> tuple[str, float, float | None] | None:
+        """(task, change, s.e.) at the task end where the general change was lowest; None without a general suite."""
+        changes = dict(self.general_change_after_each_task)
+        if not changes and self.general_before is not None:
+            changes = {t: (after - self.general_before, None) for t, after in self.general_after_each_task.items()
+                       if after is not None}
+        if not changes:
+            return None
+        task = min(changes, key=lambda t: changes[t][0])
+        return (task, *changes[task])
 
 
 def parse_strategy(text: str):
@@ -170,6 +185,7 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
     return ComparisonRow(
         strategy=label, spec=spec, in_domain_gain=gain, in_domain_gain_se=gain_se,
         general_after_each_task=results.general_after_each_task(),
+        general_change_after_each_task={p.task: (p.delta, p.se) for p in results.general_curve if p.stage == "after_task"},
         generation={name: (t.delta, t.se) for name, t in m.general_tasks.items() if name in GENERATION_CHECKS},
         **m.model_dump(include=set(GeneralSummary.model_fields)), bwt=m.bwt, forgetting=m.forgetting,
         seconds_per_step=trained / (steps_per_task * len(tasks)),
@@ -288,6 +304,8 @@ def markdown(table: dict[str, Any]) -> str:
                 f"({row.general_tasks_fell})")
 
     checks = [name for name in GENERATION_CHECKS if any(name in row.generation for row in rows)]
+    # In a one-task sequence the only task end is the end: the column would repeat the general change.
+    task_ends = ["lowest general change at a task end ± s.e."] if len(tasks) > 1 else []
 
     def generation(row: ComparisonRow, name: str) -> str:
         if name not in row.generation:
@@ -297,7 +315,7 @@ def markdown(table: dict[str, Any]) -> str:
 
     headers = [
         "strategy", *[f"gain {t} ± s.e." for t in tasks], *[f"general after {t}" for t in tasks],
-        "general delta ± s.e.", "worst general task ± s.e. (fell)", *[f"{name} ± s.e." for name in checks],
+        "general delta ± s.e.", *task_ends, "worst general task ± s.e. (fell)", *[f"{name} ± s.e." for name in checks],
         "relative", "BWT", "forgetting",
         f"drop cut vs {baseline}", f"gain kept vs {baseline}",
         "change saved vs frontier ± s.e.", "gain added vs frontier ± s.e.",
@@ -309,6 +327,7 @@ def markdown(table: dict[str, Any]) -> str:
             *[f"{row.in_domain_gain[t]:+.4f} ± {row.in_domain_gain_se.get(t, float('nan')):.4f}" for t in tasks],
             *[_number(row.general_after_each_task.get(t)) for t in tasks],
             general(row),
+            *[task_end_text(row) for _ in task_ends],
             worst(row),
             *[generation(row, name) for name in checks],
             "—" if row.general_delta_rel is None else f"{100 * row.general_delta_rel:+.1f} %",
@@ -359,6 +378,15 @@ SEED_NOISE = ("One training seed: each s.e. is over the evaluation items of this
               "of 0.010 to 0.022 (0.049 with one seed whose training was unstable), more than one run's s.e. of "
               "about 0.009, so a difference within about twice its "
               "s.e. (or a frontier verdict) needs `--seeds 0 1 2` before it is a finding.")
+
+
+def task_end_text(row: ComparisonRow) -> str:
+    """"support -0.0390 ± 0.0073": the task after which the general change was lowest, and that change."""
+    lowest = row.lowest_task_end_change()
+    if lowest is None:
+        return "—"
+    task, change, se = lowest
+    return f"{task} {signed_with_se(change, se)}"
 
 
 def signed_with_se(value: float | None, se: float | None) -> str:

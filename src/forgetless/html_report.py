@@ -140,7 +140,7 @@ def render_run_html(results: RunResults) -> str:
 
 
 def render_comparison_html(table: dict[str, Any]) -> str:
-    from .compare import SEED_NOISE, ComparisonRow, pareto_png, run_folder, signed_with_se
+    from .compare import SEED_NOISE, ComparisonRow, pareto_png, run_folder, signed_with_se, task_end_text
 
     rows = [ComparisonRow(**row) for row in table["rows"]]
     baseline = table.get("baseline", "naive")
@@ -156,12 +156,15 @@ def render_comparison_html(table: dict[str, Any]) -> str:
         def signed(value):
             return "—" if value is None else f"{value:+.4f}"
         checks = sorted({name for r in rows for name in r.generation})  # instructions / leakage, when scored
+        task_ends = ["lowest general change at a task end"] if len(tasks) > 1 else []  # one task: its end is the end
         body.append(_table(
-            ["strategy", *[f"gain {t}" for t in tasks], "general change ± s.e.", *checks, "BWT", f"drop cut vs {baseline}",
+            ["strategy", *[f"gain {t}" for t in tasks], "general change ± s.e.", *task_ends, *checks, "BWT",
+             f"drop cut vs {baseline}",
              f"gain kept vs {baseline}", "change saved vs naive's frontier", "gain added vs naive's frontier", "step time",
              "peak memory", "state", "stores raw data"],
             [[r.strategy, *[f"{r.in_domain_gain[t]:+.4f} ± {r.in_domain_gain_se.get(t, float('nan')):.4f}" for t in tasks],
               "—" if r.general_delta_abs is None else f"{r.general_delta_abs:+.4f} ± {r.general_delta_se:.4f}",
+              *[task_end_text(r) for _ in task_ends],
               *["—" if c not in r.generation else "{:+.3f} ± {:.3f}".format(*r.generation[c]) for c in checks],
               signed(r.bwt), pct(r.general_drop_cut), pct(r.in_domain_gain_kept),
               signed_with_se(r.change_saved_vs_frontier, r.change_saved_vs_frontier_se),
