@@ -60,6 +60,22 @@ def test_summary_over_seeds_by_hand():
     assert seeds_figure({**summary, "rows": []}) is None
 
 
+def test_over_seeds_the_lowest_change_at_a_task_end_is_averaged_where_there_are_two_tasks():
+    from forgetless.seeds import markdown
+
+    def two_tasks(label, ends):
+        return ComparisonRow(strategy=label, spec=label, in_domain_gain={"a": 0.1, "b": 0.1}, general_delta_abs=ends[-1],
+                             general_delta_se=0.007,
+                             general_change_after_each_task={t: (c, 0.007) for t, c in zip("ab", ends)})
+
+    summary = summarise({0: [two_tasks("naive", (-0.04, 0.0))], 1: [two_tasks("naive", (-0.01, -0.03))]})
+    [row] = summary["rows"]
+    assert row["task_end"] == pytest.approx((-0.035, 0.005)) and row["task_end_per_seed"] == ["a", "b"]
+    assert "-0.0350 ± 0.0050 (after a, b)" in markdown(summary)
+    one_task = summarise({0: [_row("naive", 0.2, -0.04)], 1: [_row("naive", 0.2, -0.02)]})
+    assert "task_end" not in one_task["rows"][0] and "at a task end" not in markdown(one_task)
+
+
 def test_compare_over_seeds_runs_one_comparison_per_seed(tmp_path, compare_config, evaluated_stages, capsys):
     stages = evaluated_stages
     out = tmp_path / "seeds"
