@@ -7,10 +7,12 @@ once per budget entry, with the general suite every `--every` steps and `budget:
 the entries share one "before" evaluation (DIR/before.json). Then it reads fixed settings from `--fixed`
 compare folders (naive at other learning rates and step counts from `quality.py --frontier-...`, a strategy's
 knob from `forgetless tune`), each read over the same tasks (a run of more tasks after the last of them), and
-prints one table: in-domain gain (the mean over the tasks, each right after its training), general change ± s.e.
-after the last task, whether each run ends within budget by the run's own rule (change + 1.96 s.e. >= -limit) and
-by the point estimate (change >= -limit), and the decisions the budget took. Each budget run is set against the
-strongest fixed setting (largest gain within budget) of its own strategy, and the strongest of all is named; where
+prints one table: in-domain gain (the mean over the tasks, each right after its training, as naive's frontier
+reads it), in-domain gain at the end (the same tasks scored after the last of them, so an earlier task's score
+lost while a later one trains counts), general change ± s.e. after the last task, whether each run ends within
+budget by the run's own rule (change + 1.96 s.e. >= -limit) and by the point estimate (change >= -limit), and the
+decisions the budget took. Each budget run is set against the strongest fixed setting (largest gain within budget)
+of its own strategy, by each of the two gains, and the strongest of all is named; where
 both runs kept their per-item scores (evaluations.json), the gain difference has a paired bootstrap s.e. over the
 held-out items (the noise of the test set, not of the training seed). Each budget run's distance from naive's
 frontier (the fixed naive settings and the untrained model, forgetless.frontier) follows, with the spread of a
@@ -22,6 +24,7 @@ finished entry run with another config is refused, not reused).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -64,25 +67,40 @@ def budget_config(tasks: list[str], every: int, strategies: list, on_exceed: str
 
 
 def over_tasks(results: dict, tasks: list[str], where: Path) -> dict:
-    """In-domain gain (mean over `tasks`, each right after its training) and the general change ± s.e. after the
-    last of them, before any later task of the run moves it: a run's first task alone, or its whole sequence."""
+    """In-domain gain (mean over `tasks`, each right after its training), the same at the end (each scored after the
+    last of them) and the general change ± s.e. then, before any later task of the run moves it: a run's first task
+    alone, or its whole sequence."""
     if results["tasks"][: len(tasks)] != tasks:
         raise SystemExit(f"{where}: a run over {results['tasks']} cannot be read over {tasks}: its tasks must begin with those")
     matrix = results["matrix"]
     gains = [matrix[i + 1][i] - matrix[0][i] for i in range(len(tasks))]
+    at_end = [matrix[len(tasks)][i] - matrix[0][i] for i in range(len(tasks))]
     after = next(p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] == tasks[-1])
     evaluations = where / "evaluations.json"  # runs before 2026-12-02 did not keep their per-item scores
-    items = RunItems.from_log(EvaluationLog.read(evaluations), tasks) if evaluations.exists() else None
-    return {"gain": sum(gains) / len(gains), "change": after["delta"], "se": after["se"], "items": items}
+    log = EvaluationLog.read(evaluations) if evaluations.exists() else None
+    return {"gain": sum(gains) / len(gains), "end_gain": sum(at_end) / len(at_end), "change": after["delta"],
+            "se": after["se"], "items": None if log is None else RunItems.from_log(log, tasks),
+            "end_items": None if log is None else held_out_at_end(log, tasks)}
 
 
-def gain_difference(run: dict, fixed: dict) -> str:
-    """run's mean in-domain gain minus fixed's, with the paired s.e. over held-out items where both kept them."""
+def held_out_at_end(log: EvaluationLog, tasks: list[str]) -> dict:
+    """Each task's held-out samples after the last of `tasks` was trained: the items behind the end gain."""
+    found = next(samples for record, samples in zip(log.task_evals, log.task_samples)
+                 if record["stage"] == "after_task" and record["task"] == tasks[-1])
+    return {t: found[t] for t in tasks}
+
+
+def gain_difference(run: dict, fixed: dict, gain: str = "gain") -> str:
+    """run's mean in-domain gain (`gain`, or `end_gain`) minus fixed's, with the paired s.e. over held-out items
+    where both kept them."""
     if run["items"] is None or fixed["items"] is None:
-        return f"{run['gain'] - fixed['gain']:+.4f} (no s.e.: a run without evaluations.json)"
+        return f"{run[gain] - fixed[gain]:+.4f} (no s.e.: a run without evaluations.json)"
     # Both start from the same "before" scores, so the gain difference is the difference of the after-scores.
-    change = general_change(fixed["items"].held_out_after, run["items"].held_out_after)
-    if abs(change["delta_abs"] - (run["gain"] - fixed["gain"])) > 1e-9:
+    if gain == "gain":
+        change = general_change(fixed["items"].held_out_after, run["items"].held_out_after)
+    else:
+        change = general_change(fixed["end_items"], run["end_items"])
+    if abs(change["delta_abs"] - (run[gain] - fixed[gain])) > 1e-9:
         raise SystemExit(f"{run['label']} and {fixed['label']} did not start from the same scores: their gains cannot be paired")
     return f"{change['delta_abs']:+.4f} ± {change['delta_se']:.4f}"
 
@@ -147,13 +165,14 @@ def family(label: str) -> str:
     return label.split("(")[0].split("+")[0]
 
 
-def strongest(rows: list[dict]) -> dict | None:
-    """The row with the largest in-domain gain, or None."""
-    return max(rows, key=lambda r: r["gain"]) if rows else None
+def strongest(rows: list[dict], gain: str = "gain") -> dict | None:
+    """The row with the largest in-domain gain (`gain`, or `end_gain`), or None."""
+    return max(rows, key=lambda r: r[gain]) if rows else None
 
 
-def describe(row: dict | None) -> str:
-    return f"{row['label']} (gain {row['gain']:+.4f}, change {row['change']:+.4f} ± {row['se']:.4f})" if row else "none"
+def describe(row: dict | None, gain: str = "gain") -> str:
+    name = "gain" if gain == "gain" else "gain at the end"
+    return f"{row['label']} ({name} {row[gain]:+.4f}, change {row['change']:+.4f} ± {row['se']:.4f})" if row else "none"
 
 
 def main() -> None:
@@ -197,25 +216,28 @@ def main() -> None:
 
     def line(row: dict, kind: str) -> list[str]:
         rule, point = within(row)
-        return [row["label"], kind, f"{row['gain']:+.4f}", f"{row['change']:+.4f} ± {row['se']:.4f}",
+        return [row["label"], kind, f"{row['gain']:+.4f}", f"{row['end_gain']:+.4f}", f"{row['change']:+.4f} ± {row['se']:.4f}",
                 "yes" if rule else "no", "yes" if point else "no", row.get("decisions", "")]
 
     text = [format_table(
-        ["setting", "kind", "in-domain gain", "general change ± s.e.", "within (rule)", "within (point)", "decisions"],
+        ["setting", "kind", "in-domain gain", "in-domain gain at the end", "general change ± s.e.", "within (rule)",
+         "within (point)", "decisions"],
         [line(r, "budget") for r in runs] + [line(r, f"fixed ({r['source']})") for r in sorted(fixed, key=lambda r: r["gain"])],
     ), ""]
-    for index, name in ((0, "the run's rule"), (1, "the point estimate")):
+    for (index, name), gain in itertools.product(((0, "the run's rule"), (1, "the point estimate")), ("gain", "end_gain")):
         inside = [r for r in fixed if within(r)[index]]
-        text.append(f"By {name}, strongest fixed setting within budget: {describe(strongest(inside))}")
+        measure = "" if gain == "gain" else " at the end"
+        text.append(f"By {name}, strongest fixed setting within budget by in-domain gain{measure}: "
+                    f"{describe(strongest(inside, gain), gain)}")
         for run in runs:
-            best = strongest([r for r in inside if family(r["label"]) == family(run["label"])])
+            best = strongest([r for r in inside if family(r["label"]) == family(run["label"])], gain)
             if not within(run)[index]:
                 text.append(f"- {run['label']}: ends beyond budget")
             elif best is None:
                 text.append(f"- {run['label']}: no fixed {family(run['label'])} setting within budget to compare")
             else:
-                text.append(f"- {run['label']}: gain {gain_difference(run, best)} against the strongest fixed "
-                            f"{family(run['label'])} setting within budget, {describe(best)}")
+                text.append(f"- {run['label']}: gain{measure} {gain_difference(run, best, gain)} against the strongest "
+                            f"fixed {family(run['label'])} setting within budget, {describe(best, gain)}")
     text += frontier_lines(runs, fixed)
     atomic_write_text(args.out / "budget.md", "\n".join(text) + "\n")
     print("\n".join(text))
