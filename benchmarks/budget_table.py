@@ -9,7 +9,9 @@ compare folders (naive at other learning rates and step counts from `quality.py 
 knob from `forgetless tune`), each read over the same tasks (a run of more tasks after the last of them), and
 prints one table: in-domain gain (the mean over the tasks, each right after its training, as naive's frontier
 reads it), in-domain gain at the end (the same tasks scored after the last of them, so an earlier task's score
-lost while a later one trains counts), general change ± s.e. after the last task, whether each run ends within
+lost while a later one trains counts), general change ± s.e. after the last task and, over two or more tasks, the
+lowest at any of their ends and whether every end was within budget by the rule (a user may ship the model
+between tasks), whether each run ends within
 budget by the run's own rule (change + 1.96 s.e. >= -limit) and by the point estimate (change >= -limit), and the
 decisions the budget took. Each budget run is set against the strongest fixed setting (largest gain within budget)
 of its own strategy, by each of the two gains, and the strongest of all is named; where
@@ -78,8 +80,12 @@ def over_tasks(results: dict, tasks: list[str], where: Path) -> dict:
     after = next(p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] == tasks[-1])
     evaluations = where / "evaluations.json"  # runs before 2026-12-02 did not keep their per-item scores
     log = EvaluationLog.read(evaluations) if evaluations.exists() else None
+    ends = [p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] in tasks]
+    lowest = min(ends, key=lambda p: p["delta"])
     return {"gain": sum(gains) / len(gains), "end_gain": sum(at_end) / len(at_end), "change": after["delta"],
-            "se": after["se"], "items": None if log is None else RunItems.from_log(log, tasks),
+            "se": after["se"], "lowest_end": (lowest["task"], lowest["delta"], lowest["se"]),
+            "ends": [(p["delta"], p["se"]) for p in ends],
+            "items": None if log is None else RunItems.from_log(log, tasks),
             "end_items": None if log is None else held_out_at_end(log, tasks)}
 
 
@@ -216,11 +222,17 @@ def main() -> None:
 
     def line(row: dict, kind: str) -> list[str]:
         rule, point = within(row)
+        task, change, se = row["lowest_end"]
+        every_end = all(change + _Z * se >= -args.limit for change, se in row["ends"])
+        lowest = [f"{task} {change:+.4f} ± {se:.4f}", "yes" if every_end else "no"] if len(args.tasks) > 1 else []
         return [row["label"], kind, f"{row['gain']:+.4f}", f"{row['end_gain']:+.4f}", f"{row['change']:+.4f} ± {row['se']:.4f}",
+                *lowest,
                 "yes" if rule else "no", "yes" if point else "no", row.get("decisions", "")]
 
     text = [format_table(
-        ["setting", "kind", "in-domain gain", "in-domain gain at the end", "general change ± s.e.", "within (rule)",
+        ["setting", "kind", "in-domain gain", "in-domain gain at the end", "general change ± s.e.",
+         *(["lowest general change at a task end ± s.e.", "within (rule) at every task end"] if len(args.tasks) > 1 else []),
+         "within (rule)",
          "within (point)", "decisions"],
         [line(r, "budget") for r in runs] + [line(r, f"fixed ({r['source']})") for r in sorted(fixed, key=lambda r: r["gain"])],
     ), ""]
