@@ -77,7 +77,9 @@ def over_tasks(results: dict, tasks: list[str], where: Path) -> dict:
     matrix = results["matrix"]
     gains = [matrix[i + 1][i] - matrix[0][i] for i in range(len(tasks))]
     at_end = [matrix[len(tasks)][i] - matrix[0][i] for i in range(len(tasks))]
-    after = next(p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] == tasks[-1])
+    after = next((p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] == tasks[-1]), None)
+    if after is None:
+        raise SystemExit(f"{where}: no general change after {tasks[-1]!r} (a run without a general suite, or unfinished)")
     evaluations = where / "evaluations.json"  # runs before 2026-12-02 did not keep their per-item scores
     log = EvaluationLog.read(evaluations) if evaluations.exists() else None
     ends = [p for p in results["general_curve"] if p["stage"] == "after_task" and p["task"] in tasks]
@@ -177,8 +179,12 @@ def strongest(rows: list[dict], gain: str = "gain") -> dict | None:
 
 
 def describe(row: dict | None, gain: str = "gain") -> str:
+    if row is None:
+        return "none"
     name = "gain" if gain == "gain" else "gain at the end"
-    return f"{row['label']} ({name} {row[gain]:+.4f}, change {row['change']:+.4f} ± {row['se']:.4f})" if row else "none"
+    # Within at the end only: a run that stopped (or shipped) after an earlier task would have been beyond.
+    note = "" if row.get("every_end", True) else "; beyond budget at an earlier task's end"
+    return f"{row['label']} ({name} {row[gain]:+.4f}, change {row['change']:+.4f} ± {row['se']:.4f}{note})"
 
 
 def main() -> None:
@@ -216,6 +222,9 @@ def main() -> None:
             raise SystemExit(f"{folder} ran with another config (differs in {differs}): give another --out")
         runs.append({"label": label, "decisions": decisions(results), **over_tasks(results, args.tasks, folder)})
     fixed = fixed_rows(args.fixed, args.tasks)
+    several = len(args.tasks) > 1  # one task: its end is the end, and the gain at the end is the gain
+    for row in runs + fixed:
+        row["every_end"] = all(change + _Z * se >= -args.limit for change, se in row["ends"])
 
     def within(row: dict) -> tuple[bool, bool]:
         return row["change"] + _Z * row["se"] >= -args.limit, row["change"] >= -args.limit
@@ -223,20 +232,20 @@ def main() -> None:
     def line(row: dict, kind: str) -> list[str]:
         rule, point = within(row)
         task, change, se = row["lowest_end"]
-        every_end = all(change + _Z * se >= -args.limit for change, se in row["ends"])
-        lowest = [f"{task} {change:+.4f} ± {se:.4f}", "yes" if every_end else "no"] if len(args.tasks) > 1 else []
-        return [row["label"], kind, f"{row['gain']:+.4f}", f"{row['end_gain']:+.4f}", f"{row['change']:+.4f} ± {row['se']:.4f}",
-                *lowest,
+        return [row["label"], kind, f"{row['gain']:+.4f}", *([f"{row['end_gain']:+.4f}"] if several else []),
+                f"{row['change']:+.4f} ± {row['se']:.4f}",
+                *([f"{change:+.4f} ± {se:.4f} (after {task})", "yes" if row["every_end"] else "no"] if several else []),
                 "yes" if rule else "no", "yes" if point else "no", row.get("decisions", "")]
 
     text = [format_table(
-        ["setting", "kind", "in-domain gain", "in-domain gain at the end", "general change ± s.e.",
-         *(["lowest general change at a task end ± s.e.", "within (rule) at every task end"] if len(args.tasks) > 1 else []),
+        ["setting", "kind", "in-domain gain", *(["in-domain gain at the end"] if several else []), "general change ± s.e.",
+         *(["lowest general change at a task end ± s.e.", "within (rule) at every task end"] if several else []),
          "within (rule)",
          "within (point)", "decisions"],
         [line(r, "budget") for r in runs] + [line(r, f"fixed ({r['source']})") for r in sorted(fixed, key=lambda r: r["gain"])],
     ), ""]
-    for (index, name), gain in itertools.product(((0, "the run's rule"), (1, "the point estimate")), ("gain", "end_gain")):
+    gains = ("gain", "end_gain") if several else ("gain",)
+    for (index, name), gain in itertools.product(((0, "the run's rule"), (1, "the point estimate")), gains):
         inside = [r for r in fixed if within(r)[index]]
         measure = "" if gain == "gain" else " at the end"
         text.append(f"By {name}, strongest fixed setting within budget by in-domain gain{measure}: "

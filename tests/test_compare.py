@@ -56,7 +56,7 @@ def test_against_baseline_by_hand():
     assert x.general_drop_cut is None and x.step_time_ratio is None
 
 
-def test_the_table_shows_the_lowest_general_change_at_a_task_end():
+def test_the_table_shows_the_lowest_general_change_at_a_task_end(tmp_path):
     from forgetless.compare import markdown, task_end_text
 
     # Ends within a point of where it started after a drop of 4 points at the first task's end (seed 6's naive at
@@ -64,23 +64,42 @@ def test_the_table_shows_the_lowest_general_change_at_a_task_end():
     dipped = ComparisonRow(strategy="naive", spec="naive", in_domain_gain={"a": 0.2, "b": 0.1}, general_before=0.40,
                            general_delta_abs=0.0006, general_delta_se=0.0074,
                            general_change_after_each_task={"a": (-0.0390, 0.0073), "b": (0.0006, 0.0074)})
-    assert task_end_text(dipped) == "a -0.0390 ± 0.0073"
+    assert task_end_text(dipped) == "-0.0390 ± 0.0073 (after a)"
     # A row written before the changes were kept: from the general means, without an s.e.
     old = ComparisonRow(strategy="x", spec="x", in_domain_gain={"a": 0.2, "b": 0.1}, general_before=0.40,
                         general_delta_abs=-0.01, general_delta_se=0.007,
                         general_after_each_task={"a": 0.405, "b": 0.39})
-    assert task_end_text(old) == "b -0.0100"
+    assert task_end_text(old) == "-0.0100 (after b)"
     assert task_end_text(ComparisonRow(strategy="y", spec="y", in_domain_gain={"a": 0.2, "b": 0.1})) == "—"
     table = markdown({"rows": [dipped.model_dump(mode="json"), old.model_dump(mode="json")]})
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("|")]
     column = rows[0].index("lowest general change at a task end ± s.e.")
-    assert [row[column] for row in rows[2:]] == ["a -0.0390 ± 0.0073", "b -0.0100"]
+    assert [row[column] for row in rows[2:]] == ["-0.0390 ± 0.0073 (after a)", "-0.0100 (after b)"]
+    assert "whose run folder is gone" in table
     one_task = dipped.model_copy(update={"in_domain_gain": {"a": 0.2}})
     assert "at a task end" not in markdown({"rows": [one_task.model_dump(mode="json")]})
+    import re
+
     from forgetless.html_report import render_comparison_html
 
     page = render_comparison_html({"rows": [dipped.model_dump(mode="json")]})
-    assert "lowest general change at a task end" in page and "a -0.0390 ± 0.0073" in page
+    headers = re.findall(r"<th>(.*?)</th>", page)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", page)
+    assert cells[headers.index("lowest general change at a task end ± s.e.")] == "-0.0390 ± 0.0073 (after a)"
+    assert "at a task end" not in render_comparison_html({"rows": [one_task.model_dump(mode="json")]})
+
+    # An older row whose run folder is still there gets the changes, with their s.e., from its results.json.
+    from forgetless.compare import fill_task_end_changes
+
+    folder = tmp_path / "x"
+    folder.mkdir()
+    curve = [{"stage": "before", "task": None, "step": 0, "delta": 0.0, "se": 0.0},
+             {"stage": "step", "task": "a", "step": 5, "delta": -0.08, "se": 0.009},
+             {"stage": "after_task", "task": "a", "step": 10, "delta": -0.03, "se": 0.006},
+             {"stage": "after_task", "task": "b", "step": 20, "delta": -0.01, "se": 0.007}]
+    (folder / "results.json").write_text(json.dumps({"general_curve": curve}))
+    fill_task_end_changes([old], tmp_path)
+    assert task_end_text(old) == "-0.0300 ± 0.0060 (after a)"  # a step's check is not a task's end
 
 
 def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_path, compare_config, evaluated_stages, capsys):

@@ -14,7 +14,9 @@ Columns beyond the run's own metrics:
 - peak memory: on CUDA the allocator's peak during the row; on CPU the process's peak resident set size,
   sampled every 20 ms (it includes whatever earlier rows left allocated: a coarse upper bound);
 - state size: the bytes of every strategy's `state_tensors()` at the end (what a checkpoint stores for it);
-- the strategies that store raw training rows (replay buffers), which matters where data may not be kept.
+- the strategies that store raw training rows (replay buffers), which matters where data may not be kept;
+- over two or more tasks, the lowest general change at a task's end with its paired s.e.: the final change can hide a
+  drop in the middle, at a state a user may have shipped.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class ComparisonRow(GeneralSummary):
     general_after_each_task: dict[str, float | None] = Field(default_factory=dict)
     # The general change from before training at each task's end, with its paired s.e.: a sequence's final change
     # can hide a larger drop in the middle, at a state a user may have deployed. Rows written before 2026-12-06
-    # have none (lowest_task_end_change falls back on general_after_each_task, without an s.e.).
+    # have none: fill_task_end_changes reads it from the row's run folder, and where that is gone too
+    # lowest_task_end_change falls back on general_after_each_task, without an s.e.
     general_change_after_each_task: dict[str, tuple[float, float]] = Field(default_factory=dict)
     # Generation-based checks when the run scored them (the instructions suite and its leakage task): change, s.e.
     generation: dict[str, tuple[float, float]] = Field(default_factory=dict)
@@ -347,6 +350,10 @@ def markdown(table: dict[str, Any]) -> str:
         for row in rows
     ]
     commands = "\n".join(f"    {c}" for c in table.get("commands", []))
+    lowest = [row.lowest_task_end_change() for row in rows] if task_ends else []
+    old_rows_note = (" A lowest change at a task end without an s.e. is from a row written before 2026-12-06 whose run "
+                     "folder is gone: the difference of the general means." if any(
+                         found is not None and found[2] is None for found in lowest) else "")
     before = rows[0].general_before
     memory = rows[0].memory_measure or ""
     lines = [
@@ -360,7 +367,7 @@ def markdown(table: dict[str, Any]) -> str:
         "Frontier: naive's rows at every train setting and the untrained model; distances along it are explained in "
         "forgetless.frontier (positive beats what naive reaches by training less); their s.e. rescores every run on "
         "the same resampled items and rebuilds the frontier each time (forgetless.frontier_noise), none where a run "
-        "kept no evaluations.json or the distance is undefined in some resample.",
+        "kept no evaluations.json or the distance is undefined in some resample." + old_rows_note,
         "",
         SEED_NOISE,
         "",
@@ -381,12 +388,25 @@ SEED_NOISE = ("One training seed: each s.e. is over the evaluation items of this
 
 
 def task_end_text(row: ComparisonRow) -> str:
-    """"support -0.0390 ± 0.0073": the task after which the general change was lowest, and that change."""
+    """"-0.0390 ± 0.0073 (after support)": the lowest general change at a task's end, and after which task."""
     lowest = row.lowest_task_end_change()
     if lowest is None:
         return "—"
     task, change, se = lowest
-    return f"{task} {signed_with_se(change, se)}"
+    return f"{signed_with_se(change, se)} (after {task})"
+
+
+def fill_task_end_changes(rows: list[ComparisonRow], out: Path) -> None:
+    """Give rows written before the changes at each task's end were kept those changes with their s.e., from the
+    general curve in the row's run folder (results.json), where the folder is still there."""
+    import json
+
+    for row in rows:
+        path = out / run_folder(row.strategy) / "results.json"
+        if row.general_change_after_each_task or not path.exists():
+            continue
+        curve = json.loads(path.read_text(encoding="utf-8")).get("general_curve", [])
+        row.general_change_after_each_task = {p["task"]: (p["delta"], p["se"]) for p in curve if p["stage"] == "after_task"}
 
 
 def signed_with_se(value: float | None, se: float | None) -> str:
@@ -550,6 +570,7 @@ def compare(
         raise ForgetlessError(f"--strategies: the same entry appears twice ({repeated})")
     before = load_before(out, config)
     rows = [ComparisonRow(**row) for row in table["rows"]]
+    fill_task_end_changes(rows, out)
     configs = []
     for label, spec, override in entries:
         # Every entry is checked before the first row trains: a typo in the last one should not cost hours.

@@ -156,7 +156,7 @@ def render_comparison_html(table: dict[str, Any]) -> str:
         def signed(value):
             return "—" if value is None else f"{value:+.4f}"
         checks = sorted({name for r in rows for name in r.generation})  # instructions / leakage, when scored
-        task_ends = ["lowest general change at a task end"] if len(tasks) > 1 else []  # one task: its end is the end
+        task_ends = ["lowest general change at a task end ± s.e."] if len(tasks) > 1 else []  # one task: its end is the end
         body.append(_table(
             ["strategy", *[f"gain {t}" for t in tasks], "general change ± s.e.", *task_ends, *checks, "BWT",
              f"drop cut vs {baseline}",

@@ -25,7 +25,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .compare import ComparisonRow, against_baseline, differing_keys, frontier_noise, run_folder, write_table
+from .compare import (
+    ComparisonRow,
+    against_baseline,
+    differing_keys,
+    fill_task_end_changes,
+    frontier_noise,
+    run_folder,
+    write_table,
+)
 from .errors import ForgetlessError
 from .fileio import check_output_path
 
@@ -46,9 +54,11 @@ def _read_object(path: Path, needs: tuple[str, ...]) -> dict[str, Any]:
 
 def _rows(source: Path, table: dict[str, Any]) -> list[ComparisonRow]:
     try:
-        return [ComparisonRow(**row) for row in table["rows"]]
+        rows = [ComparisonRow(**row) for row in table["rows"]]
     except (TypeError, ValidationError) as exc:  # TypeError: rows not a list of mappings
         raise ForgetlessError(f"{source / 'compare.json'}: a row is not one compare wrote ({exc})") from None
+    fill_task_end_changes(rows, source)
+    return rows
 
 
 def merge_tables(sources: list[Path], out: Path, command: str | None = None) -> list[ComparisonRow]:

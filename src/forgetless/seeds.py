@@ -28,7 +28,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .compare import ComparisonRow, before_key, compare, trade_off_frame
+from .compare import ComparisonRow, before_key, compare, fill_task_end_changes, trade_off_frame
 from .config import RunConfig, parse_config
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
@@ -140,7 +140,7 @@ def markdown(summary: dict[str, Any]) -> str:
              "; ".join(f"{g:+.4f}, {c:+.4f}" for g, c in row["per_seed"])]
             for row in summary["rows"]]
     headers = ["strategy", "gain ± s.e.", "general change ± s.e.",
-               *(["lowest change at a task end ± s.e. (after which task, per seed)"] if task_ends else []),
+               *(["lowest general change at a task end ± s.e. (after which task, per seed)"] if task_ends else []),
                f"{KINDS[0]} (own seed's frontier)",
                f"{KINDS[1]} (own seed's frontier)", "both against the averaged frontier", "per seed: gain, change"]
     seeds = ", ".join(map(str, summary["seeds"]))
@@ -192,9 +192,12 @@ def seed_folders(out: Path) -> dict[int, Path]:
 
 
 def read_tables(out: Path) -> dict[int, list[ComparisonRow]]:
-    """Each seed folder's rows, as compare wrote them."""
-    return {seed: [ComparisonRow(**row) for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]]
-            for seed, folder in seed_folders(out).items()}
+    """Each seed folder's rows, as compare wrote them (older rows given their changes at each task's end)."""
+    tables = {}
+    for seed, folder in seed_folders(out).items():
+        tables[seed] = [ComparisonRow(**row) for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]]
+        fill_task_end_changes(tables[seed], folder)
+    return tables
 
 
 def write_summary(out: Path) -> dict[str, Any]:
