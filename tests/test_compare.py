@@ -63,7 +63,8 @@ def test_the_table_shows_the_lowest_general_change_at_a_task_end(tmp_path):
     # lr 2e-4 for 30 steps, rounded): the final change alone would hide it.
     dipped = ComparisonRow(strategy="naive", spec="naive", in_domain_gain={"a": 0.2, "b": 0.1}, general_before=0.40,
                            general_delta_abs=0.0006, general_delta_se=0.0074,
-                           general_change_after_each_task={"a": (-0.0390, 0.0073), "b": (0.0006, 0.0074)})
+                           general_change_after_each_task={"a": (-0.0390, 0.0073), "b": (0.0006, 0.0074)},
+                           in_domain_gain_at_end=0.12, in_domain_gain_at_end_se=0.0021)
     assert task_end_text(dipped) == "-0.0390 ± 0.0073 (after a)"
     # A row written before the changes were kept: from the general means, without an s.e.
     old = ComparisonRow(strategy="x", spec="x", in_domain_gain={"a": 0.2, "b": 0.1}, general_before=0.40,
@@ -75,9 +76,12 @@ def test_the_table_shows_the_lowest_general_change_at_a_task_end(tmp_path):
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("|")]
     column = rows[0].index("lowest general change at a task end ± s.e.")
     assert [row[column] for row in rows[2:]] == ["-0.0390 ± 0.0073 (after a)", "-0.0100 (after b)"]
+    ends = rows[0].index("mean gain at the end ± s.e.")
+    assert [row[ends] for row in rows[2:]] == ["+0.1200 ± 0.0021", "—"]  # the older row kept none
     assert "whose run folder is gone" in table
     one_task = dipped.model_copy(update={"in_domain_gain": {"a": 0.2}})
     assert "at a task end" not in markdown({"rows": [one_task.model_dump(mode="json")]})
+    assert "at the end" not in markdown({"rows": [one_task.model_dump(mode="json")]})
     import re
 
     from forgetless.html_report import render_comparison_html
@@ -86,6 +90,7 @@ def test_the_table_shows_the_lowest_general_change_at_a_task_end(tmp_path):
     headers = re.findall(r"<th>(.*?)</th>", page)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", page)
     assert cells[headers.index("lowest general change at a task end ± s.e.")] == "-0.0390 ± 0.0073 (after a)"
+    assert cells[headers.index("mean gain at the end ± s.e.")] == "+0.1200 ± 0.0021"
     assert "at a task end" not in render_comparison_html({"rows": [one_task.model_dump(mode="json")]})
 
     # An older row whose run folder is still there gets the changes, with their s.e., from its results.json.
@@ -132,6 +137,12 @@ def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_pat
         for task, (change, se) in row.general_change_after_each_task.items():
             assert (change, se) == pytest.approx((direct[task]["delta_abs"], direct[task]["delta_se"]))
         assert direct["text"]["delta_abs"] == pytest.approx(row.general_delta_abs)  # the last task's end is the end
+        # The mean in-domain gain at the end: both tasks scored after the last, from the matrix; its s.e. paired.
+        matrix = results[row.strategy]["matrix"]
+        assert row.in_domain_gain_at_end == pytest.approx((matrix[2][0] - matrix[0][0] + matrix[2][1] - matrix[0][1]) / 2)
+        end = general_change({t: log.task_samples[0][t] for t in ("chat", "text")},
+                             {t: log.task_samples[-1][t] for t in ("chat", "text")})
+        assert row.in_domain_gain_at_end_se == pytest.approx(end["delta_se"]) and end["delta_se"] > 0
     drop = -naive.general_delta_abs  # a random tiny model may gain on the general files: then no drop to cut
     assert l2sp.general_drop_cut == (pytest.approx(1 + l2sp.general_delta_abs / drop) if drop > 0 else None)
     assert l2sp.in_domain_gain_kept == pytest.approx(

@@ -8,7 +8,8 @@ after every row, so a crash loses nothing already measured. Each row's own run f
 results.json and report.
 
 Columns beyond the run's own metrics:
-- in-domain gain per task with a paired bootstrap s.e. (the held-out score just after the task minus before);
+- in-domain gain per task with a paired bootstrap s.e. (the held-out score just after the task minus before) and,
+  over two or more tasks, the mean gain at the end (every task scored after the last: what later tasks took back);
 - seconds per optimizer step (the task's whole training time, including a strategy's work at the task's start
   and end, over its steps) and its ratio to the baseline row's: one process, one machine, so noisy;
 - peak memory: on CUDA the allocator's peak during the row; on CPU the process's peak resident set size,
@@ -34,7 +35,7 @@ from pydantic import Field
 from .config import RunConfig, parse_config
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
-from .metrics import paired_delta
+from .metrics import general_change, paired_delta
 from .results import GeneralSummary
 
 GENERATION_CHECKS = ("instructions", "leakage")
@@ -49,6 +50,10 @@ class ComparisonRow(GeneralSummary):
     spec: Any  # the strategies entry as given: a name, a {name: ..., <params>} mapping or a list (a stack)
     in_domain_gain: dict[str, float]
     in_domain_gain_se: dict[str, float] = Field(default_factory=dict)
+    # The mean over tasks of (held-out score after the last task - before), with its paired s.e.: the gain a model
+    # shipped at the end has, earlier tasks' losses to later ones included. None in rows written before 2026-12-06.
+    in_domain_gain_at_end: float | None = None
+    in_domain_gain_at_end_se: float | None = None
     general_after_each_task: dict[str, float | None] = Field(default_factory=dict)
     # The general change from before training at each task's end, with its paired s.e.: a sequence's final change
     # can hide a larger drop in the middle, at a state a user may have deployed. Rows written before 2026-12-06
@@ -185,8 +190,11 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
         gain[task] = results.matrix[column + 1][column] - results.matrix[0][column]
         gain_se[task] = paired_delta(log.task_samples[0][task], log.task_samples[after][task])[1]
     trained = sum(entry.get("train_seconds", 0.0) for entry in results.training)
+    last = max(i for i, r in enumerate(log.task_evals) if r["stage"] == "after_task")
+    at_end = general_change({t: log.task_samples[0][t] for t in tasks}, {t: log.task_samples[last][t] for t in tasks})
     return ComparisonRow(
         strategy=label, spec=spec, in_domain_gain=gain, in_domain_gain_se=gain_se,
+        in_domain_gain_at_end=at_end["delta_abs"], in_domain_gain_at_end_se=at_end["delta_se"],
         general_after_each_task=results.general_after_each_task(),
         general_change_after_each_task={p.task: (p.delta, p.se) for p in results.general_curve if p.stage == "after_task"},
         generation={name: (t.delta, t.se) for name, t in m.general_tasks.items() if name in GENERATION_CHECKS},
@@ -309,6 +317,7 @@ def markdown(table: dict[str, Any]) -> str:
     checks = [name for name in GENERATION_CHECKS if any(name in row.generation for row in rows)]
     # In a one-task sequence the only task end is the end: the column would repeat the general change.
     task_ends = ["lowest general change at a task end ± s.e."] if len(tasks) > 1 else []
+    end_gain = ["mean gain at the end ± s.e."] if len(tasks) > 1 else []
 
     def generation(row: ComparisonRow, name: str) -> str:
         if name not in row.generation:
@@ -317,7 +326,7 @@ def markdown(table: dict[str, Any]) -> str:
         return f"{delta:+.4f} ± {se:.4f}"
 
     headers = [
-        "strategy", *[f"gain {t} ± s.e." for t in tasks], *[f"general after {t}" for t in tasks],
+        "strategy", *[f"gain {t} ± s.e." for t in tasks], *end_gain, *[f"general after {t}" for t in tasks],
         "general delta ± s.e.", *task_ends, "worst general task ± s.e. (fell)", *[f"{name} ± s.e." for name in checks],
         "relative", "BWT", "forgetting",
         f"drop cut vs {baseline}", f"gain kept vs {baseline}",
@@ -328,6 +337,7 @@ def markdown(table: dict[str, Any]) -> str:
         [
             row.strategy,
             *[f"{row.in_domain_gain[t]:+.4f} ± {row.in_domain_gain_se.get(t, float('nan')):.4f}" for t in tasks],
+            *[signed_with_se(row.in_domain_gain_at_end, row.in_domain_gain_at_end_se) for _ in end_gain],
             *[_number(row.general_after_each_task.get(t)) for t in tasks],
             general(row),
             *[task_end_text(row) for _ in task_ends],

@@ -157,12 +157,15 @@ def render_comparison_html(table: dict[str, Any]) -> str:
             return "—" if value is None else f"{value:+.4f}"
         checks = sorted({name for r in rows for name in r.generation})  # instructions / leakage, when scored
         task_ends = ["lowest general change at a task end ± s.e."] if len(tasks) > 1 else []  # one task: its end is the end
+        end_gain = ["mean gain at the end ± s.e."] if len(tasks) > 1 else []
         body.append(_table(
-            ["strategy", *[f"gain {t}" for t in tasks], "general change ± s.e.", *task_ends, *checks, "BWT",
+            ["strategy", *[f"gain {t}" for t in tasks], *end_gain,
+             "general change ± s.e.", *task_ends, *checks, "BWT",
              f"drop cut vs {baseline}",
              f"gain kept vs {baseline}", "change saved vs naive's frontier", "gain added vs naive's frontier", "step time",
              "peak memory", "state", "stores raw data"],
             [[r.strategy, *[f"{r.in_domain_gain[t]:+.4f} ± {r.in_domain_gain_se.get(t, float('nan')):.4f}" for t in tasks],
+              *[signed_with_se(r.in_domain_gain_at_end, r.in_domain_gain_at_end_se) for _ in end_gain],
               "—" if r.general_delta_abs is None else f"{r.general_delta_abs:+.4f} ± {r.general_delta_se:.4f}",
               *[task_end_text(r) for _ in task_ends],
               *["—" if c not in r.generation else "{:+.3f} ± {:.3f}".format(*r.generation[c]) for c in checks],
