@@ -66,12 +66,16 @@ def test_over_seeds_the_lowest_change_at_a_task_end_is_averaged_where_there_are_
     def two_tasks(label, ends):
         return ComparisonRow(strategy=label, spec=label, in_domain_gain={"a": 0.1, "b": 0.1}, general_delta_abs=ends[-1],
                              general_delta_se=0.007,
-                             general_change_after_each_task={t: (c, 0.007) for t, c in zip("ab", ends)})
+                             general_change_after_each_task={t: (c, 0.007) for t, c in zip("ab", ends)},
+                             in_domain_gain_at_end=0.1 + ends[0])
 
     summary = summarise({0: [two_tasks("naive", (-0.04, 0.0))], 1: [two_tasks("naive", (-0.01, -0.03))]})
     [row] = summary["rows"]
     assert row["task_end"] == pytest.approx((-0.035, 0.005)) and row["task_end_per_seed"] == ["a", "b"]
     assert "-0.0350 ± 0.0050 (after a, b)" in markdown(summary)
+    assert row["gain_at_end"] == pytest.approx((0.075, 0.015))  # 0.06 and 0.09: mean, s.d. / sqrt 2 over 2 seeds
+    [line] = [line for line in markdown(summary).splitlines() if line.startswith("| naive")]
+    assert "+0.0750 ± 0.0150" in [cell.strip() for cell in line.split("|")]
     one_task = summarise({0: [_row("naive", 0.2, -0.04)], 1: [_row("naive", 0.2, -0.02)]})
     assert "task_end" not in one_task["rows"][0] and "at a task end" not in markdown(one_task)
 

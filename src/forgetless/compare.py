@@ -51,7 +51,8 @@ class ComparisonRow(GeneralSummary):
     in_domain_gain: dict[str, float]
     in_domain_gain_se: dict[str, float] = Field(default_factory=dict)
     # The mean over tasks of (held-out score after the last task - before), with its paired s.e.: the gain a model
-    # shipped at the end has, earlier tasks' losses to later ones included. None in rows written before 2026-12-06.
+    # shipped at the end has, earlier tasks' losses to later ones included. Rows written before it was kept get it
+    # from their run folder where it is still there (fill_task_end_changes), else have none.
     in_domain_gain_at_end: float | None = None
     in_domain_gain_at_end_se: float | None = None
     general_after_each_task: dict[str, float | None] = Field(default_factory=dict)
@@ -190,11 +191,10 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
         gain[task] = results.matrix[column + 1][column] - results.matrix[0][column]
         gain_se[task] = paired_delta(log.task_samples[0][task], log.task_samples[after][task])[1]
     trained = sum(entry.get("train_seconds", 0.0) for entry in results.training)
-    last = max(i for i, r in enumerate(log.task_evals) if r["stage"] == "after_task")
-    at_end = general_change({t: log.task_samples[0][t] for t in tasks}, {t: log.task_samples[last][t] for t in tasks})
+    at_end, at_end_se = _gain_at_end(log, tasks)
     return ComparisonRow(
         strategy=label, spec=spec, in_domain_gain=gain, in_domain_gain_se=gain_se,
-        in_domain_gain_at_end=at_end["delta_abs"], in_domain_gain_at_end_se=at_end["delta_se"],
+        in_domain_gain_at_end=at_end, in_domain_gain_at_end_se=at_end_se,
         general_after_each_task=results.general_after_each_task(),
         general_change_after_each_task={p.task: (p.delta, p.se) for p in results.general_curve if p.stage == "after_task"},
         generation={name: (t.delta, t.se) for name, t in m.general_tasks.items() if name in GENERATION_CHECKS},
@@ -361,9 +361,11 @@ def markdown(table: dict[str, Any]) -> str:
     ]
     commands = "\n".join(f"    {c}" for c in table.get("commands", []))
     lowest = [row.lowest_task_end_change() for row in rows] if task_ends else []
-    old_rows_note = (" A lowest change at a task end without an s.e. is from a row written before 2026-12-06 whose run "
-                     "folder is gone: the difference of the general means." if any(
-                         found is not None and found[2] is None for found in lowest) else "")
+    without_se = any(found is not None and found[2] is None for found in lowest) or any(
+        row.in_domain_gain_at_end is not None and row.in_domain_gain_at_end_se is None for row in rows if end_gain)
+    old_rows_note = (" A value without an s.e. in the columns at the end or at a task end is from a row written before "
+                     "they existed whose run kept no per-item scores or whose folder is gone: a difference of means."
+                     if without_se else "")
     before = rows[0].general_before
     memory = rows[0].memory_measure or ""
     lines = [
@@ -407,16 +409,34 @@ def task_end_text(row: ComparisonRow) -> str:
 
 
 def fill_task_end_changes(rows: list[ComparisonRow], out: Path) -> None:
-    """Give rows written before the changes at each task's end were kept those changes with their s.e., from the
-    general curve in the row's run folder (results.json), where the folder is still there."""
+    """Give rows written before the task-end columns existed the general change at each task's end (from the
+    general curve in the row's run folder, results.json) and the mean in-domain gain at the end (its s.e. from the
+    folder's evaluations.json, where the run kept one), where the folder is still there."""
     import json
 
+    from .evaluation.evaluator import EvaluationLog
+
     for row in rows:
-        path = out / run_folder(row.strategy) / "results.json"
-        if row.general_change_after_each_task or not path.exists():
+        folder = out / run_folder(row.strategy)
+        if not (folder / "results.json").exists():
             continue
-        curve = json.loads(path.read_text(encoding="utf-8")).get("general_curve", [])
-        row.general_change_after_each_task = {p["task"]: (p["delta"], p["se"]) for p in curve if p["stage"] == "after_task"}
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        if not row.general_change_after_each_task:
+            row.general_change_after_each_task = {p["task"]: (p["delta"], p["se"]) for p in results.get("general_curve", [])
+                                                  if p["stage"] == "after_task"}
+        if row.in_domain_gain_at_end is None and (folder / "evaluations.json").exists():
+            log = EvaluationLog.read(folder / "evaluations.json")
+            row.in_domain_gain_at_end, row.in_domain_gain_at_end_se = _gain_at_end(log, list(row.in_domain_gain))
+        elif row.in_domain_gain_at_end is None and results.get("matrix"):
+            matrix = results["matrix"]
+            row.in_domain_gain_at_end = sum(matrix[-1][j] - matrix[0][j] for j in range(len(matrix[0]))) / len(matrix[0])
+
+
+def _gain_at_end(log, tasks: list[str]) -> tuple[float, float]:
+    """The mean over `tasks` of (held-out score after the last task - before), with its paired s.e."""
+    last = max(i for i, r in enumerate(log.task_evals) if r["stage"] == "after_task")
+    found = general_change({t: log.task_samples[0][t] for t in tasks}, {t: log.task_samples[last][t] for t in tasks})
+    return found["delta_abs"], found["delta_se"]
 
 
 def signed_with_se(value: float | None, se: float | None) -> str:

@@ -13,7 +13,8 @@ every row present at all seeds:
   noise. The general suite is the same items at every seed, as is a held-out split the seed does not draw, so the
   test items' own noise (one run's paired s.e., in each seed's compare.md) is not in it; where the seed draws the
   split, the gain's s.e. holds that split's noise too;
-- over two or more tasks, the lowest general change at a task's end (compare's column), the same way;
+- over two or more tasks, the mean in-domain gain at the end and the lowest general change at a task's end
+  (compare's columns), the same way;
 - each distance from naive's frontier, each seed's row against that seed's own frontier: mean ± s.e. over seeds
   and at how many seeds the row is above it (a positive distance, or beyond the frontier's range on the good side);
 - the distances of the row's seed-averaged point from the frontier of the seed-averaged naive points.
@@ -111,6 +112,9 @@ def summarise(tables: dict[int, list[ComparisonRow]]) -> dict[str, Any]:
         if len(runs[0].in_domain_gain) > 1 and None not in lowest:  # one task: its end is the general change
             row["task_end"] = mean_se([change for _, change, _ in lowest])
             row["task_end_per_seed"] = [task for task, _, _ in lowest]
+        at_end = [r.in_domain_gain_at_end for r in runs]
+        if len(runs[0].in_domain_gain) > 1 and None not in at_end:
+            row["gain_at_end"] = mean_se(at_end)
         if front and not runs[0].is_naive:
             row["saved_per_seed"] = [r.change_saved_vs_frontier for r in runs]
             row["added_per_seed"] = [r.gain_added_vs_frontier for r in runs]
@@ -126,6 +130,7 @@ def markdown(summary: dict[str, Any]) -> str:
         return f"{value:+.4f}" + ("" if se is None else f" ± {se:.4f}")
 
     task_ends = any("task_end" in row for row in summary["rows"])
+    ends_gain = any("gain_at_end" in row for row in summary["rows"])
 
     def task_end(row: dict[str, Any]) -> list[str]:
         if not task_ends:
@@ -134,12 +139,14 @@ def markdown(summary: dict[str, Any]) -> str:
             return ["—"]
         return [f"{signed(*row['task_end'])} (after {', '.join(row['task_end_per_seed'])})"]
 
-    body = [[row["strategy"], signed(row["gain"], row["gain_se"]), signed(row["change"], row["change_se"]), *task_end(row),
+    body = [[row["strategy"], signed(row["gain"], row["gain_se"]),
+             *([signed(*row["gain_at_end"]) if "gain_at_end" in row else "—"] if ends_gain else []),
+             signed(row["change"], row["change_se"]), *task_end(row),
              *([across_seeds(row["saved_per_seed"]), across_seeds(row["added_per_seed"]),
                 f"{shown(row['averaged'][0])}, {shown(row['averaged'][1])}"] if "averaged" in row else ["—"] * 3),
              "; ".join(f"{g:+.4f}, {c:+.4f}" for g, c in row["per_seed"])]
             for row in summary["rows"]]
-    headers = ["strategy", "gain ± s.e.", "general change ± s.e.",
+    headers = ["strategy", "gain ± s.e.", *(["gain at the end ± s.e."] if ends_gain else []), "general change ± s.e.",
                *(["lowest general change at a task end ± s.e. (after which task, per seed)"] if task_ends else []),
                f"{KINDS[0]} (own seed's frontier)",
                f"{KINDS[1]} (own seed's frontier)", "both against the averaged frontier", "per seed: gain, change"]
