@@ -88,14 +88,7 @@ def over_tasks(results: dict, tasks: list[str], where: Path) -> dict:
             "se": after["se"], "lowest_end": (lowest["task"], lowest["delta"], lowest["se"]),
             "ends": [(p["delta"], p["se"]) for p in ends],
             "items": None if log is None else RunItems.from_log(log, tasks),
-            "end_items": None if log is None else held_out_at_end(log, tasks)}
-
-
-def held_out_at_end(log: EvaluationLog, tasks: list[str]) -> dict:
-    """Each task's held-out samples after the last of `tasks` was trained: the items behind the end gain."""
-    found = next(samples for record, samples in zip(log.task_evals, log.task_samples)
-                 if record["stage"] == "after_task" and record["task"] == tasks[-1])
-    return {t: found[t] for t in tasks}
+            "end_items": None if log is None else log.held_out_after_task(tasks[-1], tasks)}
 
 
 def gain_difference(run: dict, fixed: dict, gain: str = "gain") -> str:

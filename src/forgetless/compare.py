@@ -57,7 +57,7 @@ class ComparisonRow(GeneralSummary):
     in_domain_gain_at_end_se: float | None = None
     general_after_each_task: dict[str, float | None] = Field(default_factory=dict)
     # The general change from before training at each task's end, with its paired s.e.: a sequence's final change
-    # can hide a larger drop in the middle, at a state a user may have deployed. Rows written before 2026-12-06
+    # can hide a larger drop in the middle, at a state a user may have deployed. Rows written before it was kept
     # have none: fill_task_end_changes reads it from the row's run folder, and where that is gone too
     # lowest_task_end_change falls back on general_after_each_task, without an s.e.
     general_change_after_each_task: dict[str, tuple[float, float]] = Field(default_factory=dict)
@@ -434,8 +434,7 @@ def fill_task_end_changes(rows: list[ComparisonRow], out: Path) -> None:
 
 def _gain_at_end(log, tasks: list[str]) -> tuple[float, float]:
     """The mean over `tasks` of (held-out score after the last task - before), with its paired s.e."""
-    last = max(i for i, r in enumerate(log.task_evals) if r["stage"] == "after_task")
-    found = general_change({t: log.task_samples[0][t] for t in tasks}, {t: log.task_samples[last][t] for t in tasks})
+    found = general_change({t: log.task_samples[0][t] for t in tasks}, log.held_out_after_task(tasks[-1], tasks))
     return found["delta_abs"], found["delta_se"]
 
 

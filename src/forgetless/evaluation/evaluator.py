@@ -63,6 +63,15 @@ class EvaluationLog:
             raise ValueError(f"no evaluation after training {missing}: the log has {sorted(found) or 'none'}")
         return {t: found[t] for t in tasks}
 
+    def held_out_after_task(self, last: str, tasks: list[str]) -> dict[str, ScoreSamples]:
+        """Each of `tasks`' held-out samples in the evaluation after training `last`: the items behind the in-domain
+        gain at the end of a sequence (or of its first tasks), what later tasks took back included."""
+        found = next((samples for record, samples in zip(self.task_evals, self.task_samples)
+                      if record["stage"] == "after_task" and record["task"] == last), None)
+        if found is None:
+            raise ValueError(f"no evaluation after training {last!r}")
+        return {t: found[t] for t in tasks}
+
 
 class Evaluator:
     def __init__(self, general_tasks: list, training_tasks: list, tokenizer, limit: int | None = None, progress: bool = True):
