@@ -256,10 +256,47 @@ def test_frontier_by_hand():
     assert distances(front, (0.12, -0.01)) == (pytest.approx(-0.011), pytest.approx(0.12 - (0.14 + 0.015 * 11 / 17)))
 
 
+def test_the_frontier_at_the_end_by_hand():
+    from forgetless.compare import against_frontier, markdown
+
+    def row(label, gains, at_end, change, spec=None):
+        return ComparisonRow(strategy=label, spec=spec or label, in_domain_gain=gains, in_domain_gain_at_end=at_end,
+                             general_delta_abs=change, general_delta_se=0.007)
+
+    # Naive gains a lot right after each task but the second task takes part of the first's back; the strategy keeps
+    # it. At the end naive's frontier is (0, 0), (0.10, -0.01), (0.20, -0.05): at gain 0.15 naive changes by -0.03, so
+    # the strategy at (0.15, -0.02) saves +0.01; at change -0.02 naive gains 0.10 + 0.10 * 0.01 / 0.04 = 0.125, so it
+    # adds +0.025. Right after each task (naive at 0.15 and 0.27, the strategy at 0.16) it saves 0.16 on the segment
+    # from (0.15, -0.01) to (0.27, -0.05): -0.02 - (-0.01 - 0.04 / 12) = -0.00667, below the frontier.
+    rows = [row("naive", {"a": 0.30, "b": 0.24}, 0.20, -0.05), row("naive(lr=1)", {"a": 0.16, "b": 0.14}, 0.10, -0.01, "naive"),
+            row("keeps", {"a": 0.18, "b": 0.14}, 0.15, -0.02)]
+    against_frontier(rows)
+    keeps = rows[2]
+    assert keeps.change_saved_vs_frontier == pytest.approx(-0.02 + 0.01 + 0.04 / 12)
+    assert (keeps.change_saved_vs_frontier_at_end, keeps.gain_added_vs_frontier_at_end) == (
+        pytest.approx(0.01), pytest.approx(0.025))
+    assert rows[0].change_saved_vs_frontier_at_end is None  # naive rows trace the frontier
+    table = markdown({"rows": [r.model_dump(mode="json") for r in rows]})
+    lines = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("|")]
+    column = lines[0].index("change saved vs frontier at the end ± s.e.")
+    assert [line[column] for line in lines[2:]] == ["—", "—", "+0.0100"]  # no evaluations.json here: no s.e.
+    # A naive setting without its gain at the end (a row from before it was kept): no frontier at the end rather than
+    # one missing a setting, which would flatter every other row.
+    rows[1].in_domain_gain_at_end = None
+    against_frontier(rows)
+    assert keeps.change_saved_vs_frontier_at_end is None and keeps.change_saved_vs_frontier is not None
+    # One task: its gain at the end is the gain right after it, so there is no second frontier.
+    one = [r.model_copy(update={"in_domain_gain": {"a": r.in_domain_gain["a"]}}) for r in rows]
+    one[1].in_domain_gain_at_end = 0.10
+    against_frontier(one)
+    assert one[2].change_saved_vs_frontier_at_end is None
+    assert "frontier at the end" not in markdown({"rows": [r.model_dump(mode="json") for r in one]})
+
+
 def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, compare_config, evaluated_stages):
     from forgetless.compare import frontier_noise, naive_frontier
     from forgetless.evaluation.evaluator import EvaluationLog
-    from forgetless.frontier import distances
+    from forgetless.frontier import distances, naive_front
     from forgetless.frontier_noise import RunItems, frontier_distance_se
 
     stages = evaluated_stages
@@ -287,6 +324,19 @@ def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, com
         None if l2sp.change_saved_vs_frontier is None else saved_se, None if l2sp.gain_added_vs_frontier is None else added_se)
     assert l2sp.gain_added_vs_frontier_se is not None
     assert f"{l2sp.gain_added_vs_frontier:+.4f} ± {l2sp.gain_added_vs_frontier_se:.4f}" in (out / "compare.md").read_text()
+    # By the gain at the end: the points and the items after the last task, not right after each task.
+    assert l2sp.in_domain_gain_at_end != pytest.approx(l2sp.mean_gain)
+    front_end = naive_frontier(rows, at_end=True)
+    assert front_end == naive_front([(r.in_domain_gain_at_end, r.general_delta_abs) for r in rows if r.is_naive])
+    assert (l2sp.change_saved_vs_frontier_at_end, l2sp.gain_added_vs_frontier_at_end) == distances(
+        front_end, (l2sp.in_domain_gain_at_end, l2sp.general_delta_abs))
+    at_end = {r.strategy: RunItems.from_log(EvaluationLog.read(out / r.strategy / "evaluations.json"), ["chat", "text"],
+                                            at_end=True) for r in rows}
+    saved_se, added_se = frontier_distance_se([at_end[r.strategy] for r in rows if r.is_naive], [at_end["l2sp"]])[0]
+    assert (l2sp.change_saved_vs_frontier_at_end_se, l2sp.gain_added_vs_frontier_at_end_se) == (
+        None if l2sp.change_saved_vs_frontier_at_end is None else saved_se,
+        None if l2sp.gain_added_vs_frontier_at_end is None else added_se)
+    assert (l2sp.change_saved_vs_frontier_at_end_se, l2sp.gain_added_vs_frontier_at_end_se) != (None, None)
     # A naive row without its items (a run from before they were kept): no s.e., rather than one from fewer runs.
     (out / "naive(lr=0.001,steps=1)" / "evaluations.json").unlink()
     frontier_noise(rows, out)

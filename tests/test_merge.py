@@ -44,7 +44,7 @@ def test_a_merged_comparison_equals_one_run_in_one_folder(tmp_path, compare_conf
     assert main(["compare", config, "--strategies", "{name: l2sp, lam: 10}", "--out", str(merged), "--quiet"]) == 0
     assert "before" not in evaluated_stages and "l2sp(lam=10)" in _rows(merged)
 
-    # Per-seed folders merge seed by seed; a seed only one of them ran is kept as it was.
+    # Per-seed folders merge seed by seed; a seed only one of them ran is measured again on its own rows.
     first, second, over = tmp_path / "s1", tmp_path / "s2", tmp_path / "over"
     shutil.copytree(naive_only, first / "seed-0")
     shutil.copytree(naive_only, first / "seed-1")
@@ -59,6 +59,21 @@ def test_a_merged_comparison_equals_one_run_in_one_folder(tmp_path, compare_conf
     summary = json.loads((over / "seeds.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["left_out"] == ["l2sp"]  # l2sp ran at seed 0 only
     assert [row["strategy"] for row in summary["rows"]] == ["naive", "naive(lr=0.001,steps=1)"]
+
+    # One folder alone: a table written before the distances at the end existed gets them, as a new compare would
+    # write them, and the folder given is left as it was.
+    table = json.loads((together / "compare.json").read_text())
+    for row in table["rows"]:
+        for field in ("change_saved_vs_frontier_at_end", "change_saved_vs_frontier_at_end_se"):
+            row.pop(field, None)
+    (together / "compare.json").write_text(json.dumps(table))
+    again = tmp_path / "again"
+    assert main(["merge", str(together), "--out", str(again)]) == 0
+    fields = ("change_saved_vs_frontier_at_end", "change_saved_vs_frontier_at_end_se")
+    assert {f: getattr(_rows(again)["l2sp"], f) for f in fields} == pytest.approx(
+        {f: getattr(reference["l2sp"], f) for f in fields})
+    assert _rows(again)["l2sp"].change_saved_vs_frontier_at_end is not None
+    assert "change_saved_vs_frontier_at_end" not in json.loads((together / "compare.json").read_text())["rows"][1]
 
 
 def _fake(folder, setting, rows, log, baseline="naive"):

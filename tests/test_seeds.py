@@ -80,6 +80,30 @@ def test_over_seeds_the_lowest_change_at_a_task_end_is_averaged_where_there_are_
     assert "task_end" not in one_task["rows"][0] and "at a task end" not in markdown(one_task)
 
 
+def test_over_seeds_the_change_saved_at_the_end_is_against_each_seeds_own_frontier_at_the_end():
+    from forgetless.seeds import markdown
+
+    def row(label, at_end, change, spec=None):
+        return ComparisonRow(strategy=label, spec=spec or label, in_domain_gain={"a": 0.2, "b": 0.1},
+                             in_domain_gain_at_end=at_end, general_delta_abs=change, general_delta_se=0.007)
+
+    # Seed 0: naive at the end (0.10, -0.02), so at gain 0.08 it changes by -0.016 and x at -0.005 saves +0.011.
+    # Seed 1: naive (0.12, -0.03), at 0.06 it changes by -0.015 and x at -0.02 saves -0.005.
+    tables = {0: [row("naive", 0.10, -0.02), row("x", 0.08, -0.005)], 1: [row("naive", 0.12, -0.03), row("x", 0.06, -0.02)]}
+    for rows in tables.values():
+        against_frontier(rows)
+    summary = summarise(tables)
+    x = next(r for r in summary["rows"] if r["strategy"] == "x")
+    assert x["saved_at_end_per_seed"] == pytest.approx([0.011, -0.005])
+    [line] = [line for line in markdown(summary).splitlines() if line.startswith("| x")]
+    assert "+0.0030 ± 0.0080; above in 1 of 2" in [cell.strip() for cell in line.split("|")]
+    # A seed whose naive row has no gain at the end (written before it was kept): no column, not a partial one.
+    tables[1][0].in_domain_gain_at_end = None
+    against_frontier(tables[1])
+    assert all("saved_at_end_per_seed" not in r for r in summarise(tables)["rows"])
+    assert "at the end (own seed's frontier)" not in markdown(summarise(tables))
+
+
 def test_compare_over_seeds_runs_one_comparison_per_seed(tmp_path, compare_config, evaluated_stages, capsys):
     stages = evaluated_stages
     out = tmp_path / "seeds"

@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.set_defaults(func=_cmd_compare)
 
     mrg = commands.add_parser("merge", help="one comparison from several folders run on the same config")
-    mrg.add_argument("sources", nargs="+", help="comparison folders (compare --out), or folders of comparisons over seeds")
+    mrg.add_argument("sources", nargs="+", help="comparison folders (compare --out), or folders of comparisons over "
+                     "seeds; one alone is measured again (an older table gets the columns added since)")
     mrg.add_argument("--out", required=True, help="a new folder: the merged compare.md/.json (or seeds.md), run folders")
     mrg.set_defaults(func=_cmd_merge)
 

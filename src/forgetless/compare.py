@@ -17,7 +17,10 @@ Columns beyond the run's own metrics:
 - state size: the bytes of every strategy's `state_tensors()` at the end (what a checkpoint stores for it);
 - the strategies that store raw training rows (replay buffers), which matters where data may not be kept;
 - over two or more tasks, the lowest general change at a task's end with its paired s.e.: the final change can hide a
-  drop in the middle, at a state a user may have shipped.
+  drop in the middle, at a state a user may have shipped;
+- over two or more tasks, the change saved at equal gain against naive's frontier at the end: every row's and naive's
+  points by the mean gain at the end instead of right after each task, so that what a later task takes back from an
+  earlier one counts against the row (the frontier distances right after each task do not see it).
 """
 
 from __future__ import annotations
@@ -86,6 +89,13 @@ class ComparisonRow(GeneralSummary):
     # Their paired bootstrap s.e. over the evaluation items (forgetless.frontier_noise), where every run kept them.
     change_saved_vs_frontier_se: float | None = None
     gain_added_vs_frontier_se: float | None = None
+    # Over two or more tasks, the same distances with every row's gain at the end (in_domain_gain_at_end) in place of
+    # the gain right after each task, against naive's frontier traced the same way: a strategy that keeps earlier
+    # tasks' gains through later ones (replay) earns credit there that the gain right after each task misses.
+    change_saved_vs_frontier_at_end: float | None = None
+    gain_added_vs_frontier_at_end: float | None = None
+    change_saved_vs_frontier_at_end_se: float | None = None
+    gain_added_vs_frontier_at_end_se: float | None = None
 
     @property
     def is_naive(self) -> bool:
@@ -94,6 +104,16 @@ class ComparisonRow(GeneralSummary):
     @property
     def mean_gain(self) -> float:
         return sum(self.in_domain_gain.values()) / len(self.in_domain_gain)
+
+    def trade_off_point(self, at_end: bool = False) -> tuple[float, float] | None:
+        """(mean in-domain gain, general change): the gain right after each task, or at the end (two or more tasks)."""
+        if self.general_delta_abs is None:
+            return None
+        if not at_end:
+            return self.mean_gain, self.general_delta_abs
+        if len(self.in_domain_gain) < 2 or self.in_domain_gain_at_end is None:
+            return None
+        return self.in_domain_gain_at_end, self.general_delta_abs
 
     def lowest_task_end_change(self) -> tuple[str, float, float | None] | None:
         """(task, change, s.e.) at the task end where the general change was lowest; None without a general suite."""
@@ -245,24 +265,33 @@ def against_baseline(rows: list[ComparisonRow], baseline: str = "naive") -> None
     against_frontier(rows)
 
 
-def naive_frontier(rows: list[ComparisonRow]) -> list[tuple[float, float]]:
-    """The Pareto frontier of the naive rows (every train setting) and the untrained model (0, 0)."""
+def naive_frontier(rows: list[ComparisonRow], at_end: bool = False) -> list[tuple[float, float]]:
+    """The Pareto frontier of the naive rows (every train setting) and the untrained model (0, 0); `at_end`: by the
+    gain at the end, none unless every naive row has one (a frontier missing a setting would flatter the others)."""
     from .frontier import naive_front
 
-    points = [(r.mean_gain, r.general_delta_abs) for r in rows if r.is_naive and r.general_delta_abs is not None]
-    return naive_front(points) if points else []
+    naive = [r for r in rows if r.is_naive and r.general_delta_abs is not None]
+    points = [r.trade_off_point(at_end) for r in naive]
+    return naive_front(points) if points and None not in points else []
 
 
-def against_frontier(rows: list[ComparisonRow]) -> None:
-    """Each non-naive row's distance from naive's frontier (None without naive rows to build one)."""
+def against_frontier(rows: list[ComparisonRow], readings: tuple[bool, ...] = (False, True)) -> None:
+    """Each non-naive row's distances from naive's frontier, by the gain right after each task (reading False) and
+    by the gain at the end (True); None without naive rows to build one, or without the gain at the end."""
     from .frontier import distances
 
-    front = naive_frontier(rows)
-    for row in rows:
-        saved = added = None
-        if front and not row.is_naive and row.general_delta_abs is not None:
-            saved, added = distances(front, (row.mean_gain, row.general_delta_abs))
-        row.change_saved_vs_frontier, row.gain_added_vs_frontier = saved, added
+    for at_end in readings:
+        front = naive_frontier(rows, at_end)
+        for row in rows:
+            point = row.trade_off_point(at_end)
+            found = distances(front, point) if front and point is not None and not row.is_naive else (None, None)
+            for name, value in zip(_DISTANCES[at_end], found):
+                setattr(row, name, value)
+
+
+# The fields each distance is kept in: by the gain right after each task (False) and at the end (True).
+_DISTANCES = {False: ("change_saved_vs_frontier", "gain_added_vs_frontier"),
+              True: ("change_saved_vs_frontier_at_end", "gain_added_vs_frontier_at_end")}
 
 
 def frontier_noise(rows: list[ComparisonRow], out: Path) -> None:
@@ -271,21 +300,31 @@ def frontier_noise(rows: list[ComparisonRow], out: Path) -> None:
     from .frontier_noise import RunItems, frontier_distance_se
 
     tasks = list(rows[0].in_domain_gain) if rows else []
+    logs: dict[str, Any] = {}
 
-    def items(row: ComparisonRow) -> RunItems | None:
+    def items(row: ComparisonRow, at_end: bool) -> RunItems | None:
         path = out / run_folder(row.strategy) / "evaluations.json"  # rows from before 2026-12-03 have none
-        return RunItems.from_log(EvaluationLog.read(path), tasks) if path.exists() else None
+        if not path.exists():
+            return None
+        if row.strategy not in logs:
+            logs[row.strategy] = EvaluationLog.read(path)
+        return RunItems.from_log(logs[row.strategy], tasks, at_end=at_end)
 
     for row in rows:
-        row.change_saved_vs_frontier_se = row.gain_added_vs_frontier_se = None
-    naive = [items(row) for row in rows if row.is_naive and row.general_delta_abs is not None]
-    if not naive or None in naive:
-        return
-    measured = [(row, items(row)) for row in rows if (row.change_saved_vs_frontier, row.gain_added_vs_frontier) != (None, None)]
-    measured = [(row, found) for row, found in measured if found is not None]
-    for (row, _), (saved, added) in zip(measured, frontier_distance_se(naive, [found for _, found in measured])):
-        row.change_saved_vs_frontier_se = saved if row.change_saved_vs_frontier is not None else None
-        row.gain_added_vs_frontier_se = added if row.gain_added_vs_frontier is not None else None
+        for names in _DISTANCES.values():
+            for name in names:
+                setattr(row, name + "_se", None)
+    for at_end in (False, True) if len(tasks) > 1 else (False,):
+        saved_name, added_name = _DISTANCES[at_end]
+        naive = [items(row, at_end) for row in rows if row.is_naive and row.general_delta_abs is not None]
+        if not naive or None in naive:
+            continue
+        measured = [(row, items(row, at_end)) for row in rows
+                    if (getattr(row, saved_name), getattr(row, added_name)) != (None, None)]
+        measured = [(row, found) for row, found in measured if found is not None]
+        for (row, _), (saved, added) in zip(measured, frontier_distance_se(naive, [found for _, found in measured])):
+            setattr(row, saved_name + "_se", saved if getattr(row, saved_name) is not None else None)
+            setattr(row, added_name + "_se", added if getattr(row, added_name) is not None else None)
 
 
 def markdown(table: dict[str, Any]) -> str:
@@ -318,6 +357,7 @@ def markdown(table: dict[str, Any]) -> str:
     # In a one-task sequence the only task end is the end: the column would repeat the general change.
     task_ends = ["lowest general change at a task end ± s.e."] if len(tasks) > 1 else []
     end_gain = ["mean gain at the end ± s.e."] if len(tasks) > 1 else []
+    end_frontier = ["change saved vs frontier at the end ± s.e."] if len(tasks) > 1 else []
 
     def generation(row: ComparisonRow, name: str) -> str:
         if name not in row.generation:
@@ -330,7 +370,7 @@ def markdown(table: dict[str, Any]) -> str:
         "general delta ± s.e.", *task_ends, "worst general task ± s.e. (fell)", *[f"{name} ± s.e." for name in checks],
         "relative", "BWT", "forgetting",
         f"drop cut vs {baseline}", f"gain kept vs {baseline}",
-        "change saved vs frontier ± s.e.", "gain added vs frontier ± s.e.",
+        "change saved vs frontier ± s.e.", "gain added vs frontier ± s.e.", *end_frontier,
         "s / step", f"step time vs {baseline}", "peak memory", "state", "stores raw data", "wall time",
     ]
     body = [
@@ -350,6 +390,8 @@ def markdown(table: dict[str, Any]) -> str:
             pct(row.in_domain_gain_kept),
             signed_with_se(row.change_saved_vs_frontier, row.change_saved_vs_frontier_se),
             signed_with_se(row.gain_added_vs_frontier, row.gain_added_vs_frontier_se),
+            *[signed_with_se(row.change_saved_vs_frontier_at_end, row.change_saved_vs_frontier_at_end_se)
+              for _ in end_frontier],
             "—" if row.seconds_per_step is None else f"{row.seconds_per_step:.2f}",
             "—" if row.step_time_ratio is None else f"{row.step_time_ratio:.2f}x",
             "—" if row.peak_memory_mb is None else f"{row.peak_memory_mb:,.0f} MiB",
@@ -379,7 +421,9 @@ def markdown(table: dict[str, Any]) -> str:
         "Frontier: naive's rows at every train setting and the untrained model; distances along it are explained in "
         "forgetless.frontier (positive beats what naive reaches by training less); their s.e. rescores every run on "
         "the same resampled items and rebuilds the frontier each time (forgetless.frontier_noise), none where a run "
-        "kept no evaluations.json or the distance is undefined in some resample." + old_rows_note,
+        "kept no evaluations.json or the distance is undefined in some resample."
+        + (" At the end: every row's and naive's points by the mean gain at the end instead of right after each task."
+           if end_frontier else "") + old_rows_note,
         "",
         SEED_NOISE,
         "",

@@ -27,16 +27,18 @@ class RunItems:
     general_before: dict[str, ScoreSamples]
     general_after: dict[str, ScoreSamples]
     held_out_before: dict[str, ScoreSamples]
-    held_out_after: dict[str, ScoreSamples]  # each task right after its own training
+    held_out_after: dict[str, ScoreSamples]  # each task right after its own training, or after the last task
 
     @classmethod
-    def from_log(cls, log, tasks: list[str]) -> "RunItems":
-        """From an EvaluationLog (evaluations.json), read over `tasks`: the general change after the last of them."""
+    def from_log(cls, log, tasks: list[str], at_end: bool = False) -> "RunItems":
+        """From an EvaluationLog (evaluations.json), read over `tasks`: the general change after the last of them,
+        the in-domain gain right after each task or (`at_end`) after the last."""
         after = next((samples for record, samples in zip(log.general, log.general_samples)
                       if record["stage"] == "after_task" and record["task"] == tasks[-1]), None)
         if after is None:
             raise ValueError(f"no general evaluation after training {tasks[-1]!r}")
-        return cls(log.general_samples[0], after, {t: log.task_samples[0][t] for t in tasks}, log.held_out_after(tasks))
+        held_out = log.held_out_after_task(tasks[-1], tasks) if at_end else log.held_out_after(tasks)
+        return cls(log.general_samples[0], after, {t: log.task_samples[0][t] for t in tasks}, held_out)
 
 
 def resampled_scores(samples: ScoreSamples, index: np.ndarray) -> np.ndarray:

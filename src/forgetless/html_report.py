@@ -158,11 +158,13 @@ def render_comparison_html(table: dict[str, Any]) -> str:
         checks = sorted({name for r in rows for name in r.generation})  # instructions / leakage, when scored
         task_ends = ["lowest general change at a task end ± s.e."] if len(tasks) > 1 else []  # one task: its end is the end
         end_gain = ["mean gain at the end ± s.e."] if len(tasks) > 1 else []
+        end_frontier = ["change saved vs naive's frontier at the end"] if len(tasks) > 1 else []
         body.append(_table(
             ["strategy", *[f"gain {t}" for t in tasks], *end_gain,
              "general change ± s.e.", *task_ends, *checks, "BWT",
              f"drop cut vs {baseline}",
-             f"gain kept vs {baseline}", "change saved vs naive's frontier", "gain added vs naive's frontier", "step time",
+             f"gain kept vs {baseline}", "change saved vs naive's frontier", "gain added vs naive's frontier", *end_frontier,
+             "step time",
              "peak memory", "state", "stores raw data"],
             [[r.strategy, *[f"{r.in_domain_gain[t]:+.4f} ± {r.in_domain_gain_se.get(t, float('nan')):.4f}" for t in tasks],
               *[signed_with_se(r.in_domain_gain_at_end, r.in_domain_gain_at_end_se) for _ in end_gain],
@@ -172,6 +174,8 @@ def render_comparison_html(table: dict[str, Any]) -> str:
               signed(r.bwt), pct(r.general_drop_cut), pct(r.in_domain_gain_kept),
               signed_with_se(r.change_saved_vs_frontier, r.change_saved_vs_frontier_se),
               signed_with_se(r.gain_added_vs_frontier, r.gain_added_vs_frontier_se),
+              *[signed_with_se(r.change_saved_vs_frontier_at_end, r.change_saved_vs_frontier_at_end_se)
+                for _ in end_frontier],
               "—" if r.step_time_ratio is None else f"{r.step_time_ratio:.2f}x",
               "—" if r.peak_memory_mb is None else f"{r.peak_memory_mb:,.0f} MiB", f"{r.state_mb:.1f} MiB",
               ", ".join(r.stores_raw_data) or "no"] for r in rows],

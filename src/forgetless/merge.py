@@ -7,7 +7,8 @@ item scores against the same "before" evaluation. Merging copies every row's run
 measures the rows again against the one baseline and frontier, as if one `compare` had run them all. It is refused
 where the folders differ in config or in the "before" evaluation they scored against (then they are not one
 comparison), or where two hold a row of the same label (keep one by hand). Folders of per-seed comparisons
-(`compare --seeds`) merge seed by seed, and the summary over seeds is written again.
+(`compare --seeds`) merge seed by seed, and the summary over seeds is written again. One folder alone is measured
+again into DIR the same way: a table written by an earlier forgetless gets the columns added since.
 
 A step-time ratio is kept only for rows timed in the baseline's folder: another folder may have run on another
 machine. The merged folder is built beside DIR and renamed into place at the end, so a merge that dies leaves no
@@ -149,8 +150,8 @@ def merge(sources: list[str | Path], out_dir: str | Path, command: str | None = 
 
     sources = [Path(s) for s in sources]
     out = Path(out_dir)
-    if len(sources) < 2:
-        raise ForgetlessError("merge: give at least two comparison folders")
+    if not sources:
+        raise ForgetlessError("merge: give a comparison folder")
     for source in sources:
         if not source.is_dir():
             raise ForgetlessError(f"{source} is not a folder")
@@ -175,11 +176,8 @@ def merge(sources: list[str | Path], out_dir: str | Path, command: str | None = 
     try:
         if seeds:
             for seed in sorted({seed for found in seeds for seed in found}):
-                having = [found[seed] for found in seeds if seed in found]
-                if len(having) == 1:  # a seed only one folder ran: its table as it was (no other rows to measure)
-                    shutil.copytree(having[0], seed_folder(partial, seed))
-                else:
-                    merge_tables(having, seed_folder(partial, seed), command)
+                # A seed only one folder ran is measured again too: its rows get this version's columns.
+                merge_tables([found[seed] for found in seeds if seed in found], seed_folder(partial, seed), command)
             write_summary(partial)
             written = "seeds.md"
         else:

@@ -14,7 +14,8 @@ every row present at all seeds:
   test items' own noise (one run's paired s.e., in each seed's compare.md) is not in it; where the seed draws the
   split, the gain's s.e. holds that split's noise too;
 - over two or more tasks, the mean in-domain gain at the end and the lowest general change at a task's end
-  (compare's columns), the same way;
+  (compare's columns), the same way, and the change saved at equal gain at the end against each seed's own
+  frontier at the end (where every seed's naive rows have their gain at the end);
 - each distance from naive's frontier, each seed's row against that seed's own frontier: mean ± s.e. over seeds
   and at how many seeds the row is above it (a positive distance, or beyond the frontier's range on the good side);
 - the distances of the row's seed-averaged point from the frontier of the seed-averaged naive points.
@@ -29,7 +30,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .compare import ComparisonRow, before_key, compare, fill_task_end_changes, trade_off_frame
+from .compare import ComparisonRow, against_frontier, before_key, compare, fill_task_end_changes, naive_frontier, trade_off_frame
 from .config import RunConfig, parse_config
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
@@ -101,6 +102,7 @@ def summarise(tables: dict[int, list[ComparisonRow]]) -> dict[str, Any]:
     points = {label: [(by_seed[s][label].mean_gain, by_seed[s][label].general_delta_abs) for s in seeds] for label in everywhere}
     naive = {label: found for label, found in points.items() if by_seed[seeds[0]][label].is_naive}
     front = averaged_frontier(naive) if naive else []
+    fronts_at_end = all(naive_frontier(tables[s], at_end=True) for s in seeds)
     rows = []
     for label in everywhere:
         runs = [by_seed[s][label] for s in seeds]
@@ -119,6 +121,8 @@ def summarise(tables: dict[int, list[ComparisonRow]]) -> dict[str, Any]:
             row["saved_per_seed"] = [r.change_saved_vs_frontier for r in runs]
             row["added_per_seed"] = [r.gain_added_vs_frontier for r in runs]
             row["averaged"] = distances(front, (gain, change))
+            if fronts_at_end and None not in at_end:
+                row["saved_at_end_per_seed"] = [r.change_saved_vs_frontier_at_end for r in runs]
         rows.append(row)
     return {"seeds": seeds, "rows": rows, "averaged_frontier": front, "left_out": left_out}
 
@@ -131,6 +135,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
     task_ends = any("task_end" in row for row in summary["rows"])
     ends_gain = any("gain_at_end" in row for row in summary["rows"])
+    ends_saved = any("saved_at_end_per_seed" in row for row in summary["rows"])
 
     def task_end(row: dict[str, Any]) -> list[str]:
         if not task_ends:
@@ -144,12 +149,14 @@ def markdown(summary: dict[str, Any]) -> str:
              signed(row["change"], row["change_se"]), *task_end(row),
              *([across_seeds(row["saved_per_seed"]), across_seeds(row["added_per_seed"]),
                 f"{shown(row['averaged'][0])}, {shown(row['averaged'][1])}"] if "averaged" in row else ["—"] * 3),
+             *([across_seeds(row["saved_at_end_per_seed"]) if "saved_at_end_per_seed" in row else "—"] if ends_saved else []),
              "; ".join(f"{g:+.4f}, {c:+.4f}" for g, c in row["per_seed"])]
             for row in summary["rows"]]
     headers = ["strategy", "gain ± s.e.", *(["gain at the end ± s.e."] if ends_gain else []), "general change ± s.e.",
                *(["lowest general change at a task end ± s.e. (after which task, per seed)"] if task_ends else []),
                f"{KINDS[0]} (own seed's frontier)",
-               f"{KINDS[1]} (own seed's frontier)", "both against the averaged frontier", "per seed: gain, change"]
+               f"{KINDS[1]} (own seed's frontier)", "both against the averaged frontier",
+               *([f"{KINDS[0]} at the end (own seed's frontier)"] if ends_saved else []), "per seed: gain, change"]
     seeds = ", ".join(map(str, summary["seeds"]))
     lines = [f"# Comparison over seeds {seeds}", "",
              f"One comparison per seed in {_PREFIX}<seed>/. ± is the s.e. over seeds (their s.d. / sqrt(n)): the "
@@ -204,6 +211,8 @@ def read_tables(out: Path) -> dict[int, list[ComparisonRow]]:
     for seed, folder in seed_folders(out).items():
         tables[seed] = [ComparisonRow(**row) for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]]
         fill_task_end_changes(tables[seed], folder)
+        # Rows written before the distances at the end existed get them; the others stay as compare wrote them.
+        against_frontier(tables[seed], readings=(True,))
     return tables
 
 
