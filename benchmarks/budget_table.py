@@ -18,7 +18,8 @@ of its own strategy, by each of the two gains, and the strongest of all is named
 both runs kept their per-item scores (evaluations.json), the gain difference has a paired bootstrap s.e. over the
 held-out items (the noise of the test set, not of the training seed). Each budget run's distance from naive's
 frontier (the fixed naive settings and the untrained model, forgetless.frontier) follows, with the spread of a
-paired bootstrap that rescores every run on the same resampled items (forgetless.frontier_noise).
+paired bootstrap that rescores every run on the same resampled items (forgetless.frontier_noise); over two or more
+tasks again by the gain at the end, against naive's frontier traced from naive's own gains at the end.
 `--lr`, `--every` and `--seed` set every budget run's learning rate, checks and seed (use a folder of its own: a
 finished entry run with another config is refused, not reused).
 """
@@ -88,7 +89,8 @@ def over_tasks(results: dict, tasks: list[str], where: Path) -> dict:
             "se": after["se"], "lowest_end": (lowest["task"], lowest["delta"], lowest["se"]),
             "ends": [(p["delta"], p["se"]) for p in ends],
             "items": None if log is None else RunItems.from_log(log, tasks),
-            "end_items": None if log is None else log.held_out_after_task(tasks[-1], tasks)}
+            "end_items": None if log is None else log.held_out_after_task(tasks[-1], tasks),
+            "end_run_items": None if log is None else RunItems.from_log(log, tasks, at_end=True)}
 
 
 def gain_difference(run: dict, fixed: dict, gain: str = "gain") -> str:
@@ -122,18 +124,21 @@ def distance(value: float | None, replicates) -> str:
     return f"{value:+.4f} {spread}, 95 % of resamples in [{low:+.4f}, {high:+.4f}], above the frontier in {above:.0%}"
 
 
-def frontier_lines(runs: list[dict], fixed: list[dict]) -> list[str]:
-    """Each budget run's distance from naive's frontier (its fixed settings and the untrained model)."""
+def frontier_lines(runs: list[dict], fixed: list[dict], gain: str = "gain") -> list[str]:
+    """Each budget run's distance from naive's frontier (its fixed settings and the untrained model), by the gain
+    right after each task (`gain`) or at the end (`end_gain`: every point, naive's too, read after the last task)."""
     naive = [r for r in fixed if family(r["label"]) == "naive"]
     if not naive or not runs:
         return []
-    front = naive_front([(r["gain"], r["change"]) for r in naive])
-    paired = all(r["items"] is not None for r in naive + runs)
-    found = frontier_distance_replicates([r["items"] for r in naive], [r["items"] for r in runs]) if paired else None
-    text = ["", "Naive's frontier (gain, change): " + ", ".join(f"({g:+.4f}, {c:+.4f})" for g, c in front)
+    items = "items" if gain == "gain" else "end_run_items"
+    front = naive_front([(r[gain], r["change"]) for r in naive])
+    paired = all(r[items] is not None for r in naive + runs)
+    found = frontier_distance_replicates([r[items] for r in naive], [r[items] for r in runs]) if paired else None
+    text = ["", ("Naive's frontier" if gain == "gain" else "Naive's frontier by the gain at the end")
+            + " (gain, change): " + ", ".join(f"({g:+.4f}, {c:+.4f})" for g, c in front)
             + "; distances with their paired bootstrap over the evaluation items (1000 resamples):"]
     for i, run in enumerate(runs):
-        saved, added = distances(front, (run["gain"], run["change"]))
+        saved, added = distances(front, (run[gain], run["change"]))
         text.append(f"- {run['label']}: change saved at equal gain {distance(saved, None if found is None else found[i, :, 0])}; "
                     f"gain added at equal change {distance(added, None if found is None else found[i, :, 1])}")
     return text
@@ -252,7 +257,8 @@ def main() -> None:
             else:
                 text.append(f"- {run['label']}: gain{measure} {gain_difference(run, best, gain)} against the strongest "
                             f"fixed {family(run['label'])} setting within budget, {describe(best, gain)}")
-    text += frontier_lines(runs, fixed)
+    for gain in gains:
+        text += frontier_lines(runs, fixed, gain)
     atomic_write_text(args.out / "budget.md", "\n".join(text) + "\n")
     print("\n".join(text))
 
