@@ -29,12 +29,13 @@ from budget_table import distance  # noqa: E402
 def resample_lines(folder: Path) -> list[str]:
     rows = [ComparisonRow(**row) for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]]
     rows = [row for row in rows if row.general_delta_abs is not None]
-    fill_task_end_changes(rows, folder)  # a table written before the distances at the end existed
+    # A table written before the gain at the end (or the distances by it) was kept: both measured again.
+    fill_task_end_changes(rows, folder)
     against_frontier(rows)
-    tasks = list(rows[0].in_domain_gain)
     naive, others = [r for r in rows if r.is_naive], [r for r in rows if not r.is_naive]
     if not naive or not others:
         raise SystemExit(f"{folder}: needs naive rows (the frontier) and at least one other row")
+    tasks = list(rows[0].in_domain_gain)
     logs = {}
     for row in rows:
         path = folder / run_folder(row.strategy) / "evaluations.json"

@@ -324,14 +324,19 @@ def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, com
         None if l2sp.change_saved_vs_frontier is None else saved_se, None if l2sp.gain_added_vs_frontier is None else added_se)
     assert l2sp.gain_added_vs_frontier_se is not None
     assert f"{l2sp.gain_added_vs_frontier:+.4f} ± {l2sp.gain_added_vs_frontier_se:.4f}" in (out / "compare.md").read_text()
-    # By the gain at the end: the points and the items after the last task, not right after each task.
+    # By the gain at the end: the points and the items after the last task, not right after each task. The gain at
+    # the end is the score matrix's last row less its first (results.json), and the items' own point agrees.
     assert l2sp.in_domain_gain_at_end != pytest.approx(l2sp.mean_gain)
+    matrix = json.loads((out / "l2sp" / "results.json").read_text())["matrix"]
+    assert l2sp.in_domain_gain_at_end == pytest.approx(sum(matrix[-1][j] - matrix[0][j] for j in range(2)) / 2)
     front_end = naive_frontier(rows, at_end=True)
     assert front_end == naive_front([(r.in_domain_gain_at_end, r.general_delta_abs) for r in rows if r.is_naive])
     assert (l2sp.change_saved_vs_frontier_at_end, l2sp.gain_added_vs_frontier_at_end) == distances(
         front_end, (l2sp.in_domain_gain_at_end, l2sp.general_delta_abs))
     at_end = {r.strategy: RunItems.from_log(EvaluationLog.read(out / r.strategy / "evaluations.json"), ["chat", "text"],
                                             at_end=True) for r in rows}
+    assert l2sp.in_domain_gain_at_end == pytest.approx(sum(
+        at_end["l2sp"].held_out_after[t].score() - at_end["l2sp"].held_out_before[t].score() for t in ("chat", "text")) / 2)
     saved_se, added_se = frontier_distance_se([at_end[r.strategy] for r in rows if r.is_naive], [at_end["l2sp"]])[0]
     assert (l2sp.change_saved_vs_frontier_at_end_se, l2sp.gain_added_vs_frontier_at_end_se) == (
         None if l2sp.change_saved_vs_frontier_at_end is None else saved_se,
@@ -341,6 +346,7 @@ def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, com
     (out / "naive(lr=0.001,steps=1)" / "evaluations.json").unlink()
     frontier_noise(rows, out)
     assert l2sp.gain_added_vs_frontier_se is None and l2sp.gain_added_vs_frontier is not None
+    assert (l2sp.change_saved_vs_frontier_at_end_se, l2sp.gain_added_vs_frontier_at_end_se) == (None, None)
 
     # Frontier points alone can join the table (no --strategies): no "before" scoring, the earlier rows kept and
     # measured again against the frontier that now includes the new point.

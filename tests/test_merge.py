@@ -56,6 +56,7 @@ def test_a_merged_comparison_equals_one_run_in_one_folder(tmp_path, compare_conf
     assert list(seed0) == ["naive", "naive(lr=0.001,steps=1)", "l2sp"]
     assert seed0["l2sp"].gain_added_vs_frontier == pytest.approx(rows["l2sp"].gain_added_vs_frontier)  # measured again
     assert list(_rows(over / "seed-1")) == ["naive", "naive(lr=0.001,steps=1)"]
+    assert json.loads((over / "seed-1" / "compare.json").read_text())["commands"][-1].startswith("forgetless merge ")
     summary = json.loads((over / "seeds.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["left_out"] == ["l2sp"]  # l2sp ran at seed 0 only
     assert [row["strategy"] for row in summary["rows"]] == ["naive", "naive(lr=0.001,steps=1)"]

@@ -11,7 +11,7 @@ from forgetless.cli import main
 from forgetless.compare import ComparisonRow, against_frontier
 from forgetless.config import load_config
 from forgetless.errors import ForgetlessError
-from forgetless.seeds import across_seeds, reuse_before, seeds_figure, summarise, with_seed
+from forgetless.seeds import across_seeds, reuse_before, seeds_figure, summarise, with_seed, write_summary
 
 
 def _row(label, gain, change, spec=None):
@@ -80,7 +80,7 @@ def test_over_seeds_the_lowest_change_at_a_task_end_is_averaged_where_there_are_
     assert "task_end" not in one_task["rows"][0] and "at a task end" not in markdown(one_task)
 
 
-def test_over_seeds_the_change_saved_at_the_end_is_against_each_seeds_own_frontier_at_the_end():
+def test_over_seeds_the_change_saved_at_the_end_is_against_each_seeds_own_frontier_at_the_end(tmp_path):
     from forgetless.seeds import markdown
 
     def row(label, at_end, change, spec=None):
@@ -97,6 +97,14 @@ def test_over_seeds_the_change_saved_at_the_end_is_against_each_seeds_own_fronti
     assert x["saved_at_end_per_seed"] == pytest.approx([0.011, -0.005])
     [line] = [line for line in markdown(summary).splitlines() if line.startswith("| x")]
     assert "+0.0030 ± 0.0080; above in 1 of 2" in [cell.strip() for cell in line.split("|")]
+    # Tables written before the distances at the end were kept: read from their folders, they get them.
+    for seed, rows in tables.items():
+        folder = tmp_path / f"seed-{seed}"
+        folder.mkdir()
+        old = [r.model_dump(mode="json", exclude={"change_saved_vs_frontier_at_end"}) for r in rows]
+        (folder / "compare.json").write_text(json.dumps({"rows": old}))
+    write_summary(tmp_path)
+    assert "+0.0030 ± 0.0080; above in 1 of 2" in (tmp_path / "seeds.md").read_text()
     # A seed whose naive row has no gain at the end (written before it was kept): no column, not a partial one.
     tables[1][0].in_domain_gain_at_end = None
     against_frontier(tables[1])

@@ -322,6 +322,8 @@ def frontier_noise(rows: list[ComparisonRow], out: Path) -> None:
         measured = [(row, items(row, at_end)) for row in rows
                     if (getattr(row, saved_name), getattr(row, added_name)) != (None, None)]
         measured = [(row, found) for row, found in measured if found is not None]
+        if not measured:
+            continue
         for (row, _), (saved, added) in zip(measured, frontier_distance_se(naive, [found for _, found in measured])):
             setattr(row, saved_name + "_se", saved if getattr(row, saved_name) is not None else None)
             setattr(row, added_name + "_se", added if getattr(row, added_name) is not None else None)

@@ -211,7 +211,8 @@ def read_tables(out: Path) -> dict[int, list[ComparisonRow]]:
     for seed, folder in seed_folders(out).items():
         tables[seed] = [ComparisonRow(**row) for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]]
         fill_task_end_changes(tables[seed], folder)
-        # Rows written before the distances at the end existed get them; the others stay as compare wrote them.
+        # Rows written before the distances at the end existed get them (the others get the same values again);
+        # the distances right after each task and every s.e. stay as compare wrote them.
         against_frontier(tables[seed], readings=(True,))
     return tables
 
