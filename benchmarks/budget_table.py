@@ -89,8 +89,11 @@ def over_tasks(results: dict, tasks: list[str], where: Path) -> dict:
             "se": after["se"], "lowest_end": (lowest["task"], lowest["delta"], lowest["se"]),
             "ends": [(p["delta"], p["se"]) for p in ends],
             "items": None if log is None else RunItems.from_log(log, tasks),
-            "end_items": None if log is None else log.held_out_after_task(tasks[-1], tasks),
-            "end_run_items": None if log is None else RunItems.from_log(log, tasks, at_end=True)}
+            "end_items": None if log is None else RunItems.from_log(log, tasks, at_end=True)}
+
+
+# Where a row keeps the per-item scores behind each gain: right after each task, and at the end.
+ITEMS = {"gain": "items", "end_gain": "end_items"}
 
 
 def gain_difference(run: dict, fixed: dict, gain: str = "gain") -> str:
@@ -99,10 +102,7 @@ def gain_difference(run: dict, fixed: dict, gain: str = "gain") -> str:
     if run["items"] is None or fixed["items"] is None:
         return f"{run[gain] - fixed[gain]:+.4f} (no s.e.: a run without evaluations.json)"
     # Both start from the same "before" scores, so the gain difference is the difference of the after-scores.
-    if gain == "gain":
-        change = general_change(fixed["items"].held_out_after, run["items"].held_out_after)
-    else:
-        change = general_change(fixed["end_items"], run["end_items"])
+    change = general_change(fixed[ITEMS[gain]].held_out_after, run[ITEMS[gain]].held_out_after)
     if abs(change["delta_abs"] - (run[gain] - fixed[gain])) > 1e-9:
         raise SystemExit(f"{run['label']} and {fixed['label']} did not start from the same scores: their gains cannot be paired")
     return f"{change['delta_abs']:+.4f} ± {change['delta_se']:.4f}"
@@ -130,7 +130,7 @@ def frontier_lines(runs: list[dict], fixed: list[dict], gain: str = "gain") -> l
     naive = [r for r in fixed if family(r["label"]) == "naive"]
     if not naive or not runs:
         return []
-    items = "items" if gain == "gain" else "end_run_items"
+    items = ITEMS[gain]
     front = naive_front([(r[gain], r["change"]) for r in naive])
     paired = all(r[items] is not None for r in naive + runs)
     found = frontier_distance_replicates([r[items] for r in naive], [r[items] for r in runs]) if paired else None

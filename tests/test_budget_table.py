@@ -66,8 +66,8 @@ def test_the_frontier_is_read_right_after_each_task_and_at_the_end(budget_table)
     # one back some). Right after: at gain 0.10 naive's line from (0, 0) to (0.15, -0.02) is at -0.01333, so the run at
     # -0.005 saves +0.00833. At the end: at 0.11 the line to (0.12, -0.02) is at -0.01833, so it saves +0.01333.
     naive = {"label": "naive(lr=0.0002,steps=30)", "gain": 0.15, "end_gain": 0.12, "change": -0.02,
-             "items": None, "end_run_items": None}
-    run = {"label": "naive+stop", "gain": 0.10, "end_gain": 0.11, "change": -0.005, "items": None, "end_run_items": None}
+             "items": None, "end_items": None}
+    run = {"label": "naive+stop", "gain": 0.10, "end_gain": 0.11, "change": -0.005, "items": None, "end_items": None}
     right_after = budget_table.frontier_lines([run], [naive])
     at_end = budget_table.frontier_lines([run], [naive], "end_gain")
     assert "(+0.1500, -0.0200)" in right_after[1] and "by the gain at the end" not in right_after[1]
