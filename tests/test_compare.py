@@ -56,6 +56,30 @@ def test_against_baseline_by_hand():
     assert x.general_drop_cut is None and x.step_time_ratio is None
 
 
+def test_the_table_names_rows_measured_in_different_environments():
+    from forgetless.compare import markdown
+    from forgetless.html_report import render_comparison_html
+
+    def env(transformers, threads=2, platform="Linux-6.1"):
+        return {"python": "3.12.3", "platform": platform, "device": "cpu", "torch_threads": threads,
+                "packages": {"torch": "2.13.0", "transformers": transformers}}
+
+    rows = [_row("naive", -0.05, {"a": 0.1}, 1.0), _row("ewc", -0.02, {"a": 0.1}, 1.0), _row("old", -0.03, {"a": 0.1}, 1.0)]
+    for row in rows:
+        row.general_delta_se = 0.008
+    rows[0].environment, rows[1].environment = env("5.24.0"), env("5.25.0", threads=4, platform="Linux-6.2")
+    table = {"rows": [r.model_dump(mode="json") for r in rows]}
+    note = ("Rows measured in different environments (forgetless.environment): torch_threads 2 (naive), 4 (ewc); "
+            "transformers 5.24.0 (naive), 5.25.0 (ewc); no record (old: measured before forgetless recorded it).")
+    assert note in markdown(table)
+    assert "torch_threads 2 (naive), 4 (ewc)" in render_comparison_html(table)
+    # The same versions on another kernel, or no record at all: nothing to say.
+    rows[1].environment = env("5.24.0", platform="Linux-6.2")
+    same = {"rows": [r.model_dump(mode="json") for r in rows[:2]]}
+    assert "different environments" not in markdown(same) and "different environments" not in render_comparison_html(same)
+    assert "different environments" not in markdown({"rows": [rows[2].model_dump(mode="json")]})
+
+
 def test_the_table_shows_the_lowest_general_change_at_a_task_end(tmp_path):
     from forgetless.compare import markdown, task_end_text
 
@@ -155,6 +179,12 @@ def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_pat
     assert l2sp.state_mb == pytest.approx(4 * sum(p.numel() for p in model.parameters()) / 2**20)
     assert naive.state_mb == 0 and naive.stores_raw_data == [] and naive.peak_memory_mb > 0
     assert "l2sp(lam=10)" in (out / "compare.md").read_text() and (out / "pareto.png").stat().st_size > 1000
+    # Each row carries what it was measured with, from its results.json: this process's versions, so no note.
+    from forgetless.environment import run_environment
+
+    for row in (naive, l2sp):
+        assert row.environment == results[row.strategy]["environment"] == run_environment()
+    assert "different environments" not in (out / "compare.md").read_text()
 
     # A second invocation adds a row and reuses the saved "before" evaluation: no "before" scoring at all.
     stages.clear()

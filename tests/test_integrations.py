@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
@@ -151,6 +152,7 @@ def test_monitor_logs_through_the_trainer_and_writes_results(tmp_path, tokenizer
     assert last["forgetless/general_tasks_fell"] == sum(
         not t.within_noise and t.delta < 0 for t in results.metrics.general_tasks.values())
     assert (tmp_path / "mon" / "report.md").is_file()
+    assert results.environment["packages"]["transformers"] == transformers.__version__  # the user's process's
     # The items behind the scores, for comparing this run with another item by item.
     log = EvaluationLog.read(tmp_path / "mon" / "evaluations.json")
     assert log.task_samples[-1]["mc"].score() == pytest.approx(last["forgetless/task/mc"])

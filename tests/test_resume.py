@@ -271,3 +271,31 @@ def test_a_half_written_state_folder_is_ignored_and_removed(task_files, tmp_path
     (tmp_path / "cut" / ".trainer" / "checkpoint-3").mkdir(parents=True)
     _run(config, tmp_path / "cut", tokenizer, resume=True)
     _assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_a_resume_under_other_versions_is_said_in_the_log_and_in_results(task_files, tmp_path, tokenizer, monkeypatch,
+                                                                          caplog):
+    """A run continued under other package versions mixes two environments: warned and recorded, not refused (an
+    upgrade between a kill and its resume should not cost the run); a state from before it was recorded: nothing said."""
+    from forgetless.environment import run_environment
+
+    config = _config(task_files)
+    state_file, state = _killed_state(config, tmp_path / "cut", tokenizer, monkeypatch)
+    now = run_environment()
+    assert state["environment"] == now and state["environment_changes"] == []
+    state["environment"] = {**now, "packages": {**now["packages"], "transformers": "4.0.0"}}
+    state_file.write_text(json.dumps(state))
+    with caplog.at_level("WARNING", logger="forgetless.training"):
+        _run(config, tmp_path / "cut", tokenizer, resume=True)
+    change = f"transformers 4.0.0 -> {now['packages']['transformers']}"
+    assert any(change in record.getMessage() and "--resume" in record.getMessage() for record in caplog.records)
+    results = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert results["environment"] == now and results["environment_changes"] == [change]
+    # A state written before the environment was recorded resumes silently, with no changes claimed.
+    state_file, state = _killed_state(config, tmp_path / "old", tokenizer, monkeypatch)
+    del state["environment"], state["environment_changes"]
+    state_file.write_text(json.dumps(state))
+    caplog.clear()
+    _run(config, tmp_path / "old", tokenizer, resume=True)
+    assert "environment_changes" not in json.loads((tmp_path / "old" / "results.json").read_text())
+    assert not [r for r in caplog.records if "environment" in r.getMessage()]

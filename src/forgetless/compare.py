@@ -36,6 +36,7 @@ import yaml
 from pydantic import Field
 
 from .config import RunConfig, parse_config
+from .environment import environment_differences
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
 from .metrics import general_change, paired_delta
@@ -77,6 +78,8 @@ class ComparisonRow(GeneralSummary):
     # When the row's run ended (UTC, ISO 8601): which of two measurements of a label is the later one, where they
     # are merged (benchmarks/seeds_table.py). Rows written before it was recorded have none.
     finished_at: str | None = None
+    # What the row was measured with (forgetless.environment); rows written before it was kept have none.
+    environment: dict[str, Any] = Field(default_factory=dict)
     training: list[dict[str, Any]] = Field(default_factory=list)
     # Against the baseline row (None when there is none, or when it has no drop or gain to compare with).
     general_drop_cut: float | None = None
@@ -224,6 +227,7 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
         state_mb=_state_bytes(run.strategies) / 2**20, stores_raw_data=getattr(results, "stores_raw_data", []),
         wall_time_s=seconds, training=results.training,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        environment=getattr(results, "environment", {}),
     )
 
 
@@ -429,8 +433,17 @@ def markdown(table: dict[str, Any]) -> str:
         "",
         SEED_NOISE,
         "",
+        *([note, ""] if (note := environment_note(rows)) else []),
     ]
     return "\n".join(lines)
+
+
+def environment_note(rows: list[ComparisonRow]) -> str:
+    """A line naming what differed between the environments the rows were measured in (none where they agree): a
+    difference between rows may then be the versions' as much as the strategies'."""
+    differences = environment_differences({row.strategy: row.environment for row in rows})
+    return ("Rows measured in different environments (forgetless.environment): " + "; ".join(differences) + "."
+            if differences else "")
 
 
 # One table is one training seed, and its s.e. is over the evaluation items only. Measured on the default model:

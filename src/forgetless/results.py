@@ -110,6 +110,8 @@ class RunResults(BaseModel):
     training: list[dict[str, Any]] = Field(default_factory=list)  # per task: loss, seconds, each strategy's log
     eval_seconds: float = 0.0
     wall_time_s: float | None = None
+    # Python, package versions, device, threads (forgetless.environment); empty in files written before it was kept.
+    environment: dict[str, Any] = Field(default_factory=dict)
 
     def general_after_each_task(self) -> dict[str, float | None]:
         """The general mean after each trained task, by task name (a final score can hide a drop in the middle)."""

@@ -35,6 +35,7 @@ from .budget import BudgetGuard
 from .config import RunConfig
 from .data.encoding import EncodingCounts, PaddingCollator, encode_rows_counted
 from .data.tasks import TrainingTask, load_task
+from .environment import environment_changes, run_environment
 from .errors import ForgetlessError
 from .evaluation.evaluator import EvaluationLog, Evaluator
 from .evaluation.instructions import with_leakage
@@ -307,6 +308,7 @@ class ContinualRun:
         self.global_step = 0
         self.task_logs: list[dict[str, Any]] = []
         self.resume_from = resume_from  # a state folder of OUT/resume to continue from (run --resume)
+        self.environment, self.environment_changes = run_environment(), []
         self.resume_store = ResumeStore(self.out_dir)
         self.interrupted = False
 
@@ -516,6 +518,7 @@ class ContinualRun:
             "global_step": self.stack.global_step, "evaluations": self.evaluator.log.to_json(), "task_logs": self.task_logs,
             "strengths": self.stack.strengths(), "rng": rng_values,
             "probe": self.probe.state() if self.probe is not None else None,
+            "environment": self.environment, "environment_changes": self.environment_changes,
         }
         task_tensors: dict[str, dict[str, torch.Tensor]] = {}
         if self.budget is not None:
@@ -528,6 +531,18 @@ class ContinualRun:
         tensors["task"] = task_tensors
         model = self.model if task_start and task_index > 0 else None
         self.resume_store.write(state, model, tensors, trainer_checkpoint)
+
+    def _note_environment(self, state: dict[str, Any]) -> None:
+        """On resume: what changed since the state was written (states from before it was recorded: nothing known)."""
+        self.environment_changes = list(state.get("environment_changes", []))
+        if not state.get("environment"):
+            return
+        changes = environment_changes(state["environment"], self.environment)
+        if changes:
+            self.environment_changes += changes
+            if is_main_process():
+                log.warning(f"--resume: the environment differs from the one the run was interrupted in ({'; '.join(changes)}); "
+                            "its results will mix the two (results.json: environment_changes)")
 
     def _start_or_resume(self) -> tuple[int, tuple[Path, dict, dict] | None]:
         """(first task to train, the mid-task checkpoint to continue it from or None); evaluates "before" if new."""
@@ -557,6 +572,7 @@ class ContinualRun:
             self.probe = self._probe()
             self.probe.load_state(state["probe"])
         load_rng_state(tensors["rng"]["rng"], state["rng"])
+        self._note_environment(state)
         return task_index, (folder / "trainer", state, tensors) if state["mid_task"] else None
 
     def _probe(self) -> GeneralProbe | None:
@@ -581,6 +597,9 @@ class ContinualRun:
             # it stands at the end (a budget's strengthen may have moved one).
             strategy_params=strategy_knobs(self.strategies),
             training=self.task_logs, wall_time_s=wall_time, config=self.config.model_dump(mode="json"),
+            environment=self.environment,
+            # A resume under other versions mixes two environments in one result: said, not refused.
+            **({"environment_changes": self.environment_changes} if self.environment_changes else {}),
             **({"budget": self.budget.checks} if self.budget is not None else {}),
             **(self.probe.summary() if getattr(self, "probe", None) is not None else {}),
         )

@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from ..budget import BudgetGuard
 from ..config import BudgetConfig
+from ..environment import run_environment
 from ..errors import ForgetlessError
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.lm_eval_tasks import load_lm_eval_tasks
@@ -209,7 +210,7 @@ class ForgettingMonitor(TrainerCallback):
             model=name_or_path, adapter="lora" if hasattr(model, "peft_config") else "full",
             strategies=stack.names if stack is not None else [], trained_tasks=list(self.trained),
             training=list(getattr(self.trainer, "forgetless_task_logs", [])),
-            wall_time_s=time.perf_counter() - self.started,
+            wall_time_s=time.perf_counter() - self.started, environment=run_environment(),
             **({"budget": self.budget.checks,
                 "config": {"budget": self.budget_config.model_dump()}} if self.budget is not None else {}),
         )
