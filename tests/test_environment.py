@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import platform
+import shutil
+import subprocess
 
+import pytest
 import torch
 
 from forgetless.environment import environment_changes, environment_differences, run_environment
@@ -20,6 +23,7 @@ def test_this_process_is_recorded():
     env = run_environment()
     assert env["packages"]["torch"] == torch.__version__ and env["torch_threads"] == torch.get_num_threads()
     assert env["python"] == platform.python_version() and env["device"] == "cpu"  # CI has no GPU
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_changes_between_two_records():
@@ -32,5 +36,39 @@ def test_differences_name_each_value_with_its_measurements():
     environments = {"a": _env(), "b": _env(transformers="5.24.0"), "c": _env(), "d": {}}
     assert environment_differences(environments) == [
         "transformers 5.25.0 (a, c), 5.24.0 (b)", "no record (d: measured before forgetless recorded it)"]
-    assert environment_differences({"a": _env(), "c": _env(platform="other")}) == []
+    assert environment_differences({"a": _env(), "c": _env(platform="other", forgetless_commit="abc")}) == []
     assert environment_differences({"d": {}, "e": None}) == []  # nothing recorded: nothing to compare
+
+
+def _module_at(path):
+    """forgetless/environment.py loaded from a copy at `path`: its _source_commit looks where the copy is."""
+    import importlib.util
+
+    import forgetless.environment
+
+    path.parent.mkdir(parents=True)
+    shutil.copy(forgetless.environment.__file__, path)
+    spec = importlib.util.spec_from_file_location(f"copy_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_commit_is_forgetless_own_checkouts_only(tmp_path):
+    def git(repo, *args):
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    for repo in (tmp_path / "checkout", tmp_path / "project"):
+        repo.mkdir()
+        git(repo, "init", "-q")
+    checkout = _module_at(tmp_path / "checkout" / "src" / "forgetless" / "environment.py")
+    installed = _module_at(tmp_path / "project" / "venv" / "site-packages" / "forgetless" / "environment.py")
+    for repo in (tmp_path / "checkout", tmp_path / "project"):
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "x")
+    assert checkout._source_commit() == git(tmp_path / "checkout", "rev-parse", "HEAD")
+    (tmp_path / "checkout" / "src" / "forgetless" / "new.py").write_text("")
+    assert checkout._source_commit() == git(tmp_path / "checkout", "rev-parse", "HEAD") + "+changes"
+    assert installed._source_commit() is None  # a wheel inside a user's repository is not that repository's commit

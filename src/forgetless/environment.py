@@ -1,22 +1,29 @@
 """What a run was measured with: Python, the packages that compute its numbers, the device and the CPU threads.
 
 Kept in results.json and in a resumable state, so that two measurements that should agree and do not can be traced
-to a change of environment, or ruled out. Naive on the bundled benchmark at seed 3, run again on 2026-12-06 in a
-virtual environment rebuilt from the unpinned requirements since its first run on 2026-12-05, ended at a general
-change of -0.0500 instead of -0.0516 with the same config and code path; no file said what the first run had
-installed (docs/results/quality.md, "Seed 3 again").
+to a change of environment, or ruled out. Naive on the bundled benchmark at seed 3, run again on 2026-12-06 with the
+same config and code path as on 2026-12-05, ended at a general change of -0.0500 instead of -0.0516; in between the
+machine had restarted and the virtual environment had been rebuilt from the unpinned requirements, and no file said
+what the first run had run on (docs/results/quality.md, "Seed 3 again").
 """
 
 from __future__ import annotations
 
 import platform
+import subprocess
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 # The libraries whose versions can move a number: the model's arithmetic (torch, numpy), its loading and training
 # (transformers, peft, accelerate, trl), the data and its tokenisation, and forgetless itself.
 PACKAGES = ("forgetless", "torch", "transformers", "peft", "accelerate", "trl", "datasets", "tokenizers", "safetensors",
             "numpy")
+
+
+# Recorded but not compared: a kernel update alone changes the platform string, and a table grown over days spans
+# commits that mostly touch docs; either can be read in results.json where a difference needs explaining.
+IGNORED = ("platform", "forgetless_commit")
 
 
 def _version(package: str) -> str | None:
@@ -26,14 +33,48 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux), else what platform knows: kernels, and so the last bits of a sum, follow the CPU."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _source_commit() -> str | None:
+    """The git commit of forgetless's source when it runs from a checkout ("+changes" when it differs from it), else
+    None (an installed wheel): the package version alone stays 0.1.0 across every commit."""
+    source = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or Path(top).resolve() / "src" / "forgetless" != source:  # a wheel inside someone else's repository
+            return None
+        commit, changed = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if changed else "")
+
+
 def run_environment() -> dict[str, Any]:
-    """This process's environment: {"python", "platform", "packages": {name: version or None}, "device", "torch_threads"}."""
+    """This process's environment: {"python", "platform", "packages": {name: version or None}, "forgetless_commit",
+    "device", "cpu",
+    "cpu_capability" (the vector instructions torch's CPU kernels use), "torch_threads"}."""
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"python": platform.python_version(), "platform": platform.platform(),
-            "packages": {name: _version(name) for name in PACKAGES}, "device": device,
-            "torch_threads": torch.get_num_threads()}
+            "packages": {name: _version(name) for name in PACKAGES}, "forgetless_commit": _source_commit(),
+            "device": device, "cpu": _cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads()}
 
 
 def _flat(environment: dict[str, Any]) -> dict[str, Any]:
@@ -43,20 +84,19 @@ def _flat(environment: dict[str, Any]) -> dict[str, Any]:
 
 
 def environment_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """What differs between two recorded environments, as "transformers 5.24.0 -> 5.25.0" (platform strings left out:
-    a kernel update alone changes them)."""
+    """What differs between two recorded environments, as "transformers 5.24.0 -> 5.25.0" (IGNORED keys left out)."""
     one, other = _flat(before), _flat(after)
-    keys = [k for k in dict.fromkeys([*one, *other]) if k != "platform" and one.get(k) != other.get(k)]
+    keys = [k for k in dict.fromkeys([*one, *other]) if k not in IGNORED and one.get(k) != other.get(k)]
     return [f"{key} {one.get(key)} -> {other.get(key)}" for key in keys]
 
 
 def environment_differences(environments: dict[str, dict[str, Any] | None]) -> list[str]:
     """Where labelled measurements (a comparison's rows) were taken under different environments: one line per
     differing key, each value with the labels measured under it ("transformers 5.24.0 (naive), 5.25.0 (ewc)"), and one
-    naming the measurements with no record. Empty when every recorded one agrees (platform strings left out)."""
+    naming the measurements with no record. Empty when every recorded one agrees (IGNORED keys left out)."""
     recorded = {label: _flat(env) for label, env in environments.items() if env}
     lines = []
-    keys = dict.fromkeys(key for env in recorded.values() for key in env if key != "platform")
+    keys = dict.fromkeys(key for env in recorded.values() for key in env if key not in IGNORED)
     for key in keys:
         by_value: dict[str, list[str]] = {}
         for label, env in recorded.items():
