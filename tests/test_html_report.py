@@ -50,7 +50,7 @@ def test_report_html_is_self_contained(run_folder):
     assert not re.search(r"""(src|href)=["'](https?:)?//""", page)  # nothing fetched from a network
     assert "<script" not in page
     assert page.count("data:image/png;base64,") == 3  # change band, task scores, score matrix
-    for section in ("Score matrix", "General ability over training", "Forgetting budget", "Config"):
+    for section in ("Score matrix", "General ability over training", "Forgetting budget", "Config", "Environment"):
         assert section in page
 
 

@@ -129,3 +129,16 @@ def test_the_mean_does_not_hide_a_loss(tmp_path):
     assert 0.010 < m.general_worst_se < 0.020 and (m.general_tasks_fell, m.general_tasks_rose) == (1, 1)
     text = render_markdown(results)
     assert "Worst general task: capitals -0.100 ±" in text and "1 of 3 general tasks fell beyond noise, 1 rose" in text
+
+
+def test_the_report_says_what_the_run_was_measured_with():
+    from forgetless.report import render_markdown
+
+    results = _results([[0.1], [0.2]], ["support"], within_noise=True)
+    assert "measured with" not in render_markdown(results)  # a results.json from before it was kept
+    results["environment"] = {"python": "3.11.7", "device": "cpu", "cpu": "AMD EPYC", "cpu_capability": "AVX512",
+                              "torch_threads": 2, "packages": {"torch": "2.13.0+cpu", "trl": None, "peft": "0.21.2"}}
+    results["environment_changes"] = ["transformers 5.24.0 -> 5.25.0"]
+    text = render_markdown(results)
+    assert ("- measured with: Python 3.11.7; torch 2.13.0+cpu, peft 0.21.2; cpu (AMD EPYC, AVX512, 2 threads)\n"
+            "- resumed under another environment: transformers 5.24.0 -> 5.25.0") in text

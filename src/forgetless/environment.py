@@ -107,3 +107,15 @@ def environment_differences(environments: dict[str, dict[str, Any] | None]) -> l
     if missing and recorded:
         lines.append(f"no record ({', '.join(missing)}: measured before forgetless recorded it)")
     return lines
+
+
+def environment_line(environment: dict[str, Any]) -> str:
+    """One line for a report: "Python 3.11.7; torch 2.13.0+cpu, transformers 5.25.0, ...; cpu (AMD EPYC, AVX512, 2
+    threads)"; empty for a run written before it was kept."""
+    if not environment:
+        return ""
+    packages = ", ".join(f"{name} {version}" for name, version in environment.get("packages", {}).items() if version)
+    cpu = ", ".join(str(part) for part in (environment.get("cpu"), environment.get("cpu_capability")) if part)
+    threads = environment.get("torch_threads")
+    where = ", ".join(part for part in (cpu, f"{threads} threads" if threads else "") if part)
+    return f"Python {environment.get('python')}; {packages}; {environment.get('device')}" + (f" ({where})" if where else "")

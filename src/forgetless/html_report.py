@@ -14,6 +14,7 @@ import json
 from typing import Any, Sequence
 from urllib.parse import quote
 
+from .environment import environment_line
 from .results import RunResults
 
 _STYLE = """
@@ -136,6 +137,10 @@ def render_run_html(results: RunResults) -> str:
     config = getattr(results, "config", None)
     if config:
         body.append("<h2>Config</h2><pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
+    if results.environment:
+        changes = getattr(results, "environment_changes", None) or []
+        body.append("<h2>Environment</h2><p>" + html.escape(environment_line(results.environment)) + "</p>"
+                    + "".join(f"<p>Resumed under another environment: {html.escape(c)}</p>" for c in changes))
     return _page("forgetless report", body)
 
 

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from .environment import environment_line
 from .fileio import atomic_write_bytes, atomic_write_text
 from .results import Evaluation, Metrics, RunResults
 
@@ -103,6 +104,10 @@ def render_markdown(results: RunResults | dict) -> str:
     ]
     if results.wall_time_s is not None:
         lines.append(f"- wall time: {results.wall_time_s:.1f} s")
+    if results.environment:
+        lines.append(f"- measured with: {environment_line(results.environment)}")
+    for change in getattr(results, "environment_changes", None) or []:
+        lines.append(f"- resumed under another environment: {change}")
     lines += ["", _general_headline(metrics), "", "## Continual-learning metrics", "", _continual_table(metrics)]
     lines += ["", "## Score matrix", "",
               "Held-out score of each training task (columns) after each stage (rows); higher is better.", "",
