@@ -60,6 +60,23 @@ def test_summary_over_seeds_by_hand():
     assert seeds_figure({**summary, "rows": []}) is None
 
 
+def test_seeds_measured_in_different_environments_are_named():
+    from forgetless.seeds import markdown
+
+    env = {"python": "3.11.7", "device": "cpu", "torch_threads": 2, "packages": {"transformers": "5.25.0"}}
+    seed0 = [_row("naive", 0.20, -0.04), _row("x", 0.15, -0.01)]
+    seed1 = [_row("naive", 0.22, -0.02), _row("x", 0.17, -0.03), _row("y", 0.3, 0.0)]
+    for row in seed0 + seed1:
+        row.environment = env
+    assert summarise({0: seed0, 1: seed1})["environment_note"] == ""
+    seed1[0].environment = {**env, "packages": {"transformers": "5.24.0"}}
+    seed1[2].environment = {}  # y is at one seed only: left out of the table, so out of the note
+    summary = summarise({0: seed0, 1: seed1})
+    note = ("Rows measured in different environments (forgetless.environment): transformers 5.25.0 (naive at seed 0, "
+            "x at seed 0, x at seed 1), 5.24.0 (naive at seed 1).")
+    assert summary["environment_note"] == note and note in markdown(summary)
+
+
 def test_over_seeds_the_lowest_change_at_a_task_end_is_averaged_where_there_are_two_tasks():
     from forgetless.seeds import markdown
 

@@ -36,7 +36,7 @@ import yaml
 from pydantic import Field
 
 from .config import RunConfig, parse_config
-from .environment import environment_differences
+from .environment import environment_note
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
 from .metrics import general_change, paired_delta
@@ -433,17 +433,14 @@ def markdown(table: dict[str, Any]) -> str:
         "",
         SEED_NOISE,
         "",
-        *([note, ""] if (note := environment_note(rows)) else []),
+        *([note, ""] if (note := rows_environment_note(rows)) else []),
     ]
     return "\n".join(lines)
 
 
-def environment_note(rows: list[ComparisonRow]) -> str:
-    """A line naming what differed between the environments the rows were measured in (none where they agree): a
-    difference between rows may then be the versions' as much as the strategies'."""
-    differences = environment_differences({row.strategy: row.environment for row in rows})
-    return ("Rows measured in different environments (forgetless.environment): " + "; ".join(differences) + "."
-            if differences else "")
+def rows_environment_note(rows: list[ComparisonRow]) -> str:
+    """forgetless.environment.environment_note over the rows, by label."""
+    return environment_note({row.strategy: row.environment for row in rows})
 
 
 # One table is one training seed, and its s.e. is over the evaluation items only. Measured on the default model:

@@ -119,3 +119,11 @@ def environment_line(environment: dict[str, Any]) -> str:
     threads = environment.get("torch_threads")
     where = ", ".join(part for part in (cpu, f"{threads} threads" if threads else "") if part)
     return f"Python {environment.get('python')}; {packages}; {environment.get('device')}" + (f" ({where})" if where else "")
+
+
+def environment_note(environments: dict[str, dict[str, Any] | None]) -> str:
+    """The sentence a table prints under itself where its labelled measurements were taken in different environments
+    (empty where they agree): a difference between rows may then be the versions' as much as the strategies'."""
+    differences = environment_differences(environments)
+    return ("Rows measured in different environments (forgetless.environment): " + "; ".join(differences) + "."
+            if differences else "")

@@ -145,7 +145,7 @@ def render_run_html(results: RunResults) -> str:
 
 
 def render_comparison_html(table: dict[str, Any]) -> str:
-    from .compare import SEED_NOISE, ComparisonRow, environment_note, pareto_png, run_folder, signed_with_se, task_end_text
+    from .compare import SEED_NOISE, ComparisonRow, pareto_png, rows_environment_note, run_folder, signed_with_se, task_end_text
 
     rows = [ComparisonRow(**row) for row in table["rows"]]
     baseline = table.get("baseline", "naive")
@@ -186,8 +186,8 @@ def render_comparison_html(table: dict[str, Any]) -> str:
               ", ".join(r.stores_raw_data) or "no"] for r in rows],
         ))
         body.append(f"<p>{html.escape(SEED_NOISE)}</p>")
-        if environment_note(rows):
-            body.append(f"<p>{html.escape(environment_note(rows))}</p>")
+        if rows_environment_note(rows):
+            body.append(f"<p>{html.escape(rows_environment_note(rows))}</p>")
         body.append(_image(pareto_png(table), "trade-off between in-domain gain and general change"))
         links = "".join(f'<li><a href="{quote(run_folder(r.strategy))}/report.html">{html.escape(r.strategy)}</a></li>'
                         for r in rows)

@@ -32,6 +32,7 @@ from typing import Any
 
 from .compare import ComparisonRow, against_frontier, before_key, compare, fill_task_end_changes, naive_frontier, trade_off_frame
 from .config import RunConfig, parse_config
+from .environment import environment_note
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
 from .frontier import distances, naive_front
@@ -124,7 +125,10 @@ def summarise(tables: dict[int, list[ComparisonRow]]) -> dict[str, Any]:
             if fronts_at_end and None not in at_end:
                 row["saved_at_end_per_seed"] = [r.change_saved_vs_frontier_at_end for r in runs]
         rows.append(row)
-    return {"seeds": seeds, "rows": rows, "averaged_frontier": front, "left_out": left_out}
+    # Seeds are often run days apart (a table grown seed by seed): a change of versions between them is named.
+    environments = {f"{label} at seed {s}": by_seed[s][label].environment for s in seeds for label in everywhere}
+    return {"seeds": seeds, "rows": rows, "averaged_frontier": front, "left_out": left_out,
+            "environment_note": environment_note(environments)}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -173,6 +177,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["![Gain against general change over seeds](seeds.png)", ""]
     if summary["left_out"]:
         lines += [f"Left out (not at every seed, or without a general change): {', '.join(summary['left_out'])}", ""]
+    if summary.get("environment_note"):
+        lines += [summary["environment_note"], ""]
     return "\n".join(lines)
 
 
