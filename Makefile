@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 TORCH_PIN := torch==2.13.0
-# Every other package at the versions the committed numbers were measured with (see constraints.txt).
+# Every other package at the versions the demo and docs/results have been measured with since 2026-12-06 (constraints.txt).
 CONSTRAINTS := -c constraints.txt
 CHROMIUM_STAMP := $(VENV)/.chromium
 APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null

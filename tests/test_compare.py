@@ -69,15 +69,19 @@ def test_the_table_names_rows_measured_in_different_environments():
         row.general_delta_se = 0.008
     rows[0].environment, rows[1].environment = env("5.24.0"), env("5.25.0", threads=4, platform="Linux-6.2")
     table = {"rows": [r.model_dump(mode="json") for r in rows]}
-    note = ("Rows measured in different environments (forgetless.environment): torch_threads 2 (naive), 4 (ewc); "
+    note = ("Rows measured in different or unrecorded environments (forgetless.environment): torch_threads 2 (naive), 4 (ewc); "
             "transformers 5.24.0 (naive), 5.25.0 (ewc); no record (old: measured before forgetless recorded it).")
     assert note in markdown(table)
     assert "torch_threads 2 (naive), 4 (ewc)" in render_comparison_html(table)
     # The same versions on another kernel, or no record at all: nothing to say.
     rows[1].environment = env("5.24.0", platform="Linux-6.2")
     same = {"rows": [r.model_dump(mode="json") for r in rows[:2]]}
-    assert "different environments" not in markdown(same) and "different environments" not in render_comparison_html(same)
-    assert "different environments" not in markdown({"rows": [rows[2].model_dump(mode="json")]})
+    assert "Rows measured" not in markdown(same) and "Rows measured" not in render_comparison_html(same)
+    assert "Rows measured" not in markdown({"rows": [rows[2].model_dump(mode="json")]})
+    # A row measured across two environments (a resume, or a shared "before" scored elsewhere) is named on its own.
+    rows[0].environment_changes = ["the 'before' evaluation's transformers 5.24.0 -> 5.25.0"]
+    assert ("Rows measured across two environments: naive (the 'before' evaluation's transformers 5.24.0 -> 5.25.0)."
+            in markdown({"rows": [r.model_dump(mode="json") for r in rows[:2]]}))
 
 
 def test_the_table_shows_the_lowest_general_change_at_a_task_end(tmp_path):
@@ -184,13 +188,23 @@ def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_pat
 
     for row in (naive, l2sp):
         assert row.environment == results[row.strategy]["environment"] == run_environment()
-    assert "different environments" not in (out / "compare.md").read_text()
+        assert row.environment_changes == []
+    assert "Rows measured" not in (out / "compare.md").read_text()
+    assert json.loads((out / "before.json").read_text())["environment"] == run_environment()
 
-    # A second invocation adds a row and reuses the saved "before" evaluation: no "before" scoring at all.
+    # A second invocation adds a row and reuses the saved "before" evaluation: no "before" scoring at all. Had that
+    # evaluation run under other versions, the new row's change spans two environments, and says so.
+    saved = json.loads((out / "before.json").read_text())
+    now = saved["environment"]
+    saved["environment"] = {**now, "packages": {**now["packages"], "transformers": "4.0.0"}}
+    (out / "before.json").write_text(json.dumps(saved))
     stages.clear()
     assert main(["compare", str(compare_config), "--strategies", "[replay, l2sp]", "--out", str(out), "--quiet"]) == 0
     assert stages == ["after_task", "after_task"]
     table = json.loads((out / "compare.json").read_text())
+    change = f"the 'before' evaluation's transformers 4.0.0 -> {now['packages']['transformers']}"
+    assert table["rows"][2]["environment_changes"] == [change] and table["rows"][0]["environment_changes"] == []
+    assert f"Rows measured across two environments: replay+l2sp ({change})." in (out / "compare.md").read_text()
     assert [row["strategy"] for row in table["rows"]] == ["naive", "l2sp(lam=10)", "replay+l2sp"]
     assert table["rows"][2]["stores_raw_data"] == ["replay"] and len(table["commands"]) == 2
     assert table["rows"][2]["general_before"] == pytest.approx(naive.general_before)

@@ -72,8 +72,8 @@ def test_seeds_measured_in_different_environments_are_named():
     seed1[0].environment = {**env, "packages": {"transformers": "5.24.0"}}
     seed1[2].environment = {}  # y is at one seed only: left out of the table, so out of the note
     summary = summarise({0: seed0, 1: seed1})
-    note = ("Rows measured in different environments (forgetless.environment): transformers 5.25.0 (naive at seed 0, "
-            "x at seed 0, x at seed 1), 5.24.0 (naive at seed 1).")
+    note = ("Rows measured in different or unrecorded environments (forgetless.environment): transformers 5.25.0 "
+            "(naive at seed 0, x at seed 0, x at seed 1), 5.24.0 (naive at seed 1).")
     assert summary["environment_note"] == note and note in markdown(summary)
 
 

@@ -36,7 +36,7 @@ import yaml
 from pydantic import Field
 
 from .config import RunConfig, parse_config
-from .environment import environment_note
+from .environment import environment_changes, environment_note, run_environment
 from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
 from .metrics import general_change, paired_delta
@@ -78,8 +78,10 @@ class ComparisonRow(GeneralSummary):
     # When the row's run ended (UTC, ISO 8601): which of two measurements of a label is the later one, where they
     # are merged (benchmarks/seeds_table.py). Rows written before it was recorded have none.
     finished_at: str | None = None
-    # What the row was measured with (forgetless.environment); rows written before it was kept have none.
+    # What the row was measured with (forgetless.environment); rows written before it was kept have none. Changes within
+    # the row: a shared "before" evaluation made in another environment, or a resume under another one.
     environment: dict[str, Any] = Field(default_factory=dict)
+    environment_changes: list[str] = Field(default_factory=list)
     training: list[dict[str, Any]] = Field(default_factory=list)
     # Against the baseline row (None when there is none, or when it has no drop or gain to compare with).
     general_drop_cut: float | None = None
@@ -228,6 +230,7 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
         wall_time_s=seconds, training=results.training,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         environment=getattr(results, "environment", {}),
+        environment_changes=list(getattr(results, "environment_changes", None) or []),
     )
 
 
@@ -439,8 +442,12 @@ def markdown(table: dict[str, Any]) -> str:
 
 
 def rows_environment_note(rows: list[ComparisonRow]) -> str:
-    """forgetless.environment.environment_note over the rows, by label."""
-    return environment_note({row.strategy: row.environment for row in rows})
+    """forgetless.environment.environment_note over the rows, by label, and the rows measured across two environments."""
+    note = environment_note({row.strategy: row.environment for row in rows})
+    within = [f"{row.strategy} ({'; '.join(row.environment_changes)})" for row in rows if row.environment_changes]
+    if within:
+        note = (note + " " if note else "") + "Rows measured across two environments: " + ", ".join(within) + "."
+    return note
 
 
 # One table is one training seed, and its s.e. is over the evaluation items only. Measured on the default model:
@@ -607,6 +614,14 @@ def load_before(out: Path, config: RunConfig):
     return EvaluationLog.from_json(saved["log"]) if saved.get("key") == before_key(config) else None
 
 
+def before_environment(out: Path) -> dict[str, Any]:
+    """The environment out/before.json was evaluated in ({} for one written before it was kept)."""
+    import json
+
+    path = out / "before.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("environment") or {} if path.exists() else {}
+
+
 def compare(
     config: RunConfig,
     specs: list,
@@ -654,6 +669,8 @@ def compare(
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         raise ForgetlessError(f"--strategies: the same entry appears twice ({repeated})")
     before = load_before(out, config)
+    # A row's general change spans the environment that scored the start and its own: a change between them is said.
+    start_environment = before_environment(out) if before is not None else {}
     rows = [ComparisonRow(**row) for row in table["rows"]]
     fill_task_end_changes(rows, out)
     configs = []
@@ -676,9 +693,14 @@ def compare(
             results = run.execute()
         if before is None:
             before = run.evaluator.log.first()
-            atomic_write_json(out / "before.json", {"key": before_key(config), "log": before.to_json()})
+            start_environment = run_environment()
+            atomic_write_json(out / "before.json", {"key": before_key(config), "log": before.to_json(),
+                                                    "environment": start_environment})
         row = _row(label, spec, run, results, time.perf_counter() - started, memory, row_config.train.steps)
         row.train_override = override
+        if start_environment and row.environment:
+            row.environment_changes += [f"the 'before' evaluation's {change}"
+                                        for change in environment_changes(start_environment, row.environment)]
         rows = [r for r in rows if r.strategy != label] + [row]
         against_baseline(rows, baseline)
         frontier_noise(rows, out)

@@ -35,7 +35,7 @@ from .budget import BudgetGuard
 from .config import RunConfig
 from .data.encoding import EncodingCounts, PaddingCollator, encode_rows_counted
 from .data.tasks import TrainingTask, load_task
-from .environment import environment_changes, run_environment
+from .environment import RESUME_IGNORED, environment_changes, run_environment
 from .errors import ForgetlessError
 from .evaluation.evaluator import EvaluationLog, Evaluator
 from .evaluation.instructions import with_leakage
@@ -537,7 +537,7 @@ class ContinualRun:
         self.environment_changes = list(state.get("environment_changes", []))
         if not state.get("environment"):
             return
-        changes = environment_changes(state["environment"], self.environment)
+        changes = environment_changes(state["environment"], self.environment, RESUME_IGNORED)
         if changes:
             self.environment_changes += changes
             if is_main_process():
