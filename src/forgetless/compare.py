@@ -601,25 +601,23 @@ def frontier_label(override: dict[str, Any]) -> str:
     return "naive(" + ",".join(f"{k}={v}" for k, v in sorted(override.items())) + ")"
 
 
-def load_before(out: Path, config: RunConfig):
-    """The "before training" evaluation saved in `out` by a run of the same config, or None."""
+def saved_before(out: Path, config: RunConfig) -> dict[str, Any] | None:
+    """out/before.json as saved by a run of the same config ({"key", "log", "environment"}), or None."""
     import json
-
-    from .evaluation.evaluator import EvaluationLog
 
     path = out / "before.json"
     if not path.exists():
         return None
     saved = json.loads(path.read_text(encoding="utf-8"))
-    return EvaluationLog.from_json(saved["log"]) if saved.get("key") == before_key(config) else None
+    return saved if saved.get("key") == before_key(config) else None
 
 
-def before_environment(out: Path) -> dict[str, Any]:
-    """The environment out/before.json was evaluated in ({} for one written before it was kept)."""
-    import json
+def load_before(out: Path, config: RunConfig):
+    """The "before training" evaluation saved in `out` by a run of the same config, or None."""
+    from .evaluation.evaluator import EvaluationLog
 
-    path = out / "before.json"
-    return json.loads(path.read_text(encoding="utf-8")).get("environment") or {} if path.exists() else {}
+    saved = saved_before(out, config)
+    return None if saved is None else EvaluationLog.from_json(saved["log"])
 
 
 def compare(
@@ -645,6 +643,7 @@ def compare(
     """
     import json
 
+    from .evaluation.evaluator import EvaluationLog
     from .strategies import StrategyStack
     from .training import ContinualRun
 
@@ -668,9 +667,10 @@ def compare(
     if len(set(labels)) != len(labels):
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         raise ForgetlessError(f"--strategies: the same entry appears twice ({repeated})")
-    before = load_before(out, config)
+    saved = saved_before(out, config)  # read once: it holds the whole "before" evaluation
+    before = None if saved is None else EvaluationLog.from_json(saved["log"])
     # A row's general change spans the environment that scored the start and its own: a change between them is said.
-    start_environment = before_environment(out) if before is not None else {}
+    start_environment = {} if saved is None else saved.get("environment") or {}
     rows = [ComparisonRow(**row) for row in table["rows"]]
     fill_task_end_changes(rows, out)
     configs = []

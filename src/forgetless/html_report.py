@@ -186,8 +186,8 @@ def render_comparison_html(table: dict[str, Any]) -> str:
               ", ".join(r.stores_raw_data) or "no"] for r in rows],
         ))
         body.append(f"<p>{html.escape(SEED_NOISE)}</p>")
-        if rows_environment_note(rows):
-            body.append(f"<p>{html.escape(rows_environment_note(rows))}</p>")
+        if note := rows_environment_note(rows):
+            body.append(f"<p>{html.escape(note)}</p>")
         body.append(_image(pareto_png(table), "trade-off between in-domain gain and general change"))
         links = "".join(f'<li><a href="{quote(run_folder(r.strategy))}/report.html">{html.escape(r.strategy)}</a></li>'
                         for r in rows)

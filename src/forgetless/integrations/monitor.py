@@ -102,6 +102,7 @@ class ForgettingMonitor(TrainerCallback):
         self.step_offset = 0  # optimizer steps of earlier train() calls
         self.trained: list[str] = []
         self.started = time.perf_counter()
+        self.environment = run_environment()  # once: results() is written at every evaluation
 
     # -- wiring ------------------------------------------------------------------------------------------
 
@@ -210,7 +211,7 @@ class ForgettingMonitor(TrainerCallback):
             model=name_or_path, adapter="lora" if hasattr(model, "peft_config") else "full",
             strategies=stack.names if stack is not None else [], trained_tasks=list(self.trained),
             training=list(getattr(self.trainer, "forgetless_task_logs", [])),
-            wall_time_s=time.perf_counter() - self.started, environment=run_environment(),
+            wall_time_s=time.perf_counter() - self.started, environment=self.environment,
             **({"budget": self.budget.checks,
                 "config": {"budget": self.budget_config.model_dump()}} if self.budget is not None else {}),
         )
