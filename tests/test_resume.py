@@ -299,3 +299,13 @@ def test_a_resume_under_other_versions_is_said_in_the_log_and_in_results(task_fi
     _run(config, tmp_path / "old", tokenizer, resume=True)
     assert "environment_changes" not in json.loads((tmp_path / "old" / "results.json").read_text())
     assert not [r for r in caplog.records if "environment" in r.getMessage()]
+
+
+def test_a_field_added_since_a_state_was_written_counts_at_its_default(task_files):
+    from forgetless.resume import config_differences
+
+    current = tiny_config(task_files).model_dump(mode="json")
+    older = {key: value for key, value in current.items() if key != "general_data"}  # written before the field existed
+    assert config_differences(older, current) == []
+    assert config_differences(older, {**current, "general_data": "general.jsonl"}) == ["general_data"]
+    assert config_differences(current, {**current, "train": {**current["train"], "lr": 0.5}}) == ["train.lr"]

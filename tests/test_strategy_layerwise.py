@@ -288,8 +288,8 @@ def _spy_first_index(monkeypatch):
     captured: dict = {}
     real = StrategyStack.from_specs
 
-    def spy(specs):
-        stack = real(specs)
+    def spy(specs, **kwargs):
+        stack = real(specs, **kwargs)
         for strategy in [s for s in stack.strategies if s.name == "layerwise"]:
             original = strategy.on_task_start
 

@@ -72,8 +72,8 @@ def _fake_score(monkeypatch, drop_at, marker_name):
     """Scores that fall by drop_at(alpha), alpha read off one weight's position between theta_0 and theta_ft."""
     seen_texts = []
 
-    def fake(model, tokenizer, texts):
-        seen_texts.append(tuple(texts))
+    def fake(model, tokenizer, rows):
+        seen_texts.append(tuple(row["text"] for row in rows))
         p = dict(model.named_parameters())[marker_name].reshape(-1)[0].item()
         alpha = round((p - fake.start) / (fake.finetuned - fake.start), 3)
         return 0.7 - drop_at(alpha)
@@ -106,7 +106,8 @@ def test_validation_score_is_one_minus_log_v_perplexity(tiny_lm, tokenizer):
 
     texts = ["The quick brown fox jumps over the lazy dog.", "A second, shorter text."]
     ppl = score_text_perplexity(tiny_lm, tokenizer, texts, max_length=512).perplexity
-    assert validation_score(tiny_lm, tokenizer, texts) == pytest.approx(1 - math.log(ppl) / math.log(len(tokenizer)))
+    expected = 1 - math.log(ppl) / math.log(len(tokenizer))
+    assert validation_score(tiny_lm, tokenizer, [{"text": t} for t in texts]) == pytest.approx(expected)
 
 
 def test_bad_knobs_are_refused():

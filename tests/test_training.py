@@ -138,8 +138,8 @@ def test_strategy_hooks_run_in_order_and_their_loss_is_added(tmp_path, tokenizer
     created = []
     real_build = StrategyStack.from_specs
 
-    def spy(specs):
-        stack = real_build(specs)
+    def spy(specs, **kwargs):
+        stack = real_build(specs, **kwargs)
         created.extend(stack.strategies)
         return stack
 

@@ -586,9 +586,15 @@ def before_key(config: RunConfig) -> dict[str, Any]:
     return data
 
 
+# Config fields added after tables were first written: left out of a table's setting while unset, so that a table
+# written before them (a compare folder grown over days, a merge of old and new folders) still takes today's rows.
+ADDED_SINCE_TABLES = ("general_data",)
+
+
 def table_setting(config: RunConfig) -> dict[str, Any]:
     """What rows of one table must share: the whole config but the strategies."""
-    return config.model_dump(mode="json", exclude={"strategies"})
+    setting = config.model_dump(mode="json", exclude={"strategies"})
+    return {key: value for key, value in setting.items() if not (key in ADDED_SINCE_TABLES and value is None)}
 
 
 def frontier_settings(config: RunConfig, lrs: list[float] | None, steps: list[int] | None) -> list[dict[str, Any]]:

@@ -170,6 +170,10 @@ class RunConfig(_Strict):
     strategies: list[str | dict[str, Any]] = Field(
         default_factory=lambda: ["naive"], description="Strategy names, or {name: ..., <params>}."
     )
+    general_data: str | None = Field(
+        None, description="A JSONL file of {text} or {prompt, response} rows that strategies protect and rehearse as the "
+        "model's general ability, in place of the bundled general English (keep them apart from what is evaluated)."
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="What to score and when.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
     checkpoints: Literal["none", "last", "every_task"] = Field(
@@ -286,4 +290,4 @@ def _resolve_relative_files(config: RunConfig, base: Path) -> RunConfig:
     tasks = [t.model_copy(update={"file": resolve(t.file), "heldout_file": resolve(t.heldout_file)}) for t in config.tasks]
     eval_tasks = [t.model_copy(update={"file": resolve(t.file)}) for t in config.eval.tasks]
     evaluation = config.eval.model_copy(update={"tasks": eval_tasks, "lm_eval_include": resolve(config.eval.lm_eval_include)})
-    return config.model_copy(update={"tasks": tasks, "eval": evaluation})
+    return config.model_copy(update={"tasks": tasks, "eval": evaluation, "general_data": resolve(config.general_data)})

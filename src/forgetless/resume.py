@@ -54,9 +54,20 @@ def _knob_values(knobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted config keys whose values differ between two configs (model_dump(mode="json") of each)."""
-    a, b = _flatten(recorded), _flatten(current)
-    return sorted(key for key in set(a) | set(b) if a.get(key, "<absent>") != b.get(key, "<absent>"))
+    """Dotted config keys whose values differ between two configs (model_dump(mode="json") of each). A key one of them
+    lacks (a field added since the state was written, as `general_data`) counts as its default there: at its default
+    the new field changes nothing."""
+    a, b, defaults = _flatten(recorded), _flatten(current), _flatten(_config_defaults())
+    return sorted(key for key in set(a) | set(b)
+                  if a.get(key, defaults.get(key, "<absent>")) != b.get(key, defaults.get(key, "<absent>")))
+
+
+def _config_defaults() -> dict[str, Any]:
+    """Every config field at its default (a task is required: its list differs anyway and is not a default)."""
+    from .config import parse_config
+
+    defaults = parse_config({"tasks": [{"name": "_", "builtin": "support"}]}).model_dump(mode="json")
+    return {key: value for key, value in defaults.items() if key != "tasks"}
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

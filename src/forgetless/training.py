@@ -34,14 +34,21 @@ from .adapters import adapter_name, finish_task, lora_config, prepare_for_task, 
 from .budget import BudgetGuard
 from .config import RunConfig
 from .data.encoding import EncodingCounts, PaddingCollator, encode_rows_counted
-from .data.tasks import TrainingTask, load_task
+from .data.tasks import (
+    GeneralData,
+    TrainingTask,
+    check_general_encoding,
+    general_overlapping_scored,
+    load_general_data,
+    load_task,
+)
 from .environment import RESUME_IGNORED, environment_changes, run_environment
 from .errors import ForgetlessError
 from .evaluation.evaluator import EvaluationLog, Evaluator
 from .evaluation.instructions import with_leakage
 from .evaluation.lm_eval_tasks import load_lm_eval_tasks
 from .evaluation.probe import GeneralProbe
-from .evaluation.suites import heldout_task, load_eval_file, load_suite
+from .evaluation.suites import TextPerplexityTask, heldout_task, load_eval_file, load_suite
 from .fileio import atomic_write_json, check_output_path
 from .integrations.strategy_trainer import ListDataset, with_strategies
 from .models import load_model, load_tokenizer, match_pad_token
@@ -269,7 +276,7 @@ class ContinualRun:
                 "resumable state and evaluations read whole parameter tensors, which a sharded model splits across "
                 "processes); train with DDP instead (accelerate launch --multi_gpu --num_processes N), see docs/scale.md"
             )
-        self.stack = StrategyStack.from_specs(config.strategies)
+        self.stack = StrategyStack.from_specs(config.strategies, general=run_general_data(config))
         self.configured_knobs = strategy_knobs(self.stack.strategies)  # before a budget's strengthen moves any
         self.stack.check(config.training_setup(), world_size=_world_size())
         if config.train.batch_size % (config.train.gradient_accumulation_steps * _world_size()):
@@ -289,9 +296,19 @@ class ContinualRun:
         general = [t for suite in config.eval.suites for t in load_suite(suite)]
         general += [load_eval_file(t.name, t.file) for t in config.eval.tasks]
         general += load_lm_eval_tasks(config.eval.lm_eval_tasks, config.eval.lm_eval_include)
+        if self.stack.general is not None:  # held-out rows and every perplexity text scored (suites, eval.tasks)
+            scored = {task.name: task.heldout for task in self.tasks}
+            scored |= {t.name: [{"text": text} for text in t.texts] for t in general if isinstance(t, TextPerplexityTask)}
+            general_overlapping_scored(self.stack.general, scored)
         general = with_leakage(general, [row for task in self.tasks for row in task.train])
         if model is None:  # the tokenizer first: the training rows are checked before the (larger) model loads
             tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+        if self.stack.general is not None:
+            emptied = check_general_encoding(self.stack.general, tokenizer, config.train.max_length)
+            if emptied and is_main_process():
+                log.warning(f"{self.stack.general.source}: {emptied} of {len(self.stack.general.rows)} rows "
+                            f"have a prompt of train.max_length ({config.train.max_length}) tokens or more; strategies "
+                            "leave them out")
         # encoded once: the check's examples are the ones trained on (and a resumed run's finished tasks)
         encoded = [self._check_encoding(config.tasks[i], task, tokenizer) for i, task in enumerate(self.tasks)]
         self.examples = [examples for examples, _ in encoded]
@@ -640,6 +657,11 @@ def resolved_strategy_params(config: RunConfig) -> dict[str, dict[str, Any]]:
     return strategy_knobs(StrategyStack.from_specs(config.strategies).strategies)
 
 
+def run_general_data(config: RunConfig) -> GeneralData | None:
+    """The config's `general_data` rows, read and checked (None: strategies protect the bundled general English)."""
+    return load_general_data(config.general_data) if config.general_data is not None else None
+
+
 def context_for(config: RunConfig, model, tokenizer, tasks: list[TrainingTask], task_index: int = 0):
     """The TaskContext the runner gives strategies for task `task_index` (tests and benchmarks use it)."""
     from .strategies import Clock, TaskContext
@@ -651,4 +673,5 @@ def context_for(config: RunConfig, model, tokenizer, tasks: list[TrainingTask], 
         setup=config.training_setup(), model=model, tokenizer=tokenizer, task=data(tasks[task_index]), task_index=task_index,
         earlier_tasks=[data(t) for t in tasks[:task_index]],
         adapter=adapter_name(task_index) if config.adapter == "lora" else None, clock=Clock(task_steps=config.train.steps),
+        general=run_general_data(config),
     )

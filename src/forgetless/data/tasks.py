@@ -83,24 +83,36 @@ def load_builtin_task(builtin: str, name: str | None = None) -> TrainingTask:
 
 def read_task_rows(path: str) -> tuple[str, list[dict[str, Any]]]:
     """Validate a user's training file: every row is chat or every row is text; report the bad line."""
+    task_format, rows, _ = read_task_rows_numbered(path)
+    return task_format, rows
+
+
+def read_task_rows_numbered(path: str) -> tuple[str, list[dict[str, Any]], list[int]]:
+    """`read_task_rows`, with each row's line number in the file (for later checks that name a line)."""
     numbered = read_jsonl_numbered(path)
+    task_format, rows = validated_rows(numbered, lambda line: f"{path}:{line}")
+    return task_format, rows, [line for line, _ in numbered]
+
+
+def validated_rows(numbered: list[tuple[int, dict[str, Any]]], where: Callable[[int], str]) -> tuple[str, list[dict[str, Any]]]:
+    """(format, rows) of numbered rows that are all chat or all text, else an error naming the row (`where(number)`)."""
     first_line, first = numbered[0]
     task_format = "text" if "text" in first else "chat"
     rows = []
     for line, row in numbered:
         if "text" in row and ("prompt" in row or "response" in row):
-            raise ForgetlessError(f"{path}:{line}: a row has 'text' and 'prompt'/'response'; give one format per row "
+            raise ForgetlessError(f"{where(line)}: a row has 'text' and 'prompt'/'response'; give one format per row "
                                   "(it would silently train as text)")
         if task_format == "text":
             if not isinstance(row.get("text"), str) or not row["text"].strip():
-                raise ForgetlessError(f"{path}:{line}: expected a non-empty string field 'text' (as on line {first_line})")
+                raise ForgetlessError(f"{where(line)}: expected a non-empty string field 'text' (as in {where(first_line)})")
             rows.append({"text": row["text"]})
         else:
             for key in ("prompt", "response"):
                 if not isinstance(row.get(key), str) or not row[key].strip():
                     raise ForgetlessError(
-                        f"{path}:{line}: expected non-empty string fields 'prompt' and 'response' "
-                        f"(or 'text' on every line); missing or empty: {key!r}"
+                        f"{where(line)}: expected non-empty string fields 'prompt' and 'response' "
+                        f"(or 'text' in every row); missing or empty: {key!r}"
                     )
             rows.append({"prompt": row["prompt"], "response": row["response"]})
     return task_format, rows
@@ -138,3 +150,67 @@ def load_task(task_config, seed: int = 0) -> TrainingTask:
 def general_train_texts() -> tuple[str, ...]:
     """General English that is never evaluated: for Fisher estimation, replay mixing, anchor inputs."""
     return tuple(row["text"] for row in read_jsonl(asset_path("general", "general_train.jsonl")))
+
+
+@dataclass(frozen=True, eq=False)
+class GeneralData:
+    """What strategies protect and rehearse as the model's general ability (`ctx.general_rows`).
+
+    By default the bundled general English, disjoint from every evaluation item; a user whose model's general
+    ability is something else (chat, code, another language) gives their own rows (`general_data`).
+    """
+
+    format: str  # "text" or "chat", one for all rows
+    rows: tuple[dict[str, Any], ...]
+    source: str  # where the rows came from, for messages ("general_data PATH", "the bundled general English")
+    lines: tuple[int, ...] | None = None  # each row's line in `source`, when it is a file
+
+    def same_rows(self, other: "GeneralData") -> bool:
+        return self.format == other.format and self.rows == other.rows
+
+    def where(self, index: int) -> str:
+        """Row `index` as a user finds it: file and line, or its position."""
+        return f"{self.source}:{self.lines[index]}" if self.lines else f"{self.source}, row {index + 1}"
+
+
+@functools.cache
+def bundled_general() -> GeneralData:
+    """The bundled general English as `GeneralData` (read once)."""
+    return GeneralData("text", tuple({"text": text} for text in general_train_texts()), "the bundled general English")
+
+
+def load_general_data(path: str) -> GeneralData:
+    """A user's general rows from a JSONL file of {text} or {prompt, response} rows, checked as a task file is."""
+    task_format, rows, lines = read_task_rows_numbered(path)
+    return GeneralData(task_format, tuple(rows), f"general_data {path}", tuple(lines))
+
+
+def check_general_encoding(general: GeneralData, tokenizer, max_length: int) -> int:
+    """How many general chat rows `max_length` empties (the prompt, with the chat template, fills it: nothing of the row
+    is protected); refused when that is every row, as for a task's rows. Text rows are split in windows, never emptied."""
+    if general.format != "chat":
+        return 0
+    from .encoding import encode_rows_counted
+
+    _, counts = encode_rows_counted(tokenizer, list(general.rows), max_length)
+    if counts.emptied == counts.rows:
+        raise ForgetlessError(
+            f"{general.source}: all {counts.rows} rows have a prompt (with the chat template) of {max_length} "
+            "tokens (the training max_length) or more, so strategies would protect and rehearse nothing of them; raise "
+            "train.max_length or shorten the prompts"
+        )
+    return counts.emptied
+
+
+def general_overlapping_scored(general: GeneralData, scored: dict[str, list[dict[str, Any]]]) -> None:
+    """Refuse general rows that are also rows a task scores (`scored`: a training task's held-out rows, an evaluation
+    file's text rows, by task name): rehearsing or protecting a scored row would raise its score without any learning.
+    Only exact rows are caught, not near-duplicates."""
+    for name, rows in scored.items():
+        keys = {tuple(sorted(row.items())) for row in rows}
+        for index, row in enumerate(general.rows):
+            if tuple(sorted(row.items())) in keys:
+                raise ForgetlessError(
+                    f"{general.where(index)}: this row is also scored, in task {name!r}; strategies rehearse "
+                    "and protect general rows, so it would score what it trained on. Remove it from one of the two files"
+                )

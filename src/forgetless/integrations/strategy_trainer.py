@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import statistics
 from typing import Any
 
@@ -22,6 +23,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import IntervalStrategy
 
 from ..data.encoding import IGNORE_INDEX, PaddingCollator
+from ..data.tasks import GeneralData, check_general_encoding, load_general_data, validated_rows
 from ..errors import ForgetlessError
 from ..nn import trained_tokens
 from ..strategies import MicroBatch, OptimizerStep, StrategyStack, TaskData, TrainingSetup
@@ -82,17 +84,17 @@ def rows_from_dataset(dataset) -> tuple[str, list[dict[str, Any]]] | None:
     """
     try:
         columns = set(dataset.column_names)
-    except AttributeError:
+    except (AttributeError, TypeError):  # not a dataset, or an IterableDataset (column_names None)
         return None
     if "text" in columns:
-        return "text", [{"text": row["text"]} for row in dataset if isinstance(row["text"], str)]
+        return "text", [{"text": row["text"]} for row in dataset if _filled(row["text"])]
     if {"prompt", "completion"} <= columns:
         rows = []
         for row in dataset:
             prompt, completion = row["prompt"], row["completion"]
             if isinstance(prompt, list):  # conversational prompt-completion
                 prompt, completion = _last_turn(prompt), _last_turn(completion, "assistant")
-            if prompt and completion:
+            if _filled(prompt) and _filled(completion):
                 rows.append({"prompt": prompt, "response": completion})
         return "chat", rows
     if "messages" in columns:
@@ -100,15 +102,47 @@ def rows_from_dataset(dataset) -> tuple[str, list[dict[str, Any]]] | None:
         for row in dataset:
             messages = row["messages"]
             replies = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-            if replies and (prompt := _last_turn(messages[: replies[-1]])):
-                rows.append({"prompt": prompt, "response": messages[replies[-1]]["content"]})
+            reply = messages[replies[-1]].get("content") if replies else None
+            if _filled(reply) and (prompt := _last_turn(messages[: replies[-1]])):
+                rows.append({"prompt": prompt, "response": reply})
         return "chat", rows
     return None
 
 
+def general_data_from(source: Any) -> GeneralData | None:
+    """`with_strategies(...)(general_data=...)`: a JSONL file's path (as a run config's `general_data`), or a dataset (or
+    a list of row dicts) in one of TRL's formats (text, prompt-completion, messages), as rows strategies protect."""
+    if source is None or isinstance(source, GeneralData):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return load_general_data(os.fspath(source))
+    if isinstance(source, list) and source and all(isinstance(row, dict) for row in source):
+        if not any("messages" in row or "completion" in row for row in source):  # forgetless's own row formats
+            task_format, rows = validated_rows(list(enumerate(source, start=1)), lambda n: f"general_data row {n}")
+            return GeneralData(task_format, tuple(rows), "general_data (a list)")
+        from datasets import Dataset
+
+        source = Dataset.from_list(source)
+    found = rows_from_dataset(source)
+    if found is None:
+        raise ForgetlessError(
+            "with_strategies: general_data takes a JSONL file's path, a list of {text} or {prompt, response} rows, or a "
+            f"map-style dataset with a 'text', 'prompt'/'completion' or 'messages' column, not {type(source).__name__}"
+        )
+    task_format, rows = found
+    if not rows:
+        raise ForgetlessError("with_strategies: general_data has no usable row (empty texts, or no assistant reply)")
+    return GeneralData(task_format, tuple(rows), "general_data (a dataset)")
+
+
 def _last_turn(messages: list[dict[str, Any]], role: str = "user") -> str | None:
-    turns = [m["content"] for m in messages if m.get("role") == role and isinstance(m.get("content"), str)]
+    turns = [m["content"] for m in messages if m.get("role") == role and _filled(m.get("content"))]
     return turns[-1] if turns else None
+
+
+def _filled(value: Any) -> bool:
+    """A non-empty string (a row whose text or turn is empty, None or a list of parts gives nothing to train on)."""
+    return isinstance(value, str) and bool(value.strip())
 
 
 def examples_from_dataset(dataset) -> list[dict[str, list[int]]]:
@@ -134,12 +168,12 @@ class StrategyTrainerMixin:
     """The glue between a Trainer's step and a StrategyStack (see the module docstring)."""
 
     def __init__(self, *args, strategies: Any = (), total_tasks: int | None = None, task_name: str | None = None,
-                 forgetless_setup: TrainingSetup | None = None, forgetless_task: TaskData | None = None,
-                 forgetless_adapter: str | None = None, **kwargs):
+                 general_data: Any = None, forgetless_setup: TrainingSetup | None = None,
+                 forgetless_task: TaskData | None = None, forgetless_adapter: str | None = None, **kwargs):
         # forgetless_*: the runner's own facts (its config's setup, its task rows, its adapter's name).
         bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
         raw_dataset = bound.get("train_dataset")
-        self.strategy_stack = StrategyStack.from_specs(strategies)
+        self.strategy_stack = StrategyStack.from_specs(strategies, general=general_data_from(general_data))
         self.forgetless_task_logs: list[dict[str, Any]] = []
         self._raw_rows = rows_from_dataset(raw_dataset) if raw_dataset is not None and forgetless_task is None else None
         self._total_tasks, self._task_name = total_tasks, task_name
@@ -208,6 +242,8 @@ class StrategyTrainerMixin:
         tokenizer = self.processing_class
         if tokenizer is None or not hasattr(tokenizer, "pad_token_id"):
             raise ForgetlessError("with_strategies needs the tokenizer: pass processing_class=tokenizer to the trainer")
+        if stack.general is not None and not stack.finished and self._setup_override is None:  # the runner checked it
+            check_general_encoding(stack.general, tokenizer, setup.max_length)
         stack.start_task(setup, model, tokenizer, task, adapter=adapter)
         if kwargs.get("resume_from_checkpoint") or (args and args[0]):
             # transformers reloads PEFT adapters on resume and activates only the first one (wrong for a stack of
@@ -382,7 +418,9 @@ def with_strategies(trainer_cls: type) -> type:
     """A subclass of `trainer_cls` whose constructor also takes `strategies=[...]` (names or {name: ..., params}).
 
     Extra keyword arguments: `strategies` (specs, or a StrategyStack to continue), `total_tasks` (the
-    sequence's length, if known), `task_name` (for logs). Each `train()` call trains one task.
+    sequence's length, if known), `task_name` (for logs), `general_data` (rows to protect and rehearse as general
+    ability in place of the bundled general English: a JSONL file's path or a dataset; see `general_data_from`).
+    Each `train()` call trains one task.
     """
     from transformers import Trainer
 

@@ -1,8 +1,9 @@
 """Building blocks several strategies share: the data to protect, batching, block indices.
 
-"What to protect" has one answer across strategies: general English from `ctx.general_texts` (disjoint
-from every evaluation item) on the first task, and from the second task on half earlier tasks' training
-data, half general English (`protection_examples`). Strategies take a `source` knob to override it.
+"What to protect" has one answer across strategies: the general rows (`ctx.general_rows`: the bundled general
+English, disjoint from every evaluation item, or the run's `general_data`) on the first task, and from the second
+task on half earlier tasks' training data, half general rows (`protection_examples`). Strategies take a `source`
+knob to override it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def own_seed(seed: int | None, ctx: TaskContext) -> int:
 
 
 def protection_rows(ctx: TaskContext, source: ProtectionSource = "auto") -> list[dict[str, Any]]:
-    """Raw rows of ONE kind: earlier tasks' training rows, else (first task, or 'general') general text.
+    """Raw rows of ONE kind: earlier tasks' training rows, else (first task, or 'general') the general rows.
 
     `protection_examples` is the entry point: for `auto` after the first task it mixes both kinds.
     """
@@ -36,7 +37,7 @@ def protection_rows(ctx: TaskContext, source: ProtectionSource = "auto") -> list
         return task_rows(ctx.task)
     if source == "earlier_tasks" or (source == "auto" and ctx.earlier_tasks):
         return [row for task in ctx.earlier_tasks for row in task_rows(task)]
-    return [{"text": text} for text in ctx.general_texts]
+    return list(ctx.general_rows)
 
 
 def task_rows(task: TaskData) -> list[dict[str, Any]]:
@@ -60,7 +61,7 @@ def sample_examples(ctx: TaskContext, rows: list[dict[str, Any]], count: int, ma
 def protection_examples(ctx: TaskContext, count: int, source: ProtectionSource = "auto", seed: int = 0):
     """Encoded examples of what to protect, at the run's training max_length.
 
-    `auto` after the first task: half earlier tasks' data, half general English. The starting model's
+    `auto` after the first task: half earlier tasks' data, half general rows. The starting model's
     general ability needs protecting on every task, not only the first: a strategy whose reference
     moves to each task's start (fip) would otherwise hold nothing of it from the second task on.
     """

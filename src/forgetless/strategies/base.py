@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from ..data.tasks import GeneralData, bundled_general
 from ..errors import ForgetlessError
 from ..task_weights import TaskWeights
 
@@ -98,13 +99,26 @@ class TaskContext:
     adapter: str | None = None  # under LoRA: the name of the adapter this task trains
     clock: Clock = field(default_factory=Clock)
     log: dict[str, Any] = field(default_factory=dict)  # per-task facts, keys prefixed by the strategy's name
+    general: GeneralData | None = None  # a user's general rows (`general_data`); None: the bundled general English
+
+    @property
+    def general_data(self) -> GeneralData:
+        """What to protect and rehearse as general ability: the user's `general_data`, else the bundled general
+        English (disjoint from every evaluation item; read on first use, then cached)."""
+        return self.general if self.general is not None else bundled_general()
+
+    @property
+    def general_rows(self) -> tuple[dict[str, Any], ...]:
+        """The general rows, {text} or {prompt, response}: `encode_rows` and `sample_examples` take either."""
+        return self.general_data.rows
 
     @property
     def general_texts(self) -> tuple[str, ...]:
-        """General English, disjoint from every evaluation item (read on first use, then cached)."""
-        from ..data.tasks import general_train_texts
-
-        return general_train_texts()
+        """The general rows as plain texts; only where they are text rows (chat rows: read `general_rows`)."""
+        data = self.general_data
+        if data.format != "text":
+            raise ForgetlessError(f"{data.source} holds chat rows, not texts: read ctx.general_rows")
+        return tuple(row["text"] for row in data.rows)
 
     @cached_property
     def weights(self) -> TaskWeights:

@@ -271,7 +271,7 @@ class EWC(Strategy):
         gamma: float = Field(0.97, gt=0, le=1, description="Online EWC: decay of the earlier Fisher at each new task.")
         source: ProtectionSource = Field(
             "auto",
-            description="What the Fisher protects: auto (general text, then each trained task), general, earlier_tasks, "
+            description="What the Fisher protects: auto (the general rows, then each trained task), general, earlier_tasks, "
             "current_task.",
         )
         samples: int = Field(64, ge=1, description="Sequences the Fisher is estimated on.")

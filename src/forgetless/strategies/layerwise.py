@@ -129,7 +129,7 @@ class Layerwise(Strategy):
             "adaptive", description="adaptive: alpha_l from each block's share of the penalty; uniform: alpha_l = 1."
         )
         source: ImportanceSource = Field(
-            "auto", description="auto: general text, then each task trained; general: general text only."
+            "auto", description="auto: the general rows, then each task trained; general: the general rows only."
         )
         task_importance: TaskImportance = Field(
             "training", description="training: read off the task's last training steps; pass: one more pass over the task."

@@ -6,8 +6,8 @@ it where earlier data may not be kept; `ssr` rehearses self-generated examples i
 
 Per task, a reservoir sample (algorithm R, seeded) of the task's encoded examples enters the buffer
 once the task is done. While a later task trains, buffer examples make up `ratio` of its training
-examples and general English (`ctx.general_texts`) makes up `general_ratio`; on the first task there
-is no buffer, and general text alone protects the starting model.
+examples and general rows (`ctx.general_rows`: general English, or the run's `general_data`) make up
+`general_ratio`; on the first task there is no buffer, and general rows alone protect the starting model.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ class Replay(Strategy):
         per_task: int = Field(200, ge=1, description="Buffer quota per finished task (reservoir sampled).")
         ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of the training examples drawn from the buffer.")
         general_ratio: float | None = Field(
-            None, ge=0, lt=1, description="Fraction drawn from general English; null: ratio on the first task, ratio / 2 later."
+            None, ge=0, lt=1, description="Fraction drawn from the general rows (general English, or the run's "
+            "general_data); null: ratio on the first task, ratio / 2 later."
         )
         seed: int | None = Field(None, description="Seed of the reservoir and the mixing; null: the run's training seed.")
 
@@ -129,8 +130,7 @@ class Replay(Strategy):
         rehearsed = draw([e for index in sorted(self.buffer) for e in self.buffer[index]], n_buffer, rng)
         general = []
         if n_general:
-            rows = [{"text": text} for text in ctx.general_texts]
-            pool = sample_examples(ctx, rows, n_general, ctx.setup.max_length, seed=rng.randrange(2**31))
+            pool = sample_examples(ctx, list(ctx.general_rows), n_general, ctx.setup.max_length, seed=rng.randrange(2**31))
             general = draw(pool, n_general, rng)
         mixed = list(examples) + rehearsed + general  # the Trainer shuffles, so order does not matter
         ctx.log["replay_buffer_examples"] = len(rehearsed)

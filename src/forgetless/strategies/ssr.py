@@ -7,8 +7,9 @@ from) writes pseudo-examples of that task by in-context learning from `shots` re
 synthetic instruction itself (the paper's "refine the outputs with the latest model" step). The
 demonstrations are local to that one call: after it, the strategy holds no real row of any task, and
 its checkpoint state holds only the synthetic examples. Before the first task, the starting model
-writes general-English passages in the same way from general-text demonstrations, so the first task
-is protected too. While a task trains, synthetic examples make up `ratio` of its training examples.
+writes general-English passages in the same way from general-text demonstrations (from the run's
+`general_data` rows instead, text or chat, where it has them), so the first task is protected too. While
+a task trains, synthetic examples make up `ratio` of its training examples.
 
 Simplifications against the paper (for cost): no k-means selection over a large generated pool
 (the paper keeps ~200 per task chosen from many more), and one model both writes and refines.
@@ -30,7 +31,7 @@ from ._common import own_seed
 from .base import Strategy, StrategyParams, Strength, TaskContext
 from .replay import draw, mix_counts, pack_examples, unpack_examples
 
-GENERAL_POOL = -1  # pool id of the general-English passages written before the first task
+GENERAL_POOL = -1  # pool id of the general examples written before the first task
 # Demonstrations are cut to this many characters so that a 2-shot prompt stays near 300 tokens.
 DEMO_CHARS = 600
 MIN_SYNTHETIC_CHARS = 8  # shorter generations (empty, a stray word) are dropped
@@ -139,8 +140,8 @@ class SelfSynthesizedRehearsal(Strategy):
 
     def on_task_start(self, ctx: TaskContext) -> None:
         if ctx.task_index == 0 and self.general and GENERAL_POOL not in self.pools:
-            general_rows = [{"text": text} for text in ctx.general_texts]
-            self.pools[GENERAL_POOL] = self.synthesize(ctx, general_rows, "text", GENERAL_POOL)
+            general = ctx.general_data
+            self.pools[GENERAL_POOL] = self.synthesize(ctx, list(general.rows), general.format, GENERAL_POOL)
 
     def prepare_examples(self, ctx: TaskContext, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pool = [e for pool_id in sorted(self.pools) for e in self.pools[pool_id]]

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import torch
 
+from ..data.tasks import GeneralData, bundled_general
 from ..errors import ForgetlessError
 from .base import Clock, OptimizerStep, Strategy, TaskContext, TaskData, TrainingSetup
 
@@ -35,8 +36,9 @@ class MicroBatch:
 class StrategyStack:
     """Strategies in list order, the task being trained, and the tasks already finished."""
 
-    def __init__(self, strategies: Iterable[Strategy]):
+    def __init__(self, strategies: Iterable[Strategy], general: GeneralData | None = None):
         self.strategies: list[Strategy] = list(strategies)
+        self.general = general  # a user's general rows; None: the bundled general English
         names = [s.name for s in self.strategies]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -48,16 +50,32 @@ class StrategyStack:
         self._pending_task_state: dict[str, Any] | None = None  # a mid-task resume's state, applied at start_task
 
     @classmethod
-    def from_specs(cls, specs: Iterable[str | dict[str, Any]] | "StrategyStack") -> "StrategyStack":
-        """Names or {name: ..., <params>} mappings as in a run config (or an existing stack, returned as is)."""
+    def from_specs(cls, specs: Iterable[str | dict[str, Any]] | "StrategyStack", general: GeneralData | None = None
+                   ) -> "StrategyStack":
+        """Names or {name: ..., <params>} mappings as in a run config (or an existing stack, returned as is), protecting
+        `general` as general ability (None: the bundled general English, or what an existing stack protects)."""
         if isinstance(specs, StrategyStack):
+            specs.use_general(general)
             return specs
         from . import build_strategy
 
         if isinstance(specs, (str, dict)):
             specs = [specs]
         specs = list(specs)
-        return cls(build_strategy(spec, path=f"strategies[{i}]") for i, spec in enumerate(specs))
+        return cls((build_strategy(spec, path=f"strategies[{i}]") for i, spec in enumerate(specs)), general=general)
+
+    def use_general(self, general: GeneralData | None) -> None:
+        """Protect and rehearse `general` from now on (None: keep what the stack has). Only before the first task:
+        what earlier tasks consolidated (a Fisher, a rehearsal pool) was measured on the general rows they saw."""
+        if general is None or (self.general is not None and general.same_rows(self.general)):
+            return
+        if self.finished or self.context is not None:
+            had = (self.general or bundled_general()).source
+            raise ForgetlessError(
+                f"this strategy stack has protected {had} since its first task; it cannot switch to "
+                f"{general.source} in the middle of a sequence (pass the same general data, or none, to later trainers)"
+            )
+        self.general = general
 
     @property
     def names(self) -> list[str]:
@@ -92,6 +110,7 @@ class StrategyStack:
         ctx = TaskContext(
             setup=setup, model=model, tokenizer=tokenizer, task=task, task_index=len(self.finished),
             earlier_tasks=list(self.finished), adapter=adapter, clock=Clock(global_step=self.global_step),
+            general=self.general,
         )
         self.context = ctx
         for strategy in self.strategies:
