@@ -206,10 +206,11 @@ def general_overlapping_scored(general: GeneralData, scored: dict[str, list[dict
     """Refuse general rows that are also rows a task scores (`scored`: a training task's held-out rows, an evaluation
     file's text rows, by task name): rehearsing or protecting a scored row would raise its score without any learning.
     Only exact rows are caught, not near-duplicates."""
+    general_keys = [tuple(sorted(row.items())) for row in general.rows]  # once, not once per scored task
     for name, rows in scored.items():
         keys = {tuple(sorted(row.items())) for row in rows}
-        for index, row in enumerate(general.rows):
-            if tuple(sorted(row.items())) in keys:
+        for index, key in enumerate(general_keys):
+            if key in keys:
                 raise ForgetlessError(
                     f"{general.where(index)}: this row is also scored, in task {name!r}; strategies rehearse "
                     "and protect general rows, so it would score what it trained on. Remove it from one of the two files"
