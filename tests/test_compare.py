@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import yaml
 
 from forgetless.cli import main
-from forgetless.compare import ComparisonRow, against_baseline, parse_strategy
+from forgetless.compare import ComparisonRow, against_baseline, compare, parse_strategy
+from forgetless.config import load_config
 from forgetless.errors import ForgetlessError
 
 
@@ -220,6 +222,49 @@ def test_compare_shares_the_before_evaluation_and_grows_over_invocations(tmp_pat
     capsys.readouterr()
     assert main(["compare", str(other), "--strategies", "naive", "--out", str(out), "--quiet"]) == 2
     assert "differs in ['train']" in capsys.readouterr().err
+    # So is the same config after a task file was edited under the same path: its rows were trained on other rows,
+    # and the saved "before" evaluation scored other held-out rows, so it is not reused either.
+    from forgetless.compare import load_before
+
+    assert load_before(out, load_config(compare_config)) is not None
+    chat = Path(yaml.safe_load(compare_config.read_text())["tasks"][0]["file"])
+    chat.write_text(chat.read_text().replace("wait.", "wait a minute."))
+    assert load_before(out, load_config(compare_config)) is None
+    assert main(["compare", str(compare_config), "--strategies", "naive", "--out", str(out), "--quiet"]) == 2
+    assert "differs in ['data_digests.tasks.0.file']: a data file under the same path" in capsys.readouterr().err
+
+
+def test_a_file_edited_while_compare_runs_keeps_the_row_out_of_the_table(tmp_path, compare_config, monkeypatch):
+    from forgetless.training import ContinualRun
+
+    chat = Path(yaml.safe_load(compare_config.read_text())["tasks"][0]["file"])
+    original, built = ContinualRun.__init__, []
+
+    def editing(self, config, *args, **kwargs):
+        if built:  # the second row reads the file after an edit
+            chat.write_text(chat.read_text().replace("wait.", "wait a minute."))
+        built.append(1)
+        original(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(ContinualRun, "__init__", editing)
+    out = tmp_path / "cmp"
+    with pytest.raises(ForgetlessError, match=r"row l2sp: \['tasks.0.file'\] edited while compare ran"):
+        compare(load_config(compare_config), ["naive", "l2sp"], out, progress=False)
+    assert [row["strategy"] for row in json.loads((out / "compare.json").read_text())["rows"]] == ["naive"]
+
+
+def test_table_settings_compare_data_files_where_both_record_them():
+    """A table written before the digests were kept (none in its setting) still takes rows; two that both record
+    them differ file by file, and a difference elsewhere is named as before."""
+    from forgetless.compare import differences_note, setting_differences
+
+    new = {"train": {"lr": 0.1}, "data_digests": {"tasks.0.file": "a", "general_data": "b"}}
+    old = {"train": {"lr": 0.1}}
+    assert setting_differences(new, old) == setting_differences(old, new) == []
+    edited = {**new, "data_digests": {"tasks.0.file": "a", "general_data": "c"}}
+    assert setting_differences(new, edited) == ["data_digests.general_data"]
+    assert setting_differences({**old, "train": {"lr": 0.2}}, new) == ["train"]
+    assert differences_note(["train"]) == "differs in ['train']"
 
 
 def test_compare_checks_every_entry_before_training(tmp_path, compare_config, capsys):

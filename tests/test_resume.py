@@ -7,6 +7,8 @@ at a step inside a task); tests/test_resume_kill.py kills a real process with SI
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -309,3 +311,50 @@ def test_a_field_added_since_a_state_was_written_counts_at_its_default(task_file
     assert config_differences(older, current) == []
     assert config_differences(older, {**current, "general_data": "general.jsonl"}) == ["general_data"]
     assert config_differences(current, {**current, "train": {**current["train"], "lr": 0.5}}) == ["train.lr"]
+
+
+def test_resume_refuses_a_data_file_edited_under_the_same_path(task_files, tmp_path, tokenizer, monkeypatch):
+    """A task file edited between the kill and --resume would give the second half other rows (another held-out
+    split): refused, naming the file and its field; restored, it resumes to the uninterrupted run. A state written
+    before the digests were kept resumes unchecked."""
+    config = _config(task_files)
+    state_file, state = _killed_state(config, tmp_path / "cut", tokenizer, monkeypatch)
+    assert set(state["data_digests"]) == {"tasks.0.file", "tasks.1.file", "eval.tasks.0.file"}
+    chat = Path(task_files["chat"])
+    original = chat.read_bytes()
+    chat.write_bytes(original.replace(b"wait.", b"wait a minute."))
+    with pytest.raises(ForgetlessError, match=rf"--resume: {re.escape(str(chat))} \(tasks\.0\.file\) changed since"):
+        _run(config, tmp_path / "cut", tokenizer, resume=True)
+    chat.unlink()
+    with pytest.raises(ForgetlessError, match=rf"--resume: {re.escape(str(chat))} \(tasks\.0\.file\) is missing since"):
+        _run(config, tmp_path / "cut", tokenizer, resume=True)
+    chat.write_bytes(original)
+    _run(config, tmp_path / "cut", tokenizer, resume=True)
+    _run(config, tmp_path / "whole", tokenizer)
+    _assert_same_run(tmp_path / "cut", tmp_path / "whole")
+    # An older state (no digests) with the file edited: the config alone is compared, as before.
+    state_file, state = _killed_state(config, tmp_path / "old", tokenizer, monkeypatch)
+    del state["data_digests"]
+    state_file.write_text(json.dumps(state))
+    chat.write_bytes(original.replace(b"wait.", b"wait a minute."))
+    _run(config, tmp_path / "old", tokenizer, resume=True)
+
+
+def test_data_digests_cover_every_file_a_config_reads_and_an_lm_eval_folder(task_files, tmp_path):
+    from forgetless.resume import data_digests
+
+    folder = tmp_path / "lm_eval"
+    folder.mkdir()
+    (folder / "task.yaml").write_text("task: mine\n")
+    config = tiny_config(task_files, general_data=task_files["text"]).model_dump(mode="json")
+    config["eval"] |= {"tasks": [{"name": "mc", "file": task_files["mc"]}], "lm_eval_include": str(folder)}
+    config["tasks"][0]["heldout_file"] = task_files["mc"]
+    digests = data_digests(config)
+    assert set(digests) == {"tasks.0.file", "tasks.0.heldout_file", "tasks.1.file", "eval.tasks.0.file",
+                            "eval.lm_eval_include", "general_data"}
+    assert digests["tasks.1.file"] == digests["general_data"] != digests["tasks.0.file"]  # by content, not by field
+    (folder / "task.yaml").rename(folder / "other.yaml")  # the same bytes under another name: another task set
+    renamed = data_digests(config)
+    assert renamed["eval.lm_eval_include"] != digests["eval.lm_eval_include"]
+    assert {k: v for k, v in renamed.items() if k != "eval.lm_eval_include"} == {
+        k: v for k, v in digests.items() if k != "eval.lm_eval_include"}

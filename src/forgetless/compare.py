@@ -41,6 +41,7 @@ from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
 from .metrics import general_change, paired_delta
 from .results import GeneralSummary
+from .resume import data_digests
 
 GENERATION_CHECKS = ("instructions", "leakage")
 
@@ -246,6 +247,22 @@ def run_folder(label: str) -> str:
 def differing_keys(one: dict[str, Any], other: dict[str, Any]) -> list[str]:
     """The top-level keys whose values differ between two settings: what a refusal to mix them names."""
     return sorted(k for k in set(one) | set(other) if one.get(k) != other.get(k))
+
+
+def setting_differences(one: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """What two table settings differ in ([]: one setting). The data files' digests are compared file by file
+    ("data_digests.tasks.0.file") and only where both settings have them: tables written before 2026-12-06 lack them."""
+    one, other = dict(one), dict(other)
+    mine, theirs = one.pop("data_digests", None), other.pop("data_digests", None)
+    keys = differing_keys(one, other)
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        keys += [f"data_digests.{f}" for f in sorted(set(mine) | set(theirs)) if mine.get(f) != theirs.get(f)]
+    return keys
+
+
+def differences_note(keys: list[str]) -> str:
+    edited = any(key.startswith("data_digests.") for key in keys)
+    return f"differs in {keys}" + (": a data file under the same path holds other content" if edited else "")
 
 
 def against_baseline(rows: list[ComparisonRow], baseline: str = "naive") -> None:
@@ -583,6 +600,9 @@ def before_key(config: RunConfig) -> dict[str, Any]:
     data["eval"].pop("every_steps")
     data["seed"] = config.train.seed if split_depends_on_seed(config) else None
     data["format"] = 2  # 2: generation tasks keep their answers (older files lack the start's, needed by leakage)
+    scored = data_digests(data)  # of the tasks' and evaluation's files (`data` holds no general_data)
+    if scored:  # files edited under the same path are scored anew; built-in tasks (no files) keep their old keys
+        data["data_digests"] = scored
     return data
 
 
@@ -594,7 +614,10 @@ ADDED_SINCE_TABLES = ("general_data",)
 def table_setting(config: RunConfig) -> dict[str, Any]:
     """What rows of one table must share: the whole config but the strategies."""
     setting = config.model_dump(mode="json", exclude={"strategies"})
-    return {key: value for key, value in setting.items() if not (key in ADDED_SINCE_TABLES and value is None)}
+    setting = {key: value for key, value in setting.items() if not (key in ADDED_SINCE_TABLES and value is None)}
+    digests = data_digests(setting)
+    # Rows trained on a file edited under the same path are not the same setting; without files, nothing is added.
+    return {**setting, "data_digests": digests} if digests else setting
 
 
 def frontier_settings(config: RunConfig, lrs: list[float] | None, steps: list[int] | None) -> list[dict[str, Any]]:
@@ -662,9 +685,11 @@ def compare(
     path = out / "compare.json"
     table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"commands": [], "rows": []}
     setting = {**table_setting(config), **(setting or {})}
-    if table.setdefault("setting", setting) != setting:
-        changed = differing_keys(setting, table["setting"])
-        raise ForgetlessError(f"{path} holds rows for another config (differs in {changed}): choose another --out")
+    changed = setting_differences(setting, table.setdefault("setting", setting))
+    if changed:
+        raise ForgetlessError(f"{path} holds rows for another config ({differences_note(changed)}): choose another --out")
+    if "data_digests" in setting:  # a table written before the digests were kept checks later rows from now on
+        table["setting"]["data_digests"] = setting["data_digests"]
     table["baseline"] = baseline
     if command:
         table["commands"] = [*table.get("commands", []), command]
@@ -697,6 +722,12 @@ def compare(
         with _PeakMemory() as memory:
             run = run_factory(row_config, out / run_folder(label), before)
             results = run.execute()
+        read = getattr(run, "data_digests", None)  # as the row read them; the table's are from the invocation's start
+        expected = setting.get("data_digests", {}) if read is not None else {}
+        edited = [field for field in sorted(expected) if read.get(field) != expected[field]]
+        if edited:
+            raise ForgetlessError(f"row {label}: {edited} edited while compare ran (the row trained on other rows than "
+                                  f"the table's); its folder {out / run_folder(label)} is not added to the table")
         if before is None:
             before = run.evaluator.log.first()
             start_environment = run_environment()

@@ -29,10 +29,11 @@ from pydantic import ValidationError
 from .compare import (
     ComparisonRow,
     against_baseline,
-    differing_keys,
+    differences_note,
     fill_task_end_changes,
     frontier_noise,
     run_folder,
+    setting_differences,
     write_table,
 )
 from .errors import ForgetlessError
@@ -71,9 +72,10 @@ def merge_tables(sources: list[Path], out: Path, command: str | None = None) -> 
     befores = [_read_object(s / "before.json", ("key", "log")) for s in sources]
     first = tables[0]
     for source, table, before in zip(sources[1:], tables[1:], befores[1:]):
-        if table["setting"] != first["setting"]:
-            raise ForgetlessError(f"{source} was run on another config than {sources[0]} (differs in "
-                                  f"{differing_keys(table['setting'], first['setting'])}): not one comparison")
+        changed = setting_differences(table["setting"], first["setting"])
+        if changed:
+            raise ForgetlessError(f"{source} was run on another config than {sources[0]} ({differences_note(changed)}): "
+                                  "not one comparison")
         if table.get("baseline", "naive") != first.get("baseline", "naive"):
             raise ForgetlessError(f"{source} compares with {table.get('baseline', 'naive')!r}, {sources[0]} with "
                                   f"{first.get('baseline', 'naive')!r}: not one comparison")
@@ -129,9 +131,10 @@ def _check_seeds_are_one_config(folders: list[Path]) -> None:
 
     first = setting(folders[0])
     for folder in folders[1:]:
-        if setting(folder) != first:
-            raise ForgetlessError(f"{folder} was run on another config than {folders[0]} (differs in "
-                                  f"{differing_keys(setting(folder), first)}, the seed aside): not one comparison")
+        changed = setting_differences(setting(folder), first)
+        if changed:
+            raise ForgetlessError(f"{folder} was run on another config than {folders[0]} ({differences_note(changed)}, "
+                                  "the seed aside): not one comparison")
 
 
 def _check_places(sources: list[Path], out: Path) -> None:

@@ -4,7 +4,8 @@ Ctrl-C; read by `run --resume`; removed when the run completes.
 Layout under OUT/resume/:
     current.json               names the newest complete state folder; written last, atomically
     <n>/state.json             where the run is (task, mid-task or not), its config, the evaluations so far,
-                               per-task logs, budget and probe state, strategy strengths and in-task values, RNG
+                               per-task logs, budget and probe state, strategy strengths and in-task values, RNG,
+                               the sha256 of each data file the config names
     <n>/model.safetensors      the model at the start of that task (after the previous task's merge); none for
                                the first task, whose start is the loaded model itself
     <n>/strategies.safetensors each strategy's consolidated state (`state_tensors`), keys "<strategy>/<key>"
@@ -18,6 +19,7 @@ before current.json names it. Folders it does not name are leftovers, removed wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -62,12 +64,50 @@ def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> lis
                   if a.get(key, defaults.get(key, "<absent>")) != b.get(key, defaults.get(key, "<absent>")))
 
 
+def _field_value(config_json: dict[str, Any], field: str) -> Any:
+    value: Any = config_json
+    for part in field.split("."):
+        value = value[int(part)] if isinstance(value, list) else value.get(part)
+    return value
+
+
 def _config_defaults() -> dict[str, Any]:
     """Every config field at its default (a task is required: its list differs anyway and is not a default)."""
     from .config import parse_config
 
     defaults = parse_config({"tasks": [{"name": "_", "builtin": "support"}]}).model_dump(mode="json")
     return {key: value for key, value in defaults.items() if key != "tasks"}
+
+
+def data_digests(config_json: dict[str, Any]) -> dict[str, str]:
+    """The sha256 of every file the config reads rows from, by its dotted field ("tasks.0.file", "general_data"), and
+    of the files under `eval.lm_eval_include` (their names and contents): the config names a path, and a file edited
+    under the same path between a kill and `--resume` would otherwise give the rest of the run other rows (another
+    held-out split, other protection data) without a word. Missing files are left out: the run refuses them itself,
+    naming the field. Data lm-evaluation-harness keeps in its own cache is not covered."""
+    fields = {"general_data": config_json.get("general_data")}
+    for i, task in enumerate(config_json.get("tasks", [])):
+        fields |= {f"tasks.{i}.file": task.get("file"), f"tasks.{i}.heldout_file": task.get("heldout_file")}
+    evaluation = config_json.get("eval", {})
+    for i, task in enumerate(evaluation.get("tasks", [])):
+        fields[f"eval.tasks.{i}.file"] = task.get("file")
+    digests = {field: _sha256([Path(path)]) for field, path in fields.items() if path and Path(path).is_file()}
+    include = evaluation.get("lm_eval_include")
+    if include and Path(include).is_dir():
+        digests["eval.lm_eval_include"] = _sha256(sorted(p for p in Path(include).rglob("*") if p.is_file()), Path(include))
+    return digests
+
+
+def _sha256(paths: list[Path], root: Path | None = None) -> str:
+    """One digest of the files' contents (and, under a folder `root`, of their names relative to it)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if root is not None:
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -181,13 +221,17 @@ class ResumeStore:
             load_model(model, str(folder / "model.safetensors"), strict=True)
 
 
-def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params: dict[str, Any] | None = None) -> Path:
+def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params: dict[str, Any] | None = None,
+                    digests: dict[str, str] | None = None) -> Path:
     """The state folder `run --resume` continues from, or a ForgetlessError that says why there is none.
 
     `strategy_params`: every strategy's knobs as this version resolves the config (`resolved_strategy_params`). The
     same config can resolve otherwise after an upgrade (a bare `ewc` was lam 100, now a cap; `replay`'s draws followed
     seed 0, now the training seed), and a run must not switch settings half-way; a config that names the run's values
     resumes. States written before the knobs were recorded are compared by their config alone.
+
+    `digests`: `data_digests` of the config now; a data file whose content changed since the run started is refused
+    (states written before digests were recorded are not checked).
     """
     results = out_dir / "results.json"
     if results.exists():
@@ -215,6 +259,18 @@ def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params:
     if differences:
         raise ForgetlessError(f"--resume: the config differs from the one this run started with, at {differences}; "
                               "resume with the same config, or pass --overwrite to start again")
+    recorded_digests = state.get("data_digests")
+    if digests is not None and recorded_digests is not None:
+        edited = sorted(field for field in set(recorded_digests) | set(digests)
+                        if recorded_digests.get(field) != digests.get(field))
+        missing = [f"{_field_value(config_json, field)} ({field})" for field in edited if field not in digests]
+        if missing:
+            raise ForgetlessError(f"--resume: {', '.join(missing)} is missing since this run started; restore it, or "
+                                  "pass --overwrite to start again")
+        if edited:
+            files = ", ".join(f"{_field_value(config_json, field)} ({field})" for field in edited)
+            raise ForgetlessError(f"--resume: {files} changed since this run started (its content, not its path); "
+                                  "restore the file as it was, or pass --overwrite to start again on the new rows")
     if knobs is not None:
         # A knob that only one version has (added or removed since) cannot be named either way: not compared.
         before, now = _knob_values(knobs), _knob_values(strategy_params)

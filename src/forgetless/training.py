@@ -53,7 +53,7 @@ from .fileio import atomic_write_json, check_output_path
 from .integrations.strategy_trainer import ListDataset, with_strategies
 from .models import load_model, load_tokenizer, match_pad_token
 from .results import RunResults, build_results
-from .resume import ResumeStore, RunInterrupted, check_resumable, load_rng_state, rng_state
+from .resume import ResumeStore, RunInterrupted, check_resumable, data_digests, load_rng_state, rng_state
 from .strategies import Strategy, StrategyStack, TaskData
 
 log = logging.getLogger(__name__)
@@ -276,6 +276,7 @@ class ContinualRun:
                 "resumable state and evaluations read whole parameter tensors, which a sharded model splits across "
                 "processes); train with DDP instead (accelerate launch --multi_gpu --num_processes N), see docs/scale.md"
             )
+        self.data_digests = data_digests(config.model_dump(mode="json"))  # of the files the rows are read from below
         self.stack = StrategyStack.from_specs(config.strategies, general=run_general_data(config))
         self.configured_knobs = strategy_knobs(self.stack.strategies)  # before a budget's strengthen moves any
         self.stack.check(config.training_setup(), world_size=_world_size())
@@ -536,6 +537,7 @@ class ContinualRun:
             "strengths": self.stack.strengths(), "rng": rng_values,
             "probe": self.probe.state() if self.probe is not None else None,
             "environment": self.environment, "environment_changes": self.environment_changes,
+            "data_digests": self.data_digests,
         }
         task_tensors: dict[str, dict[str, torch.Tensor]] = {}
         if self.budget is not None:
@@ -634,7 +636,9 @@ def run_continual(config: RunConfig, out_dir: str | Path, model=None, tokenizer=
     check_output_path(out, "--out", folder=True)  # before the model loads, not when the first file is written
     if resume and overwrite:
         raise ForgetlessError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
-    resume_from = check_resumable(out, config.model_dump(mode="json"), resolved_strategy_params(config)) if resume else None
+    config_json = config.model_dump(mode="json")
+    resume_from = (check_resumable(out, config_json, resolved_strategy_params(config), data_digests(config_json))
+                   if resume else None)
     # Only the process that writes checks and cleans the folder: on several processes another rank can get here
     # after rank 0 has written its first results.json (seen: 1 launch in 3 under load refused its own run).
     writer = is_main_process()
