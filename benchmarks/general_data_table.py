@@ -1,0 +1,69 @@
+"""What protecting the user's own general rows (`general_data`) changes: two compare folders of one set-up, one
+protecting the bundled general English and one the rows of `general_data`, read row by row.
+
+    .venv/bin/python benchmarks/general_data_table.py bench-out/chat-general/bundled bench-out/chat-general/chat
+
+For each row: the in-domain gain, the change of the six-task `general` suite (the quality table's number; compare's
+own "general delta" averages every general task, instructions and leakage included), the instructions pass rate
+after training and the share of answers free of the domain's signature, each with its paired s.e. over the same
+items. Then, for each strategy in both folders, the second folder's row minus the first's, paired by item: both
+folders must share one "before" evaluation (copy the first's before.json into the second before running it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from forgetless.compare import run_folder
+from forgetless.evaluation.evaluator import EvaluationLog
+from forgetless.metrics import general_change
+
+GENERAL_SIX = ["capitals", "currencies", "elements", "fortunes", "glosses", "word_definitions"]
+COLUMNS = {"general": GENERAL_SIX, "instructions": ["instructions"], "answers free of the domain": ["leakage"]}
+
+
+def rows_of(folder: Path) -> dict[str, dict]:
+    """strategy label -> the compare row, in table order."""
+    return {row["strategy"]: row for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]}
+
+
+def samples(folder: Path, label: str, index: int):
+    return EvaluationLog.read(folder / run_folder(label) / "evaluations.json").general_samples[index]
+
+
+def changes(before, after) -> list[str]:
+    cells = []
+    for tasks in COLUMNS.values():
+        change = general_change({t: before[t] for t in tasks}, {t: after[t] for t in tasks})
+        cells.append(f"{change['after']:.3f} ({change['delta_abs']:+.4f} ± {change['delta_se']:.4f})")
+    return cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("first", type=Path, help="compare folder protecting the bundled general English")
+    parser.add_argument("second", type=Path, help="compare folder of the same set-up with general_data")
+    args = parser.parse_args()
+    header = " | ".join(f"{name}: after (change ± s.e.)" for name in COLUMNS)
+    print(f"| folder | strategy | in-domain gain ± s.e. | {header} |")
+    print("|---|---|---|" + "---|" * len(COLUMNS))
+    for folder in (args.first, args.second):
+        for label, row in rows_of(folder).items():
+            gain = next(iter(row["in_domain_gain"].values()))
+            gain_se = next(iter((row.get("in_domain_gain_se") or {"": float("nan")}).values()))
+            cells = changes(samples(folder, label, 0), samples(folder, label, -1))
+            print(f"| {folder.name} | {label} | {gain:+.4f} ± {gain_se:.4f} | " + " | ".join(cells) + " |")
+    print(f"\n{args.second.name} minus {args.first.name}, after training, paired by item:\n")
+    print("| strategy | " + " | ".join(COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    first = rows_of(args.first)
+    for label in rows_of(args.second):
+        if label in first:
+            cells = changes(samples(args.first, label, -1), samples(args.second, label, -1))
+            print(f"| {label} | " + " | ".join(cell.split(" ", 1)[1].strip("()") for cell in cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
