@@ -46,6 +46,10 @@ def main() -> None:
     parser.add_argument("first", type=Path, help="compare folder protecting the bundled general English")
     parser.add_argument("second", type=Path, help="compare folder of the same set-up with general_data")
     args = parser.parse_args()
+    starts = [json.loads((folder / "before.json").read_text(encoding="utf-8"))["log"] for folder in (args.first, args.second)]
+    if starts[0] != starts[1]:  # the pairing and the leakage signature both read the start's items and answers
+        raise SystemExit(f"{args.first} and {args.second} scored the start differently (before.json): copy the first's "
+                         "before.json into the second before running it")
     header = " | ".join(f"{name}: after (change ± s.e.)" for name in COLUMNS)
     print(f"| folder | strategy | in-domain gain ± s.e. | {header} |")
     print("|---|---|---|" + "---|" * len(COLUMNS))

@@ -9,8 +9,10 @@ counts, case, required words, endings or JSON, so rehearsing these rows does not
 Each prompt goes through the model's chat template and is answered by greedy decoding (forgetless's own
 generation, as the `instructions` suite does it) within MAX_NEW_TOKENS. This model's replies are long: one that
 (re-tokenized) comes within 2 tokens of the budget stopped mid-sentence, and training on it would teach that, so
-it is cut after its last full sentence (and left out if it has none). Greedy decoding on CPU in float32 is
-deterministic on one machine; another CPU's kernels may change a token, which --check would report.
+it is cut after its last full sentence (and left out if it has none). Known limit: re-tokenizing the decoded text
+can count fewer tokens than were generated, so a reply cut by the budget can be missed (one in the committed file;
+kept so that the file stays the one measured). Greedy decoding on CPU in float32 is deterministic on one machine;
+another CPU's kernels may change a token, which --check would report.
 """
 
 from __future__ import annotations

@@ -356,5 +356,8 @@ def test_data_digests_cover_every_file_a_config_reads_and_an_lm_eval_folder(task
     (folder / "task.yaml").rename(folder / "other.yaml")  # the same bytes under another name: another task set
     renamed = data_digests(config)
     assert renamed["eval.lm_eval_include"] != digests["eval.lm_eval_include"]
+    (folder / "__pycache__").mkdir()  # written by Python when lm-eval imports a task's `!function` module
+    (folder / "__pycache__" / "utils.cpython-311.pyc").write_bytes(b"bytecode")
+    assert data_digests(config)["eval.lm_eval_include"] == renamed["eval.lm_eval_include"]
     assert {k: v for k, v in renamed.items() if k != "eval.lm_eval_include"} == {
         k: v for k, v in digests.items() if k != "eval.lm_eval_include"}

@@ -94,7 +94,9 @@ def data_digests(config_json: dict[str, Any]) -> dict[str, str]:
     digests = {field: _sha256([Path(path)]) for field, path in fields.items() if path and Path(path).is_file()}
     include = evaluation.get("lm_eval_include")
     if include and Path(include).is_dir():
-        digests["eval.lm_eval_include"] = _sha256(sorted(p for p in Path(include).rglob("*") if p.is_file()), Path(include))
+        # Python writes bytecode beside a task's `!function` module when lm-eval imports it: not the task's content.
+        files = [p for p in Path(include).rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+        digests["eval.lm_eval_include"] = _sha256(sorted(files), Path(include))
     return digests
 
 
