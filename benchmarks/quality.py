@@ -57,6 +57,8 @@ def main() -> None:
                         help="sft: train each task through with_strategies(trl.SFTTrainer) (benchmarks/sft_run.py)")
     parser.add_argument("--frontier-lr", type=float, nargs="+", help="also run naive at these learning rates")
     parser.add_argument("--frontier-steps", type=int, nargs="+", help="also run naive at these steps per task")
+    parser.add_argument("--resume", action="store_true",
+                        help="after a kill: continue the row that was cut off, keep the rows already in the table")
     parser.add_argument("--rebuild", action="store_true", help="only rewrite DIR/compare.md and pareto.png from compare.json")
     args = parser.parse_args()
     out = Path(args.out)
@@ -71,7 +73,7 @@ def main() -> None:
          *(["--suites", *args.suites] if args.suites != ["general"] else []),
          *(["--frontier-lr", *map(str, args.frontier_lr)] if args.frontier_lr else []),
          *(["--frontier-steps", *map(str, args.frontier_steps)] if args.frontier_steps else []), "--out", args.out,
-         *(["--quick"] if args.quick else [])]
+         *(["--quick"] if args.quick else []), *(["--resume"] if args.resume else [])]
     )
     run_class = ContinualRun
     if args.trainer == "sft":
@@ -83,7 +85,9 @@ def main() -> None:
         config,
         [parse_strategy(text) for text in args.strategies],
         out,
-        run_factory=lambda config, folder, before: run_class(config, folder, before=before),
+        run_factory=lambda config, folder, before, resume_from: run_class(config, folder, before=before,
+                                                                          resume_from=resume_from),
+        resume=args.resume,
         command=command,
         setting={"trainer": args.trainer},
         frontier=frontier_settings(config, args.frontier_lr, args.frontier_steps),

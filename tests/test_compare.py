@@ -253,6 +253,62 @@ def test_a_file_edited_while_compare_runs_keeps_the_row_out_of_the_table(tmp_pat
     assert [row["strategy"] for row in json.loads((out / "compare.json").read_text())["rows"]] == ["naive"]
 
 
+def test_a_compare_stopped_in_a_row_resumes_it_to_the_uninterrupted_table(tmp_path, compare_config, evaluated_stages,
+                                                                           monkeypatch, capsys):
+    """Ctrl-C in the second row's second task: the first row stays in the table, and `--resume` trains only the rest of
+    the cut-off row, from its state, to the rows an uninterrupted comparison writes; a second `--resume` trains nothing."""
+    from forgetless.training import _ResumeCallback
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = ["compare", str(compare_config), "--strategies", "naive", "{name: l2sp, lam: 10}", "--quiet"]
+    assert main([*args, "--out", str(whole)]) == 0
+    step_end = _ResumeCallback.on_step_end
+
+    def ctrl_c(self, state_args, state, control, **kwargs):  # the l2sp row, task "text", step 2 of 3
+        self.run.interrupted = self.run.interrupted or (self.run.out_dir.name == "l2sp(lam=10)"
+                                                        and self.task_index == 1 and state.global_step == 2)
+        return step_end(self, state_args, state, control, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_ResumeCallback, "on_step_end", ctrl_c)
+        assert main([*args, "--out", str(cut)]) == 130
+    message = capsys.readouterr().err
+    assert "interrupted at step 2 of task 'text'" in message and "the same command with --resume" in message
+    assert [row["strategy"] for row in json.loads((cut / "compare.json").read_text())["rows"]] == ["naive"]
+    # A state that cannot be continued (here: written for another lr) is refused before anything trains.
+    state = cut / "l2sp(lam=10)" / "resume" / json.loads((cut / "l2sp(lam=10)/resume/current.json").read_text())["folder"]
+    original = (state / "state.json").read_text()
+    edited = json.loads(original)
+    edited["config"]["train"]["lr"] = 0.5
+    (state / "state.json").write_text(json.dumps(edited))
+    evaluated_stages.clear()
+    assert main([*args, "--out", str(cut), "--resume"]) == 2
+    assert "row l2sp(lam=10): --resume: the config differs from the one this run started with, at ['train.lr']" in (
+        message := capsys.readouterr().err) and "leave out --resume to run every given row again" in message
+    assert evaluated_stages == []
+    (state / "state.json").write_text(original)
+    assert main([*args, "--out", str(cut), "--resume"]) == 0
+    assert evaluated_stages == ["after_task"]  # naive kept, l2sp's first task and the "before" evaluation not redone
+
+    def measured(out):
+        skip = {"wall_time_s", "seconds_per_step", "step_time_ratio", "peak_memory_mb", "finished_at", "training",
+                "resumed"}
+        return [{k: v for k, v in row.items() if k not in skip} for row in json.loads((out / "compare.json").read_text())["rows"]]
+
+    assert measured(cut) == measured(whole)
+    rows = json.loads((cut / "compare.json").read_text())["rows"]
+    assert [row["resumed"] for row in rows] == [False, True]
+    # The resumed part timed task "text" from its step 2 of 3: one step, beside the first task's three.
+    assert [entry["resumed_at_step"] for entry in rows[1]["training"]] == [0, 2]
+    timed = sum(entry["train_seconds"] for entry in rows[1]["training"]) / (3 + 1)
+    assert rows[1]["seconds_per_step"] == pytest.approx(timed)
+    assert "(since the resume)" in (cut / "compare.md").read_text()
+    assert "continued from a killed invocation's resumable state (--resume): l2sp(lam=10)" in (cut / "compare.md").read_text()
+    evaluated_stages.clear()
+    assert main([*args, "--out", str(cut), "--resume"]) == 0
+    assert evaluated_stages == [] and measured(cut) == measured(whole)
+
+
 def test_table_settings_compare_data_files_where_both_record_them():
     """A table written before the digests were kept (none in its setting) still takes rows; two that both record
     them differ file by file, and a difference elsewhere is named as before."""

@@ -60,7 +60,7 @@ def _scores(out) -> dict:
     for key in ("wall_time_s", "eval_seconds", "probe_seconds"):
         results.pop(key, None)
     for entry in results["training"]:
-        for key in [k for k in entry if k.endswith("seconds")]:
+        for key in [k for k in entry if k.endswith("seconds") or k == "resumed_at_step"]:  # where this part began
             entry.pop(key)
         entry.update({k: round(v, 12) for k, v in entry.items() if isinstance(v, float)})
     return results

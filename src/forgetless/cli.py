@@ -48,8 +48,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
                           *(["--baseline", args.baseline] if args.baseline != "naive" else []),
                           *(["--frontier-lr", *map(str, args.frontier_lr)] if args.frontier_lr else []),
                           *(["--frontier-steps", *map(str, args.frontier_steps)] if args.frontier_steps else []),
-                          *(["--seeds", *map(str, args.seeds)] if args.seeds else [])])
-    options = {"baseline": args.baseline, "command": command, "progress": not args.quiet, "frontier": frontier}
+                          *(["--seeds", *map(str, args.seeds)] if args.seeds else []),
+                          *(["--resume"] if args.resume else [])])
+    options = {"baseline": args.baseline, "command": command, "progress": not args.quiet, "frontier": frontier,
+               "resume": args.resume}
     if args.seeds:
         from .seeds import compare_over_seeds
 
@@ -202,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", type=int, nargs="+",
                      help="run the whole comparison once per training seed (--out/seed-<seed>/) and summarise the rows "
                           "over seeds in --out/seeds.md: mean ± s.e., distances from each seed's own naive frontier")
+    cmp.add_argument("--resume", action="store_true",
+                     help="after a killed or Ctrl-C'd compare: the row that was cut off continues from its resumable "
+                          "state, rows already in the table are kept, the others run")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
 

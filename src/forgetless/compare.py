@@ -83,6 +83,9 @@ class ComparisonRow(GeneralSummary):
     # the row: a shared "before" evaluation made in another environment, or a resume under another one.
     environment: dict[str, Any] = Field(default_factory=dict)
     environment_changes: list[str] = Field(default_factory=list)
+    # Continued from a killed invocation's resumable state (compare --resume): its wall time and peak memory are the
+    # last invocation's only; s / step counts the steps each part trained.
+    resumed: bool = False
     training: list[dict[str, Any]] = Field(default_factory=list)
     # Against the baseline row (None when there is none, or when it has no drop or gain to compare with).
     general_drop_cut: float | None = None
@@ -217,6 +220,8 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
         gain[task] = results.matrix[column + 1][column] - results.matrix[0][column]
         gain_se[task] = paired_delta(log.task_samples[0][task], log.task_samples[after][task])[1]
     trained = sum(entry.get("train_seconds", 0.0) for entry in results.training)
+    # A task continued from a resumable state timed only the steps after it (training.py's resumed_at_step).
+    timed_steps = sum(steps_per_task - entry.get("resumed_at_step", 0) for entry in results.training)
     at_end, at_end_se = _gain_at_end(log, tasks)
     return ComparisonRow(
         strategy=label, spec=spec, in_domain_gain=gain, in_domain_gain_se=gain_se,
@@ -225,10 +230,10 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
         general_change_after_each_task={p.task: (p.delta, p.se) for p in results.general_curve if p.stage == "after_task"},
         generation={name: (t.delta, t.se) for name, t in m.general_tasks.items() if name in GENERATION_CHECKS},
         **m.model_dump(include=set(GeneralSummary.model_fields)), bwt=m.bwt, forgetting=m.forgetting,
-        seconds_per_step=trained / (steps_per_task * len(tasks)),
+        seconds_per_step=trained / timed_steps if timed_steps else None,
         peak_memory_mb=memory.peak / 2**20 if memory.peak else None, memory_measure=memory.measure,
         state_mb=_state_bytes(run.strategies) / 2**20, stores_raw_data=getattr(results, "stores_raw_data", []),
-        wall_time_s=seconds, training=results.training,
+        wall_time_s=seconds, training=results.training, resumed=getattr(run, "resume_from", None) is not None,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         environment=getattr(results, "environment", {}),
         environment_changes=list(getattr(results, "environment_changes", None) or []),
@@ -423,7 +428,7 @@ def markdown(table: dict[str, Any]) -> str:
             "—" if row.peak_memory_mb is None else f"{row.peak_memory_mb:,.0f} MiB",
             f"{row.state_mb:,.1f} MiB",
             ", ".join(row.stores_raw_data) or "no",
-            f"{row.wall_time_s:.0f} s",
+            f"{row.wall_time_s:.0f} s" + (" (since the resume)" if row.resumed else ""),
         ]
         for row in rows
     ]
@@ -459,11 +464,17 @@ def markdown(table: dict[str, Any]) -> str:
 
 
 def rows_environment_note(rows: list[ComparisonRow]) -> str:
-    """forgetless.environment.environment_note over the rows, by label, and the rows measured across two environments."""
+    """forgetless.environment.environment_note over the rows, by label, the rows measured across two environments,
+    and the rows continued from a killed invocation (whose wall time and memory are not the whole run's)."""
     note = environment_note({row.strategy: row.environment for row in rows})
     within = [f"{row.strategy} ({'; '.join(row.environment_changes)})" for row in rows if row.environment_changes]
     if within:
         note = (note + " " if note else "") + "Rows measured across two environments: " + ", ".join(within) + "."
+    resumed = [row.strategy for row in rows if row.resumed]
+    if resumed:
+        note = (note + " " if note else "") + (
+            f"Rows continued from a killed invocation's resumable state (--resume): {', '.join(resumed)}; their wall "
+            "time and peak memory are the last invocation's only, and s / step counts the steps each part trained.")
     return note
 
 
@@ -660,6 +671,7 @@ def compare(
     progress: bool = True,
     setting: dict[str, Any] | None = None,
     frontier: list[dict[str, Any]] = (),
+    resume: bool = False,
 ) -> list[ComparisonRow]:
     """Run `config` once per strategies entry in `specs` (sharing the "before" evaluation) and write the table.
 
@@ -669,6 +681,10 @@ def compare(
     Rows already in `out_dir/compare.json` are kept (a row with the same label is replaced), so a table can
     grow over several invocations; a folder holding rows for another config (or another `setting`, e.g. the
     trainer a benchmark used) is refused.
+
+    `resume`: after a killed or Ctrl-C'd invocation, a row whose run folder holds a resumable state continues from
+    it (forgetless.resume; a finished task is not trained again), and a row already in the table is kept, not run
+    again; the others run. `run_factory(config, folder, before, resume_from)` builds each row's run.
     """
     import json
 
@@ -681,7 +697,8 @@ def compare(
     if (out / "seeds.json").exists():  # a folder of per-seed comparisons (forgetless.seeds)
         raise ForgetlessError(f"{out} holds a comparison over seeds (seeds.json): give --seeds, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    run_factory = run_factory or (lambda cfg, folder, before: ContinualRun(cfg, folder, progress=progress, before=before))
+    run_factory = run_factory or (lambda cfg, folder, before, resume_from: ContinualRun(
+        cfg, folder, progress=progress, before=before, resume_from=resume_from))
     path = out / "compare.json"
     table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"commands": [], "rows": []}
     setting = {**table_setting(config), **(setting or {})}
@@ -715,12 +732,23 @@ def compare(
         except ForgetlessError as exc:
             raise ForgetlessError(f"--strategies {label}: {exc}") from None
         configs.append(row_config)
-    for (label, spec, override), row_config in zip(entries, configs):
+    # Before any training too: a state that cannot be continued (its config resolved otherwise) is said at once.
+    resume_from = [resumable_row(out / run_folder(label), row_config, label) if resume else None
+                   for (label, _, _), row_config in zip(entries, configs)]
+    done = {row.strategy for row in rows}
+    for (label, spec, override), row_config, state in zip(entries, configs, resume_from):
+        if resume and state is None and label in done:
+            if progress:
+                print(f"\n=== {label}: in the table already (--resume) ===", flush=True)
+            continue
         if progress:
-            print(f"\n=== {label} ===", flush=True)
+            print(f"\n=== {label}{f' (continued from {state})' if state else ''} ===", flush=True)
         started = time.perf_counter()
         with _PeakMemory() as memory:
-            run = run_factory(row_config, out / run_folder(label), before)
+            run = run_factory(row_config, out / run_folder(label), before, state)
+            if hasattr(run, "continue_with"):  # what a Ctrl-C's message says to run next
+                run.continue_with = (f"the same command with --resume: the finished rows stay in {path}, and row "
+                                     f"{label} goes on from that state")
             results = run.execute()
         read = getattr(run, "data_digests", None)  # as the row read them; the table's are from the invocation's start
         expected = setting.get("data_digests", {}) if read is not None else {}
@@ -744,6 +772,20 @@ def compare(
         table["rows"] = [r.model_dump(mode="json") for r in rows]
         write_table(table, out)
     return rows
+
+
+def resumable_row(folder: Path, config: RunConfig, label: str) -> Path | None:
+    """The resumable state (forgetless.resume) a row's run folder holds for `config`, or None where it holds none."""
+    from .resume import ResumeStore, check_resumable
+    from .training import resolved_strategy_params
+
+    if ResumeStore(folder).latest() is None:
+        return None
+    config_json = config.model_dump(mode="json")
+    try:
+        return check_resumable(folder, config_json, resolved_strategy_params(config), data_digests(config_json))
+    except ForgetlessError as exc:
+        raise ForgetlessError(f"row {label}: {exc} (in compare: leave out --resume to run every given row again)") from None
 
 
 def write_table(table: dict[str, Any], out: Path) -> None:

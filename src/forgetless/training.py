@@ -329,6 +329,8 @@ class ContinualRun:
         self.environment, self.environment_changes = run_environment(), []
         self.resume_store = ResumeStore(self.out_dir)
         self.interrupted = False
+        # What the Ctrl-C message tells the user to run next (forgetless compare names its own command).
+        self.continue_with = "`forgetless run CONFIG --out DIR --resume`"
 
     def _check_encoding(self, task_config, task: TrainingTask, tokenizer) -> tuple[list[dict[str, list[int]]], EncodingCounts]:
         """A task's training examples, and what train.max_length did to its chat rows: nothing left of any row is
@@ -409,6 +411,7 @@ class ContinualRun:
         trainer = self._trainer(task_index, task, examples)
         if self.budget is not None:
             self.budget.start_task(self.model, self.stack.global_step)
+        resumed_at = 0
         if mid_task is None:
             output = trainer.train()
         else:
@@ -433,6 +436,9 @@ class ContinualRun:
                 "total_parameters": total,
                 "task": task.name,
                 # chat rows train.max_length left out or cut short (also warned when the run starts)
+                # the step this invocation continued the task from (0: trained whole), so train_seconds covers
+                # steps - resumed_at_step steps (forgetless compare's s / step)
+                "resumed_at_step": resumed_at,
                 "emptied_rows": self.encoding[task_index].emptied,
                 "truncated_rows": self.encoding[task_index].truncated,
                 **{k: v for k, v in task_log.items() if k != "task"},
@@ -519,8 +525,7 @@ class ContinualRun:
         return lambda: signal.signal(signal.SIGINT, previous)
 
     def interrupted_message(self, where: str) -> str:
-        return (f"interrupted {where}; a resumable state is in {self.resume_store.root} (continue with "
-                "`forgetless run CONFIG --out DIR --resume`)")
+        return f"interrupted {where}; a resumable state is in {self.resume_store.root} (continue with {self.continue_with})"
 
     def write_resume_state(self, task_index: int, task_start: bool = False, trainer_checkpoint: Path | None = None) -> None:
         """A state folder under OUT/resume: at a task's start (`task_start`) or in the middle of it."""
