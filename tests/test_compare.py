@@ -374,6 +374,14 @@ def test_tune_bisects_through_compare_and_picks_the_best_gain_within_budget(tmp_
     assert summary["chosen"] == (0.01 if gains["l2sp(lam=0.01)"] >= gains["l2sp(lam=1.0)"] else 1.0)
     assert all(r["training"][0]["train_seconds"] > 0 for r in rows.values())
     assert "Cost: 2 runs" in (out / "tune.md").read_text()
+    # Run again with --resume after a kill: the points in the table are kept, so nothing trains, to the same choice.
+    first = summary
+    assert main(["tune", str(compare_config), "--knob", "l2sp.lam", "--budget", "5", "--values", "100", "0.01", "1",
+                 "--steps", "2", "--out", str(out), "--quiet", "--resume"]) == 0
+    summary = json.loads((out / "tune.json").read_text())
+    assert {k: v for k, v in summary.items() if k != "command"} == {k: v for k, v in first.items() if k != "command"}
+    assert all(r["finished_at"] == rows[r["strategy"]]["finished_at"]
+               for r in json.loads((out / "compare.json").read_text())["rows"])
     assert main(["tune", str(compare_config), "--knob", "l2sp.weight", "--budget", "0.01", "--out", str(out)]) == 2
     assert "has no parameter 'weight'" in capsys.readouterr().err
 

@@ -87,8 +87,10 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         config = parse_config({**data, "train": {**data["train"], "steps": args.steps}}, f"{args.config} with --steps")
     command = shlex.join(["forgetless", "tune", args.config, "--knob", args.knob, "--budget", str(args.budget),
                           *(["--values", *map(str, args.values)] if args.values else []),
-                          *(["--steps", str(args.steps)] if args.steps else []), "--out", args.out])
-    summary = tune(config, args.knob, args.budget, args.out, values=args.values, command=command, progress=not args.quiet)
+                          *(["--steps", str(args.steps)] if args.steps else []), "--out", args.out,
+                          *(["--resume"] if args.resume else [])])
+    summary = tune(config, args.knob, args.budget, args.out, values=args.values, command=command, progress=not args.quiet,
+                   resume=args.resume)
     print((Path(args.out) / "tune.md").read_text(encoding="utf-8"))
     if summary["chosen"] is None:
         raise ForgetlessError(f"no value of {args.knob} kept the general drop within {args.budget:g}")
@@ -225,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "for a knob that is off by default, e.g. 100 for ewc.lam)")
     tn.add_argument("--steps", type=int, help="steps per task for every point (default: the config's)")
     tn.add_argument("--out", required=True, help="output folder: tune.md/.json and the compare table of every run")
+    tn.add_argument("--resume", action="store_true", help="after a kill: keep the points already run, continue the one "
+                    "cut off from its resumable state")
     tn.add_argument("--quiet", action="store_true", help="no progress bars")
     tn.set_defaults(func=_cmd_tune)
 

@@ -90,8 +90,12 @@ def tune(
     run_factory=None,
     command: str | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Bisect `knob` ("ewc.lam") over `values` (weakest first; default: `default_grid`) and write DIR/tune.{json,md}."""
+    """Bisect `knob` ("ewc.lam") over `values` (weakest first; default: `default_grid`) and write DIR/tune.{json,md}.
+
+    `resume`: after a kill, the points already in DIR's table are kept and the one cut off continues from its state
+    (forgetless.compare's `resume`); the bisection is deterministic, so it visits the same points as before."""
     if budget <= 0 or not math.isfinite(budget):
         raise ForgetlessError(f"--budget must be a positive number, got {budget}")
     cls, param = _parse_knob(knob)
@@ -106,7 +110,7 @@ def tune(
         spec = _spec_with(config, cls.name, param, grid[index])
         first = not rows
         [row] = [r for r in compare(config, [spec], out, run_factory=run_factory, command=command if first else None,
-                                    progress=progress) if r.strategy == label_of(spec)]
+                                    progress=progress, resume=resume) if r.strategy == label_of(spec)]
         rows[index] = row
         return row.general_delta_abs is not None and row.general_delta_abs >= -budget
 
