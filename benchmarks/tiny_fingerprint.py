@@ -52,7 +52,8 @@ def main() -> None:
             for name, parameter in sorted(base_model_of(run.model).named_parameters()):
                 digest.update(name.encode())
                 digest.update(parameter.detach().float().numpy().tobytes())
-            logs = [{k: v for k, v in task.items() if not k.endswith("seconds")} for task in training]
+            # timings, and where a resumed task began (added 2026-12-07; 0 in every run here): not the run's numbers
+            logs = [{k: v for k, v in task.items() if not k.endswith("seconds") and k != "resumed_at_step"} for task in training]
             name = spec if isinstance(spec, str) else spec["name"]
             fingerprints[f"{name}/{mode}"] = {"weights_sha256": digest.hexdigest()[:16], "logs": logs}
     print(json.dumps(fingerprints, sort_keys=True, default=str))

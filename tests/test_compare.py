@@ -284,7 +284,7 @@ def test_a_compare_stopped_in_a_row_resumes_it_to_the_uninterrupted_table(tmp_pa
     evaluated_stages.clear()
     assert main([*args, "--out", str(cut), "--resume"]) == 2
     assert "row l2sp(lam=10): --resume: the config differs from the one this run started with, at ['train.lr']" in (
-        message := capsys.readouterr().err) and "leave out --resume to run every given row again" in message
+        message := capsys.readouterr().err) and "resume to run that row again from its start)" in message
     assert evaluated_stages == []
     (state / "state.json").write_text(original)
     assert main([*args, "--out", str(cut), "--resume"]) == 0
@@ -304,9 +304,84 @@ def test_a_compare_stopped_in_a_row_resumes_it_to_the_uninterrupted_table(tmp_pa
     assert rows[1]["seconds_per_step"] == pytest.approx(timed)
     assert "(since the resume)" in (cut / "compare.md").read_text()
     assert "continued from a killed invocation's resumable state (--resume): l2sp(lam=10)" in (cut / "compare.md").read_text()
+    # A row killed after it finished but before its state was removed (a complete results.json beside a state): kept,
+    # the leftover state removed.
+    from forgetless.resume import ResumeStore
+
+    kept = cut / "l2sp(lam=10)"
+    ResumeStore(tmp_path / "old").write({"config": {}}, None, {}, None)
+    (tmp_path / "old" / "resume").rename(kept / "resume")
     evaluated_stages.clear()
     assert main([*args, "--out", str(cut), "--resume"]) == 0
-    assert evaluated_stages == [] and measured(cut) == measured(whole)
+    assert evaluated_stages == [] and measured(cut) == measured(whole) and not (kept / "resume").exists()
+
+    # A plain invocation re-measuring both rows, stopped in the first: --resume continues naive and runs l2sp again
+    # (the invocation was replacing it) rather than keeping the row it measured before.
+    def ctrl_c_naive(self, state_args, state, control, **kwargs):
+        self.run.interrupted = self.run.interrupted or (self.run.out_dir.name == "naive" and self.task_index == 1
+                                                        and state.global_step == 1)
+        return step_end(self, state_args, state, control, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_ResumeCallback, "on_step_end", ctrl_c_naive)
+        assert main([*args, "--out", str(cut)]) == 130
+    assert json.loads((cut / "compare.json").read_text())["pending"] == ["naive", "l2sp(lam=10)"]
+    l2sp_before = json.loads((cut / "compare.json").read_text())["rows"][1]["finished_at"]
+    evaluated_stages.clear()
+    assert main([*args, "--out", str(cut), "--resume"]) == 0
+    assert evaluated_stages == ["after_task"] * 3  # naive's last task, then both of l2sp's
+    table = json.loads((cut / "compare.json").read_text())
+    assert "pending" not in table and [row["resumed"] for row in table["rows"]] == [True, False]
+    assert table["rows"][1]["finished_at"] >= l2sp_before and measured(cut) == measured(whole)
+
+    # A Ctrl-C after a row's last step (in its last evaluation): the row is finished and written, then compare stops.
+    from forgetless.training import ContinualRun
+
+    progress = ContinualRun.write_progress
+
+    def ctrl_c_at_the_end(self):
+        self.interrupted = self.interrupted or len(self.task_logs) == len(self.tasks)
+        progress(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ContinualRun, "write_progress", ctrl_c_at_the_end)
+        assert main([*args, "--out", str(tmp_path / "late")]) == 130
+    assert "interrupted after row naive finished; continue with the same command and --resume" in capsys.readouterr().err
+    assert [row["strategy"] for row in json.loads((tmp_path / "late" / "compare.json").read_text())["rows"]] == ["naive"]
+
+
+def test_compare_over_seeds_resumes_a_first_row_cut_off_before_the_start_was_saved(tmp_path, compare_config,
+                                                                                 evaluated_stages, monkeypatch, capsys):
+    """Ctrl-C in seed 0's first row, before before.json exists; resumed under other versions: the start keeps the
+    environment that scored it, the row names the resume's change once, and seed 1 runs after it."""
+    import forgetless.compare as compare_module
+    import forgetless.training as training
+    from forgetless.environment import run_environment
+    from forgetless.training import _ResumeCallback
+
+    out = tmp_path / "seeds"
+    args = ["compare", str(compare_config), "--strategies", "naive", "--seeds", "0", "1", "--out", str(out), "--quiet"]
+    step_end = _ResumeCallback.on_step_end
+
+    def ctrl_c(self, state_args, state, control, **kwargs):
+        self.run.interrupted = self.run.interrupted or (self.task_index == 1 and state.global_step == 2)
+        return step_end(self, state_args, state, control, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_ResumeCallback, "on_step_end", ctrl_c)
+        assert main(args) == 130
+    assert not (out / "seed-0" / "before.json").exists() and "--resume" in capsys.readouterr().err
+    here = run_environment()
+    later = {**here, "packages": {**here["packages"], "transformers": "9.9.9"}}
+    for module in (training, compare_module):
+        monkeypatch.setattr(module, "run_environment", lambda: later)
+    evaluated_stages.clear()
+    assert main([*args, "--resume"]) == 0
+    assert evaluated_stages == ["after_task", "before", "after_task", "after_task"]  # seed 0's rest, then seed 1
+    assert json.loads((out / "seed-0" / "before.json").read_text())["environment"] == here
+    [row] = json.loads((out / "seed-0" / "compare.json").read_text())["rows"]
+    assert row["resumed"] and row["environment_changes"] == [f"transformers {here['packages']['transformers']} -> 9.9.9"]
+    assert sorted(json.loads((out / "seeds.json").read_text())["seeds"]) == [0, 1]
 
 
 def test_table_settings_compare_data_files_where_both_record_them():
@@ -374,7 +449,7 @@ def test_tune_bisects_through_compare_and_picks_the_best_gain_within_budget(tmp_
     assert summary["chosen"] == (0.01 if gains["l2sp(lam=0.01)"] >= gains["l2sp(lam=1.0)"] else 1.0)
     assert all(r["training"][0]["train_seconds"] > 0 for r in rows.values())
     assert "Cost: 2 runs" in (out / "tune.md").read_text()
-    # Run again with --resume after a kill: the points in the table are kept, so nothing trains, to the same choice.
+    # Run again with --resume (as after a kill once both points were done): they are kept, nothing trains, same choice.
     first = summary
     assert main(["tune", str(compare_config), "--knob", "l2sp.lam", "--budget", "5", "--values", "100", "0.01", "1",
                  "--steps", "2", "--out", str(out), "--quiet", "--resume"]) == 0

@@ -41,7 +41,7 @@ from .errors import ForgetlessError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
 from .metrics import general_change, paired_delta
 from .results import GeneralSummary
-from .resume import data_digests
+from .resume import RunInterrupted, data_digests
 
 GENERATION_CHECKS = ("instructions", "leakage")
 
@@ -735,15 +735,22 @@ def compare(
     # Before any training too: a state that cannot be continued (its config resolved otherwise) is said at once.
     resume_from = [resumable_row(out / run_folder(label), row_config, label) if resume else None
                    for (label, _, _), row_config in zip(entries, configs)]
-    done = {row.strategy for row in rows}
-    for (label, spec, override), row_config, state in zip(entries, configs, resume_from):
-        if resume and state is None and label in done:
+    # A row the killed invocation was about to measure again (its label still "pending") is not kept from before it.
+    done = {row.strategy for row in rows} - set(table.get("pending", []))
+    skip = [resume and state is None and label in done for (label, _, _), state in zip(entries, resume_from)]
+    table.pop("pending", None)
+    if pending := [label for (label, _, _), skipped in zip(entries, skip) if not skipped]:
+        table["pending"] = pending
+    if rows:  # compare.json says which of its rows this invocation replaces, for a --resume after a kill
+        atomic_write_json(path, table)
+    for (label, spec, override), row_config, state, skipped in zip(entries, configs, resume_from, skip):
+        if skipped:
             if progress:
                 print(f"\n=== {label}: in the table already (--resume) ===", flush=True)
             continue
         if progress:
             print(f"\n=== {label}{f' (continued from {state})' if state else ''} ===", flush=True)
-        started = time.perf_counter()
+        started, scores_start = time.perf_counter(), before is None
         with _PeakMemory() as memory:
             run = run_factory(row_config, out / run_folder(label), before, state)
             if hasattr(run, "continue_with"):  # what a Ctrl-C's message says to run next
@@ -758,19 +765,25 @@ def compare(
                                   f"the table's); its folder {out / run_folder(label)} is not added to the table")
         if before is None:
             before = run.evaluator.log.first()
-            start_environment = run_environment()
+            # A resumed row scored it in the invocation it was cut off in.
+            start_environment = getattr(run, "before_environment", None) or run_environment()
             atomic_write_json(out / "before.json", {"key": before_key(config), "log": before.to_json(),
                                                     "environment": start_environment})
         row = _row(label, spec, run, results, time.perf_counter() - started, memory, row_config.train.steps)
         row.train_override = override
-        if start_environment and row.environment:
+        if start_environment and row.environment and not scores_start:  # its own resume's changes are said already
             row.environment_changes += [f"the 'before' evaluation's {change}"
                                         for change in environment_changes(start_environment, row.environment)]
         rows = [r for r in rows if r.strategy != label] + [row]
         against_baseline(rows, baseline)
         frontier_noise(rows, out)
         table["rows"] = [r.model_dump(mode="json") for r in rows]
+        if pending := [other for other in table.pop("pending", []) if other != label]:
+            table["pending"] = pending
         write_table(table, out)
+        if getattr(run, "interrupted", False):  # a Ctrl-C after the row's last step: the row finished, stop here
+            raise RunInterrupted(f"interrupted after row {label} finished; continue with the same command and --resume "
+                                 f"(the finished rows stay in {path})")
     return rows
 
 
@@ -779,13 +792,27 @@ def resumable_row(folder: Path, config: RunConfig, label: str) -> Path | None:
     from .resume import ResumeStore, check_resumable
     from .training import resolved_strategy_params
 
-    if ResumeStore(folder).latest() is None:
+    store = ResumeStore(folder)
+    if store.latest() is None:
+        return None
+    if complete_run(folder):  # killed after the run finished, before its state was removed: nothing to continue
+        store.remove()
         return None
     config_json = config.model_dump(mode="json")
     try:
         return check_resumable(folder, config_json, resolved_strategy_params(config), data_digests(config_json))
     except ForgetlessError as exc:
-        raise ForgetlessError(f"row {label}: {exc} (in compare: leave out --resume to run every given row again)") from None
+        raise ForgetlessError(f"row {label}: {exc} (in compare: remove {store.root} to run that row again from its "
+                              "start)") from None
+
+
+def complete_run(folder: Path) -> bool:
+    import json
+
+    try:
+        return bool(json.loads((folder / "results.json").read_text(encoding="utf-8")).get("complete", True))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def write_table(table: dict[str, Any], out: Path) -> None:

@@ -327,6 +327,8 @@ class ContinualRun:
         self.task_logs: list[dict[str, Any]] = []
         self.resume_from = resume_from  # a state folder of OUT/resume to continue from (run --resume)
         self.environment, self.environment_changes = run_environment(), []
+        # Where the "before" evaluation was scored (a resumed run's: the first invocation's; compare's before.json).
+        self.before_environment = self.environment
         self.resume_store = ResumeStore(self.out_dir)
         self.interrupted = False
         # What the Ctrl-C message tells the user to run next (forgetless compare names its own command).
@@ -435,10 +437,10 @@ class ContinualRun:
                 "trainable_parameters": trainable,
                 "total_parameters": total,
                 "task": task.name,
-                # chat rows train.max_length left out or cut short (also warned when the run starts)
                 # the step this invocation continued the task from (0: trained whole), so train_seconds covers
                 # steps - resumed_at_step steps (forgetless compare's s / step)
                 "resumed_at_step": resumed_at,
+                # chat rows train.max_length left out or cut short (also warned when the run starts)
                 "emptied_rows": self.encoding[task_index].emptied,
                 "truncated_rows": self.encoding[task_index].truncated,
                 **{k: v for k, v in task_log.items() if k != "task"},
@@ -542,7 +544,7 @@ class ContinualRun:
             "strengths": self.stack.strengths(), "rng": rng_values,
             "probe": self.probe.state() if self.probe is not None else None,
             "environment": self.environment, "environment_changes": self.environment_changes,
-            "data_digests": self.data_digests,
+            "before_environment": self.before_environment, "data_digests": self.data_digests,
         }
         task_tensors: dict[str, dict[str, torch.Tensor]] = {}
         if self.budget is not None:
@@ -559,6 +561,8 @@ class ContinualRun:
     def _note_environment(self, state: dict[str, Any]) -> None:
         """On resume: what changed since the state was written (states from before it was recorded: nothing known)."""
         self.environment_changes = list(state.get("environment_changes", []))
+        # States written before it was recorded: the interrupted invocation's, which scored "before" unless resumed too.
+        self.before_environment = state.get("before_environment") or state.get("environment") or self.environment
         if not state.get("environment"):
             return
         changes = environment_changes(state["environment"], self.environment, RESUME_IGNORED)

@@ -122,7 +122,8 @@ def tune(
         "knob": knob, "budget": budget, "grid": grid, "command": command,
         "evaluated": [{"value": grid[i], "label": rows[i].strategy, "general_change": rows[i].general_delta_abs,
                        "se": rows[i].general_delta_se, "mean_in_domain_gain": _mean_gain(rows[i]),
-                       "within_budget": i in passing, "wall_time_s": rows[i].wall_time_s} for i in evaluated],
+                       "within_budget": i in passing, "wall_time_s": rows[i].wall_time_s,
+                       "resumed": rows[i].resumed} for i in evaluated],
         "weakest_within_budget": None if found is None else grid[found],
         "chosen": None if best is None else grid[best],
         "runs": len(evaluated), "grid_runs": len(grid),
@@ -142,7 +143,8 @@ def tune_markdown(summary: dict[str, Any]) -> str:
     from .report import format_table
 
     rows = [[f"{e['value']:g}", f"{e['general_change']:+.4f} ± {e['se']:.4f}", f"{e['mean_in_domain_gain']:+.4f}",
-             "yes" if e["within_budget"] else "no", f"{e['wall_time_s']:.0f} s"] for e in summary["evaluated"]]
+             "yes" if e["within_budget"] else "no",
+             f"{e['wall_time_s']:.0f} s" + (" (since the resume)" if e.get("resumed") else "")] for e in summary["evaluated"]]
     chosen = summary["chosen"]
     verdict = (f"Chosen: `{summary['knob']} = {chosen:g}` (the largest mean in-domain gain among the points within budget)."
                if chosen is not None else "No point of the grid kept the general drop within budget: try stronger values.")
@@ -158,6 +160,8 @@ def tune_markdown(summary: dict[str, Any]) -> str:
         verdict,
         "",
         f"Cost: {summary['runs']} runs ({summary['seconds']:.0f} s) against {summary['grid_runs']} for the full grid "
-        f"(about {summary['grid_seconds_estimate']:.0f} s at the same time per run). Every run is a row of compare.md.",
+        f"(about {summary['grid_seconds_estimate']:.0f} s at the same time per run). Every run is a row of compare.md."
+        + (" A point continued after a kill (--resume) counts its last part only: the cost is understated."
+           if any(e.get("resumed") for e in summary["evaluated"]) else ""),
         "",
     ])
