@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,20 @@ def evaluated_stages(monkeypatch):
     monkeypatch.setattr(Evaluator, "evaluate",
                         lambda self, model, stage, task, step: stages.append(stage) or evaluate(self, model, stage, task, step))
     return stages
+
+
+@contextmanager
+def ctrl_c_when(when):
+    """A Ctrl-C right after the training step for which `when(callback, trainer_state)` holds (the callback has `.run`
+    and `.task_index`; the trainer state's `global_step` counts within the task): the run saves its state and stops."""
+    from forgetless.training import _ResumeCallback
+
+    step_end = _ResumeCallback.on_step_end
+
+    def stopping(self, args, state, control, **kwargs):
+        self.run.interrupted = self.run.interrupted or when(self, state)
+        return step_end(self, args, state, control, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_ResumeCallback, "on_step_end", stopping)
+        yield

@@ -14,6 +14,8 @@ from forgetless.compare import ComparisonRow, against_baseline, compare, parse_s
 from forgetless.config import load_config
 from forgetless.errors import ForgetlessError
 
+from .conftest import ctrl_c_when
+
 
 def test_parse_strategy_reads_names_mappings_and_stacks():
     assert parse_strategy("ewc") == "ewc"
@@ -257,20 +259,11 @@ def test_a_compare_stopped_in_a_row_resumes_it_to_the_uninterrupted_table(tmp_pa
                                                                            monkeypatch, capsys):
     """Ctrl-C in the second row's second task: the first row stays in the table, and `--resume` trains only the rest of
     the cut-off row, from its state, to the rows an uninterrupted comparison writes; a second `--resume` trains nothing."""
-    from forgetless.training import _ResumeCallback
-
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     args = ["compare", str(compare_config), "--strategies", "naive", "{name: l2sp, lam: 10}", "--quiet"]
     assert main([*args, "--out", str(whole)]) == 0
-    step_end = _ResumeCallback.on_step_end
-
-    def ctrl_c(self, state_args, state, control, **kwargs):  # the l2sp row, task "text", step 2 of 3
-        self.run.interrupted = self.run.interrupted or (self.run.out_dir.name == "l2sp(lam=10)"
-                                                        and self.task_index == 1 and state.global_step == 2)
-        return step_end(self, state_args, state, control, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(_ResumeCallback, "on_step_end", ctrl_c)
+    with ctrl_c_when(lambda callback, state: callback.run.out_dir.name == "l2sp(lam=10)"  # task "text", step 2 of 3
+                     and callback.task_index == 1 and state.global_step == 2):
         assert main([*args, "--out", str(cut)]) == 130
     message = capsys.readouterr().err
     assert "interrupted at step 2 of task 'text'" in message and "the same command with --resume" in message
@@ -317,13 +310,8 @@ def test_a_compare_stopped_in_a_row_resumes_it_to_the_uninterrupted_table(tmp_pa
 
     # A plain invocation re-measuring both rows, stopped in the first: --resume continues naive and runs l2sp again
     # (the invocation was replacing it) rather than keeping the row it measured before.
-    def ctrl_c_naive(self, state_args, state, control, **kwargs):
-        self.run.interrupted = self.run.interrupted or (self.run.out_dir.name == "naive" and self.task_index == 1
-                                                        and state.global_step == 1)
-        return step_end(self, state_args, state, control, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(_ResumeCallback, "on_step_end", ctrl_c_naive)
+    with ctrl_c_when(lambda callback, state: callback.run.out_dir.name == "naive" and callback.task_index == 1
+                     and state.global_step == 1):
         assert main([*args, "--out", str(cut)]) == 130
     assert json.loads((cut / "compare.json").read_text())["pending"] == ["naive", "l2sp(lam=10)"]
     l2sp_before = json.loads((cut / "compare.json").read_text())["rows"][1]["finished_at"]
@@ -357,18 +345,10 @@ def test_compare_over_seeds_resumes_a_first_row_cut_off_before_the_start_was_sav
     import forgetless.compare as compare_module
     import forgetless.training as training
     from forgetless.environment import run_environment
-    from forgetless.training import _ResumeCallback
 
     out = tmp_path / "seeds"
     args = ["compare", str(compare_config), "--strategies", "naive", "--seeds", "0", "1", "--out", str(out), "--quiet"]
-    step_end = _ResumeCallback.on_step_end
-
-    def ctrl_c(self, state_args, state, control, **kwargs):
-        self.run.interrupted = self.run.interrupted or (self.task_index == 1 and state.global_step == 2)
-        return step_end(self, state_args, state, control, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(_ResumeCallback, "on_step_end", ctrl_c)
+    with ctrl_c_when(lambda callback, state: callback.task_index == 1 and state.global_step == 2):
         assert main(args) == 130
     assert not (out / "seed-0" / "before.json").exists() and "--resume" in capsys.readouterr().err
     here = run_environment()

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from forgetless.errors import ForgetlessError
 from forgetless.training import ContinualRun, run_continual
 
-from .conftest import make_tiny_lm, tiny_config
+from .conftest import ctrl_c_when, make_tiny_lm, tiny_config
 from .test_strategy_contract import MODES, SPECS
 
 
@@ -117,12 +117,10 @@ def test_resume_at_task_starts_and_under_lora(strategy, mode, task_index, step, 
     _assert_same_run(tmp_path / "whole", tmp_path / "cut")
 
 
-def test_checkpoints_and_ctrl_c_off_the_logging_grid_leave_the_gradient_norms(task_files, tmp_path, tokenizer, monkeypatch):
+def test_checkpoints_and_ctrl_c_off_the_logging_grid_leave_the_gradient_norms(task_files, tmp_path, tokenizer):
     # 20 steps log every 2 (training.py: steps // 10). A checkpoint (every 3 steps) and a Ctrl-C (here after the second
     # task's step 7) make the Trainer log their step too, off that grid; the gradient-norm summary must count the ten
     # regular logs only, so a run checkpointed, stopped and resumed reports what a run without either reports.
-    from forgetless.training import _ResumeCallback
-
     def configured(every):
         config = _config(task_files, "naive", checkpoint_every_steps=every)
         return config.model_copy(update={"train": config.train.model_copy(update={"steps": 20, "lr": 5e-3}),
@@ -130,14 +128,7 @@ def test_checkpoints_and_ctrl_c_off_the_logging_grid_leave_the_gradient_norms(ta
 
     _run(configured(None), tmp_path / "plain", tokenizer)
     cut = configured(3)
-    step_end = _ResumeCallback.on_step_end
-
-    def ctrl_c_at_step_7(self, args, state, control, **kwargs):
-        self.run.interrupted = self.run.interrupted or (self.task_index == 1 and state.global_step == 7)
-        return step_end(self, args, state, control, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(_ResumeCallback, "on_step_end", ctrl_c_at_step_7)
+    with ctrl_c_when(lambda callback, state: callback.task_index == 1 and state.global_step == 7):
         with pytest.raises(ForgetlessError, match="interrupted at step 7"):
             _run(cut, tmp_path / "cut", tokenizer)
     _run(cut, tmp_path / "cut", tokenizer, resume=True)
