@@ -50,6 +50,9 @@ def main() -> None:
     if starts[0] != starts[1]:  # the pairing and the leakage signature both read the start's items and answers
         raise SystemExit(f"{args.first} and {args.second} scored the start differently (before.json): copy the first's "
                          "before.json into the second before running it")
+    # Two seed folders of `compare --seeds` share their name (seed-1): then the parent says which is which.
+    same = args.first.name == args.second.name
+    name = {folder: f"{folder.parent.name}/{folder.name}" if same else folder.name for folder in (args.first, args.second)}
     header = " | ".join(f"{name}: after (change ± s.e.)" for name in COLUMNS)
     print(f"| folder | strategy | in-domain gain ± s.e. | {header} |")
     print("|---|---|---|" + "---|" * len(COLUMNS))
@@ -58,8 +61,8 @@ def main() -> None:
             gain = next(iter(row["in_domain_gain"].values()))
             gain_se = next(iter((row.get("in_domain_gain_se") or {"": float("nan")}).values()))
             cells = changes(samples(folder, label, 0), samples(folder, label, -1))
-            print(f"| {folder.name} | {label} | {gain:+.4f} ± {gain_se:.4f} | " + " | ".join(cells) + " |")
-    print(f"\n{args.second.name} minus {args.first.name}, after training, paired by item:\n")
+            print(f"| {name[folder]} | {label} | {gain:+.4f} ± {gain_se:.4f} | " + " | ".join(cells) + " |")
+    print(f"\n{name[args.second]} minus {name[args.first]}, after training, paired by item:\n")
     print("| strategy | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
     first = rows_of(args.first)
