@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "over seeds in --out/seeds.md: mean ± s.e., distances from each seed's own naive frontier")
     cmp.add_argument("--resume", action="store_true",
                      help="after a killed or Ctrl-C'd compare: the row that was cut off continues from its resumable "
-                          "state, rows already in the table are kept, the others run")
+                          "state, rows it had finished are kept, the others run")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
 

@@ -684,7 +684,8 @@ def compare(
 
     `resume`: after a killed or Ctrl-C'd invocation, a row whose run folder holds a resumable state continues from
     it (forgetless.resume; a finished task is not trained again), and a row already in the table is kept, not run
-    again; the others run. `run_factory(config, folder, before, resume_from)` builds each row's run.
+    again, unless the killed invocation was measuring it again (compare.json's "pending"); the others run.
+    `run_factory(config, folder, before, resume_from)` builds each row's run.
     """
     import json
 

@@ -327,7 +327,8 @@ class ContinualRun:
         self.task_logs: list[dict[str, Any]] = []
         self.resume_from = resume_from  # a state folder of OUT/resume to continue from (run --resume)
         self.environment, self.environment_changes = run_environment(), []
-        # Where the "before" evaluation was scored (a resumed run's: the first invocation's; compare's before.json).
+        # Where this run scored its "before" evaluation (resumed: the invocation that scored it), for compare's
+        # before.json; a run given another run's `before` did not score one (compare keeps where that one was).
         self.before_environment = self.environment
         self.resume_store = ResumeStore(self.out_dir)
         self.interrupted = False
