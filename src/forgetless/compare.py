@@ -790,7 +790,7 @@ def compare(
 
 def resumable_row(folder: Path, config: RunConfig, label: str) -> Path | None:
     """The resumable state (forgetless.resume) a row's run folder holds for `config`, or None where it holds none."""
-    from .resume import ResumeStore, check_resumable
+    from .resume import ResumeStore, check_resumable, complete_run
     from .training import resolved_strategy_params
 
     store = ResumeStore(folder)
@@ -805,15 +805,6 @@ def resumable_row(folder: Path, config: RunConfig, label: str) -> Path | None:
     except ForgetlessError as exc:
         raise ForgetlessError(f"row {label}: {exc} (in compare: remove {store.root} to run that row again from its "
                               "start)") from None
-
-
-def complete_run(folder: Path) -> bool:
-    import json
-
-    try:
-        return bool(json.loads((folder / "results.json").read_text(encoding="utf-8")).get("complete", True))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def write_table(table: dict[str, Any], out: Path) -> None:

@@ -223,6 +223,14 @@ class ResumeStore:
             load_model(model, str(folder / "model.safetensors"), strict=True)
 
 
+def complete_run(out_dir: Path) -> bool:
+    """Whether `out_dir/results.json` marks a finished run (files written before the mark existed count as finished)."""
+    try:
+        return bool(json.loads((out_dir / "results.json").read_text(encoding="utf-8")).get("complete", True))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params: dict[str, Any] | None = None,
                     digests: dict[str, str] | None = None) -> Path:
     """The state folder `run --resume` continues from, or a ForgetlessError that says why there is none.
@@ -235,14 +243,8 @@ def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params:
     `digests`: `data_digests` of the config now; a data file whose content changed since the run started is refused
     (states written before digests were recorded are not checked).
     """
-    results = out_dir / "results.json"
-    if results.exists():
-        try:
-            complete = json.loads(results.read_text(encoding="utf-8")).get("complete", True)
-        except (OSError, ValueError):
-            complete = False
-        if complete:
-            raise ForgetlessError(f"{out_dir} holds a complete run: nothing to resume (pass --overwrite to run it again)")
+    if complete_run(out_dir):
+        raise ForgetlessError(f"{out_dir} holds a complete run: nothing to resume (pass --overwrite to run it again)")
     folder = ResumeStore(out_dir).latest()
     if folder is None:
         raise ForgetlessError(
