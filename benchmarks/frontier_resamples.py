@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from forgetless.compare import ComparisonRow, against_frontier, fill_task_end_changes, run_folder
+from forgetless.comparison_rows import ComparisonRow, against_frontier, fill_task_end_changes, run_folder
 from forgetless.evaluation.evaluator import EvaluationLog
 from forgetless.frontier_noise import RunItems, frontier_distance_replicates
 

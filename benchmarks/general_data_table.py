@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from forgetless.compare import run_folder
+from forgetless.comparison_rows import run_folder
 from forgetless.evaluation.evaluator import EvaluationLog
 from forgetless.metrics import general_change
 

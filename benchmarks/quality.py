@@ -18,7 +18,8 @@ import json
 import shlex
 from pathlib import Path
 
-from forgetless.compare import compare, frontier_settings, parse_strategy, write_table
+from forgetless.compare import compare, frontier_settings, parse_strategy
+from forgetless.comparison_table import write_table
 from forgetless.config import parse_config
 from forgetless.training import ContinualRun
 

@@ -260,7 +260,7 @@ def test_rows_without_gain_kept_rank_by_their_mean_gain(tmp_path):
 
 
 def test_advise_reads_a_comparison_over_seeds(tmp_path, capsys):
-    from forgetless.compare import ComparisonRow
+    from forgetless.comparison_rows import ComparisonRow
     from forgetless.seeds import write_summary
 
     def row(label, gain, change, saved=None):
@@ -300,7 +300,7 @@ def test_advise_reads_a_comparison_over_seeds(tmp_path, capsys):
 
 
 def test_a_comparison_at_one_seed_keeps_its_paired_standard_error(tmp_path):
-    from forgetless.compare import ComparisonRow
+    from forgetless.comparison_rows import ComparisonRow
     from forgetless.seeds import write_summary
 
     folder = tmp_path / "seed-3"

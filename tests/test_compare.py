@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from forgetless.cli import main
-from forgetless.compare import ComparisonRow, against_baseline, compare, parse_strategy
+from forgetless.compare import compare, parse_strategy
+from forgetless.comparison_rows import ComparisonRow, against_baseline
 from forgetless.config import load_config
 from forgetless.errors import ForgetlessError
 
@@ -28,7 +29,8 @@ def test_parse_strategy_reads_names_mappings_and_stacks():
 
 
 def test_labels_show_a_mapping_knob_as_written_and_long_ones_get_a_short_folder():
-    from forgetless.compare import label_of, run_folder
+    from forgetless.compare import label_of
+    from forgetless.comparison_rows import run_folder
 
     spec = {"name": "l2sp", "target": 0.01, "target_scale": {r"layers\.[0-9]+\.self_attn\.(v|o)_proj": 0.5}}
     assert label_of(spec) == r"l2sp(target=0.01,target_scale={layers\.[0-9]+\.self_attn\.(v|o)_proj: 0.5})"
@@ -61,7 +63,7 @@ def test_against_baseline_by_hand():
 
 
 def test_the_table_names_rows_measured_in_different_environments():
-    from forgetless.compare import markdown
+    from forgetless.comparison_table import markdown
     from forgetless.html_report import render_comparison_html
 
     def env(transformers, threads=2, platform="Linux-6.1"):
@@ -89,7 +91,7 @@ def test_the_table_names_rows_measured_in_different_environments():
 
 
 def test_the_table_shows_the_lowest_general_change_at_a_task_end(tmp_path):
-    from forgetless.compare import markdown, task_end_text
+    from forgetless.comparison_table import markdown, task_end_text
 
     # Ends within a point of where it started after a drop of 4 points at the first task's end (seed 6's naive at
     # lr 2e-4 for 30 steps, rounded): the final change alone would hide it.
@@ -127,7 +129,7 @@ def test_the_table_shows_the_lowest_general_change_at_a_task_end(tmp_path):
     assert "at the end" not in render_comparison_html({"rows": [one_task.model_dump(mode="json")]})
 
     # An older row whose run folder is still there gets the changes, with their s.e., from its results.json.
-    from forgetless.compare import fill_task_end_changes
+    from forgetless.comparison_rows import fill_task_end_changes
 
     folder = tmp_path / "x"
     folder.mkdir()
@@ -465,7 +467,8 @@ def test_frontier_by_hand():
 
 
 def test_the_frontier_at_the_end_by_hand():
-    from forgetless.compare import against_frontier, markdown
+    from forgetless.comparison_rows import against_frontier
+    from forgetless.comparison_table import markdown
 
     def row(label, gains, at_end, change, spec=None):
         return ComparisonRow(strategy=label, spec=spec or label, in_domain_gain=gains, in_domain_gain_at_end=at_end,
@@ -502,7 +505,7 @@ def test_the_frontier_at_the_end_by_hand():
 
 
 def test_compare_traces_naives_frontier_with_one_before_evaluation(tmp_path, compare_config, evaluated_stages):
-    from forgetless.compare import frontier_noise, naive_frontier
+    from forgetless.comparison_rows import frontier_noise, naive_frontier
     from forgetless.evaluation.evaluator import EvaluationLog
     from forgetless.frontier import distances, naive_front
     from forgetless.frontier_noise import RunItems, frontier_distance_se

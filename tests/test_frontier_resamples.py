@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from forgetless.cli import main
-from forgetless.compare import ComparisonRow
+from forgetless.comparison_rows import ComparisonRow
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 

@@ -95,7 +95,7 @@ def _comparison_table() -> dict:
 
 
 def test_comparison_html_is_self_contained_and_carries_the_frontier_and_generation_checks():
-    from forgetless.compare import ComparisonRow, against_baseline
+    from forgetless.comparison_rows import ComparisonRow, against_baseline
 
     table = _comparison_table()
     rows = [ComparisonRow(**r) for r in table["rows"]]
@@ -115,7 +115,7 @@ def test_comparison_html_is_self_contained_and_carries_the_frontier_and_generati
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
 def test_chromium_renders_the_comparison_without_console_errors(tmp_path):
-    from forgetless.compare import write_table
+    from forgetless.comparison_table import write_table
 
     write_table(_comparison_table(), tmp_path)
     console, png = _render(tmp_path / "compare.html", tmp_path / "compare.png")

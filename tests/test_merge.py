@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from forgetless.cli import main
-from forgetless.compare import ComparisonRow
+from forgetless.comparison_rows import ComparisonRow
 
 
 def _rows(folder) -> dict[str, ComparisonRow]:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from forgetless.cli import main
-from forgetless.compare import ComparisonRow, against_frontier
+from forgetless.comparison_rows import ComparisonRow, against_frontier
 from forgetless.config import load_config
 from forgetless.errors import ForgetlessError
 from forgetless.seeds import across_seeds, reuse_before, seeds_figure, summarise, with_seed, write_summary

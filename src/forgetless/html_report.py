@@ -145,7 +145,8 @@ def render_run_html(results: RunResults) -> str:
 
 
 def render_comparison_html(table: dict[str, Any]) -> str:
-    from .compare import SEED_NOISE, ComparisonRow, pareto_png, rows_environment_note, run_folder, signed_with_se, task_end_text
+    from .comparison_rows import ComparisonRow, run_folder
+    from .comparison_table import SEED_NOISE, pareto_png, rows_environment_note, signed_with_se, task_end_text
 
     rows = [ComparisonRow(**row) for row in table["rows"]]
     baseline = table.get("baseline", "naive")

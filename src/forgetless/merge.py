@@ -26,16 +26,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .compare import (
-    ComparisonRow,
-    against_baseline,
-    differences_note,
-    fill_task_end_changes,
-    frontier_noise,
-    run_folder,
-    setting_differences,
-    write_table,
-)
+from .compare import differences_note, setting_differences
+from .comparison_rows import ComparisonRow, against_baseline, fill_task_end_changes, frontier_noise, run_folder
+from .comparison_table import write_table
 from .errors import ForgetlessError
 from .fileio import check_output_path
 

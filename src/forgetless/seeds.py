@@ -30,7 +30,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .compare import ComparisonRow, against_frontier, before_key, compare, fill_task_end_changes, naive_frontier, trade_off_frame
+from .compare import before_key, compare
+from .comparison_rows import ComparisonRow, against_frontier, fill_task_end_changes, naive_frontier
+from .comparison_table import trade_off_frame
 from .config import RunConfig, parse_config
 from .environment import environment_note
 from .errors import ForgetlessError

@@ -18,7 +18,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from .compare import ComparisonRow, compare, label_of
+from .compare import compare, label_of
+from .comparison_rows import ComparisonRow
 from .config import RunConfig
 from .errors import ForgetlessError
 from .fileio import atomic_write_json, atomic_write_text
