@@ -8,6 +8,7 @@ own "general delta" averages every general task, instructions and leakage includ
 after training and the share of answers free of the domain's signature, each with its paired s.e. over the same
 items. Then, for each strategy in both folders, the second folder's row minus the first's, paired by item: both
 folders must share one "before" evaluation (copy the first's before.json into the second before running it).
+`--against LABEL` adds each other row of the second folder minus its row LABEL, paired by item.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("first", type=Path, help="compare folder protecting the bundled general English")
     parser.add_argument("second", type=Path, help="compare folder of the same set-up with general_data")
+    parser.add_argument("--against", metavar="LABEL", help="also each other row of the second folder minus its row "
+                        "LABEL, paired by item (e.g. replay at other general_ratio against replay's default)")
     args = parser.parse_args()
     starts = [json.loads((folder / "before.json").read_text(encoding="utf-8"))["log"] for folder in (args.first, args.second)]
     if starts[0] != starts[1]:  # the pairing and the leakage signature both read the start's items and answers
@@ -62,14 +65,26 @@ def main() -> None:
             gain_se = next(iter((row.get("in_domain_gain_se") or {"": float("nan")}).values()))
             cells = changes(samples(folder, label, 0), samples(folder, label, -1))
             print(f"| {name[folder]} | {label} | {gain:+.4f} ± {gain_se:.4f} | " + " | ".join(cells) + " |")
-    print(f"\n{name[args.second]} minus {name[args.first]}, after training, paired by item:\n")
+    first, second = rows_of(args.first), rows_of(args.second)
+    print_differences(f"{name[args.second]} minus {name[args.first]}",
+                      [(label, (args.first, label), (args.second, label)) for label in second if label in first])
+    if args.against:
+        if args.against not in second:
+            raise SystemExit(f"--against {args.against!r}: no such row in {args.second} (rows: {list(second)})")
+        print_differences(f"{name[args.second]}: each row minus {args.against}",
+                          [(label, (args.second, args.against), (args.second, label)) for label in second
+                           if label != args.against])
+
+
+def print_differences(title: str, pairs: list[tuple[str, tuple[Path, str], tuple[Path, str]]]) -> None:
+    """One row per (label, minuend's (folder, row), subtrahend's ...): the second's scores after training minus the
+    first's, paired by item."""
+    print(f"\n{title}, after training, paired by item:\n")
     print("| strategy | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
-    first = rows_of(args.first)
-    for label in rows_of(args.second):
-        if label in first:
-            cells = changes(samples(args.first, label, -1), samples(args.second, label, -1))
-            print(f"| {label} | " + " | ".join(cell.split(" ", 1)[1].strip("()") for cell in cells) + " |")
+    for label, (base_folder, base_label), (folder, row_label) in pairs:
+        cells = changes(samples(base_folder, base_label, -1), samples(folder, row_label, -1))
+        print(f"| {label} | " + " | ".join(cell.split(" ", 1)[1].strip("()") for cell in cells) + " |")
 
 
 if __name__ == "__main__":
