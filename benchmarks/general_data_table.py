@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--against", metavar="LABEL", help="also each other row of the second folder minus its row "
                         "LABEL, paired by item (e.g. replay at other general_ratio against replay's default)")
     args = parser.parse_args()
+    first, second = rows_of(args.first), rows_of(args.second)
+    if args.against and args.against not in second:
+        raise SystemExit(f"--against {args.against!r}: no such row in {args.second} (rows: {list(second)})")
     starts = [json.loads((folder / "before.json").read_text(encoding="utf-8"))["log"] for folder in (args.first, args.second)]
     if starts[0] != starts[1]:  # the pairing and the leakage signature both read the start's items and answers
         raise SystemExit(f"{args.first} and {args.second} scored the start differently (before.json): copy the first's "
@@ -65,20 +68,17 @@ def main() -> None:
             gain_se = next(iter((row.get("in_domain_gain_se") or {"": float("nan")}).values()))
             cells = changes(samples(folder, label, 0), samples(folder, label, -1))
             print(f"| {name[folder]} | {label} | {gain:+.4f} ± {gain_se:.4f} | " + " | ".join(cells) + " |")
-    first, second = rows_of(args.first), rows_of(args.second)
     print_differences(f"{name[args.second]} minus {name[args.first]}",
                       [(label, (args.first, label), (args.second, label)) for label in second if label in first])
     if args.against:
-        if args.against not in second:
-            raise SystemExit(f"--against {args.against!r}: no such row in {args.second} (rows: {list(second)})")
         print_differences(f"{name[args.second]}: each row minus {args.against}",
                           [(label, (args.second, args.against), (args.second, label)) for label in second
                            if label != args.against])
 
 
 def print_differences(title: str, pairs: list[tuple[str, tuple[Path, str], tuple[Path, str]]]) -> None:
-    """One row per (label, minuend's (folder, row), subtrahend's ...): the second's scores after training minus the
-    first's, paired by item."""
+    """One row per (label, (folder, row) subtracted, (folder, row) subtracted from): the latter's scores after
+    training minus the former's, paired by item."""
     print(f"\n{title}, after training, paired by item:\n")
     print("| strategy | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))

@@ -1,5 +1,6 @@
 """A comparison's rows (forgetless.compare) and what is worked out across them: each row against the baseline
-row and against naive's trade-off frontier (forgetless.frontier), with the distances' s.e."""
+row and against naive's trade-off frontier (forgetless.frontier), with the distances' s.e.; each row's run folder,
+and the columns rows written before them lack, filled from that folder."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .metrics import general_change
 from .results import GeneralSummary
 
 GENERATION_CHECKS = ("instructions", "leakage")
+
 
 class ComparisonRow(GeneralSummary):
     strategy: str  # the row's label
@@ -99,6 +101,7 @@ class ComparisonRow(GeneralSummary):
         task = min(changes, key=lambda t: changes[t][0])
         return (task, *changes[task])
 
+
 def run_folder(label: str) -> str:
     """The folder, inside a comparison's folder, of the row labelled `label` (a label may hold "/"); a label past
     file systems' 255-byte names (long regexes in a knob) keeps its start and a hash of the whole."""
@@ -106,6 +109,7 @@ def run_folder(label: str) -> str:
     if len(folder.encode()) <= 200:
         return folder
     return folder.encode()[:180].decode(errors="ignore") + "-" + hashlib.sha256(label.encode()).hexdigest()[:12]
+
 
 def against_baseline(rows: list[ComparisonRow], baseline: str = "naive") -> None:
     """Fill each row's drop cut, gain kept and step-time ratio against the row labelled `baseline`, if present.
@@ -193,6 +197,7 @@ def frontier_noise(rows: list[ComparisonRow], out: Path) -> None:
         for (row, _), (saved, added) in zip(measured, frontier_distance_se(naive, [found for _, found in measured])):
             setattr(row, saved_name + "_se", saved if getattr(row, saved_name) is not None else None)
             setattr(row, added_name + "_se", added if getattr(row, added_name) is not None else None)
+
 
 def fill_task_end_changes(rows: list[ComparisonRow], out: Path) -> None:
     """Give rows written before the task-end columns existed the general change at each task's end (from the
