@@ -62,8 +62,8 @@ def main() -> None:
     header = " | ".join(f"{name}: after (change ± s.e.)" for name in COLUMNS)
     print(f"| folder | strategy | in-domain gain ± s.e. | {header} |")
     print("|---|---|---|" + "---|" * len(COLUMNS))
-    for folder in (args.first, args.second):
-        for label, row in rows_of(folder).items():
+    for folder, rows in ((args.first, first), (args.second, second)):
+        for label, row in rows.items():
             gain = next(iter(row["in_domain_gain"].values()))
             gain_se = next(iter((row.get("in_domain_gain_se") or {"": float("nan")}).values()))
             cells = changes(samples(folder, label, 0), samples(folder, label, -1))
