@@ -1,0 +1,77 @@
+"""Which `instructions` checks each row of a comparison kept, and how many of its answers ran to the length budget.
+
+    .venv/bin/python benchmarks/instruction_answers.py bench-out/chat-general/bundled bench-out/chat-general/chat
+
+Reads compare folders that scored the `instructions` suite (the answers are kept in before.json and in each row's
+evaluations.json) and prints, for the start and for each row after its last task: the pass rate of each check
+(ten prompts each); the share of answers that stopped only at the suite's budget of new tokens rather than at the
+end-of-text token (their re-tokenized length within 2 tokens of the budget; re-tokenizing a decoded answer can
+count fewer tokens than were generated, so this can only miss answers, never add them); and the mean answer
+length in tokens. A fine-tuned model that still writes the asked format but then runs on ("Here is the JSON:
+... Your answer is ...") fails "write nothing else", word limits and JSON-only checks: the budget share tells that
+apart from a model that no longer writes the format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from forgetless.comparison_rows import run_folder
+from forgetless.evaluation.evaluator import EvaluationLog
+from forgetless.evaluation.instructions import MAX_NEW_TOKENS, passes
+from forgetless.evaluation.suites import load_suite
+from forgetless.models import load_tokenizer
+
+NEAR_BUDGET = 2  # as scripts/build_chat_general.py: a re-tokenized answer this close to the budget filled it
+
+
+def answer_columns(folders: list[Path]) -> dict[str, list[str]]:
+    """column name -> the instruction answers: the folders' shared start, then each row of each folder after training."""
+    starts = [json.loads((folder / "before.json").read_text(encoding="utf-8"))["log"] for folder in folders]
+    for folder, start in zip(folders[1:], starts[1:]):
+        if start != starts[0]:  # the columns compare answers to the same start
+            raise SystemExit(f"{folder} scored the start differently from {folders[0]} (before.json)")
+    columns = {"start": EvaluationLog.from_json(starts[0]).general_samples[0]["instructions"].texts}
+    for folder in folders:
+        for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]:
+            log = EvaluationLog.read(folder / run_folder(row["strategy"]) / "evaluations.json")
+            columns[f"{folder.name}: {row['strategy']}"] = log.general_samples[-1]["instructions"].texts
+    return columns
+
+
+def check_pass_rates(answers: list[str], rows: list[dict]) -> dict[str, float]:
+    """check name -> pass rate of the prompts whose first check it is."""
+    results = defaultdict(list)
+    for answer, row in zip(answers, rows):
+        results[row["checks"][0][0]].append(passes(answer, row["checks"]))
+    return {name: sum(values) / len(values) for name, values in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", type=Path, nargs="+", help="compare folders sharing one before.json")
+    parser.add_argument("--model", default="default", help="the model whose tokenizer counts the answers' tokens")
+    args = parser.parse_args()
+    columns = answer_columns(args.folders)
+    [suite] = load_suite("instructions")
+    tokenizer = load_tokenizer(args.model)
+    rates = {name: check_pass_rates(answers, suite.rows) for name, answers in columns.items()}
+    lengths = {name: [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+               for name, answers in columns.items()}
+    print("| check | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for check in rates["start"]:
+        print(f"| {check} | " + " | ".join(f"{rates[name][check]:.1f}" for name in columns) + " |")
+    print("| all | " + " | ".join(f"{sum(passes(a, r['checks']) for a, r in zip(answers, suite.rows)) / len(answers):.3f}"
+                               for answers in columns.values()) + " |")
+    print(f"| answers at the {MAX_NEW_TOKENS}-token budget | "
+          + " | ".join(f"{sum(n >= MAX_NEW_TOKENS - NEAR_BUDGET for n in lengths[name]) / len(lengths[name]):.2f}"
+                       for name in columns) + " |")
+    print("| mean answer length (tokens) | " + " | ".join(f"{sum(v) / len(v):.1f}" for v in lengths.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
