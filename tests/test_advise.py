@@ -157,20 +157,40 @@ def test_a_chat_model_is_not_advised_a_strategy_that_lost_instruction_following(
     assert chat.recommended.name == "noisy" and list(chat.excluded) == ["keeps"]
     assert "instructions -0.236 ± 0.049" in chat.excluded["keeps"] and "leakage -1.000" in chat.excluded["keeps"]
     assert advise(Constraints(chat=False), candidates, "test").recommended.name == "keeps"
-    # Only the unmeasured one left: recommended, and the answer says its instruction following is unknown.
+    # Where the one that kept it is beyond the budget, the unmeasured one is recommended and said to be unmeasured.
+    beyond = Candidate("noisy", -0.05, 0.008, 0.99, 1.02, False, {"instructions": (-0.04, 0.02)})
     constraints = Constraints()
-    text = render(advise(constraints, [keeps, unmeasured], "test"), constraints)
+    text = render(advise(constraints, [keeps, beyond, unmeasured], "test"), constraints)
     assert "Recommended: strategies: unmeasured" in text
     assert "not measured in this evidence (where measured, keeps lost it)" in text
+
+
+def test_when_every_candidate_measured_lost_instruction_following_none_is_left_out_for_it():
+    # Leaving out every measured one would recommend the unmeasured, which is no evidence of keeping it.
+    keeps = Candidate("keeps", -0.002, 0.008, 1.00, 1.02, False, {"instructions": (-0.236, 0.049), "leakage": (-1.0, 0.0)})
+    falls = Candidate("falls", -0.004, 0.008, 1.00, 1.02, False, {"instructions": (-0.273, 0.046)})
+    unmeasured = Candidate("unmeasured", -0.006, 0.008, 0.98, 1.02, False)
+    naive = Candidate("naive", -0.09, 0.008, 1.00, 1.00, False, {"instructions": (-0.01, 0.01)})  # the baseline: no say
+    constraints = Constraints()
+    advice = advise(constraints, [keeps, falls, unmeasured, naive], "test")
+    assert advice.recommended.name == "keeps" and list(advice.excluded) == ["naive"]
+    assert advice.none_kept_generation == {"falls": "instructions -0.273 ± 0.046",
+                                           "keeps": "instructions -0.236 ± 0.049, leakage -1.000 ± 0.000"}
+    text = render(advice, constraints)
+    assert "No candidate measured in this evidence kept instruction following (falls: instructions -0.273" in text
+    assert "not measured in this evidence" not in text
+    # Not a chat model: the same answer without the notice.
+    assert not advise(Constraints(chat=False), [keeps, falls, unmeasured, naive], "test").none_kept_generation
 
 
 def test_the_shipped_generation_checks_reach_the_advice(capsys):
     # docs/results/generation-checks.md: ewc's default (the cap) kept the general suite but not instruction following.
     assert main(["advise", "--no-input"]) == 0
     chat = capsys.readouterr().out
-    assert "Left out: ewc: lost instruction following beyond noise (instructions -0.273 ± 0.046" in chat
-    assert "Left out: l2sp: lost instruction following beyond noise (instructions -0.264 ± 0.047" in chat
-    assert "Recommended: strategies: ewc\n" not in chat
+    # Every one measured lost it, wise too (2026-12-07): none is left out for it, and the answer says so.
+    assert "No candidate measured in this evidence kept instruction following (ewc: instructions -0.273 ± 0.046" in chat
+    assert "l2sp: instructions -0.264 ± 0.047" in chat and "wise: instructions -0.236 ± 0.044" in chat
+    assert "Recommended: strategies: wise\n" in chat and "lost instruction following beyond noise" not in chat
     assert main(["advise", "--no-input", "--chat", "no"]) == 0
     plain = capsys.readouterr().out  # not a chat model: the same ewc is a candidate again, judged by its budget
     assert "Left out: ewc" not in plain and "Beyond the budget of 0.01 in this evidence: ewc (-0.0224 over 7 seeds)" in plain

@@ -16,7 +16,9 @@ decision is the small table below:
 |                              | says when that seed was beyond the budget)                               |
 | chat model (the default)     | drop candidates whose instruction pass rate or leakage-free share fell   |
 |                              | beyond the budget by more than noise (change + 1.96 s.e. < -budget);     |
-|                              | candidates without those measurements stay, and the answer says so       |
+|                              | candidates without those measurements stay, and the answer says so;      |
+|                              | when every candidate measured fell, none is dropped and the answer says  |
+|                              | that none measured kept them                                             |
 | ranking                      | first the rows within budget at each of several seeds (a mean within it  |
 |                              | can hide a seed beyond it; a one-seed row's spread is unmeasured, so it  |
 |                              | ranks with the rest), then                                               |
@@ -29,7 +31,9 @@ decision is the small table below:
 
 The chat rule exists because the multiple-choice suite alone misleads: on the shipped benchmark `ewc` at lam 100
 kept the general suite (-0.022 against naive's -0.095 on `support`) while its instruction pass rate fell as far as
-naive's and every answer took up the domain's phrasing (docs/results/generation-checks.md).
+naive's and every answer took up the domain's phrasing (docs/results/generation-checks.md). Its exception exists
+because on that benchmark every candidate measured lost instruction following, `wise` too: dropping them all would
+leave the ones never measured, which is no evidence of keeping it.
 
 When no candidate meets the budget, the one with the smallest measured drop is recommended and the answer
 says the budget was not met in the evidence. `naive` at the evidence's own setting is never recommended (it
@@ -131,6 +135,9 @@ class Advice:
     # Rows that would rank before the recommendation (within budget at every seed) but for that tier: within on
     # their mean only, or measured at one seed.
     passed_over: list[Candidate] = field(default_factory=list)
+    # Chat model, where every candidate measured lost instruction following: each one and what it lost (then the chat
+    # rule leaves none out: that would favour the candidates never measured, which is no evidence of keeping it).
+    none_kept_generation: dict[str, str] = field(default_factory=dict)
 
 
 def _generation(row: dict[str, Any]) -> dict[str, tuple[float, float]]:
@@ -226,10 +233,18 @@ def _seeds_candidates(folder: Path) -> list[Candidate]:
     return candidates
 
 
+def _lost_text(c: Candidate, lost: list[str]) -> str:
+    return ", ".join(f"{name} {c.generation[name][0]:+.3f} ± {c.generation[name][1]:.3f}" for name in lost)
+
+
 def advise(constraints: Constraints, candidates: list[Candidate], source: str) -> Advice:
     excluded: dict[str, str] = {}
     kept = []
     limit = STEP_RATIO_LIMIT[constraints.compute]
+    measured = [c for c in candidates if c.generation and c.name != "naive"]
+    none_kept = {c.name: _lost_text(c, c.lost_generation(constraints.budget)) for c in measured}
+    if not constraints.chat or not measured or not all(none_kept.values()):
+        none_kept = {}
     for c in candidates:
         if c.name == "naive":
             excluded[c.name] = "protects nothing (the baseline)"
@@ -237,9 +252,8 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
             excluded[c.name] = "stores earlier tasks' training rows"
         elif c.step_ratio is not None and c.step_ratio > limit:
             excluded[c.name] = f"step time {c.step_ratio:.2f}x over the {constraints.compute}-compute limit {limit:.2f}x"
-        elif constraints.chat and (lost := c.lost_generation(constraints.budget)):
-            shown = ", ".join(f"{name} {c.generation[name][0]:+.3f} ± {c.generation[name][1]:.3f}" for name in lost)
-            excluded[c.name] = f"lost instruction following beyond noise ({shown})"
+        elif constraints.chat and not none_kept and (lost := c.lost_generation(constraints.budget)):
+            excluded[c.name] = f"lost instruction following beyond noise ({_lost_text(c, lost)})"
         else:
             kept.append(c)
     within = [c for c in kept if c.general_change >= -constraints.budget]
@@ -266,7 +280,7 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
     if within and rank(best)[0]:
         # What would have ranked first but for the every-seed tier (rows behind training less lost for another reason).
         passed_over = [c for c in ordered if not rank(c)[0] and c not in behind and rank(c)[1:] > rank(best)[1:]]
-    return Advice(best, alternatives, excluded, bool(within), source, less, behind, beyond, passed_over)
+    return Advice(best, alternatives, excluded, bool(within), source, less, behind, beyond, passed_over, none_kept)
 
 
 def _rank(c: Candidate, constraints: Constraints, share: bool) -> tuple:
@@ -369,7 +383,12 @@ def render(advice: Advice, constraints: Constraints) -> str:
     if not advice.met_budget:
         lines.append(f"  No candidate kept the general drop within {constraints.budget:g} in the evidence; this one "
                      "dropped least. Consider `forgetless tune` on its strength, or a lower learning rate.")
-    if constraints.chat and not best.generation:
+    if advice.none_kept_generation:
+        lines.append("  No candidate measured in this evidence kept instruction following ("
+                     + "; ".join(f"{name}: {lost}" for name, lost in sorted(advice.none_kept_generation.items()))
+                     + "), so none is left out for it and this one is not expected to keep it either: check it with "
+                     "`eval: {suites: [general, instructions]}` in a compare run on your data.")
+    elif constraints.chat and not best.generation:
         lost = sorted(n for n, why in advice.excluded.items() if why.startswith("lost instruction"))
         lines.append("  Its instruction following was not measured in this evidence"
                      + (f" (where measured, {', '.join(lost)} lost it)" if lost else "")
