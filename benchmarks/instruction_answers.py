@@ -16,16 +16,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
 from forgetless.comparison_rows import run_folder
 from forgetless.evaluation.evaluator import EvaluationLog
-from forgetless.evaluation.instructions import MAX_NEW_TOKENS, passes
+from forgetless.evaluation.instructions import MAX_NEW_TOKENS, _json_object, _lines, passes
 from forgetless.evaluation.suites import load_suite
 from forgetless.models import load_tokenizer
 
 NEAR_BUDGET = 2  # as scripts/build_chat_general.py: a re-tokenized answer this close to the budget filled it
+
+
+def _json_somewhere(answer: str, keys: list[str]) -> bool:
+    objects = (_json_object(span) for span in re.findall(r"\{[^{}]*\}", answer))
+    return any(obj is not None and sorted(obj) == sorted(keys) for obj in objects)
+
+
+def _numbered_somewhere(answer: str, n: int) -> bool:
+    numbers = [int(m.group(1)) if (m := re.match(r"(\d+)[.)]\s", line)) else None for line in _lines(answer)]
+    return any(numbers[i:i + n] == list(range(1, n + 1)) for i in range(len(numbers)))
+
+
+# The asked format anywhere in the answer, text around it allowed: what a check "and nothing else" asks besides it.
+SOMEWHERE = {"json_keys": _json_somewhere, "numbered_count": _numbered_somewhere}
 
 
 def answer_columns(folders: list[Path]) -> dict[str, list[str]]:
@@ -35,18 +50,25 @@ def answer_columns(folders: list[Path]) -> dict[str, list[str]]:
         if start != starts[0]:  # the columns compare answers to the same start
             raise SystemExit(f"{folder} scored the start differently from {folders[0]} (before.json)")
     columns = {"start": EvaluationLog.from_json(starts[0]).general_samples[0]["instructions"].texts}
+    # Seed folders of `compare --seeds` share their name (seed-1): then the parent says which is which.
+    named = [folder.name for folder in folders]
     for folder in folders:
+        name = folder.name if named.count(folder.name) == 1 else f"{folder.parent.name}/{folder.name}"
         for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]:
             log = EvaluationLog.read(folder / run_folder(row["strategy"]) / "evaluations.json")
-            columns[f"{folder.name}: {row['strategy']}"] = log.general_samples[-1]["instructions"].texts
+            columns[f"{name}: {row['strategy']}"] = log.general_samples[-1]["instructions"].texts
     return columns
 
 
 def check_pass_rates(answers: list[str], rows: list[dict]) -> dict[str, float]:
-    """check name -> pass rate of the prompts whose first check it is."""
+    """check name -> pass rate of the prompts whose first check it is; "NAME, somewhere" -> the share of those
+    answers holding the asked format anywhere (SOMEWHERE's checks)."""
     results = defaultdict(list)
     for answer, row in zip(answers, rows):
-        results[row["checks"][0][0]].append(passes(answer, row["checks"]))
+        name, arguments = row["checks"][0]
+        results[name].append(passes(answer, row["checks"]))
+        if name in SOMEWHERE:
+            results[f"{name}, somewhere in the answer"].append(SOMEWHERE[name](answer, **arguments))
     return {name: sum(values) / len(values) for name, values in results.items()}
 
 
