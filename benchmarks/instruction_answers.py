@@ -3,13 +3,15 @@
     .venv/bin/python benchmarks/instruction_answers.py bench-out/chat-general/bundled bench-out/chat-general/chat
 
 Reads compare folders that scored the `instructions` suite (the answers are kept in before.json and in each row's
-evaluations.json) and prints, for the start and for each row after its last task: the pass rate of each check
-(ten prompts each); the share of answers that stopped only at the suite's budget of new tokens rather than at the
-end-of-text token (their re-tokenized length within 2 tokens of the budget; re-tokenizing a decoded answer can
-count fewer tokens than were generated, so this can only miss answers, never add them); and the mean answer
-length in tokens. A fine-tuned model that still writes the asked format but then runs on ("Here is the JSON:
-... Your answer is ...") fails "write nothing else", word limits and JSON-only checks: the budget share tells that
-apart from a model that no longer writes the format.
+evaluations.json) and prints a line for the start and for each row after its last task: the pass rate of each
+check that some run passed (ten prompts each; the others are named below the table); for JSON and numbered lists,
+also the share of answers holding the asked format anywhere, text around it allowed; the pass rate of all prompts;
+the share of answers that stopped only at the suite's budget of new tokens rather than at the end-of-text token
+(their re-tokenized length within 2 tokens of the budget; re-tokenizing a decoded answer can count fewer tokens
+than were generated, so this can only miss answers, never add them); and the mean answer length in tokens. A
+fine-tuned model that still writes the asked format and then runs on ("Here is the JSON: ... Your answer is ...")
+fails "output only", "nothing else" and word limits: these columns tell that apart from one that no longer writes
+the format.
 """
 
 from __future__ import annotations
@@ -83,17 +85,15 @@ def main() -> None:
     rates = {name: check_pass_rates(answers, suite.rows) for name, answers in columns.items()}
     lengths = {name: [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
                for name, answers in columns.items()}
-    print("| check | " + " | ".join(columns) + " |")
-    print("|---|" + "---:|" * len(columns))
-    for check in rates["start"]:
-        print(f"| {check} | " + " | ".join(f"{rates[name][check]:.1f}" for name in columns) + " |")
-    print("| all | " + " | ".join(f"{sum(passes(a, r['checks']) for a, r in zip(answers, suite.rows)) / len(answers):.3f}"
-                               for answers in columns.values()) + " |")
-    print(f"| answers at the {MAX_NEW_TOKENS}-token budget | "
-          + " | ".join(f"{sum(n >= MAX_NEW_TOKENS - NEAR_BUDGET for n in lengths[name]) / len(lengths[name]):.2f}"
-                       for name in columns) + " |")
-    print("| mean answer length (tokens) | " + " | ".join(f"{sum(v) / len(v):.1f}" for v in lengths.values()) + " |")
-
+    shown = [check for check in rates["start"] if any(rates[name][check] for name in columns)]
+    print("| run | " + " | ".join(shown) + f" | all | answers at the {MAX_NEW_TOKENS}-token budget | mean length (tokens) |")
+    print("|---|" + "---:|" * (len(shown) + 3))
+    for name, answers in columns.items():
+        passed = sum(passes(a, row["checks"]) for a, row in zip(answers, suite.rows)) / len(answers)
+        at_budget = sum(n >= MAX_NEW_TOKENS - NEAR_BUDGET for n in lengths[name]) / len(answers)
+        print(f"| {name} | " + " | ".join(f"{rates[name][check]:.1f}" for check in shown)
+              + f" | {passed:.3f} | {at_budget:.2f} | {sum(lengths[name]) / len(answers):.1f} |")
+    print("\nPassed by no run: " + (", ".join(c for c in rates["start"] if c not in shown) or "none"))
 
 if __name__ == "__main__":
     main()
