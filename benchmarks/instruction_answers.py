@@ -6,9 +6,9 @@ Reads compare folders that scored the `instructions` suite (the answers are kept
 evaluations.json) and prints a line for the start and for each row after its last task: the pass rate of each
 check that some run passed (ten prompts each; the others are named below the table); for JSON and numbered lists,
 also the share of answers holding the asked format anywhere, text around it allowed; the pass rate of all prompts;
-the share of answers that stopped only at the suite's budget of new tokens rather than at the end-of-text token
-(their re-tokenized length within 2 tokens of the budget; re-tokenizing a decoded answer can count fewer tokens
-than were generated, so this can only miss answers, never add them); and the mean answer length in tokens. A
+the share of answers that ran to the suite's budget of new tokens (their re-tokenized length within 2 tokens of it:
+approximate both ways, as re-tokenizing a decoded answer can count fewer tokens than were generated and an answer
+that ended by itself 1 or 2 tokens short of the budget counts as cut); and the mean answer length in tokens. A
 fine-tuned model that still writes the asked format and then runs on ("Here is the JSON: ... Your answer is ...")
 fails "output only", "nothing else" and word limits: these columns tell that apart from one that no longer writes
 the format.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from forgetless.comparison_rows import run_folder
 from forgetless.evaluation.evaluator import EvaluationLog
-from forgetless.evaluation.instructions import MAX_NEW_TOKENS, _json_object, _lines, passes
+from forgetless.evaluation.instructions import CHECKS, MAX_NEW_TOKENS, passes
 from forgetless.evaluation.suites import load_suite
 from forgetless.models import load_tokenizer
 
@@ -32,13 +32,25 @@ NEAR_BUDGET = 2  # as scripts/build_chat_general.py: a re-tokenized answer this 
 
 
 def _json_somewhere(answer: str, keys: list[str]) -> bool:
-    objects = (_json_object(span) for span in re.findall(r"\{[^{}]*\}", answer))
-    return any(obj is not None and sorted(obj) == sorted(keys) for obj in objects)
+    """A JSON object with exactly `keys` starting at some "{" of the answer (nested values and braces in strings
+    allowed), or the whole answer as the suite's check reads it."""
+    decoder = json.JSONDecoder()
+    for start in (m.start() for m in re.finditer(r"\{", answer)):
+        try:
+            value, _ = decoder.raw_decode(answer, start)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and sorted(value) == sorted(keys):
+            return True
+    return CHECKS["json_keys"](answer, keys=keys)
 
 
 def _numbered_somewhere(answer: str, n: int) -> bool:
-    numbers = [int(m.group(1)) if (m := re.match(r"(\d+)[.)]\s", line)) else None for line in _lines(answer)]
-    return any(numbers[i:i + n] == list(range(1, n + 1)) for i in range(len(numbers)))
+    """Consecutive lines numbered 1 to `n` and no further (a list of 6 is not the asked 5), anywhere in the answer."""
+    lines = [line.strip() for line in answer.splitlines() if line.strip()]
+    numbers = [int(m.group(1)) if (m := re.match(r"(\d+)[.)]\s", line)) else None for line in lines]
+    return any(numbers[i:i + n] == list(range(1, n + 1)) and numbers[i + n:i + n + 1] != [n + 1]
+               for i in range(len(numbers)))
 
 
 # The asked format anywhere in the answer, text around it allowed: what a check "and nothing else" asks besides it.
@@ -58,13 +70,16 @@ def answer_columns(folders: list[Path]) -> dict[str, list[str]]:
         name = folder.name if named.count(folder.name) == 1 else f"{folder.parent.name}/{folder.name}"
         for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]:
             log = EvaluationLog.read(folder / run_folder(row["strategy"]) / "evaluations.json")
-            columns[f"{name}: {row['strategy']}"] = log.general_samples[-1]["instructions"].texts
+            column = f"{name}: {row['strategy']}"
+            if column in columns:
+                raise SystemExit(f"two runs would share the column {column!r}: give the folders distinct names")
+            columns[column] = log.general_samples[-1]["instructions"].texts
     return columns
 
 
 def check_pass_rates(answers: list[str], rows: list[dict]) -> dict[str, float]:
-    """check name -> pass rate of the prompts whose first check it is; "NAME, somewhere" -> the share of those
-    answers holding the asked format anywhere (SOMEWHERE's checks)."""
+    """check name -> pass rate of the prompts whose first check it is; "NAME, somewhere in the answer" -> the share
+    of those answers holding the asked format anywhere (SOMEWHERE's readings)."""
     results = defaultdict(list)
     for answer, row in zip(answers, rows):
         name, arguments = row["checks"][0]
@@ -93,7 +108,7 @@ def main() -> None:
         at_budget = sum(n >= MAX_NEW_TOKENS - NEAR_BUDGET for n in lengths[name]) / len(answers)
         print(f"| {name} | " + " | ".join(f"{rates[name][check]:.1f}" for check in shown)
               + f" | {passed:.3f} | {at_budget:.2f} | {sum(lengths[name]) / len(answers):.1f} |")
-    print("\nPassed by no run: " + (", ".join(c for c in rates["start"] if c not in shown) or "none"))
+    print("\nPassed by no run: " + (", ".join(c for c in rates["start"] if c in CHECKS and c not in shown) or "none"))
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ the answer into two parts with a *** divider, and repeat the request word for wo
 a row of chat_general.jsonl (the starting model's own reply to an open request) with one constraint added to its
 prompt and its reply rewritten here to meet it, so that these rows differ from the chat rows only by the
 constraints: training on one against the other, paired by item, measures what practising the formats adds. The
-kinds go round a Latin square over topic and request form, so each topic and each form meets every kind.
+kinds are assigned cyclically, (topic + form) mod 4, so each topic and each form meets every kind.
 Deterministic and offline: no model runs, the replies are the committed ones.
 """
 
@@ -42,7 +42,8 @@ def divided(request: str, reply: str, topic: str) -> str:
     """The reply cut in two at the paragraph break nearest its middle, else the sentence end, else the space."""
     middle = len(reply) / 2
     breaks = ([m.start() for m in re.finditer(r"\n\s*\n", reply)]
-              or [m.end() for m in re.finditer(r"(?<!\d)[.!?](?=\s)", reply)]  # not the reply's last: no space after it
+              # a sentence end: not after a digit ("1." opens a list item), not the reply's last (no space after it)
+              or [m.end() for m in re.finditer(r"(?<!\d)[.!?](?=\s)", reply)]
               or [m.start() for m in re.finditer(r"\s", reply)])
     cut = min(breaks, key=lambda at: abs(at - middle))
     return reply[:cut].strip() + DIVIDER + reply[cut:].strip()

@@ -158,29 +158,41 @@ def test_a_chat_model_is_not_advised_a_strategy_that_lost_instruction_following(
     assert "instructions -0.236 ± 0.049" in chat.excluded["keeps"] and "leakage -1.000" in chat.excluded["keeps"]
     assert advise(Constraints(chat=False), candidates, "test").recommended.name == "keeps"
     # Where the one that kept it is beyond the budget, the unmeasured one is recommended and said to be unmeasured.
-    beyond = Candidate("noisy", -0.05, 0.008, 0.99, 1.02, False, {"instructions": (-0.04, 0.02)})
+    kept_beyond = Candidate("kept_beyond", -0.05, 0.008, 0.99, 1.02, False, {"instructions": (-0.04, 0.02)})
     constraints = Constraints()
-    text = render(advise(constraints, [keeps, beyond, unmeasured], "test"), constraints)
+    text = render(advise(constraints, [keeps, kept_beyond, unmeasured], "test"), constraints)
     assert "Recommended: strategies: unmeasured" in text
     assert "not measured in this evidence (where measured, keeps lost it)" in text
 
 
 def test_when_every_candidate_measured_lost_instruction_following_none_is_left_out_for_it():
     # Leaving out every measured one would recommend the unmeasured, which is no evidence of keeping it.
-    keeps = Candidate("keeps", -0.002, 0.008, 1.00, 1.02, False, {"instructions": (-0.236, 0.049), "leakage": (-1.0, 0.0)})
+    drops_least = Candidate("drops_least", -0.002, 0.008, 1.00, 1.02, False,
+                            {"instructions": (-0.236, 0.049), "leakage": (-1.0, 0.0)})
     falls = Candidate("falls", -0.004, 0.008, 1.00, 1.02, False, {"instructions": (-0.273, 0.046)})
     unmeasured = Candidate("unmeasured", -0.006, 0.008, 0.98, 1.02, False)
     naive = Candidate("naive", -0.09, 0.008, 1.00, 1.00, False, {"instructions": (-0.01, 0.01)})  # the baseline: no say
     constraints = Constraints()
-    advice = advise(constraints, [keeps, falls, unmeasured, naive], "test")
-    assert advice.recommended.name == "keeps" and list(advice.excluded) == ["naive"]
-    assert advice.none_kept_generation == {"falls": "instructions -0.273 ± 0.046",
-                                           "keeps": "instructions -0.236 ± 0.049, leakage -1.000 ± 0.000"}
+    advice = advise(constraints, [drops_least, falls, unmeasured, naive], "test")
+    assert advice.recommended.name == "drops_least" and list(advice.excluded) == ["naive"]
+    assert advice.generation_lost_by_all_measured == {
+        "falls": "instructions -0.273 ± 0.046", "drops_least": "instructions -0.236 ± 0.049, leakage -1.000 ± 0.000"}
     text = render(advice, constraints)
-    assert "No candidate measured in this evidence kept instruction following (falls: instructions -0.273" in text
+    assert "Every candidate measured in this evidence lost instruction following (drops_least: instructions -0.236" in text
     assert "not measured in this evidence" not in text
     # Not a chat model: the same answer without the notice.
-    assert not advise(Constraints(chat=False), [keeps, falls, unmeasured, naive], "test").none_kept_generation
+    assert not advise(Constraints(chat=False), [drops_least, falls, unmeasured, naive], "test").generation_lost_by_all_measured
+    # A keeper the user may not use (it stores training rows) shows nothing: the measured losers still stay in.
+    stores = Candidate("stores", -0.001, 0.008, 1.00, 1.02, True, {"instructions": (0.0, 0.02)})
+    advice = advise(constraints, [stores, drops_least, falls, unmeasured], "test")
+    assert advice.recommended.name == "drops_least" and set(advice.generation_lost_by_all_measured) == {"drops_least", "falls"}
+    # ... and with rows allowed it is the keeper that leaves the losers out.
+    advice = advise(Constraints(raw_data_allowed=True), [stores, drops_least, falls, unmeasured], "test")
+    assert advice.recommended.name == "stores" and {"drops_least", "falls"} <= set(advice.excluded)
+    # The recommendation itself unmeasured: said so beside the notice.
+    text = render(advise(constraints, [Candidate("unmeasured", 0.0, 0.008, 1.01, 1.02, False), falls], "test"), constraints)
+    assert "Its instruction following was not measured in this evidence, and every candidate measured lost it (falls:" in text
+    assert advise(constraints, [], "test").recommended is None
 
 
 def test_the_shipped_generation_checks_reach_the_advice(capsys):
@@ -188,7 +200,7 @@ def test_the_shipped_generation_checks_reach_the_advice(capsys):
     assert main(["advise", "--no-input"]) == 0
     chat = capsys.readouterr().out
     # Every one measured lost it, wise too (2026-12-07): none is left out for it, and the answer says so.
-    assert "No candidate measured in this evidence kept instruction following (ewc: instructions -0.273 ± 0.046" in chat
+    assert "Every candidate measured in this evidence lost instruction following (ewc: instructions -0.273 ± 0.046" in chat
     assert "l2sp: instructions -0.264 ± 0.047" in chat and "wise: instructions -0.236 ± 0.044" in chat
     assert "Recommended: strategies: wise\n" in chat and "lost instruction following beyond noise" not in chat
     assert main(["advise", "--no-input", "--chat", "no"]) == 0

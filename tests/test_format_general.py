@@ -47,4 +47,4 @@ def test_each_row_is_its_chat_row_with_one_format_asked_and_met():
         kinds[row["prompt"][len(plain["prompt"]):]] = kinds.get(row["prompt"][len(plain["prompt"]):], 0) + 1
         # The divider replaces a paragraph break or the space after a sentence: compare words, not whitespace.
         assert undo_format(row["prompt"], row["response"]).split() == plain["response"].split()
-    assert sorted(kinds.values()) == [37, 37, 37, 38]  # a Latin square over topic x form: the kinds evenly spread
+    assert sorted(kinds.values()) == [37, 37, 37, 38]  # assigned cyclically over topic x form: evenly spread

@@ -17,8 +17,8 @@ decision is the small table below:
 | chat model (the default)     | drop candidates whose instruction pass rate or leakage-free share fell   |
 |                              | beyond the budget by more than noise (change + 1.96 s.e. < -budget);     |
 |                              | candidates without those measurements stay, and the answer says so;      |
-|                              | when every candidate measured fell, none is dropped and the answer says  |
-|                              | that none measured kept them                                             |
+|                              | when every candidate measured (of those the other rules allow) fell,     |
+|                              | none is dropped and the answer says that every one measured fell         |
 | ranking                      | first the rows within budget at each of several seeds (a mean within it  |
 |                              | can hide a seed beyond it; a one-seed row's spread is unmeasured, so it  |
 |                              | ranks with the rest), then                                               |
@@ -135,9 +135,10 @@ class Advice:
     # Rows that would rank before the recommendation (within budget at every seed) but for that tier: within on
     # their mean only, or measured at one seed.
     passed_over: list[Candidate] = field(default_factory=list)
-    # Chat model, where every candidate measured lost instruction following: each one and what it lost (then the chat
-    # rule leaves none out: that would favour the candidates never measured, which is no evidence of keeping it).
-    none_kept_generation: dict[str, str] = field(default_factory=dict)
+    # Chat model, where every candidate the other constraints allow and the evidence measured lost instruction
+    # following: each one and what it lost. Then the chat rule leaves none out, which would favour the candidates
+    # never measured: no evidence of keeping it.
+    generation_lost_by_all_measured: dict[str, str] = field(default_factory=dict)
 
 
 def _generation(row: dict[str, Any]) -> dict[str, tuple[float, float]]:
@@ -241,10 +242,7 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
     excluded: dict[str, str] = {}
     kept = []
     limit = STEP_RATIO_LIMIT[constraints.compute]
-    measured = [c for c in candidates if c.generation and c.name != "naive"]
-    none_kept = {c.name: _lost_text(c, c.lost_generation(constraints.budget)) for c in measured}
-    if not constraints.chat or not measured or not all(none_kept.values()):
-        none_kept = {}
+    allowed = []
     for c in candidates:
         if c.name == "naive":
             excluded[c.name] = "protects nothing (the baseline)"
@@ -252,8 +250,16 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
             excluded[c.name] = "stores earlier tasks' training rows"
         elif c.step_ratio is not None and c.step_ratio > limit:
             excluded[c.name] = f"step time {c.step_ratio:.2f}x over the {constraints.compute}-compute limit {limit:.2f}x"
-        elif constraints.chat and not none_kept and (lost := c.lost_generation(constraints.budget)):
-            excluded[c.name] = f"lost instruction following beyond noise ({_lost_text(c, lost)})"
+        else:
+            allowed.append(c)
+    # Only a candidate the user may use can show that instruction following can be kept.
+    measured = [c for c in allowed if c.generation]
+    lost = {c.name: c.lost_generation(constraints.budget) for c in measured}
+    lost_by_all = ({c.name: _lost_text(c, lost[c.name]) for c in measured}
+                   if constraints.chat and measured and all(lost.values()) else {})
+    for c in allowed:
+        if constraints.chat and not lost_by_all and lost.get(c.name):
+            excluded[c.name] = f"lost instruction following beyond noise ({_lost_text(c, lost[c.name])})"
         else:
             kept.append(c)
     within = [c for c in kept if c.general_change >= -constraints.budget]
@@ -280,7 +286,7 @@ def advise(constraints: Constraints, candidates: list[Candidate], source: str) -
     if within and rank(best)[0]:
         # What would have ranked first but for the every-seed tier (rows behind training less lost for another reason).
         passed_over = [c for c in ordered if not rank(c)[0] and c not in behind and rank(c)[1:] > rank(best)[1:]]
-    return Advice(best, alternatives, excluded, bool(within), source, less, behind, beyond, passed_over, none_kept)
+    return Advice(best, alternatives, excluded, bool(within), source, less, behind, beyond, passed_over, lost_by_all)
 
 
 def _rank(c: Candidate, constraints: Constraints, share: bool) -> tuple:
@@ -383,11 +389,13 @@ def render(advice: Advice, constraints: Constraints) -> str:
     if not advice.met_budget:
         lines.append(f"  No candidate kept the general drop within {constraints.budget:g} in the evidence; this one "
                      "dropped least. Consider `forgetless tune` on its strength, or a lower learning rate.")
-    if advice.none_kept_generation:
-        lines.append("  No candidate measured in this evidence kept instruction following ("
-                     + "; ".join(f"{name}: {lost}" for name, lost in sorted(advice.none_kept_generation.items()))
-                     + "), so none is left out for it and this one is not expected to keep it either: check it with "
-                     "`eval: {suites: [general, instructions]}` in a compare run on your data.")
+    if advice.generation_lost_by_all_measured:
+        lost = "; ".join(f"{name}: {text}" for name, text in sorted(advice.generation_lost_by_all_measured.items()))
+        lines.append(("  Its instruction following was not measured in this evidence, and every candidate measured lost it"
+                      if not best.generation else "  Every candidate measured in this evidence lost instruction following")
+                     + f" ({lost}). Leaving them all out would only favour candidates never measured, so none is left out"
+                     " for that; expect this one to lose it too, and check with `eval: {suites: [general, instructions]}`"
+                     " in a compare run on your data.")
     elif constraints.chat and not best.generation:
         lost = sorted(n for n, why in advice.excluded.items() if why.startswith("lost instruction"))
         lines.append("  Its instruction following was not measured in this evidence"
