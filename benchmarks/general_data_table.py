@@ -30,6 +30,25 @@ def rows_of(folder: Path) -> dict[str, dict]:
     return {row["strategy"]: row for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]}
 
 
+def shared_start(folders: list[Path]) -> dict:
+    """The "before" evaluation log (before.json) the folders share; refused where one scored the start differently:
+    pairing by item and the leakage signature both read the start's items and answers."""
+    starts = [json.loads((folder / "before.json").read_text(encoding="utf-8"))["log"] for folder in folders]
+    for folder, start in zip(folders[1:], starts[1:]):
+        if start != starts[0]:
+            raise SystemExit(f"{folders[0]} and {folder} scored the start differently (before.json): copy the first's "
+                             "before.json into the second before running it")
+    return starts[0]
+
+
+def folder_names(folders: list[Path]) -> dict[Path, str]:
+    """Each folder's name in a table. Seed folders of `compare --seeds` share their name (seed-1): then the parent
+    says which is which."""
+    names = [folder.name for folder in folders]
+    return {folder: f"{folder.parent.name}/{folder.name}" if names.count(folder.name) > 1 else folder.name
+            for folder in folders}
+
+
 def samples(folder: Path, label: str, index: int):
     return EvaluationLog.read(folder / run_folder(label) / "evaluations.json").general_samples[index]
 
@@ -52,13 +71,8 @@ def main() -> None:
     first, second = rows_of(args.first), rows_of(args.second)
     if args.against and args.against not in second:
         raise SystemExit(f"--against {args.against!r}: no such row in {args.second} (rows: {list(second)})")
-    starts = [json.loads((folder / "before.json").read_text(encoding="utf-8"))["log"] for folder in (args.first, args.second)]
-    if starts[0] != starts[1]:  # the pairing and the leakage signature both read the start's items and answers
-        raise SystemExit(f"{args.first} and {args.second} scored the start differently (before.json): copy the first's "
-                         "before.json into the second before running it")
-    # Two seed folders of `compare --seeds` share their name (seed-1): then the parent says which is which.
-    same = args.first.name == args.second.name
-    name = {folder: f"{folder.parent.name}/{folder.name}" if same else folder.name for folder in (args.first, args.second)}
+    shared_start([args.first, args.second])
+    name = folder_names([args.first, args.second])
     header = " | ".join(f"{name}: after (change ± s.e.)" for name in COLUMNS)
     print(f"| folder | strategy | in-domain gain ± s.e. | {header} |")
     print("|---|---|---|" + "---|" * len(COLUMNS))

@@ -22,7 +22,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from forgetless.comparison_rows import run_folder
+from general_data_table import folder_names, rows_of, samples, shared_start  # benchmarks/, beside this script
+
 from forgetless.evaluation.evaluator import EvaluationLog
 from forgetless.evaluation.instructions import CHECKS, MAX_NEW_TOKENS, passes
 from forgetless.evaluation.suites import load_suite
@@ -59,21 +60,14 @@ SOMEWHERE = {"json_keys": _json_somewhere, "numbered_count": _numbered_somewhere
 
 def answer_columns(folders: list[Path]) -> dict[str, list[str]]:
     """column name -> the instruction answers: the folders' shared start, then each row of each folder after training."""
-    starts = [json.loads((folder / "before.json").read_text(encoding="utf-8"))["log"] for folder in folders]
-    for folder, start in zip(folders[1:], starts[1:]):
-        if start != starts[0]:  # the columns compare answers to the same start
-            raise SystemExit(f"{folder} scored the start differently from {folders[0]} (before.json)")
-    columns = {"start": EvaluationLog.from_json(starts[0]).general_samples[0]["instructions"].texts}
-    # Seed folders of `compare --seeds` share their name (seed-1): then the parent says which is which.
-    named = [folder.name for folder in folders]
+    columns = {"start": EvaluationLog.from_json(shared_start(folders)).general_samples[0]["instructions"].texts}
+    names = folder_names(folders)
     for folder in folders:
-        name = folder.name if named.count(folder.name) == 1 else f"{folder.parent.name}/{folder.name}"
-        for row in json.loads((folder / "compare.json").read_text(encoding="utf-8"))["rows"]:
-            log = EvaluationLog.read(folder / run_folder(row["strategy"]) / "evaluations.json")
-            column = f"{name}: {row['strategy']}"
+        for label in rows_of(folder):
+            column = f"{names[folder]}: {label}"
             if column in columns:
                 raise SystemExit(f"two runs would share the column {column!r}: give the folders distinct names")
-            columns[column] = log.general_samples[-1]["instructions"].texts
+            columns[column] = samples(folder, label, -1)["instructions"].texts
     return columns
 
 
@@ -109,6 +103,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{rates[name][check]:.1f}" for check in shown)
               + f" | {passed:.3f} | {at_budget:.2f} | {sum(lengths[name]) / len(answers):.1f} |")
     print("\nPassed by no run: " + (", ".join(c for c in rates["start"] if c in CHECKS and c not in shown) or "none"))
+
 
 if __name__ == "__main__":
     main()

@@ -42,9 +42,13 @@ def prompts() -> list[str]:
     return [form.format(topic) for topic in TOPICS for form in FORMS]
 
 
+# A sentence end: ., ! or ? followed by white space, not after a digit ("1." opens a list item).
+SENTENCE_END = r"(?<!\d)[.!?](?=\s)"
+
+
 def full_sentences(reply: str) -> str:
     """`reply` up to its last sentence end (., ! or ?, not after a digit, followed by a space, a newline or the end), or ""."""
-    ends = [m.end() for m in re.finditer(r"(?<!\d)[.!?](?=\s)", reply + " ")]
+    ends = [m.end() for m in re.finditer(SENTENCE_END, reply + " ")]
     return reply[: ends[-1]].strip() if ends else ""
 
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from _generated import write_or_check  # scripts/, beside this file
-from build_chat_general import FORMS, TOPICS
+from build_chat_general import FORMS, SENTENCE_END, TOPICS
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "benchmarks/data/chat_general.jsonl"
@@ -42,8 +42,8 @@ def divided(request: str, reply: str, topic: str) -> str:
     """The reply cut in two at the paragraph break nearest its middle, else the sentence end, else the space."""
     middle = len(reply) / 2
     breaks = ([m.start() for m in re.finditer(r"\n\s*\n", reply)]
-              # a sentence end: not after a digit ("1." opens a list item), not the reply's last (no space after it)
-              or [m.end() for m in re.finditer(r"(?<!\d)[.!?](?=\s)", reply)]
+              # not the reply's last sentence end: no space follows it
+              or [m.end() for m in re.finditer(SENTENCE_END, reply)]
               or [m.start() for m in re.finditer(r"\s", reply)])
     cut = min(breaks, key=lambda at: abs(at - middle))
     return reply[:cut].strip() + DIVIDER + reply[cut:].strip()
@@ -67,13 +67,13 @@ KINDS = [
 
 
 def build_text() -> str:
+    asked = {form.format(topic): (t, f, topic) for t, topic in enumerate(TOPICS) for f, form in enumerate(FORMS)}
     rows = []
     for line in SOURCE.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         request, reply = row["prompt"], row["response"]
-        form = next(i for i, f in enumerate(FORMS) if re.fullmatch(re.escape(f).replace(r"\{\}", ".+"), request))
-        topic = next(t for t in TOPICS if FORMS[form].format(t) == request)
-        instruction, rewrite, check = KINDS[(TOPICS.index(topic) + form) % len(KINDS)]
+        topic_index, form_index, topic = asked[request]
+        instruction, rewrite, check = KINDS[(topic_index + form_index) % len(KINDS)]
         response = rewrite(request, reply, topic)
         if not check(request, response):
             raise SystemExit(f"{SOURCE}:{len(rows) + 1}: the rewritten reply fails its own check ({instruction!r})")

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +42,10 @@ def undo_format(request: str, response: str) -> str:
 def test_each_row_is_its_chat_row_with_one_format_asked_and_met():
     chat, formatted = rows("chat_general.jsonl"), rows("format_general.jsonl")
     assert len(formatted) == len(chat) == 149
-    kinds = {}
+    kinds = Counter()
     for plain, row in zip(chat, formatted):
         assert row["prompt"].startswith(plain["prompt"] + " ")
-        kinds[row["prompt"][len(plain["prompt"]):]] = kinds.get(row["prompt"][len(plain["prompt"]):], 0) + 1
+        kinds[row["prompt"][len(plain["prompt"]):]] += 1
         # The divider replaces a paragraph break or the space after a sentence: compare words, not whitespace.
         assert undo_format(row["prompt"], row["response"]).split() == plain["response"].split()
     assert sorted(kinds.values()) == [37, 37, 37, 38]  # assigned cyclically over topic x form: evenly spread

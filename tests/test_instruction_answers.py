@@ -1,21 +1,19 @@
 """benchmarks/instruction_answers.py's readings of an answer: the asked format anywhere in it, text around it allowed."""
 
-import importlib.util
-from pathlib import Path
+import sys
 
 import pytest
 
 from forgetless.evaluation.instructions import passes
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "instruction_answers.py"
+from .conftest import ROOT, load_script
 
 
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("instruction_answers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def script(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports general_data_table beside it
+    yield load_script("benchmarks", "instruction_answers")
+    sys.modules.pop("general_data_table", None)
 
 
 KEYS = ["name", "description"]
