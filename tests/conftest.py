@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -178,7 +179,8 @@ def ctrl_c_when(when):
     step_end = _ResumeCallback.on_step_end
 
     def stopping(self, args, state, control, **kwargs):
-        self.run.interrupted = self.run.interrupted or when(self, state)
+        if when(self, state) and self.run.stop_signal is None:
+            self.run.stop_signal = signal.SIGINT
         return step_end(self, args, state, control, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:

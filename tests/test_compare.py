@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -330,7 +331,8 @@ def test_a_compare_stopped_in_a_row_resumes_it_to_the_uninterrupted_table(tmp_pa
     progress = ContinualRun.write_progress
 
     def ctrl_c_at_the_end(self):
-        self.interrupted = self.interrupted or len(self.task_logs) == len(self.tasks)
+        if len(self.task_logs) == len(self.tasks) and self.stop_signal is None:
+            self.stop_signal = signal.SIGINT
         progress(self)
 
     with monkeypatch.context() as patch:

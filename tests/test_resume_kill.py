@@ -1,8 +1,8 @@
-"""A real `forgetless run` process killed with SIGKILL, or stopped with Ctrl-C (SIGINT), continues with `--resume`
+"""A real `forgetless run` process killed with SIGKILL, or stopped with Ctrl-C (SIGINT) or SIGTERM, continues with `--resume`
 to the same results.json scores and final weights as a run that was never stopped.
 
 Each case starts the CLI on a tiny model folder, waits until the run's resumable state reaches a given point,
-signals the process, then resumes it. About a minute in all (seven short processes).
+signals the process, then resumes it. About a minute in all (nine short processes).
 """
 
 from __future__ import annotations
@@ -94,13 +94,17 @@ def test_sigkill_then_resume_gives_the_same_run(where, reached, whole_run, tmp_p
     _assert_same_run(whole, out)
 
 
-def test_ctrl_c_finishes_the_step_saves_and_exits_130(whole_run, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_finishes_the_step_saves_and_exits_128_plus_its_number(signum, whole_run, tmp_path):
+    """Ctrl-C, or SIGTERM as a scheduler sends before a kill (SLURM at preemption): exit 130 or 143, as a shell
+    reports a process ended by that signal, after a state that resumes to the uninterrupted run."""
     config, whole = whole_run
     out = tmp_path / "cut"
-    stopped = _signal_when(config, out, lambda s: s[:2] == (0, True), signal.SIGINT)
-    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    stopped = _signal_when(config, out, lambda s: s[:2] == (0, True), signum)
+    assert stopped.returncode == 128 + signum, stopped.stderr[-2000:]
     last = stopped.stderr.strip().splitlines()[-1]
-    assert last.startswith("forgetless: interrupted at step ") and "--resume" in last
+    assert last.startswith("forgetless: interrupted at step ") and f"({signal.Signals(signum).name})" in last
+    assert "--resume" in last
     step = int(last.split("at step ")[1].split()[0])
     assert _state(out) == (0, True, step)  # the state written is the step the message names
     resumed = subprocess.run(_command(config, out, "--resume"), capture_output=True, text=True, timeout=600)

@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except RunInterrupted as exc:
         print(f"forgetless: {exc}", file=sys.stderr)
-        return 130
+        return 128 + exc.signum
     except ForgetlessError as exc:
         print(f"forgetless: error: {exc}", file=sys.stderr)
         return 2

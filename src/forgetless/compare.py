@@ -365,9 +365,9 @@ def compare(
         if pending := [other for other in table.pop("pending", []) if other != label]:
             table["pending"] = pending
         write_table(table, out)
-        if getattr(run, "interrupted", False):  # a Ctrl-C after the row's last step: the row finished, stop here
+        if getattr(run, "interrupted", False):  # a stop signal after the row's last step: the row finished, stop here
             raise RunInterrupted(f"interrupted after row {label} finished; continue with the same command and --resume "
-                                 f"(the finished rows stay in {path})")
+                                 f"(the finished rows stay in {path})", signum=run.stop_signal)
     return rows
 
 

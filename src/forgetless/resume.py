@@ -1,5 +1,5 @@
 """A run's resumable state: written atomically at every task's start, every `checkpoint_every_steps` steps and on
-Ctrl-C; read by `run --resume`; removed when the run completes.
+Ctrl-C or SIGTERM (forgetless.stopping); read by `run --resume`; removed when the run completes.
 
 Layout under OUT/resume/:
     current.json               names the newest complete state folder; written last, atomically
@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,12 @@ TensorGroups = dict[str, dict[str, torch.Tensor]]  # group (a strategy, "budget"
 
 
 class RunInterrupted(ForgetlessError):
-    """SIGINT: the run wrote a resumable state and stopped (the CLI exits 130)."""
+    """A stop signal (forgetless.stopping): the run wrote a resumable state and stopped. The CLI exits 128 + the
+    signal's number, as a shell reports a process the signal ended: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

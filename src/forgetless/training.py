@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from .integrations.strategy_trainer import ListDataset, with_strategies
 from .models import load_model, load_tokenizer, match_pad_token
 from .results import RunResults, build_results
 from .resume import ResumeStore, RunInterrupted, check_resumable, data_digests, load_rng_state, rng_state
+from .stopping import catch_stop_signals, signal_name, signal_on_any_process
 from .strategies import Strategy, StrategyStack, TaskData
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ def _optimizer_and_scheduler(callback_kwargs: dict) -> tuple:
 
 
 class _ResumeCallback(TrainerCallback):
-    """Every `checkpoint_every_steps` steps, and at once on SIGINT: transformers' checkpoint plus the run's state."""
+    """Every `checkpoint_every_steps` steps, and at once on a stop signal (forgetless.stopping): transformers'
+    checkpoint plus the run's state."""
 
     def __init__(self, run: "ContinualRun", task_index: int):
         self.run = run
@@ -118,7 +119,8 @@ class _ResumeCallback(TrainerCallback):
         every = self.run.config.checkpoint_every_steps
         final = state.global_step >= state.max_steps
         due = bool(every) and state.global_step % every == 0 and not final
-        if (due or self.run.interrupted) and not control.should_training_stop:
+        stop = self.run.agree_on_stop()  # at every step, on every process, so that all stop after the same one
+        if (due or stop) and not control.should_training_stop:
             control.should_save = True  # the Trainer writes its checkpoint, then calls on_save
             control.should_log = True  # every loss so far into the saved log history (a resumed task's mean loss)
         return control
@@ -127,8 +129,7 @@ class _ResumeCallback(TrainerCallback):
         staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.run.write_resume_state(self.task_index, trainer_checkpoint=staged)
         if self.run.interrupted:
-            raise RunInterrupted(self.run.interrupted_message(f"at step {state.global_step} of task "
-                                                              f"{self.run.tasks[self.task_index].name!r}"))
+            raise self.run.interruption(f"at step {state.global_step} of task {self.run.tasks[self.task_index].name!r}")
         return control
 
 
@@ -331,7 +332,7 @@ class ContinualRun:
         # before.json; a run given another run's `before` did not score one (compare keeps where that one was).
         self.before_environment = self.environment
         self.resume_store = ResumeStore(self.out_dir)
-        self.interrupted = False
+        self.stop_signal: int | None = None  # the first SIGINT or SIGTERM caught (forgetless.stopping)
         # What the Ctrl-C message tells the user to run next (forgetless compare names its own command).
         self.continue_with = "`forgetless run CONFIG --out DIR --resume`"
 
@@ -478,7 +479,7 @@ class ContinualRun:
         if is_main_process():  # a killed run leaves transformers' working folder, maybe half a state folder
             shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
             self.resume_store.clean()
-        restore_signal = self._catch_sigint()
+        restore_signal = catch_stop_signals(self._stop_asked, lambda: self.interrupted)
         try:
             first_task, mid_task = self._start_or_resume()
             self.probe = self._probe() if self.probe is None else self.probe
@@ -487,8 +488,8 @@ class ContinualRun:
                 task = self.tasks[task_index]
                 if mid_task is None:  # cheap at the first task (no weights); then one copy of the model
                     self.write_resume_state(task_index, task_start=True)
-                if self.interrupted:
-                    raise RunInterrupted(self.interrupted_message(f"before task {task.name!r}"))
+                if self.agree_on_stop():
+                    raise self.interruption(f"before task {task.name!r}")
                 self._train_task(task_index, task, mid_task)
                 mid_task = None
                 self._check_finite(task)
@@ -513,22 +514,22 @@ class ContinualRun:
 
     # -- resumable state -------------------------------------------------------------------------------
 
-    def _catch_sigint(self):
-        """The first Ctrl-C finishes the step, saves a resumable state and stops; a second one stops at once."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = signal.getsignal(signal.SIGINT)
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_signal is not None
 
-        def handler(signum, frame):
-            if self.interrupted:
-                raise KeyboardInterrupt
-            self.interrupted = True
+    def _stop_asked(self, signum: int) -> None:
+        self.stop_signal = signum
 
-        signal.signal(signal.SIGINT, handler)
-        return lambda: signal.signal(signal.SIGINT, previous)
+    def agree_on_stop(self) -> bool:
+        """Whether this process or any other got a stop signal; every process calls it at the same points."""
+        self.stop_signal = signal_on_any_process(self.stop_signal)
+        return self.interrupted
 
-    def interrupted_message(self, where: str) -> str:
-        return f"interrupted {where}; a resumable state is in {self.resume_store.root} (continue with {self.continue_with})"
+    def interruption(self, where: str) -> RunInterrupted:
+        signum = self.stop_signal or signal.SIGINT
+        return RunInterrupted(f"interrupted {where} ({signal_name(signum)}); a resumable state is in "
+                              f"{self.resume_store.root} (continue with {self.continue_with})", signum=signum)
 
     def write_resume_state(self, task_index: int, task_start: bool = False, trainer_checkpoint: Path | None = None) -> None:
         """A state folder under OUT/resume: at a task's start (`task_start`) or in the middle of it."""
