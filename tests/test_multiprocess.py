@@ -55,7 +55,7 @@ def _config_file(tmp_path, task_files, model_folder, strategy) -> str:
     return str(path)
 
 
-def _launch_two(*arguments: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+def _launch_two(*arguments: str, stderr_file=None) -> subprocess.CompletedProcess | subprocess.Popen:
     """`accelerate launch --multi_gpu --num_processes 2 ARGUMENTS` on a free port (a fixed one can still be held
     by the previous launch's sockets: a worker then fails to connect, as seen once in a full run)."""
     with socket.socket() as probe:
@@ -65,8 +65,8 @@ def _launch_two(*arguments: str, wait: bool = True) -> subprocess.CompletedProce
     command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
                str(port), "--mixed_precision", "no", "--dynamo_backend", "no", *arguments]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if not wait:  # the caller signals it and collects its output
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    if stderr_file is not None:  # the caller signals it; a file, not a pipe, which nobody reads while it runs
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr_file, env=environment)
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
 
 
@@ -143,17 +143,17 @@ def _worker_pids(launcher: int) -> dict[int, int]:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(parent, []).append(int(entry))
-    ranks, stack = {}, list(children.get(launcher, []))
-    while stack:
-        pid = stack.pop()
-        stack += children.get(pid, [])
+    ranks, queue = {}, list(children.get(launcher, []))
+    while queue:  # breadth first, so that a worker's own child process, which inherits RANK, comes after it
+        pid = queue.pop(0)
+        queue += children.get(pid, [])
         try:
             with open(f"/proc/{pid}/environ", "rb") as environ:
                 variables = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item)
         except OSError:
             continue
         if b"RANK" in variables and b"LOCAL_RANK" in variables:
-            ranks[int(variables[b"RANK"])] = pid
+            ranks.setdefault(int(variables[b"RANK"]), pid)
     return ranks
 
 
@@ -174,16 +174,18 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step_and_resumes(task_
     whole = _launch_two("-m", "forgetless", "run", str(config_path), "--out", str(tmp_path / "whole"), "--quiet")
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = tmp_path / "cut"
-    launcher = _launch_two("-m", "forgetless", "run", str(config_path), "--out", str(out), "--quiet", wait=False)
-    deadline, signalled = time.monotonic() + 300, False
-    while time.monotonic() < deadline and launcher.poll() is None:
-        state = _state(out)
-        if state is not None and state[:2] == (0, True):  # a state inside the first task: both are training
-            os.kill(_worker_pids(launcher.pid)[1], signal.SIGTERM)
-            signalled = True
-            break
-        time.sleep(0.05)
-    stderr = launcher.communicate(timeout=300)[1]
+    with open(tmp_path / "cut.stderr", "w") as log:
+        launcher = _launch_two("-m", "forgetless", "run", str(config_path), "--out", str(out), "--quiet", stderr_file=log)
+        deadline, signalled = time.monotonic() + 300, False
+        while time.monotonic() < deadline and launcher.poll() is None:
+            state = _state(out)
+            if state is not None and state[:2] == (0, True):  # a state inside the first task: both are training
+                os.kill(_worker_pids(launcher.pid)[1], signal.SIGTERM)
+                signalled = True
+                break
+            time.sleep(0.05)
+        launcher.wait(timeout=300)
+    stderr = (tmp_path / "cut.stderr").read_text()
     assert signalled, stderr[-3000:]
     stops = [line for line in stderr.splitlines() if line.startswith("forgetless: interrupted")]
     assert len(stops) == 2 and stops[0] == stops[1] and "(SIGTERM)" in stops[0], stderr[-3000:]

@@ -1,7 +1,7 @@
 """Resume: a run that dies at any point and is continued with `--resume` ends exactly as the uninterrupted run.
 
 In process, "dies" is an exception raised right after a resumable state is written (at a task's start, or
-at a step inside a task); tests/test_resume_kill.py kills a real process with SIGKILL and SIGINT.
+at a step inside a task); tests/test_resume_kill.py kills a real process with SIGKILL, and stops one with SIGINT and SIGTERM.
 """
 
 from __future__ import annotations

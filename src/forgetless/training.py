@@ -53,7 +53,7 @@ from .integrations.strategy_trainer import ListDataset, with_strategies
 from .models import load_model, load_tokenizer, match_pad_token
 from .results import RunResults, build_results
 from .resume import ResumeStore, RunInterrupted, check_resumable, data_digests, load_rng_state, rng_state
-from .stopping import catch_stop_signals, signal_name, signal_on_any_process
+from .stopping import catch_stop_signals, signal_name, signal_on_any_process, wait_for_every_process
 from .strategies import Strategy, StrategyStack, TaskData
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ class _ResumeCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.run.write_resume_state(self.task_index, trainer_checkpoint=staged)
-        if self.run.interrupted:
+        if self.run.interrupted:  # agreed at this step's end: every process is here
+            wait_for_every_process()  # until rank 0's state is written: a launcher stops the rest once one exits
             raise self.run.interruption(f"at step {state.global_step} of task {self.run.tasks[self.task_index].name!r}")
         return control
 
@@ -479,7 +480,7 @@ class ContinualRun:
         if is_main_process():  # a killed run leaves transformers' working folder, maybe half a state folder
             shutil.rmtree(self.out_dir / ".trainer", ignore_errors=True)
             self.resume_store.clean()
-        restore_signal = catch_stop_signals(self._stop_asked, lambda: self.interrupted)
+        restore_signal = catch_stop_signals(self._stop_asked)
         try:
             first_task, mid_task = self._start_or_resume()
             self.probe = self._probe() if self.probe is None else self.probe
@@ -499,6 +500,7 @@ class ContinualRun:
                 self.write_progress()
                 self._checkpoint(task_index, task)
                 self.model = finish_task(self.model, self.config)
+            self.agree_on_stop()  # a signal after the last step: the run completes; compare stops before its next row
         finally:
             restore_signal()
         results = self._results(time.perf_counter() - started)
@@ -519,7 +521,8 @@ class ContinualRun:
         return self.stop_signal is not None
 
     def _stop_asked(self, signum: int) -> None:
-        self.stop_signal = signum
+        if self.stop_signal is None:  # another process's signal, agreed on, may have come first
+            self.stop_signal = signum
 
     def agree_on_stop(self) -> bool:
         """Whether this process or any other got a stop signal; every process calls it at the same points."""
