@@ -10,9 +10,10 @@ here, answered by the model with greedy decoding (forgetless's own generation, a
 suite's budget. Only replies that ended on their own, well inside the budget, are kept: at most SHORT tokens
 (re-tokenized), a margin of 16 so that re-tokenizing a reply cut by the budget cannot pass for one that stopped.
 The end-of-turn token that ends each reply is added when a chat row is encoded for training, so the rows teach
-stopping. Like the chat rows, no prompt asks for anything the suite checks (line or word counts, case, required
-words, endings, JSON), so rehearsing them does not rehearse the suite's answers. Greedy decoding on CPU in float32
-is deterministic on one machine; another CPU's kernels may change a token, which --check would report.
+stopping. No prompt asks for anything the suite checks by count or form (lines, words, case, required words,
+endings, JSON, lists), but each asks for brevity, as the suite's `max_words` prompt does with a count. Greedy
+decoding on CPU in float32 is deterministic on one machine; another CPU's kernels may change a token, which --check
+would report.
 """
 
 from __future__ import annotations

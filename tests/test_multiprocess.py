@@ -187,11 +187,12 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step_and_resumes(task_
         launcher.wait(timeout=300)
     stderr = (tmp_path / "cut.stderr").read_text()
     assert signalled, stderr[-3000:]
-    stops = [line for line in stderr.splitlines() if line.startswith("forgetless: interrupted")]
-    assert len(stops) == 2 and stops[0] == stops[1] and "(SIGTERM)" in stops[0], stderr[-3000:]
+    # Rank 0 may be ended by the launcher's SIGTERM (its handler is put back once it stops) before it prints its line.
+    stops = [line for line in stderr.splitlines() if line.startswith("forgetless: interrupted at step ")]
+    assert 1 <= len(stops) <= 2 and len(set(stops)) == 1 and "(SIGTERM)" in stops[0], stderr[-3000:]
     assert launcher.returncode != 0  # the launcher reports its workers' exit 143 as a failure
     step = int(stops[0].split("at step ")[1].split()[0])
-    assert _state(out) == (0, True, step)  # the state is the step both processes name
+    assert _state(out) == (0, True, step)  # rank 0's state is the step rank 1 names
     resumed = _launch_two("-m", "forgetless", "run", str(config_path), "--out", str(out), "--quiet", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(tmp_path / "whole", out)

@@ -60,6 +60,8 @@ def _cpu_group():
         return dist.group.WORLD
     key = id(dist.group.WORLD)
     if key not in _cpu_groups:  # every process gets here at the same call: new_group is itself collective
+        # torch's default timeout, 30 min, as the Trainer's default ddp_timeout: the others wait here while rank 0
+        # alone writes a task's checkpoint and the next task's start state
         _cpu_groups[key] = dist.new_group(backend="gloo")
     return _cpu_groups[key]
 

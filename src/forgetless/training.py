@@ -114,13 +114,14 @@ class _ResumeCallback(TrainerCallback):
     def __init__(self, run: "ContinualRun", task_index: int):
         self.run = run
         self.task_index = task_index
+        self.stopping = False  # agreed at the step's end; a signal after it waits for the next step's agreement
 
     def on_step_end(self, args, state, control, **kwargs):
         every = self.run.config.checkpoint_every_steps
         final = state.global_step >= state.max_steps
         due = bool(every) and state.global_step % every == 0 and not final
-        stop = self.run.agree_on_stop()  # at every step, on every process, so that all stop after the same one
-        if (due or stop) and not control.should_training_stop:
+        self.stopping = self.run.agree_on_stop()  # at every step, on every process, so all stop after the same one
+        if (due or self.stopping) and not control.should_training_stop:
             control.should_save = True  # the Trainer writes its checkpoint, then calls on_save
             control.should_log = True  # every loss so far into the saved log history (a resumed task's mean loss)
         return control
@@ -128,7 +129,7 @@ class _ResumeCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.run.write_resume_state(self.task_index, trainer_checkpoint=staged)
-        if self.run.interrupted:  # agreed at this step's end: every process is here
+        if self.stopping:  # agreed at this step's end, so every process is here (not the local flag: it may be newer)
             wait_for_every_process()  # until rank 0's state is written: a launcher stops the rest once one exits
             raise self.run.interruption(f"at step {state.global_step} of task {self.run.tasks[self.task_index].name!r}")
         return control
