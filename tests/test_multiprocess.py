@@ -134,27 +134,19 @@ def test_the_runner_refuses_sharded_launches_before_loading_anything(engine, tas
 
 
 def _worker_pids(launcher: int) -> dict[int, int]:
-    """RANK -> pid of the launcher's descendants that are training workers (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
+    """RANK -> pid of the launcher's training workers (psutil comes with accelerate)."""
+    import psutil
+
+    ranked: dict[int, tuple[int, int]] = {}  # pid -> (RANK, parent pid)
+    for child in psutil.Process(launcher).children(recursive=True):
         try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+            environment, parent = child.environ(), child.ppid()
+        except psutil.Error:
             continue
-        children.setdefault(parent, []).append(int(entry))
-    ranks, queue = {}, list(children.get(launcher, []))
-    while queue:  # breadth first, so that a worker's own child process, which inherits RANK, comes after it
-        pid = queue.pop(0)
-        queue += children.get(pid, [])
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as environ:
-                variables = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item)
-        except OSError:
-            continue
-        if b"RANK" in variables and b"LOCAL_RANK" in variables:
-            ranks.setdefault(int(variables[b"RANK"]), pid)
-    return ranks
+        if "RANK" in environment and "LOCAL_RANK" in environment:
+            ranked[child.pid] = (int(environment["RANK"]), parent)
+    # a worker's own child inherits RANK: a worker is one whose parent has none
+    return {rank: pid for pid, (rank, parent) in ranked.items() if parent not in ranked}
 
 
 def test_sigterm_to_one_process_stops_both_after_the_same_step_and_resumes(task_files, tiny_model_folder, tmp_path):

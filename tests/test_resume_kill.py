@@ -2,7 +2,7 @@
 to the same results.json scores and final weights as a run that was never stopped.
 
 Each case starts the CLI on a tiny model folder, waits until the run's resumable state reaches a given point,
-signals the process, then resumes it. About a minute in all (nine short processes).
+signals the process, then resumes it: five cases of three short processes each (the whole run, the cut one, its resume).
 """
 
 from __future__ import annotations
