@@ -4,8 +4,9 @@
 
 Reads compare folders that scored the `instructions` suite (the answers are kept in before.json and in each row's
 evaluations.json) and prints a line for the start and for each row after its last task: the pass rate of each
-check that some run passed (ten prompts each; the others are named below the table); for JSON and numbered lists,
+check that some run passed (ten prompts each; the others are named below the table); for JSON, numbered and bulleted lists,
 also the share of answers holding the asked format anywhere, text around it allowed; the pass rate of all prompts;
+`formats`, the last three readings over their 30 prompts (compare's `formats` column after training);
 the share of answers that ran to the suite's budget of new tokens (their re-tokenized length within 2 tokens of it:
 approximate both ways, as re-tokenizing a decoded answer can count fewer tokens than were generated and an answer
 that ended by itself 1 or 2 tokens short of the budget counts as cut); and the mean answer length in tokens. A
@@ -17,45 +18,18 @@ the format.
 from __future__ import annotations
 
 import argparse
-import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
 from general_data_table import folder_names, rows_of, samples, shared_start  # benchmarks/, beside this script
 
 from forgetless.evaluation.evaluator import EvaluationLog
+from forgetless.evaluation.formats import ANYWHERE, format_samples
 from forgetless.evaluation.instructions import CHECKS, MAX_NEW_TOKENS, passes
 from forgetless.evaluation.suites import load_suite
 from forgetless.models import load_tokenizer
 
 NEAR_BUDGET = 2  # as scripts/build_chat_general.py: a re-tokenized answer this close to the budget filled it
-
-
-def _json_somewhere(answer: str, keys: list[str]) -> bool:
-    """A JSON object with exactly `keys` starting at some "{" of the answer (nested values and braces in strings
-    allowed), or the whole answer as the suite's check reads it."""
-    decoder = json.JSONDecoder()
-    for start in (m.start() for m in re.finditer(r"\{", answer)):
-        try:
-            value, _ = decoder.raw_decode(answer, start)
-        except ValueError:
-            continue
-        if isinstance(value, dict) and sorted(value) == sorted(keys):
-            return True
-    return CHECKS["json_keys"](answer, keys=keys)
-
-
-def _numbered_somewhere(answer: str, n: int) -> bool:
-    """Consecutive lines numbered 1 to `n` and no further (a list of 6 is not the asked 5), anywhere in the answer."""
-    lines = [line.strip() for line in answer.splitlines() if line.strip()]
-    numbers = [int(m.group(1)) if (m := re.match(r"(\d+)[.)]\s", line)) else None for line in lines]
-    return any(numbers[i:i + n] == list(range(1, n + 1)) and numbers[i + n:i + n + 1] != [n + 1]
-               for i in range(len(numbers)))
-
-
-# The asked format anywhere in the answer, text around it allowed: what a check "and nothing else" asks besides it.
-SOMEWHERE = {"json_keys": _json_somewhere, "numbered_count": _numbered_somewhere}
 
 
 def answer_columns(folders: list[Path]) -> dict[str, list[str]]:
@@ -73,13 +47,13 @@ def answer_columns(folders: list[Path]) -> dict[str, list[str]]:
 
 def check_pass_rates(answers: list[str], rows: list[dict]) -> dict[str, float]:
     """check name -> pass rate of the prompts whose first check it is; "NAME, somewhere in the answer" -> the share
-    of those answers holding the asked format anywhere (SOMEWHERE's readings)."""
+    of those answers holding the asked format anywhere (forgetless.evaluation.formats's readings)."""
     results = defaultdict(list)
     for answer, row in zip(answers, rows):
         name, arguments = row["checks"][0]
         results[name].append(passes(answer, row["checks"]))
-        if name in SOMEWHERE:
-            results[f"{name}, somewhere in the answer"].append(SOMEWHERE[name](answer, **arguments))
+        if name in ANYWHERE:
+            results[f"{name}, somewhere in the answer"].append(ANYWHERE[name](answer, **arguments))
     return {name: sum(values) / len(values) for name, values in results.items()}
 
 
@@ -95,13 +69,15 @@ def main() -> None:
     lengths = {name: [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
                for name, answers in columns.items()}
     shown = [check for check in rates["start"] if any(rates[name][check] for name in columns)]
-    print("| run | " + " | ".join(shown) + f" | all | answers at the {MAX_NEW_TOKENS}-token budget | mean length (tokens) |")
-    print("|---|" + "---:|" * (len(shown) + 3))
+    print("| run | " + " | ".join(shown) + f" | all | formats | answers at the {MAX_NEW_TOKENS}-token budget "
+          "| mean length (tokens) |")
+    print("|---|" + "---:|" * (len(shown) + 4))
     for name, answers in columns.items():
         passed = sum(passes(a, row["checks"]) for a, row in zip(answers, suite.rows)) / len(answers)
         at_budget = sum(n >= MAX_NEW_TOKENS - NEAR_BUDGET for n in lengths[name]) / len(answers)
+        formats = format_samples(answers, suite.rows).score()
         print(f"| {name} | " + " | ".join(f"{rates[name][check]:.1f}" for check in shown)
-              + f" | {passed:.3f} | {at_budget:.2f} | {sum(lengths[name]) / len(answers):.1f} |")
+              + f" | {passed:.3f} | {formats:.3f} | {at_budget:.2f} | {sum(lengths[name]) / len(answers):.1f} |")
     print("\nPassed by no run: " + (", ".join(c for c in rates["start"] if c in CHECKS and c not in shown) or "none"))
 
 

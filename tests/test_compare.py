@@ -12,9 +12,10 @@ import yaml
 
 from forgetless.cli import main
 from forgetless.compare import compare, parse_strategy
-from forgetless.comparison_rows import ComparisonRow, against_baseline
+from forgetless.comparison_rows import ComparisonRow, against_baseline, fill_formats
 from forgetless.config import load_config
 from forgetless.errors import ForgetlessError
+from forgetless.evaluation.formats import bullets_anywhere
 
 from .conftest import ctrl_c_when
 
@@ -597,4 +598,19 @@ def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, comp
     for name in ("instructions", "leakage"):
         task = results["metrics"]["general_tasks"][name]
         assert row["generation"][name] == [pytest.approx(task["delta"]), pytest.approx(task["se"])]
-    assert "instructions ± s.e." in (out / "compare.md").read_text()
+    # formats: the first 4 prompts hold one that asks for bullets (the second); its answers before and after.
+    log = json.loads((out / "naive" / "evaluations.json").read_text())
+    answers = [evaluation["instructions"]["texts"][1] for evaluation in (log["general_samples"][0],
+                                                                         log["general_samples"][-1])]
+    held = [float(bullets_anywhere(answer, n=3)) for answer in answers]
+    assert row["generation"]["formats"] == [pytest.approx(held[1] - held[0]), 0.0]
+    table = (out / "compare.md").read_text()
+    assert table.index("| instructions ± s.e.") < table.index("| formats ± s.e.") < table.index("| leakage ± s.e.")
+    assert "formats: of the answers asked for a JSON object" in table
+    # A row written before `formats` existed gets it from its run folder.
+    data = json.loads((out / "compare.json").read_text())
+    del data["rows"][0]["generation"]["formats"]
+    (out / "compare.json").write_text(json.dumps(data))
+    rows = [ComparisonRow(**r) for r in data["rows"]]
+    fill_formats(rows, out)
+    assert list(rows[0].generation["formats"]) == row["generation"]["formats"]

@@ -18,6 +18,10 @@ Columns beyond the run's own metrics:
 - the strategies that store raw training rows (replay buffers), which matters where data may not be kept;
 - over two or more tasks, the lowest general change at a task's end with its paired s.e.: the final change can hide a
   drop in the middle, at a state a user may have shipped;
+- where the run scored the `instructions` suite: its pass rate's change, the `leakage` task's, and `formats`, the
+  share of the answers asked for a JSON object, a numbered list or bullets that hold it anywhere, text around it
+  allowed (forgetless.evaluation.formats): a row that lost the pass rate but kept `formats` writes the format and
+  runs on; one that lost both stopped writing it;
 - over two or more tasks, the change saved at equal gain against naive's frontier at the end: every row's and naive's
   points by the mean gain at the end instead of right after each task, so that what a later task takes back from an
   earlier one counts against the row (the frontier distances right after each task do not see it).
@@ -34,12 +38,13 @@ from typing import Any, Callable
 import yaml
 
 from .comparison_rows import (
-    GENERATION_CHECKS,
     ComparisonRow,
     against_baseline,
+    fill_formats,
     fill_task_end_changes,
     frontier_noise,
     gain_at_end,
+    generation_checks,
     run_folder,
 )
 from .comparison_table import write_table
@@ -148,7 +153,7 @@ def _row(label: str, spec, run, results, seconds: float, memory: _PeakMemory, st
         in_domain_gain_at_end=at_end, in_domain_gain_at_end_se=at_end_se,
         general_after_each_task=results.general_after_each_task(),
         general_change_after_each_task={p.task: (p.delta, p.se) for p in results.general_curve if p.stage == "after_task"},
-        generation={name: (t.delta, t.se) for name, t in m.general_tasks.items() if name in GENERATION_CHECKS},
+        generation=generation_checks(m.general_tasks, log),
         **m.model_dump(include=set(GeneralSummary.model_fields)), bwt=m.bwt, forgetting=m.forgetting,
         seconds_per_step=trained / timed_steps if timed_steps else None,
         peak_memory_mb=memory.peak / 2**20 if memory.peak else None, memory_measure=memory.measure,
@@ -305,6 +310,7 @@ def compare(
     start_environment = {} if saved is None else saved.get("environment") or {}
     rows = [ComparisonRow(**row) for row in table["rows"]]
     fill_task_end_changes(rows, out)
+    fill_formats(rows, out)
     configs = []
     for label, spec, override in entries:
         # Every entry is checked before the first row trains: a typo in the last one should not cost hours.

@@ -10,10 +10,12 @@ from typing import Any
 
 from pydantic import Field
 
+from .evaluation.formats import format_change
 from .metrics import general_change
 from .results import GeneralSummary
 
-GENERATION_CHECKS = ("instructions", "leakage")
+# `formats` is derived from the `instructions` answers (forgetless.evaluation.formats), not a task of the suite.
+GENERATION_CHECKS = ("instructions", "formats", "leakage")
 
 
 class ComparisonRow(GeneralSummary):
@@ -32,7 +34,8 @@ class ComparisonRow(GeneralSummary):
     # have none: fill_task_end_changes reads it from the row's run folder, and where that is gone too
     # lowest_task_end_change falls back on general_after_each_task, without an s.e.
     general_change_after_each_task: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    # Generation-based checks when the run scored them (the instructions suite and its leakage task): change, s.e.
+    # Generation-based checks when the run scored them (the instructions suite, the formats its answers hold and its
+    # leakage task): change, s.e. Rows written before `formats` existed get it from their run folder (fill_formats).
     generation: dict[str, tuple[float, float]] = Field(default_factory=dict)
     bwt: float | None = None
     forgetting: float | None = None
@@ -221,6 +224,33 @@ def fill_task_end_changes(rows: list[ComparisonRow], out: Path) -> None:
         elif row.in_domain_gain_at_end is None and results.get("matrix"):
             matrix = results["matrix"]
             row.in_domain_gain_at_end = sum(matrix[-1][j] - matrix[0][j] for j in range(len(matrix[0]))) / len(matrix[0])
+
+
+def generation_checks(general_tasks: dict[str, Any], log) -> dict[str, tuple[float, float]]:
+    """A run's generation checks as {name: (change, se)}: the instructions and leakage tasks' changes from its
+    metrics' `general_tasks`, and `formats` read from the first and last evaluations' instruction answers."""
+    found = {name: (t.delta, t.se) for name, t in general_tasks.items() if name in GENERATION_CHECKS}
+    if "instructions" in found and (formats := _formats(log)) is not None:
+        found["formats"] = formats
+    return found
+
+
+def _formats(log) -> tuple[float, float] | None:
+    return format_change(log.general_samples[0].get("instructions"), log.general_samples[-1].get("instructions"))
+
+
+def fill_formats(rows: list[ComparisonRow], out: Path) -> None:
+    """Give rows written before the `formats` check existed its change, read from the instruction answers in the
+    row's run folder (evaluations.json), where the folder is still there."""
+    from .evaluation.evaluator import EvaluationLog
+
+    for row in rows:
+        folder = out / run_folder(row.strategy)
+        if "instructions" not in row.generation or "formats" in row.generation \
+                or not (folder / "evaluations.json").exists():
+            continue
+        if (formats := _formats(EvaluationLog.read(folder / "evaluations.json"))) is not None:
+            row.generation = {**row.generation, "formats": formats}
 
 
 def gain_at_end(log, tasks: list[str]) -> tuple[float, float]:

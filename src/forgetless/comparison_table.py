@@ -107,7 +107,10 @@ def markdown(table: dict[str, Any]) -> str:
         "the same resampled items and rebuilds the frontier each time (forgetless.frontier_noise), none where a run "
         "kept no evaluations.json or the distance is undefined in some resample."
         + (" At the end: every row's and naive's points by the mean gain at the end instead of right after each task."
-           if end_frontier else "") + old_rows_note,
+           if end_frontier else "")
+        + (" formats: of the answers asked for a JSON object, a numbered list or bullets, the share holding it "
+           "anywhere, text around it allowed (forgetless.evaluation.formats); instructions fails an answer that "
+           "writes it and runs on." if "formats" in checks else "") + old_rows_note,
         "",
         SEED_NOISE,
         "",

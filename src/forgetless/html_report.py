@@ -145,7 +145,7 @@ def render_run_html(results: RunResults) -> str:
 
 
 def render_comparison_html(table: dict[str, Any]) -> str:
-    from .comparison_rows import ComparisonRow, run_folder
+    from .comparison_rows import GENERATION_CHECKS, ComparisonRow, run_folder
     from .comparison_table import SEED_NOISE, pareto_png, rows_environment_note, signed_with_se, task_end_text
 
     rows = [ComparisonRow(**row) for row in table["rows"]]
@@ -161,7 +161,7 @@ def render_comparison_html(table: dict[str, Any]) -> str:
 
         def signed(value):
             return "—" if value is None else f"{value:+.4f}"
-        checks = sorted({name for r in rows for name in r.generation})  # instructions / leakage, when scored
+        checks = [name for name in GENERATION_CHECKS if any(name in r.generation for r in rows)]  # when scored
         task_ends = ["lowest general change at a task end ± s.e."] if len(tasks) > 1 else []  # one task: its end is the end
         end_gain = ["mean gain at the end ± s.e."] if len(tasks) > 1 else []
         end_frontier = ["change saved vs naive's frontier at the end"] if len(tasks) > 1 else []

@@ -27,7 +27,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from .compare import differences_note, setting_differences
-from .comparison_rows import ComparisonRow, against_baseline, fill_task_end_changes, frontier_noise, run_folder
+from .comparison_rows import (
+    ComparisonRow,
+    against_baseline,
+    fill_formats,
+    fill_task_end_changes,
+    frontier_noise,
+    run_folder,
+)
 from .comparison_table import write_table
 from .errors import ForgetlessError
 from .fileio import check_output_path
@@ -53,6 +60,7 @@ def _rows(source: Path, table: dict[str, Any]) -> list[ComparisonRow]:
     except (TypeError, ValidationError) as exc:  # TypeError: rows not a list of mappings
         raise ForgetlessError(f"{source / 'compare.json'}: a row is not one compare wrote ({exc})") from None
     fill_task_end_changes(rows, source)
+    fill_formats(rows, source)
     return rows
 
 
