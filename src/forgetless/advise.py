@@ -14,8 +14,9 @@ decision is the small table below:
 | budget (largest drop)        | keep candidates whose measured general change is >= -budget (over       |
 |                              | several seeds: its mean; the answer shows the worst seed beside it and   |
 |                              | says when that seed was beyond the budget)                               |
-| chat model (the default)     | drop candidates whose instruction pass rate or leakage-free share fell   |
-|                              | beyond the budget by more than noise (change + 1.96 s.e. < -budget);     |
+| chat model (the default)     | drop candidates whose instruction pass rate, formats (compare's column)  |
+|                              | or leakage-free share fell beyond the budget by more than noise          |
+|                              | (change + 1.96 s.e. < -budget);                                          |
 |                              | candidates without those measurements stay, and the answer says so;      |
 |                              | when every candidate measured (of those the other rules allow) fell,     |
 |                              | none is dropped and the answer says that every one measured fell         |
@@ -84,7 +85,7 @@ class Candidate:
     gain_kept: float | None
     step_ratio: float | None
     stores_raw_data: bool
-    # Generation checks where measured: {"instructions": (change, se), "leakage": (change, se)}.
+    # Generation checks where measured: {"instructions": (change, se), "formats": ..., "leakage": ...}.
     generation: dict[str, tuple[float, float]] = field(default_factory=dict)
     domain: str | None = None  # shipped one-task evidence: the domain whose (worse) general change this is
     gain_domain: str | None = None  # ... and the domain its gain kept is from
