@@ -6,7 +6,8 @@ Reads compare folders that scored the `instructions` suite (the answers are kept
 evaluations.json) and prints a line for the start and for each row after its last task: the pass rate of each
 check that some run passed (ten prompts each; the others are named below the table); for JSON, numbered and bulleted lists,
 also the share of answers holding the asked format anywhere, text around it allowed; the pass rate of all prompts;
-`formats`, the last three readings over their 30 prompts (compare's `formats` column after training);
+`formats`, the last three readings over their 30 prompts (the share after training: compare's `formats` column
+is its change from the start);
 the share of answers that ran to the suite's budget of new tokens (their re-tokenized length within 2 tokens of it:
 approximate both ways, as re-tokenizing a decoded answer can count fewer tokens than were generated and an answer
 that ended by itself 1 or 2 tokens short of the budget counts as cut); and the mean answer length in tokens. A
@@ -75,7 +76,8 @@ def main() -> None:
     for name, answers in columns.items():
         passed = sum(passes(a, row["checks"]) for a, row in zip(answers, suite.rows)) / len(answers)
         at_budget = sum(n >= MAX_NEW_TOKENS - NEAR_BUDGET for n in lengths[name]) / len(answers)
-        formats = format_samples(answers, suite.rows).score()
+        formats = format_samples(answers, suite.rows[:len(answers)])  # an evaluation with a limit answered fewer
+        formats = float("nan") if formats is None else formats.score()
         print(f"| {name} | " + " | ".join(f"{rates[name][check]:.1f}" for check in shown)
               + f" | {passed:.3f} | {formats:.3f} | {at_budget:.2f} | {sum(lengths[name]) / len(answers):.1f} |")
     print("\nPassed by no run: " + (", ".join(c for c in rates["start"] if c in CHECKS and c not in shown) or "none"))

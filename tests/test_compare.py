@@ -15,7 +15,6 @@ from forgetless.compare import compare, parse_strategy
 from forgetless.comparison_rows import ComparisonRow, against_baseline, fill_formats
 from forgetless.config import load_config
 from forgetless.errors import ForgetlessError
-from forgetless.evaluation.formats import bullets_anywhere
 
 from .conftest import ctrl_c_when
 
@@ -585,7 +584,18 @@ def test_compare_with_nothing_to_run_is_refused(tmp_path, compare_config, capsys
     assert not out.exists()
 
 
-def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, compare_config):
+def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, compare_config, monkeypatch):
+    import forgetless.evaluation.instructions as instructions
+
+    # The tiny model writes no structure: the start answers the second prompt (3 bullets) in prose, and every later
+    # evaluation with the bullets inside more text, so `formats` moves by +1 (one such prompt of the first 4).
+    calls = []
+
+    def answers(model, tokenizer, prompts, max_new_tokens, progress=False):
+        calls.append(len(prompts))
+        return ["Three facts." if len(calls) == 1 else "Facts:\n- a\n- b\n- c\nMore." for _ in prompts]
+
+    monkeypatch.setattr(instructions, "generate", answers)
     data = yaml.safe_load(compare_config.read_text())
     data["eval"] = {"suites": ["instructions"], "limit": 4}
     data["train"]["steps"] = 1
@@ -598,12 +608,8 @@ def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, comp
     for name in ("instructions", "leakage"):
         task = results["metrics"]["general_tasks"][name]
         assert row["generation"][name] == [pytest.approx(task["delta"]), pytest.approx(task["se"])]
-    # formats: the first 4 prompts hold one that asks for bullets (the second); its answers before and after.
-    log = json.loads((out / "naive" / "evaluations.json").read_text())
-    answers = [evaluation["instructions"]["texts"][1] for evaluation in (log["general_samples"][0],
-                                                                         log["general_samples"][-1])]
-    held = [float(bullets_anywhere(answer, n=3)) for answer in answers]
-    assert row["generation"]["formats"] == [pytest.approx(held[1] - held[0]), 0.0]
+    assert row["generation"]["formats"] == [1.0, 0.0]  # one prompt: no spread over resamples
+    assert row["generation"]["instructions"][0] == 0.0  # the bullets with more text fail the strict check
     table = (out / "compare.md").read_text()
     assert table.index("| instructions ± s.e.") < table.index("| formats ± s.e.") < table.index("| leakage ± s.e.")
     assert "formats: of the answers asked for a JSON object" in table

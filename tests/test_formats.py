@@ -83,6 +83,13 @@ def _answers(rows, *, json_text: str, list_text: str, bullet_text: str, other: s
     return answers
 
 
+def _samples(answers: list[str]) -> ScoreSamples:
+    """The instruction task's record of `answers` to the suite's first prompts: pass or fail, and the answers."""
+    rows = instruction_suite()[0].rows
+    return ScoreSamples(kind="mean", values=[float(passes(a, row["checks"])) for a, row in zip(answers, rows)],
+                        texts=answers)
+
+
 def test_format_samples_score_only_the_prompts_asking_for_a_structure():
     rows = [{"checks": [["json_keys", {"keys": KEYS}]]}, {"checks": [["max_words", {"n": 3}]]},
             {"checks": [["bullet_count", {"n": 2}]]}, {"checks": [["numbered_count", {"n": 2}]]}]
@@ -100,24 +107,25 @@ def test_format_change_over_the_builtin_suite_against_a_hand_count():
     ran_on = _answers(rows, json_text="Here is the JSON: {obj} Your answer.", list_text="{items}\n{more}",
                       bullet_text="Facts:\n{items}\nThat is all.")
     assert sum(passes(a, row["checks"]) for a, row in zip(clean, rows) if row["checks"][0][0] in ANY) == 30
-    before = ScoreSamples(kind="mean", values=[0.0] * len(rows), texts=clean)
-    after = ScoreSamples(kind="mean", values=[0.0] * len(rows), texts=ran_on)
+    before, after = _samples(clean), _samples(ran_on)
     delta, se = format_change(before, after)
     assert delta == pytest.approx(20 / 30 - 1)  # the ten numbered lists lost, by hand
     assert 0.05 < se < 0.12  # a proportion's s.e. over 30 items: sqrt(1/3 * 2/3 / 30) = 0.086
     # An evaluation with a limit scores the prompts it answered (the first 11 ask for bullets, JSON and a numbered
     # list, the last lost); one that kept no answers gives none.
-    short = ScoreSamples(kind="mean", values=[0.0] * 11, texts=clean[:11])
-    delta, _ = format_change(short, ScoreSamples(kind="mean", values=[0.0] * 11, texts=ran_on[:11]))
+    short = _samples(clean[:11])
+    delta, _ = format_change(short, _samples(ran_on[:11]))
     assert delta == pytest.approx(-1 / 3)
     assert format_change(ScoreSamples(kind="mean", values=[0.0]), after) is None
     assert format_change(short, after) is None  # not the same prompts
+    # Answers of another suite (here today's in another order) disagree with the pass or fail recorded: none.
+    moved = ScoreSamples(kind="mean", values=before.values, texts=clean[1:] + clean[:1])
+    assert format_change(moved, after) is None
 
 
 
 def _log(*answer_lists: list[str]) -> EvaluationLog:
-    return EvaluationLog(general_samples=[{"instructions": ScoreSamples(kind="mean", values=[0.0] * len(a), texts=a)}
-                                          for a in answer_lists])
+    return EvaluationLog(general_samples=[{"instructions": _samples(a)} for a in answer_lists])
 
 
 def test_a_row_reads_formats_from_its_first_and_last_evaluations_and_an_old_row_from_its_folder(tmp_path):
@@ -141,3 +149,19 @@ def test_a_row_reads_formats_from_its_first_and_last_evaluations_and_an_old_row_
     fill_formats([row, gone], out)
     assert row.generation["formats"] == pytest.approx(found["formats"])
     assert "formats" not in gone.generation  # its folder is gone
+
+
+def test_advise_reads_formats_for_a_compare_row_written_before_it(tmp_path):
+    from forgetless.advise import compare_evidence
+
+    rows = instruction_suite()[0].rows
+    clean = _answers(rows, json_text="{obj}", list_text="{items}", bullet_text="{items}")
+    lost = _answers(rows, json_text="no JSON", list_text="no list", bullet_text="no bullets")
+    (tmp_path / "ewc").mkdir()
+    _log(clean, lost).write(tmp_path / "ewc" / "evaluations.json")
+    row = {"strategy": "ewc", "general_delta_abs": -0.01, "general_delta_se": 0.005,
+           "generation": {"instructions": [-0.3, 0.04]}}
+    (tmp_path / "compare.json").write_text(json.dumps({"rows": [row]}))
+    [candidate], _ = compare_evidence([tmp_path])
+    assert candidate.generation["formats"][0] == pytest.approx(-1.0)  # every structure held before, none after
+    assert candidate.lost_generation(0.01) == ["formats", "instructions"]

@@ -14,9 +14,9 @@ decision is the small table below:
 | budget (largest drop)        | keep candidates whose measured general change is >= -budget (over       |
 |                              | several seeds: its mean; the answer shows the worst seed beside it and   |
 |                              | says when that seed was beyond the budget)                               |
-| chat model (the default)     | drop candidates whose instruction pass rate, formats (compare's column)  |
-|                              | or leakage-free share fell beyond the budget by more than noise          |
-|                              | (change + 1.96 s.e. < -budget);                                          |
+| chat model (the default)     | drop candidates whose instruction pass rate, formats (compare's column;  |
+|                              | not in the shipped evidence) or leakage-free share fell beyond the       |
+|                              | budget by more than noise (change + 1.96 s.e. < -budget);                |
 |                              | candidates without those measurements stay, and the answer says so;      |
 |                              | when every candidate measured (of those the other rules allow) fell,     |
 |                              | none is dropped and the answer says that every one measured fell         |
@@ -184,7 +184,17 @@ def compare_evidence(folders: list[str | Path]) -> tuple[list[Candidate], str]:
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
-    return json.loads(path.read_text(encoding="utf-8"))["rows"]
+    """compare.json's rows; a row written before compare's `formats` check gets it from its run folder, as compare
+    and merge give it (forgetless.comparison_rows.fill_formats)."""
+    rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    for row in rows:
+        generation = row.get("generation") or {}
+        if "instructions" in generation and "formats" not in generation:
+            from .comparison_rows import formats_from_folder  # loads the evaluation code: only where needed
+
+            if (found := formats_from_folder(path.parent, row["strategy"])) is not None:
+                row["generation"] = {**generation, "formats": list(found)}
+    return rows
 
 
 def _mean_gain(row: dict[str, Any]) -> float | None:

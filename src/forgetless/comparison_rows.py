@@ -14,8 +14,10 @@ from .evaluation.formats import format_change
 from .metrics import general_change
 from .results import GeneralSummary
 
-# `formats` is derived from the `instructions` answers (forgetless.evaluation.formats), not a task of the suite.
+# The generation checks a row shows, in table order. `formats` is derived from the `instructions` answers
+# (forgetless.evaluation.formats), not a task of the suite: a user's task of that name is not taken for it.
 GENERATION_CHECKS = ("instructions", "formats", "leakage")
+_GENERATION_TASKS = ("instructions", "leakage")
 
 
 class ComparisonRow(GeneralSummary):
@@ -229,27 +231,31 @@ def fill_task_end_changes(rows: list[ComparisonRow], out: Path) -> None:
 def generation_checks(general_tasks: dict[str, Any], log) -> dict[str, tuple[float, float]]:
     """A run's generation checks as {name: (change, se)}: the instructions and leakage tasks' changes from its
     metrics' `general_tasks`, and `formats` read from the first and last evaluations' instruction answers."""
-    found = {name: (t.delta, t.se) for name, t in general_tasks.items() if name in GENERATION_CHECKS}
+    found = {name: (t.delta, t.se) for name, t in general_tasks.items() if name in _GENERATION_TASKS}
     if "instructions" in found and (formats := _formats(log)) is not None:
         found["formats"] = formats
-    return found
+    return {name: found[name] for name in GENERATION_CHECKS if name in found}
 
 
 def _formats(log) -> tuple[float, float] | None:
     return format_change(log.general_samples[0].get("instructions"), log.general_samples[-1].get("instructions"))
 
 
+def formats_from_folder(out: Path, label: str) -> tuple[float, float] | None:
+    """The `formats` change of the row labelled `label` in the comparison folder `out`, from its run folder's
+    evaluations.json; None where that is gone or holds no instruction answers."""
+    from .evaluation.evaluator import EvaluationLog
+
+    path = out / run_folder(label) / "evaluations.json"
+    return _formats(EvaluationLog.read(path)) if path.exists() else None
+
+
 def fill_formats(rows: list[ComparisonRow], out: Path) -> None:
     """Give rows written before the `formats` check existed its change, read from the instruction answers in the
     row's run folder (evaluations.json), where the folder is still there."""
-    from .evaluation.evaluator import EvaluationLog
-
     for row in rows:
-        folder = out / run_folder(row.strategy)
-        if "instructions" not in row.generation or "formats" in row.generation \
-                or not (folder / "evaluations.json").exists():
-            continue
-        if (formats := _formats(EvaluationLog.read(folder / "evaluations.json"))) is not None:
+        if "instructions" in row.generation and "formats" not in row.generation \
+                and (formats := formats_from_folder(out, row.strategy)) is not None:
             row.generation = {**row.generation, "formats": formats}
 
 

@@ -8,8 +8,9 @@ generated (no generation of its own) on the prompts whose first check asks for a
 by accident: a JSON object with exactly the asked keys, a numbered list of exactly n items, a run of exactly n
 bullet lines. Each such answer scores 1 when the structure is somewhere in it; an answer that passes the suite's
 own check always does. Compare reports the change from the starting model's answers with its paired s.e., beside
-the `instructions` pass rate: a row that lost the pass rate but not this one runs on; one that lost both no longer
-writes the formats.
+the `instructions` pass rate (over all 110 prompts): where the pass rate fell and this did not, the structures
+are still written and the losses are elsewhere (text around them, the other prompts' checks); where this fell,
+they are no longer written as asked (or a list of another length, an object with other keys).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 from typing import Any
 
 from ..metrics import ScoreSamples, paired_delta
-from .instructions import CHECKS, instruction_suite
+from .instructions import CHECKS, instruction_suite, passes
 
 _NUMBERED = re.compile(r"(\d+)[.)]\s")
 
@@ -78,11 +79,16 @@ def format_samples(answers: list[str], rows: list[dict[str, Any]]) -> ScoreSampl
 def format_change(before: ScoreSamples | None, after: ScoreSamples | None) -> tuple[float, float] | None:
     """The `formats` check's change from the `instructions` answers of two evaluations of the built-in suite
     (the first `len(answers)` prompts when the evaluation had a limit), with its paired bootstrap s.e.; None
-    when either evaluation kept no answers or no prompt asks for a structure."""
+    when either evaluation kept no answers, no prompt asks for a structure, or the answers are not of today's
+    suite (the pass or fail each evaluation recorded differs from the suite's checks on its answers: a suite edited
+    since, whose prompts would be paired with the wrong answers)."""
     if before is None or after is None or before.texts is None or after.texts is None:
         return None
     rows = instruction_suite()[0].rows[: len(before.texts)]
     if not len(before.texts) == len(after.texts) == len(rows):
         return None
+    for samples in (before, after):
+        if [float(passes(text, row["checks"])) for text, row in zip(samples.texts, rows)] != list(samples.values):
+            return None
     start, end = format_samples(before.texts, rows), format_samples(after.texts, rows)
     return None if start is None else paired_delta(start, end)
