@@ -202,7 +202,7 @@ def test_the_shipped_generation_checks_reach_the_advice(capsys):
     # Every one measured lost it, wise too (2026-12-07): none is left out for it, and the answer says so.
     assert "Every candidate measured in this evidence lost instruction following (ewc: instructions -0.273 ± 0.046" in chat
     assert "l2sp: instructions -0.264 ± 0.047" in chat and "wise: instructions -0.236 ± 0.044" in chat
-    assert "lwf: instructions -0.255 ± 0.044, leakage -0.880 ± 0.031" in chat  # lwf too (2026-12-07)
+    assert "lwf: instructions -0.255 ± 0.045, leakage -0.880 ± 0.032" in chat  # lwf too (2026-12-07)
     assert "Recommended: strategies: wise\n" in chat and "lost instruction following beyond noise" not in chat
     assert main(["advise", "--no-input", "--chat", "no"]) == 0
     plain = capsys.readouterr().out  # not a chat model: the same ewc is a candidate again, judged by its budget
