@@ -190,10 +190,9 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     for row in rows:
         generation = row.get("generation") or {}
         if "instructions" in generation and "formats" not in generation:
-            from .comparison_rows import formats_from_folder  # loads the evaluation code: only where needed
+            from .comparison_rows import with_formats  # loads the evaluation code: only where needed
 
-            if (found := formats_from_folder(path.parent, row["strategy"])) is not None:
-                row["generation"] = {**generation, "formats": list(found)}
+            row["generation"] = with_formats(generation, path.parent, row["strategy"])
     return rows
 
 

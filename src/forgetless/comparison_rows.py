@@ -241,22 +241,23 @@ def _formats(log) -> tuple[float, float] | None:
     return format_change(log.general_samples[0].get("instructions"), log.general_samples[-1].get("instructions"))
 
 
-def formats_from_folder(out: Path, label: str) -> tuple[float, float] | None:
-    """The `formats` change of the row labelled `label` in the comparison folder `out`, from its run folder's
-    evaluations.json; None where that is gone or holds no instruction answers."""
+def with_formats(generation: dict[str, Any], out: Path, label: str) -> dict[str, Any]:
+    """A row's generation checks, with `formats` added where the row (labelled `label`, in the comparison folder
+    `out`) was written before that check existed: read from its run folder's evaluations.json, where that is still
+    there and holds the instruction answers. Otherwise `generation` itself."""
     from .evaluation.evaluator import EvaluationLog
 
     path = out / run_folder(label) / "evaluations.json"
-    return _formats(EvaluationLog.read(path)) if path.exists() else None
+    if "instructions" not in generation or "formats" in generation or not path.exists():
+        return generation
+    formats = _formats(EvaluationLog.read(path))
+    return generation if formats is None else {**generation, "formats": formats}
 
 
 def fill_formats(rows: list[ComparisonRow], out: Path) -> None:
-    """Give rows written before the `formats` check existed its change, read from the instruction answers in the
-    row's run folder (evaluations.json), where the folder is still there."""
+    """Give rows written before the `formats` check existed its change (with_formats)."""
     for row in rows:
-        if "instructions" in row.generation and "formats" not in row.generation \
-                and (formats := formats_from_folder(out, row.strategy)) is not None:
-            row.generation = {**row.generation, "formats": formats}
+        row.generation = with_formats(row.generation, out, row.strategy)
 
 
 def gain_at_end(log, tasks: list[str]) -> tuple[float, float]:

@@ -20,13 +20,9 @@ import re
 from typing import Any
 
 from ..metrics import ScoreSamples, paired_delta
-from .instructions import CHECKS, instruction_suite, passes
+from .instructions import CHECKS, _lines, instruction_suite, passes
 
 _NUMBERED = re.compile(r"(\d+)[.)]\s")
-
-
-def _lines(answer: str) -> list[str]:
-    return [line.strip() for line in answer.splitlines() if line.strip()]
 
 
 def json_anywhere(answer: str, keys: list[str]) -> bool:
