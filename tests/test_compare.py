@@ -382,6 +382,39 @@ def test_table_settings_compare_data_files_where_both_record_them():
     assert differences_note(["train"]) == "differs in ['train']"
 
 
+def test_one_data_file_under_two_spellings_of_its_path_is_one_setting(tmp_path, monkeypatch):
+    """A config passed by a relative path spells its files relative to where compare runs; passed by its absolute
+    path (or run from another folder), the same files are spelled otherwise. Their content decides, so the table
+    grows; other content under either spelling is still refused."""
+    from forgetless.compare import setting_differences, table_setting
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "data" / "t.jsonl").write_text('{"text": "a row"}\n')
+    (tmp_path / "data" / "g.jsonl").write_text('{"text": "general"}\n')
+    (tmp_path / "configs" / "c.yaml").write_text(yaml.safe_dump({
+        "model": "tiny", "tasks": [{"name": "t", "file": "../data/t.jsonl"}], "general_data": "../data/g.jsonl"}))
+    monkeypatch.chdir(tmp_path)
+    relative = table_setting(load_config("configs/c.yaml"))
+    absolute = table_setting(load_config(tmp_path / "configs" / "c.yaml"))
+    assert relative["general_data"] != absolute["general_data"]  # the spellings this test is about
+    assert setting_differences(relative, absolute) == setting_differences(absolute, relative) == []
+    (tmp_path / "data" / "g.jsonl").write_text('{"text": "other general"}\n')
+    edited = table_setting(load_config(tmp_path / "configs" / "c.yaml"))
+    assert setting_differences(relative, edited) == ["general_data", "data_digests.general_data"]
+    older = {key: value for key, value in absolute.items() if key != "data_digests"}  # no digests: paths compared
+    assert setting_differences(relative, older) == ["general_data", "tasks"]
+    # The shared "before" evaluation is reused, not scored again, under either spelling; an edited task file is not.
+    from forgetless.compare import before_key, same_before_key
+
+    before = before_key(load_config("configs/c.yaml"))
+    assert before["tasks"] != before_key(load_config(tmp_path / "configs" / "c.yaml"))["tasks"]
+    assert same_before_key(before, before_key(load_config(tmp_path / "configs" / "c.yaml")))
+    (tmp_path / "data" / "t.jsonl").write_text('{"text": "another row"}\n')
+    assert not same_before_key(before, before_key(load_config(tmp_path / "configs" / "c.yaml")))
+    assert not same_before_key({k: v for k, v in before.items() if k != "data_digests"}, before)
+
+
 def test_compare_checks_every_entry_before_training(tmp_path, compare_config, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", str(compare_config), "--strategies", "naive", "{name: ewc, lam: fast}", "--out", str(out)]) == 2

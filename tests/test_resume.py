@@ -306,8 +306,9 @@ def test_a_field_added_since_a_state_was_written_counts_at_its_default(task_file
 
 def test_resume_refuses_a_data_file_edited_under_the_same_path(task_files, tmp_path, tokenizer, monkeypatch):
     """A task file edited between the kill and --resume would give the second half other rows (another held-out
-    split): refused, naming the file and its field; restored, it resumes to the uninterrupted run. A state written
-    before the digests were kept resumes unchecked."""
+    split): refused, naming the file and its field, under its path or another spelling of it; restored (and named by
+    another spelling of its path), it resumes to the uninterrupted run. A state written before the digests were kept
+    resumes unchecked."""
     config = _config(task_files)
     state_file, state = _killed_state(config, tmp_path / "cut", tokenizer, monkeypatch)
     assert set(state["data_digests"]) == {"tasks.0.file", "tasks.1.file", "eval.tasks.0.file"}
@@ -316,13 +317,22 @@ def test_resume_refuses_a_data_file_edited_under_the_same_path(task_files, tmp_p
     chat.write_bytes(original.replace(b"wait.", b"wait a minute."))
     with pytest.raises(ForgetlessError, match=rf"--resume: {re.escape(str(chat))} \(tasks\.0\.file\) changed since"):
         _run(config, tmp_path / "cut", tokenizer, resume=True)
+    # Another spelling of an edited file's path: its digest differs, so the path is compared and refused.
+    respelled = str(chat.parent / ".." / chat.parent.name / chat.name)
+    moved = config.model_copy(update={"tasks": [config.tasks[0].model_copy(update={"file": respelled}), *config.tasks[1:]]})
+    with pytest.raises(ForgetlessError, match=r"--resume: the config differs .* at \['tasks'\]"):
+        _run(moved, tmp_path / "cut", tokenizer, resume=True)
     chat.unlink()
     with pytest.raises(ForgetlessError, match=rf"--resume: {re.escape(str(chat))} \(tasks\.0\.file\) is missing since"):
         _run(config, tmp_path / "cut", tokenizer, resume=True)
     chat.write_bytes(original)
-    _run(config, tmp_path / "cut", tokenizer, resume=True)
+    # Restored, and spelled from another folder (a config passed by a relative path elsewhere): the same data resumes.
+    _run(moved, tmp_path / "cut", tokenizer, resume=True)
     _run(config, tmp_path / "whole", tokenizer)
-    _assert_same_run(tmp_path / "cut", tmp_path / "whole")
+    cut, whole = _scores(tmp_path / "cut"), _scores(tmp_path / "whole")
+    assert cut.pop("config") == {**whole.pop("config"), "tasks": moved.model_dump(mode="json")["tasks"]}  # as resumed
+    assert cut == whole
+    _assert_same_weights(tmp_path / "cut", tmp_path / "whole")
     # An older state (no digests) with the file edited: the config alone is compared, as before.
     state_file, state = _killed_state(config, tmp_path / "old", tokenizer, monkeypatch)
     del state["data_digests"]

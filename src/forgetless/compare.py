@@ -55,7 +55,7 @@ from .errors import ForgetlessError
 from .fileio import atomic_write_json, check_output_path
 from .metrics import paired_delta
 from .results import GeneralSummary
-from .resume import RunInterrupted, data_digests
+from .resume import RunInterrupted, data_digests, same_data_fields, without_paths
 
 # What a row is run with: (config, out_dir, before=EvaluationLog | None) -> an object with execute(),
 # .evaluator.log and .strategies (ContinualRun, or the SFTTrainer variant in benchmarks/sft_run.py).
@@ -173,10 +173,12 @@ def differing_keys(one: dict[str, Any], other: dict[str, Any]) -> list[str]:
 
 def setting_differences(one: dict[str, Any], other: dict[str, Any]) -> list[str]:
     """What two table settings differ in ([]: one setting). The data files' digests are compared file by file
-    ("data_digests.tasks.0.file") and only where both settings have them: tables written before 2026-12-06 lack them."""
+    ("data_digests.tasks.0.file") and only where both settings have them: tables written before 2026-12-06 lack them.
+    Where both record one digest for a field, its path is not compared (the same file spelled from another folder)."""
     one, other = dict(one), dict(other)
     mine, theirs = one.pop("data_digests", None), other.pop("data_digests", None)
-    keys = differing_keys(one, other)
+    same = same_data_fields(mine, theirs)  # one content under two spellings of its path is one setting
+    keys = differing_keys(without_paths(one, same), without_paths(other, same))
     if isinstance(mine, dict) and isinstance(theirs, dict):
         keys += [f"data_digests.{f}" for f in sorted(set(mine) | set(theirs)) if mine.get(f) != theirs.get(f)]
     return keys
@@ -230,6 +232,15 @@ def frontier_label(override: dict[str, Any]) -> str:
     return "naive(" + ",".join(f"{k}={v}" for k, v in sorted(override.items())) + ")"
 
 
+def same_before_key(saved: Any, key: dict[str, Any]) -> bool:
+    """Whether a saved "before" evaluation's key is `key`: equal but for the spelling of data files' paths whose
+    content both record with one digest. A key without digests (saved before 2026-12-06) matches only one without."""
+    if not isinstance(saved, dict) or saved.get("data_digests") != key.get("data_digests"):
+        return False
+    same = same_data_fields(saved.get("data_digests"), key.get("data_digests"))
+    return without_paths(saved, same) == without_paths(key, same)
+
+
 def saved_before(out: Path, config: RunConfig) -> dict[str, Any] | None:
     """out/before.json as saved by a run of the same config ({"key", "log", "environment"}), or None."""
     import json
@@ -238,7 +249,7 @@ def saved_before(out: Path, config: RunConfig) -> dict[str, Any] | None:
     if not path.exists():
         return None
     saved = json.loads(path.read_text(encoding="utf-8"))
-    return saved if saved.get("key") == before_key(config) else None
+    return saved if same_before_key(saved.get("key"), before_key(config)) else None
 
 
 def load_before(out: Path, config: RunConfig):

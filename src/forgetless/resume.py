@@ -77,6 +77,31 @@ def _field_value(config_json: dict[str, Any], field: str) -> Any:
     return value
 
 
+def same_data_fields(one: dict[str, str] | None, other: dict[str, str] | None) -> set[str]:
+    """The dotted fields whose data both digest maps record, with one digest."""
+    if not isinstance(one, dict) or not isinstance(other, dict):
+        return set()
+    return {field for field in set(one) & set(other) if one[field] == other[field]}
+
+
+def without_paths(config_json: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+    """A copy of config_json with the path at each dotted field replaced by one marker. Used on the fields whose
+    content both sides recorded with one digest: a config passed by a relative path from another folder (or by its
+    absolute path) spells its files' paths otherwise, and data moved to another folder is the same data."""
+    copy = json.loads(json.dumps(config_json))
+    for field in fields:
+        *parents, last = field.split(".")
+        holder: Any = copy
+        for part in parents:
+            if isinstance(holder, list):
+                holder = holder[int(part)] if int(part) < len(holder) else None
+            else:
+                holder = (holder or {}).get(part)
+        if isinstance(holder, dict) and last in holder:
+            holder[last] = "<same data>"
+    return copy
+
+
 def _config_defaults() -> dict[str, Any]:
     """Every config field at its default (a task is required: its list differs anyway and is not a default)."""
     from .config import parse_config
@@ -265,11 +290,12 @@ def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params:
         # `seed: 0` against a bare `replay`) resumes; the stack's order still has to match.
         recorded = {**recorded, "strategies": list(knobs)}
         current = {**current, "strategies": list(strategy_params)}
-    differences = config_differences(recorded, current)
+    recorded_digests = state.get("data_digests")
+    same = same_data_fields(recorded_digests, digests)
+    differences = config_differences(without_paths(recorded, same), without_paths(current, same))
     if differences:
         raise ForgetlessError(f"--resume: the config differs from the one this run started with, at {differences}; "
                               "resume with the same config, or pass --overwrite to start again")
-    recorded_digests = state.get("data_digests")
     if digests is not None and recorded_digests is not None:
         edited = sorted(field for field in set(recorded_digests) | set(digests)
                         if recorded_digests.get(field) != digests.get(field))

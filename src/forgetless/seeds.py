@@ -30,7 +30,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .compare import before_key, compare
+from .compare import before_key, compare, same_before_key
 from .comparison_rows import ComparisonRow, against_frontier, fill_task_end_changes, naive_frontier
 from .comparison_table import trade_off_frame
 from .config import RunConfig, parse_config
@@ -250,7 +250,7 @@ def reuse_before(out: Path, config: RunConfig, folder: Path) -> Path | None:
             found = json.loads(text).get("key")
         except (json.JSONDecodeError, AttributeError):  # not a before.json compare wrote: that folder re-evaluates
             continue
-        if found == key:
+        if same_before_key(found, key):
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(folder / "before.json", text)
             return other.parent
