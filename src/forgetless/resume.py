@@ -71,9 +71,15 @@ def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> lis
 
 
 def _field_value(config_json: dict[str, Any], field: str) -> Any:
+    """The value at a dotted field ("tasks.0.file"); None where a step of it is missing."""
     value: Any = config_json
     for part in field.split("."):
-        value = value[int(part)] if isinstance(value, list) else value.get(part)
+        if isinstance(value, list):
+            value = value[int(part)] if int(part) < len(value) else None
+        elif isinstance(value, dict):
+            value = value.get(part)
+        else:
+            return None
     return value
 
 
@@ -90,13 +96,8 @@ def without_paths(config_json: dict[str, Any], fields: set[str]) -> dict[str, An
     absolute path) spells its files' paths otherwise, and data moved to another folder is the same data."""
     copy = json.loads(json.dumps(config_json))
     for field in fields:
-        *parents, last = field.split(".")
-        holder: Any = copy
-        for part in parents:
-            if isinstance(holder, list):
-                holder = holder[int(part)] if int(part) < len(holder) else None
-            else:
-                holder = (holder or {}).get(part)
+        parent, _, last = field.rpartition(".")
+        holder = _field_value(copy, parent) if parent else copy
         if isinstance(holder, dict) and last in holder:
             holder[last] = "<same data>"
     return copy
