@@ -26,7 +26,8 @@ GENERAL_DATA = {"support_chat_general.yaml": ROOT / "benchmarks" / "data" / "cha
                 "support_short_general.yaml": ROOT / "benchmarks" / "data" / "short_general.jsonl",
                 "legal_short_general.yaml": ROOT / "benchmarks" / "data" / "short_general.jsonl"}
 # quality.py --tasks for each (jargon.yaml and legal.yaml are quality-jargon.md's and quality-legal.md's set-ups)
-TASKS = {"bundled.yaml": ["support", "pydoc"], "jargon.yaml": ["jargon"], "legal.yaml": ["legal"], "legal_short_general.yaml": ["legal"]}
+TASKS = {"bundled.yaml": ["support", "pydoc"], "jargon.yaml": ["jargon"], "legal.yaml": ["legal"],
+         "legal_short_general.yaml": ["legal"]}
 
 
 def quality_setting(tasks: list[str], seed: int, suites: list[str] = ("general",)) -> dict:

@@ -362,3 +362,15 @@ def test_data_digests_cover_every_file_a_config_reads_and_an_lm_eval_folder(task
     assert data_digests(config)["eval.lm_eval_include"] == renamed["eval.lm_eval_include"]
     assert {k: v for k, v in renamed.items() if k != "eval.lm_eval_include"} == {
         k: v for k, v in digests.items() if k != "eval.lm_eval_include"}
+
+
+def test_without_paths_replaces_only_fields_that_exist_and_skips_malformed_names():
+    """Digest maps come from files a user can edit (compare.json, state.json): a field naming no index into a list
+    ("tasks.x.file"), one past its end, or one below a string must leave the config as it is, not raise."""
+    from forgetless.resume import without_paths
+
+    config = {"tasks": [{"name": "a", "file": "a.jsonl"}], "general_data": "g.jsonl"}
+    assert without_paths(config, {"tasks.x.file", "tasks.3.file", "general_data.y"}) == config
+    assert without_paths(config, {"tasks.0.file", "general_data"}) == {
+        "tasks": [{"name": "a", "file": "<same data>"}], "general_data": "<same data>"}
+    assert config["tasks"][0]["file"] == "a.jsonl"  # a copy: the caller's config is untouched

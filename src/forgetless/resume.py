@@ -75,7 +75,8 @@ def _field_value(config_json: dict[str, Any], field: str) -> Any:
     value: Any = config_json
     for part in field.split("."):
         if isinstance(value, list):
-            value = value[int(part)] if int(part) < len(value) else None
+            # a hand-edited state or table can name a step that is no index: that field is simply not there
+            value = value[int(part)] if part.isdigit() and int(part) < len(value) else None
         elif isinstance(value, dict):
             value = value.get(part)
         else:
