@@ -25,7 +25,8 @@ GENERAL_DATA = {"support_chat_general.yaml": ROOT / "benchmarks" / "data" / "cha
                 "support_format_general.yaml": ROOT / "benchmarks" / "data" / "format_general.jsonl",
                 "support_short_general.yaml": ROOT / "benchmarks" / "data" / "short_general.jsonl",
                 "legal_short_general.yaml": ROOT / "benchmarks" / "data" / "short_general.jsonl"}
-# quality.py --tasks for each (jargon.yaml and legal.yaml are quality-jargon.md's and quality-legal.md's set-ups)
+# quality.py --tasks for each (jargon.yaml and legal.yaml are quality-jargon.md's and quality-legal.md's set-ups;
+# legal_short_general.yaml is legal.yaml's with the instructions suite and general_data)
 TASKS = {"bundled.yaml": ["support", "pydoc"], "jargon.yaml": ["jargon"], "legal.yaml": ["legal"],
          "legal_short_general.yaml": ["legal"]}
 

@@ -76,7 +76,7 @@ def _field_value(config_json: dict[str, Any], field: str) -> Any:
     for part in field.split("."):
         if isinstance(value, list):
             # a hand-edited state or table can name a step that is no index: that field is simply not there
-            value = value[int(part)] if part.isdigit() and int(part) < len(value) else None
+            value = value[int(part)] if part.isdecimal() and int(part) < len(value) else None
         elif isinstance(value, dict):
             value = value.get(part)
         else:
