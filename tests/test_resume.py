@@ -370,7 +370,8 @@ def test_without_paths_replaces_only_fields_that_exist_and_skips_malformed_names
     from forgetless.resume import without_paths
 
     config = {"tasks": [{"name": "a", "file": "a.jsonl"}], "general_data": "g.jsonl"}
-    assert without_paths(config, {"tasks.x.file", "tasks.3.file", "general_data.y"}) == config
+    # "²" is a digit to str.isdigit() but no int() literal
+    assert without_paths(config, {"tasks.x.file", "tasks.\u00b2.file", "tasks.3.file", "general_data.y"}) == config
     assert without_paths(config, {"tasks.0.file", "general_data"}) == {
         "tasks": [{"name": "a", "file": "<same data>"}], "general_data": "<same data>"}
     assert config["tasks"][0]["file"] == "a.jsonl"  # a copy: the caller's config is untouched
