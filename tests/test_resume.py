@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from forgetless.errors import ForgetlessError
+from forgetless.resume import without_paths
 from forgetless.training import ContinualRun, run_continual
 
 from .conftest import ctrl_c_when, make_tiny_lm, tiny_config
@@ -367,8 +368,6 @@ def test_data_digests_cover_every_file_a_config_reads_and_an_lm_eval_folder(task
 def test_without_paths_replaces_only_fields_that_exist_and_skips_malformed_names():
     """Digest maps come from files a user can edit (compare.json, state.json): a field naming no index into a list
     ("tasks.x.file"), one past its end, or one below a string must leave the config as it is, not raise."""
-    from forgetless.resume import without_paths
-
     config = {"tasks": [{"name": "a", "file": "a.jsonl"}], "general_data": "g.jsonl"}
     # "²" is a digit to str.isdigit() but no int() literal
     assert without_paths(config, {"tasks.x.file", "tasks.\u00b2.file", "tasks.3.file", "general_data.y"}) == config
