@@ -15,20 +15,21 @@ ROOT = Path(__file__).parent.parent
 SEEDS = {"support_only.yaml": 0, "support_only_seed1.yaml": 1, "support_only_seed2.yaml": 2, "bundled.yaml": 0,
          "jargon.yaml": 0, "legal.yaml": 0, "support_instructions.yaml": 0, "support_chat_general.yaml": 0,
          "support_format_general.yaml": 0, "support_short_general.yaml": 0,
-         "legal_short_general.yaml": 0}
+         "legal_short_general.yaml": 0, "jargon_short_general.yaml": 0}
 # quality.py --suites for each (default: general): docs/results/generation-checks.md's set-ups
 SUITES = {"support_instructions.yaml": ["general", "instructions"], "support_chat_general.yaml": ["general", "instructions"],
           "support_format_general.yaml": ["general", "instructions"], "support_short_general.yaml": ["general", "instructions"],
-          "legal_short_general.yaml": ["general", "instructions"]}
+          "legal_short_general.yaml": ["general", "instructions"], "jargon_short_general.yaml": ["general", "instructions"]}
 # general_data for each (default: none), beside the configs
 GENERAL_DATA = {"support_chat_general.yaml": ROOT / "benchmarks" / "data" / "chat_general.jsonl",
                 "support_format_general.yaml": ROOT / "benchmarks" / "data" / "format_general.jsonl",
                 "support_short_general.yaml": ROOT / "benchmarks" / "data" / "short_general.jsonl",
-                "legal_short_general.yaml": ROOT / "benchmarks" / "data" / "short_general.jsonl"}
+                "legal_short_general.yaml": ROOT / "benchmarks" / "data" / "short_general.jsonl",
+                "jargon_short_general.yaml": ROOT / "benchmarks" / "data" / "short_general.jsonl"}
 # quality.py --tasks for each (jargon.yaml and legal.yaml are quality-jargon.md's and quality-legal.md's set-ups;
-# legal_short_general.yaml is legal.yaml's with the instructions suite and general_data)
+# legal_short_general.yaml and jargon_short_general.yaml are theirs with the instructions suite and general_data)
 TASKS = {"bundled.yaml": ["support", "pydoc"], "jargon.yaml": ["jargon"], "legal.yaml": ["legal"],
-         "legal_short_general.yaml": ["legal"]}
+         "legal_short_general.yaml": ["legal"], "jargon_short_general.yaml": ["jargon"]}
 
 
 def quality_setting(tasks: list[str], seed: int, suites: list[str] = ("general",)) -> dict:
