@@ -621,14 +621,16 @@ def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, comp
     import forgetless.evaluation.instructions as instructions
 
     # The tiny model writes no structure: the start answers the second prompt (3 bullets) in prose, and every later
-    # evaluation with the bullets inside more text, so `formats` moves by +1 (one such prompt of the first 4).
+    # evaluation with the bullets inside more text, so `formats` moves by +1 (one such prompt of the first 4). The
+    # start's answers end by themselves, every later one runs to the budget: `stops` moves by -1.
     calls = []
 
     def answers(model, tokenizer, prompts, max_new_tokens, progress=False):
         calls.append(len(prompts))
-        return ["Three facts." if len(calls) == 1 else "Facts:\n- a\n- b\n- c\nMore." for _ in prompts]
+        texts = ["Three facts." if len(calls) == 1 else "Facts:\n- a\n- b\n- c\nMore." for _ in prompts]
+        return texts, [3 if len(calls) == 1 else max_new_tokens for _ in prompts]
 
-    monkeypatch.setattr(instructions, "generate", answers)
+    monkeypatch.setattr(instructions, "generate_counted", answers)
     data = yaml.safe_load(compare_config.read_text())
     data["eval"] = {"suites": ["instructions"], "limit": 4}
     data["train"]["steps"] = 1
@@ -644,8 +646,10 @@ def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, comp
     assert row["generation"]["formats"] == [1.0, 0.0]  # one prompt: no spread over resamples
     assert row["generation"]["instructions"][0] == 0.0  # the bullets with more text fail the strict check
     table = (out / "compare.md").read_text()
-    assert table.index("| instructions ± s.e.") < table.index("| formats ± s.e.") < table.index("| leakage ± s.e.")
-    assert "formats: of the answers asked for a JSON object" in table
+    assert row["generation"]["stops"] == [-1.0, 0.0]  # every answer now cut at the budget; all alike, no spread
+    assert (table.index("| instructions ± s.e.") < table.index("| formats ± s.e.") < table.index("| stops ± s.e.")
+            < table.index("| leakage ± s.e."))
+    assert "formats: of the answers asked for a JSON object" in table and "stops: the share of" in table
     # A row written before `formats` existed gets it from its run folder.
     data = json.loads((out / "compare.json").read_text())
     del data["rows"][0]["generation"]["formats"]

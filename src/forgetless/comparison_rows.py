@@ -11,12 +11,13 @@ from typing import Any
 from pydantic import Field
 
 from .evaluation.formats import format_change
+from .evaluation.stops import stop_change
 from .metrics import general_change
 from .results import GeneralSummary
 
-# The generation checks a row shows, in table order. `formats` is derived from the `instructions` answers
-# (forgetless.evaluation.formats), not a task of the suite: a user's task of that name is not taken for it.
-GENERATION_CHECKS = ("instructions", "formats", "leakage")
+# The generation checks a row shows, in table order. `formats` and `stops` are derived from the `instructions`
+# answers (forgetless.evaluation.formats, .stops), not tasks of the suite: a user's task of that name is not taken.
+GENERATION_CHECKS = ("instructions", "formats", "stops", "leakage")
 _GENERATION_TASKS = ("instructions", "leakage")
 
 
@@ -230,10 +231,13 @@ def fill_task_end_changes(rows: list[ComparisonRow], out: Path) -> None:
 
 def generation_checks(general_tasks: dict[str, Any], log) -> dict[str, tuple[float, float]]:
     """A run's generation checks as {name: (change, se)}: the instructions and leakage tasks' changes from its
-    metrics' `general_tasks`, and `formats` read from the first and last evaluations' instruction answers."""
+    metrics' `general_tasks`, and `formats` and `stops` read from the first and last evaluations' instruction answers."""
     found = {name: (t.delta, t.se) for name, t in general_tasks.items() if name in _GENERATION_TASKS}
     if "instructions" in found and (formats := _formats(log)) is not None:
         found["formats"] = formats
+    if "instructions" in found and (stops := stop_change(log.general_samples[0].get("instructions"),
+                                                         log.general_samples[-1].get("instructions"))) is not None:
+        found["stops"] = stops
     return {name: found[name] for name in GENERATION_CHECKS if name in found}
 
 

@@ -110,7 +110,10 @@ def markdown(table: dict[str, Any]) -> str:
            if end_frontier else "")
         + (" formats: of the answers asked for a JSON object, a numbered list or bullets, the share holding it "
            "anywhere, text around it allowed (forgetless.evaluation.formats); instructions fails an answer that "
-           "writes it and runs on." if "formats" in checks else "") + old_rows_note,
+           "writes it and runs on." if "formats" in checks else "")
+        + (" stops: the share of instructions answers that ended by themselves within the suite's budget of new tokens "
+           "(forgetless.evaluation.stops); a fall means answers ran on until cut." if "stops" in checks else "")
+        + old_rows_note,
         "",
         SEED_NOISE,
         "",

@@ -107,12 +107,19 @@ class ScoreSamples:
     tokens: list[int] | None = None
     vocab_size: int | None = None
     texts: list[str] | None = None  # a generation task's answers behind `values` (the leakage signature needs the start's)
+    # ... and their lengths in new tokens with the budget they were generated within: an answer of `budget` tokens
+    # never ended by itself (forgetless.evaluation.stopping). Evaluations written before they were kept have none.
+    lengths: list[int] | None = None
+    budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("mean", "perplexity"):
             raise ValueError(f"ScoreSamples kind must be 'mean' or 'perplexity', got {self.kind!r}")
         if len(self.values) == 0:
             raise ValueError("ScoreSamples needs at least one item")
+        if self.lengths is not None and (len(self.lengths) != len(self.values) or self.budget is None):
+            raise ValueError(f"ScoreSamples needs one answer length per item and the budget: {len(self.values)} items, "
+                             f"{len(self.lengths)} lengths, budget {self.budget}")
         if self.kind == "mean":
             if self.tokens is not None:
                 raise ValueError("ScoreSamples of kind 'mean' takes no token counts")

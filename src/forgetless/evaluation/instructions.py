@@ -76,10 +76,11 @@ class InstructionTask:
         from .suites import TaskScore
 
         rows = self.rows[:limit]
-        responses = generate(model, tokenizer, [row["prompt"] for row in rows], self.max_new_tokens, progress)
+        responses, lengths = generate_counted(model, tokenizer, [row["prompt"] for row in rows], self.max_new_tokens,
+                                              progress)
         self.last_answers = responses
         values = [float(passes(response, row["checks"])) for response, row in zip(responses, rows)]
-        samples = ScoreSamples(kind="mean", values=values, texts=responses)
+        samples = ScoreSamples(kind="mean", values=values, texts=responses, lengths=lengths, budget=self.max_new_tokens)
         return TaskScore({"score": samples.score(), "pass_rate": samples.score(), "n": len(values)}, samples)
 
 
@@ -145,6 +146,14 @@ class LeakageTask:
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, progress=False) -> list[str]:
     """Greedy answers to `prompts` through the chat template, batched with left padding."""
+    return generate_counted(model, tokenizer, prompts, max_new_tokens, progress)[0]
+
+
+def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int,
+                     progress=False) -> tuple[list[str], list[int]]:
+    """generate's answers and each one's length in new tokens before its end-of-sequence token: `max_new_tokens`
+    for an answer that never ended by itself (cut at the budget). Counted from the generated ids, not by
+    re-tokenizing the decoded text, which can count fewer tokens than were generated."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise ForgetlessError("the instructions suite needs a chat model (its tokenizer has no chat template)")
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
@@ -152,6 +161,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, progress
     device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers: list[str] = []
+    lengths: list[int] = []
     with scoring_mode(model), progress_bar(progress, len(texts), "generate") as bar:
         for start in range(0, len(texts), BATCH_SIZE):
             encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start:start + BATCH_SIZE]]
@@ -161,8 +171,15 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, progress
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
             answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+            lengths += [_length(row[width:].tolist(), tokenizer.eos_token_id) for row in out]
             bar.update(len(encoded))
-    return answers
+    return answers, lengths
+
+
+def _length(new_ids: list[int], eos: int | None) -> int:
+    """Tokens before the first end-of-sequence token (after it come only padding), all of them when there is none.
+    A batch runs until every answer has ended or the budget is spent, so an answer without one filled the budget."""
+    return new_ids.index(eos) if eos in new_ids else len(new_ids)
 
 
 def instruction_suite() -> list[InstructionTask]:
