@@ -404,3 +404,25 @@ def test_rows_passed_over_are_only_those_the_every_seed_tier_moved_down():
     advice = advise(Constraints(), [below, less], "test")
     assert advice.recommended is less and advice.passed_over == []
     assert "Ranked first" not in render(advice, Constraints())
+
+
+def test_short_replies_are_suggested_only_where_naives_answers_ran_on(tmp_path, capsys):
+    # support's naive: 92 % of its answers cut at the budget against 13 % at the start; legal's at most 29 %.
+    rows = [{"strategy": "naive", "general_delta_abs": -0.06, "general_delta_se": 0.009, "in_domain_gain_kept": 1.0,
+             "step_time_ratio": 1.0, "stores_raw_data": [], "generation": {"stops": [-0.79, 0.04]}},
+            {"strategy": "wise(alpha=0.3)", "general_delta_abs": 0.015, "general_delta_se": 0.008,
+             "in_domain_gain_kept": 0.9, "step_time_ratio": 1.0, "stores_raw_data": [],
+             "generation": {"stops": [-0.6, 0.05]}}]  # a fall of stops alone does not leave a candidate out
+    (tmp_path / "compare.json").write_text(json.dumps({"rows": rows}))
+    assert main(["advise", "--no-input", "--from", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Recommended: strategies: wise(alpha=0.3)" in out
+    assert "naive's answers ran on: the share of its instruction answers that ended by themselves changed -0.790 ± 0.040" in out
+    assert "--strategies '{name: wise, alpha: 0.3}' '[{name: replay, general_ratio: 0.3}, {name: wise, alpha: 0.3}]'" in out
+    candidates, _ = compare_evidence([tmp_path])
+    assert advise(Constraints(chat=False), candidates, "test").naive_ran_on is None  # not a chat model: no hint
+    for stops in ([-0.16, 0.04], None):  # legal's largest fall; not measured (an older run)
+        rows[0]["generation"] = {} if stops is None else {"stops": stops}
+        (tmp_path / "compare.json").write_text(json.dumps({"rows": rows}))
+        assert main(["advise", "--no-input", "--from", str(tmp_path)]) == 0
+        assert "ran on" not in capsys.readouterr().out
