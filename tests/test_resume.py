@@ -327,6 +327,11 @@ def test_resume_refuses_a_data_file_edited_under_the_same_path(task_files, tmp_p
     with pytest.raises(ForgetlessError, match=rf"--resume: {re.escape(str(chat))} \(tasks\.0\.file\) is missing since"):
         _run(config, tmp_path / "cut", tokenizer, resume=True)
     chat.write_bytes(original)
+    # A digest map edited by hand names a field the config has no file at: refused, saying so (not "None").
+    state_file.write_text(json.dumps({**state, "data_digests": {**state["data_digests"], "tasks.x.file": "0" * 64}}))
+    with pytest.raises(ForgetlessError, match=r"--resume: tasks\.x\.file \(the config names no file there\) is missing"):
+        _run(config, tmp_path / "cut", tokenizer, resume=True)
+    state_file.write_text(json.dumps(state))
     # Restored, and spelled from another folder (a config passed by a relative path elsewhere): the same data resumes.
     _run(moved, tmp_path / "cut", tokenizer, resume=True)
     _run(config, tmp_path / "whole", tokenizer)

@@ -84,6 +84,13 @@ def _field_value(config_json: dict[str, Any], field: str) -> Any:
     return value
 
 
+def _file_at(config_json: dict[str, Any], field: str) -> str:
+    """The path at a dotted field and the field, for a message; a field the config names no path at (a state whose
+    digest map was edited by hand) is said to be that."""
+    path = _field_value(config_json, field)
+    return f"{field} (the config names no file there)" if path is None else f"{path} ({field})"
+
+
 def same_data_fields(one: dict[str, str] | None, other: dict[str, str] | None) -> set[str]:
     """The dotted fields whose data both digest maps record, with one digest."""
     if not isinstance(one, dict) or not isinstance(other, dict):
@@ -301,12 +308,12 @@ def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params:
     if digests is not None and recorded_digests is not None:
         edited = sorted(field for field in set(recorded_digests) | set(digests)
                         if recorded_digests.get(field) != digests.get(field))
-        missing = [f"{_field_value(config_json, field)} ({field})" for field in edited if field not in digests]
+        missing = [_file_at(config_json, field) for field in edited if field not in digests]
         if missing:
             raise ForgetlessError(f"--resume: {', '.join(missing)} is missing since this run started; restore it, or "
                                   "pass --overwrite to start again")
         if edited:
-            files = ", ".join(f"{_field_value(config_json, field)} ({field})" for field in edited)
+            files = ", ".join(_file_at(config_json, field) for field in edited)
             raise ForgetlessError(f"--resume: {files} changed since this run started (its content, not its path); "
                                   "restore the file as it was, or pass --overwrite to start again on the new rows")
     if knobs is not None:
