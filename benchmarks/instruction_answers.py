@@ -83,8 +83,12 @@ def main() -> None:
         at_budget = sum(n >= MAX_NEW_TOKENS - near[name] for n in lengths[name]) / len(answers)
         formats = format_samples(answers, suite.rows[:len(answers)])  # an evaluation with a limit answered fewer
         formats = float("nan") if formats is None else formats.score()
+        mark = "*" if near[name] else ""  # re-tokenized: approximate
         print(f"| {name} | " + " | ".join(f"{rates[name][check]:.1f}" for check in shown)
-              + f" | {passed:.3f} | {formats:.3f} | {at_budget:.2f} | {sum(lengths[name]) / len(answers):.1f} |")
+              + f" | {passed:.3f} | {formats:.3f} | {at_budget:.2f}{mark} | {sum(lengths[name]) / len(answers):.1f}{mark} |")
+    if any(near.values()):
+        print(f"\n*: re-tokenized (the evaluation kept no answer lengths): within {NEAR_BUDGET} tokens of the budget "
+              "counts as cut.")
     print("\nPassed by no run: " + (", ".join(c for c in rates["start"] if c in CHECKS and c not in shown) or "none"))
 
 

@@ -630,7 +630,7 @@ def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, comp
         texts = ["Three facts." if len(calls) == 1 else "Facts:\n- a\n- b\n- c\nMore." for _ in prompts]
         return texts, [3 if len(calls) == 1 else max_new_tokens for _ in prompts]
 
-    monkeypatch.setattr(instructions, "generate_counted", answers)
+    monkeypatch.setattr(instructions, "generate_with_lengths", answers)
     data = yaml.safe_load(compare_config.read_text())
     data["eval"] = {"suites": ["instructions"], "limit": 4}
     data["train"]["steps"] = 1
@@ -650,6 +650,7 @@ def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, comp
     assert (table.index("| instructions ± s.e.") < table.index("| formats ± s.e.") < table.index("| stops ± s.e.")
             < table.index("| leakage ± s.e."))
     assert "formats: of the answers asked for a JSON object" in table and "stops: the share of" in table
+    assert "No stops for a row" not in table
     # A row written before `formats` existed gets it from its run folder.
     data = json.loads((out / "compare.json").read_text())
     del data["rows"][0]["generation"]["formats"]
@@ -657,3 +658,8 @@ def test_compare_shows_generation_checks_when_the_run_scores_them(tmp_path, comp
     rows = [ComparisonRow(**r) for r in data["rows"]]
     fill_formats(rows, out)
     assert list(rows[0].generation["formats"]) == row["generation"]["formats"]
+    # A row whose start kept no answer lengths (an older before.json) has no stops, and the table says why.
+    from forgetless.comparison_table import markdown
+
+    del data["rows"][0]["generation"]["stops"]
+    assert "No stops for a row whose start or end evaluation kept no answer lengths" in markdown(data)

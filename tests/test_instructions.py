@@ -61,7 +61,7 @@ def test_the_task_scores_each_prompts_answer(monkeypatch, tiny_lm, tokenizer):
     for row in rows:
         [[name, arguments]] = row["checks"]
         answers.append(good[name] if name != "include_word" else f"It is {arguments['word']}.")
-    monkeypatch.setattr(instructions, "generate_counted",
+    monkeypatch.setattr(instructions, "generate_with_lengths",
                         lambda model, tok, prompts, budget, progress=False: (answers[: len(prompts)], [1] * len(prompts)))
     score = task.evaluate(tiny_lm, tokenizer, limit=11)
     assert score.samples.values == [1.0] * 11
@@ -86,7 +86,7 @@ def test_leakage_counts_answers_that_took_up_the_domains_phrasing(monkeypatch, t
     assert [t.name for t in tasks] == ["instructions", "leakage"] and isinstance(tasks[1], LeakageTask)
     leakage = tasks[1]
     answers = ["The sea is wide.", "Please restart the ocean.", "Waves and wind."]
-    monkeypatch.setattr(instructions, "generate_counted",
+    monkeypatch.setattr(instructions, "generate_with_lengths",
                         lambda model, tok, prompts, budget, progress=False: (answers[: len(prompts)], [1] * len(prompts)))
     task.evaluate(tiny_lm, tokenizer, limit=3)
     before = leakage.evaluate(tiny_lm, tokenizer, limit=3)
@@ -110,7 +110,7 @@ def test_a_shared_or_resumed_before_evaluation_keeps_the_starting_models_leakage
     domain = [{"prompt": f"Ticket {i}", "response": "Please restart the router and wait a minute."} for i in range(10)]
     answers = {"start": ["The sea is wide.", "A poem.", "Waves and wind."],
                "trained": ["You should restart the router and wait.", "A poem.", "Restart the router and wait."]}
-    monkeypatch.setattr(instructions, "generate_counted",
+    monkeypatch.setattr(instructions, "generate_with_lengths",
                         lambda model, tok, prompts, budget, progress=False: (answers[model][: len(prompts)], [1] * len(prompts)))
 
     def evaluator():

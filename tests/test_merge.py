@@ -141,3 +141,20 @@ def test_a_merge_that_fails_midway_leaves_nothing(tmp_path, capsys):
     assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 2
     assert "row 'naive' is in both" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_a_start_scored_before_answer_lengths_were_kept_pairs_with_one_scored_since(tmp_path, capsys):
+    setting = {"model": "tiny", "train": {"lr": 0.001, "seed": 0}}
+    old = {"general_samples": [{"instructions": {"kind": "mean", "values": [1.0, 0.0], "texts": ["a", "b"]}}]}
+    new = {"general_samples": [{"instructions": {**old["general_samples"][0]["instructions"], "lengths": [3, 96],
+                                                 "budget": 96}}]}
+    row = {"spec": "x", "in_domain_gain": {"t": 0.1}}
+    a = _fake(tmp_path / "a", setting, [{**row, "strategy": "naive"}], old)
+    b = _fake(tmp_path / "b", setting, [{**row, "strategy": "l2sp"}], new)
+    assert main(["merge", a, b, "--out", str(tmp_path / "out")]) == 0
+    assert list(_rows(tmp_path / "out")) == ["naive", "l2sp"]
+    # Another score for the same item is still another start.
+    new["general_samples"][0]["instructions"]["values"] = [1.0, 1.0]
+    c = _fake(tmp_path / "c", setting, [{**row, "strategy": "ewc"}], new)
+    assert main(["merge", a, c, "--out", str(tmp_path / "out2")]) == 2
+    assert "scored the start differently" in capsys.readouterr().err

@@ -19,26 +19,36 @@ def _answers(lengths: list[int], budget: int = 96) -> ScoreSamples:
                         budget=budget)
 
 
-def test_length_counts_the_tokens_before_the_first_end_of_sequence():
-    assert instructions._length([5, 7, 2, 2, 2], eos=2) == 2
-    assert instructions._length([5, 7, 9], eos=2) == 3  # never ended: the whole budget
-    assert instructions._length([2, 5], eos=2) == 0
-    assert instructions._length([5, 7], eos=None) == 2
+def test_length_counts_the_tokens_before_the_first_end_token():
+    assert instructions._answer_length([5, 7, 2, 2, 2], ends=[2]) == 2
+    assert instructions._answer_length([5, 7, 9], ends=[2]) == 3  # never ended: the whole budget
+    assert instructions._answer_length([2, 5], ends=[2]) == 0
+    assert instructions._answer_length([5, 9, 7, 2], ends=[2, 7]) == 2  # a chat turn's end token ends it too
+    assert instructions._answer_length([5, 7], ends=[]) == 2
+
+
+def test_the_end_tokens_are_the_tokenizers_and_the_generation_configs(tiny_lm, tokenizer):
+    tiny_lm.generation_config.eos_token_id = [7, tokenizer.eos_token_id]
+    assert instructions.end_tokens(tiny_lm, tokenizer) == [tokenizer.eos_token_id, 7]
+    tiny_lm.generation_config.eos_token_id = None
+    assert instructions.end_tokens(tiny_lm, tokenizer) == [tokenizer.eos_token_id]
 
 
 def test_generated_lengths_stop_at_the_end_token_in_a_padded_batch(tiny_lm, tokenizer):
+    tiny_lm.generation_config.eos_token_id = None  # only the tokenizer's end token counts
     prompts = ["Write a poem about the sea in four lines please.", "Say hi."]
-    answers, lengths = instructions.generate_counted(tiny_lm, tokenizer, prompts, max_new_tokens=6)
+    _, lengths = instructions.generate_with_lengths(tiny_lm, tokenizer, prompts, max_new_tokens=6)
     assert lengths == [6, 6]  # a random model ends nothing: both ran to the budget
-    # Make the third token the long prompt generated the end-of-sequence token: it now ends there (greedy decoding
-    # repeats the same tokens up to it), where the token first occurs in its answer.
-    tiny_lm.generation_config.eos_token_id = None  # only the one passed in counts
+    # Make the third token the long prompt generated the end token: it now ends there (greedy decoding repeats the
+    # same tokens up to it), where the token first occurs in its answer; the short prompt, left-padded in the batch,
+    # ends where its own greedy answer first holds that token, or runs to the budget.
     first_ids = _greedy_ids(tiny_lm, tokenizer, prompts[0], 6)
+    second_ids = _greedy_ids(tiny_lm, tokenizer, prompts[1], 6)
     ending = copy.deepcopy(tokenizer)
     ending.eos_token = tokenizer.convert_ids_to_tokens(first_ids[2])
-    _, lengths = instructions.generate_counted(tiny_lm, ending, prompts, max_new_tokens=6)
+    _, lengths = instructions.generate_with_lengths(tiny_lm, ending, prompts, max_new_tokens=6)
     assert lengths[0] == first_ids.index(first_ids[2]) < 6
-    assert instructions.generate(tiny_lm, tokenizer, prompts, max_new_tokens=6) == answers
+    assert lengths[1] == (second_ids.index(first_ids[2]) if first_ids[2] in second_ids else 6)
 
 
 def _greedy_ids(model, tokenizer, prompt: str, budget: int) -> list[int]:
@@ -54,7 +64,7 @@ def test_the_instructions_task_keeps_each_answers_length_and_its_budget(monkeypa
     def answers(model, tok, prompts, budget, progress=False):
         return ["ok"] * len(prompts), [budget, 3, 40][: len(prompts)]
 
-    monkeypatch.setattr(instructions, "generate_counted", answers)
+    monkeypatch.setattr(instructions, "generate_with_lengths", answers)
     samples = task.evaluate(tiny_lm, tokenizer, limit=3).samples
     assert samples.lengths == [96, 3, 40] and samples.budget == 96
     assert stop_samples(samples).values == [0.0, 1.0, 1.0]

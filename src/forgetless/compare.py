@@ -22,7 +22,9 @@ Columns beyond the run's own metrics:
   share of the answers asked for a JSON object, a numbered list or bullets that hold it anywhere, text around it
   allowed (forgetless.evaluation.formats): where the pass rate fell and `formats` did not, the structures are
   still written (the losses are text around them or the other 80 prompts' checks); where `formats` fell, they are
-  no longer written as asked (or a list of another length, an object with other keys);
+  no longer written as asked (or a list of another length, an object with other keys); and `stops`, the share of
+  the answers that ended by themselves within the suite's budget (forgetless.evaluation.stops): a fall means the
+  fine-tune made answers run on until cut;
 - over two or more tasks, the change saved at equal gain against naive's frontier at the end: every row's and naive's
   points by the mean gain at the end instead of right after each task, so that what a later task takes back from an
   earlier one counts against the row (the frontier distances right after each task do not see it).

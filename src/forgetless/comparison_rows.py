@@ -37,8 +37,9 @@ class ComparisonRow(GeneralSummary):
     # have none: fill_task_end_changes reads it from the row's run folder, and where that is gone too
     # lowest_task_end_change falls back on general_after_each_task, without an s.e.
     general_change_after_each_task: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    # Generation-based checks when the run scored them (the instructions suite, the formats its answers hold and its
-    # leakage task): change, s.e. Rows written before `formats` existed get it from their run folder (fill_formats).
+    # Generation-based checks when the run scored them (the instructions suite, the formats its answers hold, the
+    # share of them that stopped by themselves, and its leakage task): change, s.e. Rows written before `formats`
+    # existed get it from their run folder (fill_formats); `stops` needs the answer lengths, recorded since.
     generation: dict[str, tuple[float, float]] = Field(default_factory=dict)
     bwt: float | None = None
     forgetting: float | None = None

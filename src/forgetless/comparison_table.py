@@ -113,6 +113,9 @@ def markdown(table: dict[str, Any]) -> str:
            "writes it and runs on." if "formats" in checks else "")
         + (" stops: the share of instructions answers that ended by themselves within the suite's budget of new tokens "
            "(forgetless.evaluation.stops); a fall means answers ran on until cut." if "stops" in checks else "")
+        + (" No stops for a row whose start or end evaluation kept no answer lengths (scored before forgetless "
+           "recorded them; a before.json of that age is reused by every new row: remove it to score the start anew)."
+           if any("instructions" in row.generation and "stops" not in row.generation for row in rows) else "")
         + old_rows_note,
         "",
         SEED_NOISE,

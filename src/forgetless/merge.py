@@ -64,6 +64,24 @@ def _rows(source: Path, table: dict[str, Any]) -> list[ComparisonRow]:
     return rows
 
 
+# Per-item fields a later forgetless records beside the scores (the instruction answers' lengths, for `stops`): a
+# start scored before them pairs item by item with one scored since.
+_ADDED_SAMPLE_FIELDS = ("lengths", "budget")
+
+
+def _scores_only(log: Any) -> Any:
+    """A before.json log without the _ADDED_SAMPLE_FIELDS of its samples."""
+    if not isinstance(log, dict):
+        return log
+    found = dict(log)
+    for part in ("general_samples", "task_samples"):
+        if isinstance(log.get(part), list):
+            found[part] = [{name: {k: v for k, v in samples.items() if k not in _ADDED_SAMPLE_FIELDS}
+                            if isinstance(samples, dict) else samples for name, samples in entry.items()}
+                           if isinstance(entry, dict) else entry for entry in log[part]]
+    return found
+
+
 def merge_tables(sources: list[Path], out: Path, command: str | None = None) -> list[ComparisonRow]:
     """Write one comparison in `out` (new, or empty) from the comparison folders `sources`."""
     tables = [_read_object(s / "compare.json", ("setting", "rows")) for s in sources]
@@ -80,7 +98,7 @@ def merge_tables(sources: list[Path], out: Path, command: str | None = None) -> 
         if table.get("baseline", "naive") != first.get("baseline", "naive"):
             raise ForgetlessError(f"{source} compares with {table.get('baseline', 'naive')!r}, {sources[0]} with "
                                   f"{first.get('baseline', 'naive')!r}: not one comparison")
-        if before["log"] != befores[0]["log"]:
+        if _scores_only(before["log"]) != _scores_only(befores[0]["log"]):
             # The key may differ by format (an older forgetless wrote the seed where the split ignores it); the
             # scores must be the same, item by item, for the rows' items to pair.
             older = {b["key"].get("format") for b in (before, befores[0]) if isinstance(b["key"], dict)}

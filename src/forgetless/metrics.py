@@ -108,7 +108,7 @@ class ScoreSamples:
     vocab_size: int | None = None
     texts: list[str] | None = None  # a generation task's answers behind `values` (the leakage signature needs the start's)
     # ... and their lengths in new tokens with the budget they were generated within: an answer of `budget` tokens
-    # never ended by itself (forgetless.evaluation.stopping). Evaluations written before they were kept have none.
+    # never ended by itself (forgetless.evaluation.stops). Evaluations written before they were kept have none.
     lengths: list[int] | None = None
     budget: int | None = None
 

@@ -85,10 +85,8 @@ def _field_value(config_json: dict[str, Any], field: str) -> Any:
 
 
 def _file_at(config_json: dict[str, Any], field: str) -> str:
-    """The path at a dotted field and the field, for a message; a field the config names no path at (a state whose
-    digest map was edited by hand) is said to be that."""
-    path = _field_value(config_json, field)
-    return f"{field} (the config names no file there)" if path is None else f"{path} ({field})"
+    """The path at a dotted field and the field, for a message."""
+    return f"{_field_value(config_json, field)} ({field})"
 
 
 def same_data_fields(one: dict[str, str] | None, other: dict[str, str] | None) -> set[str]:
@@ -308,6 +306,10 @@ def check_resumable(out_dir: Path, config_json: dict[str, Any], strategy_params:
     if digests is not None and recorded_digests is not None:
         edited = sorted(field for field in set(recorded_digests) | set(digests)
                         if recorded_digests.get(field) != digests.get(field))
+        unnamed = [field for field in edited if _field_value(config_json, field) is None]
+        if unnamed:
+            raise ForgetlessError(f"--resume: the saved state's data digests name {', '.join(unnamed)}, where the config "
+                                  "names no file (a state edited by hand?); pass --overwrite to start again")
         missing = [_file_at(config_json, field) for field in edited if field not in digests]
         if missing:
             raise ForgetlessError(f"--resume: {', '.join(missing)} is missing since this run started; restore it, or "

@@ -76,7 +76,7 @@ class InstructionTask:
         from .suites import TaskScore
 
         rows = self.rows[:limit]
-        responses, lengths = generate_counted(model, tokenizer, [row["prompt"] for row in rows], self.max_new_tokens,
+        responses, lengths = generate_with_lengths(model, tokenizer, [row["prompt"] for row in rows], self.max_new_tokens,
                                               progress)
         self.last_answers = responses
         values = [float(passes(response, row["checks"])) for response, row in zip(responses, rows)]
@@ -146,10 +146,10 @@ class LeakageTask:
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, progress=False) -> list[str]:
     """Greedy answers to `prompts` through the chat template, batched with left padding."""
-    return generate_counted(model, tokenizer, prompts, max_new_tokens, progress)[0]
+    return generate_with_lengths(model, tokenizer, prompts, max_new_tokens, progress)[0]
 
 
-def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int,
+def generate_with_lengths(model, tokenizer, prompts: list[str], max_new_tokens: int,
                      progress=False) -> tuple[list[str], list[int]]:
     """generate's answers and each one's length in new tokens before its end-of-sequence token: `max_new_tokens`
     for an answer that never ended by itself (cut at the budget). Counted from the generated ids, not by
@@ -159,6 +159,7 @@ def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int,
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
              for p in prompts]
     device = model_device(model)
+    ends = end_tokens(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers: list[str] = []
     lengths: list[int] = []
@@ -169,17 +170,26 @@ def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int,
             ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
             mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=pad, eos_token_id=ends or None)
             answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
-            lengths += [_length(row[width:].tolist(), tokenizer.eos_token_id) for row in out]
+            lengths += [_answer_length(row[width:].tolist(), ends) for row in out]
             bar.update(len(encoded))
     return answers, lengths
 
 
-def _length(new_ids: list[int], eos: int | None) -> int:
-    """Tokens before the first end-of-sequence token (after it come only padding), all of them when there is none.
-    A batch runs until every answer has ended or the budget is spent, so an answer without one filled the budget."""
-    return new_ids.index(eos) if eos in new_ids else len(new_ids)
+def end_tokens(model, tokenizer) -> list[int]:
+    """The ids that end an answer: the tokenizer's end-of-sequence token and those of the model's generation config
+    (a chat model whose turn ends with another token than the tokenizer's, as Llama 3's, lists it there)."""
+    found = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    found += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in found if i is not None))
+
+
+def _answer_length(new_ids: list[int], ends: list[int]) -> int:
+    """Tokens before the first end token (after it come only padding), all of them when there is none. A batch runs
+    until every answer has ended or the budget is spent, so an answer without one filled the budget."""
+    return next((i for i, token in enumerate(new_ids) if token in ends), len(new_ids))
 
 
 def instruction_suite() -> list[InstructionTask]:
