@@ -179,6 +179,7 @@ def test_when_every_candidate_measured_lost_instruction_following_none_is_left_o
         "falls": "instructions -0.273 ± 0.046", "drops_least": "instructions -0.236 ± 0.049, leakage -1.000 ± 0.000"}
     text = render(advice, constraints)
     assert "Every candidate measured in this evidence lost instruction following (drops_least: instructions -0.236" in text
+    assert "Which strategy keeps it depended on the domain where measured" in text
     assert "not measured in this evidence" not in text
     # Not a chat model: the same answer without the notice.
     assert not advise(Constraints(chat=False), [drops_least, falls, unmeasured, naive], "test").generation_lost_by_all_measured
@@ -419,10 +420,14 @@ def test_short_replies_are_suggested_only_where_naives_answers_ran_on(tmp_path, 
     assert "Recommended: strategies: wise(alpha=0.3)" in out
     assert "naive's answers ran on: the share of its instruction answers that ended by themselves changed -0.790 ± 0.040" in out
     assert "--strategies '{name: wise, alpha: 0.3}' '[{name: replay, general_ratio: 0.3}, {name: wise, alpha: 0.3}]'" in out
+    assert "set `general_data:` in CONFIG" in out
     candidates, _ = compare_evidence([tmp_path])
     assert advise(Constraints(chat=False), candidates, "test").naive_ran_on is None  # not a chat model: no hint
-    for stops in ([-0.16, 0.04], None):  # legal's largest fall; not measured (an older run)
+    # legal's largest fall; beyond -0.5 within noise only; not measured (an older run): no hint
+    for stops in ([-0.16, 0.04], [-0.55, 0.1], None):
         rows[0]["generation"] = {} if stops is None else {"stops": stops}
         (tmp_path / "compare.json").write_text(json.dumps({"rows": rows}))
+        candidates, _ = compare_evidence([tmp_path])
+        assert advise(Constraints(), candidates, "test").naive_ran_on is None
         assert main(["advise", "--no-input", "--from", str(tmp_path)]) == 0
-        assert "ran on" not in capsys.readouterr().out
+        assert "Recommended: strategies: wise(alpha=0.3)" in (out := capsys.readouterr().out) and "ran on" not in out
