@@ -234,11 +234,10 @@ def generation_checks(general_tasks: dict[str, Any], log) -> dict[str, tuple[flo
     """A run's generation checks as {name: (change, se)}: the instructions and leakage tasks' changes from its
     metrics' `general_tasks`, and `formats` and `stops` read from the first and last evaluations' instruction answers."""
     found = {name: (t.delta, t.se) for name, t in general_tasks.items() if name in _GENERATION_TASKS}
-    if "instructions" in found and (formats := _formats(log)) is not None:
-        found["formats"] = formats
-    if "instructions" in found and (stops := stop_change(log.general_samples[0].get("instructions"),
-                                                         log.general_samples[-1].get("instructions"))) is not None:
-        found["stops"] = stops
+    if "instructions" in found:
+        first, last = (log.general_samples[i].get("instructions") for i in (0, -1))
+        derived = {"formats": format_change(first, last), "stops": stop_change(first, last)}
+        found |= {name: change for name, change in derived.items() if change is not None}
     return {name: found[name] for name in GENERATION_CHECKS if name in found}
 
 

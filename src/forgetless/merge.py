@@ -70,16 +70,18 @@ _ADDED_SAMPLE_FIELDS = ("lengths", "budget")
 
 
 def _scores_only(log: Any) -> Any:
-    """A before.json log without the _ADDED_SAMPLE_FIELDS of its samples."""
+    """A before.json log without the _ADDED_SAMPLE_FIELDS of its samples (anything malformed is left as it is)."""
+    def strip(value: Any, depth: int) -> Any:
+        # depth 2: a log's part (a list of evaluations), 1: an evaluation ({task: samples}), 0: one task's samples
+        if depth == 0:
+            return {k: v for k, v in value.items() if k not in _ADDED_SAMPLE_FIELDS} if isinstance(value, dict) else value
+        if depth == 2:
+            return [strip(entry, 1) for entry in value] if isinstance(value, list) else value
+        return {name: strip(samples, 0) for name, samples in value.items()} if isinstance(value, dict) else value
+
     if not isinstance(log, dict):
         return log
-    found = dict(log)
-    for part in ("general_samples", "task_samples"):
-        if isinstance(log.get(part), list):
-            found[part] = [{name: {k: v for k, v in samples.items() if k not in _ADDED_SAMPLE_FIELDS}
-                            if isinstance(samples, dict) else samples for name, samples in entry.items()}
-                           if isinstance(entry, dict) else entry for entry in log[part]]
-    return found
+    return {key: strip(value, 2) if key in ("general_samples", "task_samples") else value for key, value in log.items()}
 
 
 def merge_tables(sources: list[Path], out: Path, command: str | None = None) -> list[ComparisonRow]:
